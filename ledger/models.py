@@ -1,0 +1,113 @@
+"""Double-entry ledger (§5.2): accounts, transactions, entries.
+
+Sign convention: an account's balance is the sum of its entries' ``amount``. A transfer of X from
+account A to account B is two entries, A −X and B +X, so each transaction sums to zero. Wallets,
+vouchers, escrow and programme budgets must stay ≥ 0 (``allow_negative`` false, checked by the
+database); only the outside world may go negative (money that entered the system).
+"""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class Account(models.Model):
+    """A ledger account. ``balance`` is a cache of the sum of its entries (audited)."""
+
+    class Kind(models.TextChoices):
+        WALLET = "wallet", "Buyer cash wallet"
+        PAYABLE = "payable", "Provider payable"
+        CLAIMS = "claims", "Provider reimbursement claims receivable"
+        VOUCHER = "voucher", "Voucher balance"
+        PROGRAMME = "programme", "Programme budget"
+        ESCROW = "escrow", "Escrow (holds)"
+        FEES = "fees", "Platform fee revenue"
+        WORLD = "world", "Outside world (deposits, payouts, government funding)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    organisation = models.ForeignKey(
+        "accounts.Organisation", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="ledger_accounts",
+    )
+    voucher = models.OneToOneField(
+        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="account",
+    )
+    programme = models.ForeignKey(
+        "vouchers.Programme", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="accounts",
+    )
+    balance = models.DecimalField(max_digits=16, decimal_places=2, default=0)
+    allow_negative = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(allow_negative=True) | Q(balance__gte=0), name="account_nonneg"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "organisation"],
+                condition=Q(kind__in=["wallet", "payable", "claims"]),
+                name="uniq_org_account",
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "programme"],
+                condition=Q(kind="programme"),
+                name="uniq_programme_account",
+            ),
+            models.UniqueConstraint(
+                fields=["kind"],
+                condition=Q(kind__in=["escrow", "fees", "world"]),
+                name="uniq_system_account",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.organisation_id or self.voucher_id or self.programme_id or "system"
+        return f"{self.kind}:{owner}"
+
+
+class Transaction(models.Model):
+    """One balanced movement of money with its reason and the objects it concerns."""
+
+    class Reason(models.TextChoices):
+        DEPOSIT = "deposit", "Wallet deposit"
+        PROGRAMME_FUNDING = "programme_funding", "Programme budget funded"
+        VOUCHER_ISSUE = "voucher_issue", "Voucher issued"
+        HOLD = "hold", "Reservation hold"
+        RELEASE = "release", "Hold released (cancel/expire/fail)"
+        SETTLEMENT = "settlement", "Reservation settled"
+        REFUND = "refund", "Undelivered hours refunded"
+        CANCEL_FEE = "cancel_fee", "Cancellation fee"
+        VOUCHER_LAPSE = "voucher_lapse", "Expired voucher balance lapsed"
+        CLAIM_PAID = "claim_paid", "Reimbursement claim paid"
+        PAYOUT = "payout", "Provider payout"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    reservation = models.ForeignKey(
+        "marketplace.Reservation", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="transactions",
+    )
+    voucher = models.ForeignKey(
+        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    memo = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+
+class Entry(models.Model):
+    """One leg of a transaction: ``amount`` CNY added to ``account`` (negative = taken)."""
+
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    amount = models.DecimalField(max_digits=16, decimal_places=2)
+
+    class Meta:
+        verbose_name_plural = "entries"
+        constraints = [models.CheckConstraint(condition=~Q(amount=0), name="entry_nonzero")]

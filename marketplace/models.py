@@ -1,0 +1,359 @@
+"""Hubs, sites, accelerators, offers, demands, reservations (PRODUCT.md §2–4, §5.3).
+
+Times are UTC. Reservation windows are half-open ``[start, end)`` on whole hours.
+Money is ``Decimal``: CNY, prices per GPU-hour to 4 places, amounts to the fen (2 places).
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class Hub(models.Model):
+    """A national hub node of "East Data, West Computing"."""
+
+    class Policy(models.TextChoices):
+        GREEDY = "greedy", "Greedy (price-time priority)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+    name_zh = models.CharField(max_length=100, blank=True)
+    is_west = models.BooleanField(default=False, help_text="West (computing) vs East (data) hub.")
+    matching_policy = models.CharField(max_length=10, choices=Policy.choices, default="greedy")
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Cluster(models.Model):
+    """A national data-centre cluster inside a hub."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+    name_zh = models.CharField(max_length=100, blank=True)
+    hub = models.ForeignKey(Hub, on_delete=models.PROTECT, related_name="clusters")
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class HubLatency(models.Model):
+    """Average round-trip latency between two hubs, in milliseconds (symmetric rows stored)."""
+
+    from_hub = models.ForeignKey(Hub, on_delete=models.CASCADE, related_name="+")
+    to_hub = models.ForeignKey(Hub, on_delete=models.CASCADE, related_name="+")
+    latency_ms = models.DecimalField(max_digits=6, decimal_places=2)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["from_hub", "to_hub"], name="uniq_hub_latency"),
+            models.CheckConstraint(condition=Q(latency_ms__gte=0), name="hub_latency_nonneg"),
+        ]
+
+
+class Site(models.Model):
+    """A data centre (or an SME's home location) in a city, metro area and hub.
+
+    ``provider`` is set for a provider's own data centre; reference sites have none.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.SlugField(max_length=60, unique=True)
+    name = models.CharField(max_length=150)
+    city = models.CharField(max_length=60)
+    metro_area = models.CharField(max_length=60)
+    hub = models.ForeignKey(Hub, on_delete=models.PROTECT, related_name="sites")
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="sites"
+    )
+    provider = models.ForeignKey(
+        "accounts.Organisation", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="sites",
+    )
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.city})"
+
+
+class Accelerator(models.Model):
+    """A catalogue accelerator model. Free-text names are resolved to ``code`` via ``aliases``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.CharField(max_length=40, unique=True)
+    vendor = models.CharField(max_length=40)
+    memory_gb = models.PositiveIntegerField(null=True, blank=True)
+    bf16_tflops = models.DecimalField(
+        "dense BF16/FP16 TFLOPS", max_digits=8, decimal_places=1, null=True, blank=True
+    )
+    interconnect = models.CharField(max_length=40, blank=True)
+    is_domestic = models.BooleanField(default=False)
+    aliases = models.JSONField(default=list, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Offer(models.Model):
+    """Capacity a provider sells: ``gpu_count`` GPUs of one model at one site (§3)."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+        EXPIRED = "expired", "Expired"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        "draft": {"active", "withdrawn"},
+        "active": {"paused", "withdrawn", "expired"},
+        "paused": {"active", "withdrawn", "expired"},
+        "withdrawn": set(),
+        "expired": set(),
+    }
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    provider = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="offers"
+    )
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="offers")
+    accelerator = models.ForeignKey(Accelerator, on_delete=models.PROTECT, related_name="offers")
+    gpu_count = models.PositiveIntegerField()
+    gpus_per_node = models.PositiveIntegerField(default=8)
+    interconnect = models.CharField(max_length=40, blank=True)
+    available_from = models.DateTimeField()
+    available_until = models.DateTimeField()
+    price_per_gpu_hour = models.DecimalField(max_digits=12, decimal_places=4)
+    min_duration_hours = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["status", "accelerator"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(gpu_count__gt=0), name="offer_gpu_count_pos"),
+            models.CheckConstraint(condition=Q(gpus_per_node__gt=0), name="offer_gpn_pos"),
+            models.CheckConstraint(condition=Q(price_per_gpu_hour__gt=0), name="offer_price_pos"),
+            models.CheckConstraint(
+                condition=Q(available_until__gt=F("available_from")), name="offer_window_valid"
+            ),
+            models.CheckConstraint(condition=Q(min_duration_hours__gte=1), name="offer_min_dur"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_count}× {self.accelerator_id} @ {self.site_id}"
+
+
+class LocalityTier(models.TextChoices):
+    """How far a demand may go from its home site, nearest first (§2)."""
+
+    CITY = "city", "Same city"
+    METRO = "metro", "Same metropolitan area"
+    REGION = "region", "Same hub region"
+    NATIONAL = "national", "Any hub"
+
+
+TIER_ORDER = [LocalityTier.CITY, LocalityTier.METRO, LocalityTier.REGION, LocalityTier.NATIONAL]
+
+
+class Demand(models.Model):
+    """What an SME wants (§4): GPUs of acceptable models for ``duration_hours`` inside a window."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        MATCHED = "matched", "Matched (awaiting acceptance)"
+        RESERVED = "reserved", "Reserved"
+        EXPIRED = "expired", "Expired"
+        CANCELLED = "cancelled", "Cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    buyer = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="demands"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    origin_site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    accelerators = models.ManyToManyField(Accelerator, blank=True, related_name="+")
+    min_memory_gb = models.PositiveIntegerField(null=True, blank=True)
+    min_tflops = models.DecimalField(max_digits=8, decimal_places=1, null=True, blank=True)
+    gpu_count = models.PositiveIntegerField()
+    duration_hours = models.PositiveIntegerField()
+    earliest_start = models.DateTimeField()
+    latest_end = models.DateTimeField()
+    max_price_per_gpu_hour = models.DecimalField(max_digits=12, decimal_places=4)
+    locality_limit = models.CharField(
+        max_length=10, choices=LocalityTier.choices, default=LocalityTier.NATIONAL
+    )
+    single_site = models.BooleanField(default=True)
+    voucher = models.ForeignKey(
+        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    auto_accept = models.BooleanField(default=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    unmatched_reason = models.CharField(max_length=40, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(gpu_count__gt=0), name="demand_gpu_count_pos"),
+            models.CheckConstraint(condition=Q(duration_hours__gt=0), name="demand_duration_pos"),
+            models.CheckConstraint(
+                condition=Q(max_price_per_gpu_hour__gt=0), name="demand_price_pos"
+            ),
+            models.CheckConstraint(
+                condition=Q(latest_end__gt=F("earliest_start")), name="demand_window_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"demand {self.id} ({self.gpu_count} GPU × {self.duration_hours} h)"
+
+
+class Reservation(models.Model):
+    """A demand matched to an offer for ``[start, end)`` with its bill and payment split (§5.3)."""
+
+    class Status(models.TextChoices):
+        HELD = "held", "Held"
+        CONFIRMED = "confirmed", "Confirmed"
+        ACTIVE = "active", "Active"
+        COMPLETED = "completed", "Completed"
+        SETTLED = "settled", "Settled"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+        FAILED = "failed", "Failed"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        "held": {"confirmed", "cancelled", "expired", "failed"},
+        "confirmed": {"active", "cancelled", "failed"},
+        "active": {"completed", "failed"},
+        "completed": {"settled"},
+        "settled": set(),
+        "cancelled": set(),
+        "expired": set(),
+        "failed": set(),
+    }
+    # Statuses that occupy capacity on the offer.
+    CAPACITY_STATUSES = ("held", "confirmed", "active", "completed", "settled")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    demand = models.ForeignKey(Demand, on_delete=models.PROTECT, related_name="reservations")
+    offer = models.ForeignKey(Offer, on_delete=models.PROTECT, related_name="reservations")
+    buyer = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="purchases"
+    )
+    provider = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="sales"
+    )
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    gpu_count = models.PositiveIntegerField()
+    price_per_gpu_hour = models.DecimalField(max_digits=12, decimal_places=4)
+    bill = models.DecimalField(max_digits=14, decimal_places=2)
+    voucher = models.ForeignKey(
+        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="reservations",
+    )
+    voucher_part = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    cash_part = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    voucher_note = models.CharField(max_length=60, blank=True)
+    locality_tier = models.CharField(max_length=10, choices=LocalityTier.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.HELD)
+    delivered_gpu_hours = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["start", "id"]
+        indexes = [
+            models.Index(fields=["offer", "status"]),
+            models.Index(fields=["status", "start"]),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="reservation_window"),
+            models.CheckConstraint(condition=Q(gpu_count__gt=0), name="reservation_gpus_pos"),
+            models.CheckConstraint(
+                condition=Q(voucher_part__gte=0) & Q(cash_part__gte=0),
+                name="reservation_parts_nonneg",
+            ),
+            models.CheckConstraint(
+                condition=Q(bill=F("voucher_part") + F("cash_part")),
+                name="reservation_parts_sum",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"reservation {self.id}"
+
+    @property
+    def hours(self) -> int:
+        return int((self.end - self.start).total_seconds() // 3600)
+
+    @property
+    def gpu_hours(self) -> int:
+        return self.hours * self.gpu_count
+
+
+class ReservationEvent(models.Model):
+    """One status change of a reservation: the audit trail of §5.3."""
+
+    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=10, blank=True)
+    to_status = models.CharField(max_length=10)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.CharField(max_length=200, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+
+class InterHubTrade(models.Model):
+    """A reservation that crosses hubs: capacity exported by one hub to a buyer of another (§4.3)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    reservation = models.OneToOneField(
+        Reservation, on_delete=models.PROTECT, related_name="inter_hub_trade"
+    )
+    exporting_hub = models.ForeignKey(Hub, on_delete=models.PROTECT, related_name="exports")
+    importing_hub = models.ForeignKey(Hub, on_delete=models.PROTECT, related_name="imports")
+    gpu_hours = models.PositiveIntegerField()
+    value = models.DecimalField(max_digits=14, decimal_places=2)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class MatchingCycle(models.Model):
+    """One matching run for one hub: what it looked at, what it made, how long it took."""
+
+    hub = models.ForeignKey(Hub, on_delete=models.PROTECT, related_name="cycles")
+    policy = models.CharField(max_length=10)
+    started_at = models.DateTimeField()
+    seconds = models.FloatField(default=0)  # wall time, not money
+    demands_considered = models.PositiveIntegerField(default=0)
+    offers_considered = models.PositiveIntegerField(default=0)
+    reservations_made = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]

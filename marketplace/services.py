@@ -1,0 +1,623 @@
+"""Marketplace writes: offers, demands, reservations and their payment holds (PRODUCT.md §3–5).
+
+Every public service validates on every entry point (API, admin, console, tasks) and raises
+``marketplace.errors.DomainError`` subclasses with a stable ``code`` and the ``field`` at fault.
+Lock order: demand → offer → programme → voucher → ledger accounts (by pk).
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Organisation, User
+from ledger.models import Account, Transaction
+from ledger.services import (
+    organisation_account,
+    system_account,
+    transaction_post,
+    voucher_account,
+)
+from vouchers.models import Programme, ReimbursementClaim, Voucher
+from vouchers.services import Split, voucher_split
+
+from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from .locality import tier_between, tier_rank
+from .models import (
+    Accelerator,
+    Demand,
+    InterHubTrade,
+    Offer,
+    Reservation,
+    ReservationEvent,
+    Site,
+)
+from .money import ZERO, bill_amount, quantize_money, split_proportionally
+from .timeutil import HOUR, hour_index, hour_index_ceil, is_whole_hour
+
+MAX_GPUS = 100_000
+MAX_HOURS = 24 * 366
+MAX_PRICE = Decimal("100000")
+
+
+# --- Input checks shared by every entry point ----------------------------------------------
+
+def _money_input(value: Any, field: str, *, places: int, maximum: Decimal = MAX_PRICE) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, TypeError, ValueError) as exc:
+        raise ValidationFailed("not a decimal number", field=field) from exc
+    if not amount.is_finite():
+        raise ValidationFailed("must be a finite number", field=field)
+    if amount <= 0:
+        raise ValidationFailed("must be positive", field=field)
+    if amount > maximum:
+        raise ValidationFailed(f"must be at most {maximum}", field=field)
+    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise ValidationFailed(f"at most {places} decimal places", field=field)
+    return amount
+
+
+def _positive_int(value: Any, field: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed("must be an integer", field=field)
+    if not 1 <= value <= maximum:
+        raise ValidationFailed(f"must be between 1 and {maximum}", field=field)
+    return value
+
+
+def accelerators_resolve(names: Iterable[str], field: str = "accelerators") -> list[Accelerator]:
+    """Resolve free-text accelerator names (codes or aliases, case-insensitive) to catalogue rows.
+
+    Raises ``ValidationFailed(code="unknown_accelerator")`` listing the known codes (§2).
+    """
+    catalogue = list(Accelerator.objects.all())
+    index: dict[str, Accelerator] = {}
+    for acc in catalogue:
+        index[acc.code.lower()] = acc
+        for alias in acc.aliases:
+            index[str(alias).lower()] = acc
+    found: dict[str, Accelerator] = {}
+    for name in names:
+        acc = index.get(str(name).strip().lower())
+        if acc is None:
+            known = ", ".join(sorted(a.code for a in catalogue))
+            raise ValidationFailed(
+                f"unknown accelerator {name!r}; known codes: {known}",
+                code="unknown_accelerator", field=field,
+            )
+        found[acc.code] = acc
+    return list(found.values())
+
+
+# --- Wallet ----------------------------------------------------------------------------------
+
+@transaction.atomic
+def wallet_deposit(*, organisation: Organisation, amount: Decimal, memo: str = "") -> Transaction:
+    """Add ``amount`` CNY to the buyer's cash wallet from the outside world (test/demo funding)."""
+    amount = _money_input(amount, "amount", places=2, maximum=Decimal("1000000000"))
+    if not organisation.is_buyer:
+        raise PermissionDenied("only buyers have a wallet", code="not_a_buyer")
+    txn = transaction_post(
+        Transaction.Reason.DEPOSIT,
+        [(system_account(Account.Kind.WORLD), -amount),
+         (organisation_account(organisation, Account.Kind.WALLET), amount)],
+        memo=memo or "deposit",
+    )
+    assert txn is not None
+    return txn
+
+
+# --- Offers ----------------------------------------------------------------------------------
+
+OFFER_FIELDS = (
+    "site", "accelerator", "gpu_count", "gpus_per_node", "interconnect", "available_from",
+    "available_until", "price_per_gpu_hour", "min_duration_hours",
+)
+
+
+def _offer_check(offer: Offer) -> None:
+    _positive_int(offer.gpu_count, "gpu_count", MAX_GPUS)
+    _positive_int(offer.gpus_per_node, "gpus_per_node", 64)
+    _positive_int(offer.min_duration_hours, "min_duration_hours", MAX_HOURS)
+    offer.price_per_gpu_hour = _money_input(offer.price_per_gpu_hour, "price_per_gpu_hour",
+                                            places=4)
+    for name in ("available_from", "available_until"):
+        if not is_whole_hour(getattr(offer, name)):
+            raise ValidationFailed("must be a whole UTC hour", code="not_whole_hour", field=name)
+    if offer.available_until <= offer.available_from:
+        raise ValidationFailed("must be after available_from", code="window_invalid",
+                               field="available_until")
+    site = offer.site
+    if site.provider_id is not None and site.provider_id != offer.provider_id:
+        raise NotFound("no such site", field="site")
+    if not offer.provider.is_provider:
+        raise PermissionDenied("only providers list offers", code="not_a_provider")
+
+
+@transaction.atomic
+def offer_create(*, provider: Organisation, activate: bool = True, **fields: Any) -> Offer:
+    """List capacity. ``fields`` are the offer's own (see ``OFFER_FIELDS``); times whole UTC
+    hours, price CNY per GPU-hour (≤ 4 places). Raises ``ValidationFailed`` naming the field."""
+    offer = Offer(provider=provider, **{k: v for k, v in fields.items() if k in OFFER_FIELDS})
+    _offer_check(offer)
+    if offer.available_until <= timezone.now():
+        raise ValidationFailed("window already over", code="window_in_past",
+                               field="available_until")
+    offer.status = Offer.Status.ACTIVE if activate else Offer.Status.DRAFT
+    offer.save()
+    return offer
+
+
+def offer_peak_reserved(offer: Offer, start: datetime | None = None,
+                        end: datetime | None = None, *, exclude: object = None) -> int:
+    """The most GPUs reserved on ``offer`` at any hour in ``[start, end)`` (all time if None)."""
+    qs = offer.reservations.filter(status__in=Reservation.CAPACITY_STATUSES)
+    if start is not None and end is not None:
+        qs = qs.filter(start__lt=end, end__gt=start)
+    if exclude is not None:
+        qs = qs.exclude(pk=exclude)
+    deltas: dict[int, int] = defaultdict(int)
+    for r_start, r_end, gpus in qs.values_list("start", "end", "gpu_count"):
+        lo = hour_index(r_start) if start is None else max(hour_index(r_start), hour_index(start))
+        hi = hour_index(r_end) if end is None else min(hour_index(r_end), hour_index(end))
+        deltas[lo] += gpus
+        deltas[hi] -= gpus
+    peak = running = 0
+    for hour in sorted(deltas):
+        running += deltas[hour]
+        peak = max(peak, running)
+    return peak
+
+
+@transaction.atomic
+def offer_update(*, offer_id: object, provider: Organisation, **fields: Any) -> Offer:
+    """Edit an offer under its row lock. Reservations already made are untouched; lowering
+    ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``."""
+    offer = _offer_locked(offer_id, provider)
+    if offer.status in (Offer.Status.WITHDRAWN, Offer.Status.EXPIRED):
+        raise Conflict(f"offer is {offer.status}", code="illegal_transition")
+    for key, value in fields.items():
+        if key in OFFER_FIELDS:
+            setattr(offer, key, value)
+    _offer_check(offer)
+    if offer.gpu_count < offer_peak_reserved(offer):
+        raise Conflict("capacity below what is already reserved", code="below_reserved",
+                       field="gpu_count")
+    offer.save()
+    return offer
+
+
+def _offer_locked(offer_id: object, provider: Organisation) -> Offer:
+    try:
+        return Offer.objects.select_for_update().get(pk=offer_id, provider=provider)
+    except (Offer.DoesNotExist, ValueError) as exc:
+        raise NotFound("no such offer", field="offer") from exc
+
+
+@transaction.atomic
+def offer_set_status(*, offer_id: object, provider: Organisation, status: str) -> Offer:
+    """Move an offer along ``draft → active ⇄ paused → withdrawn`` (§3); else ``Conflict``."""
+    offer = _offer_locked(offer_id, provider)
+    if status not in Offer.TRANSITIONS[offer.status]:
+        raise Conflict(f"cannot go from {offer.status} to {status}", code="illegal_transition")
+    offer.status = status
+    offer.save(update_fields=["status", "updated_at"])
+    return offer
+
+
+# --- Demands ---------------------------------------------------------------------------------
+
+def demand_check(demand: Demand, *, now: datetime) -> None:
+    """The demand rules of §4, for create and update alike. Raises ``ValidationFailed``."""
+    _positive_int(demand.gpu_count, "gpu_count", MAX_GPUS)
+    _positive_int(demand.duration_hours, "duration_hours", MAX_HOURS)
+    demand.max_price_per_gpu_hour = _money_input(
+        demand.max_price_per_gpu_hour, "max_price_per_gpu_hour", places=4
+    )
+    if demand.latest_end <= demand.earliest_start:
+        raise ValidationFailed("must be after earliest_start", code="window_invalid",
+                               field="latest_end")
+    first = max(hour_index_ceil(demand.earliest_start), hour_index_ceil(now))
+    if hour_index(demand.latest_end) <= hour_index_ceil(now):
+        raise ValidationFailed("window already passed", code="window_in_past", field="latest_end")
+    if hour_index(demand.latest_end) - first < demand.duration_hours:
+        raise ValidationFailed("window cannot hold the duration", code="window_too_short",
+                               field="duration_hours")
+    if demand.locality_limit not in ("city", "metro", "region", "national"):
+        raise ValidationFailed("unknown locality tier", field="locality_limit")
+
+
+@transaction.atomic
+def demand_create(
+    *, buyer: Organisation, user: User | None = None, accelerators: Iterable[str] = (),
+    voucher: Voucher | None = None, now: datetime | None = None, **fields: Any,
+) -> Demand:
+    """Post a demand for ``buyer`` and enqueue matching of its hub on commit.
+
+    ``accelerators`` are names resolved to catalogue codes (empty = any model meeting
+    ``min_memory_gb``/``min_tflops``). Times UTC; price CNY per GPU-hour. Raises
+    ``ValidationFailed``/``NotFound`` naming the field; ``PermissionDenied`` for a non-buyer.
+    """
+    now = now or timezone.now()
+    if not buyer.is_buyer:
+        raise PermissionDenied("only buyers post demands", code="not_a_buyer")
+    if buyer.status != Organisation.Status.APPROVED:
+        raise PermissionDenied("organisation is not approved", code="organisation_not_approved")
+    if buyer.home_site_id is None:
+        raise ValidationFailed("organisation has no home site", code="no_home_site")
+    resolved = accelerators_resolve(accelerators)
+    if voucher is not None and voucher.owner_id != buyer.pk:
+        raise NotFound("no such voucher", field="voucher")
+    allowed = {f.name for f in Demand._meta.concrete_fields} - {
+        "id", "buyer", "created_by", "origin_site", "voucher", "status", "unmatched_reason",
+        "created_at",
+    }
+    demand = Demand(
+        buyer=buyer, created_by=user, origin_site_id=buyer.home_site_id, voucher=voucher,
+        **{k: v for k, v in fields.items() if k in allowed},
+    )
+    demand_check(demand, now=now)
+    demand.save()
+    demand.accelerators.set(resolved)
+    hub_id = Site.objects.filter(pk=buyer.home_site_id).values_list("hub_id", flat=True).get()
+    _enqueue_match(hub_id)
+    return demand
+
+
+def _enqueue_match(hub_id: object) -> None:
+    from .tasks import match_hub
+
+    transaction.on_commit(lambda: match_hub.delay(str(hub_id)))
+
+
+@transaction.atomic
+def demand_cancel(*, demand_id: object, buyer: Organisation) -> Demand:
+    """Cancel an open demand. Raises ``NotFound`` for another buyer's id, ``Conflict`` when
+    the demand is not open (a matched demand is cancelled through its reservation)."""
+    try:
+        demand = Demand.objects.select_for_update().get(pk=demand_id, buyer=buyer)
+    except (Demand.DoesNotExist, ValueError) as exc:
+        raise NotFound("no such demand", field="demand") from exc
+    if demand.status != Demand.Status.OPEN:
+        raise Conflict(f"demand is {demand.status}", code="illegal_transition")
+    demand.status = Demand.Status.CANCELLED
+    demand.save(update_fields=["status"])
+    return demand
+
+
+@transaction.atomic
+def demands_expire(*, now: datetime | None = None) -> int:
+    """Mark open demands whose window can no longer hold their duration ``expired``."""
+    now = now or timezone.now()
+    expired = 0
+    for demand in Demand.objects.select_for_update(skip_locked=True).filter(
+        status=Demand.Status.OPEN
+    ).order_by("pk"):
+        first = max(hour_index_ceil(demand.earliest_start), hour_index_ceil(now))
+        if hour_index(demand.latest_end) - first < demand.duration_hours:
+            demand.status = Demand.Status.EXPIRED
+            demand.unmatched_reason = demand.unmatched_reason or "window_passed"
+            demand.save(update_fields=["status", "unmatched_reason"])
+            expired += 1
+    return expired
+
+
+# --- Quote -----------------------------------------------------------------------------------
+
+def quote(*, buyer: Organisation, offer: Offer, gpu_count: int, hours: int,
+          voucher: Voucher | None = None, at: datetime | None = None) -> Split:
+    """Bill and voucher/cash split (CNY) for ``gpu_count`` GPUs × ``hours`` on ``offer`` now,
+    without holding anything. ``Split.note`` says why a voucher does not apply."""
+    _positive_int(gpu_count, "gpu_count", MAX_GPUS)
+    _positive_int(hours, "hours", MAX_HOURS)
+    if voucher is not None and voucher.owner_id != buyer.pk:
+        raise NotFound("no such voucher", field="voucher")
+    bill = bill_amount(gpu_count, hours, offer.price_per_gpu_hour)
+    return voucher_split(voucher, bill=bill, buyer=buyer, provider=offer.provider,
+                         site=offer.site, at=at or timezone.now())
+
+
+# --- Reservations ----------------------------------------------------------------------------
+
+def _event(reservation: Reservation, from_status: str, to_status: str,
+           actor: User | None = None, note: str = "") -> None:
+    ReservationEvent.objects.create(reservation=reservation, from_status=from_status,
+                                    to_status=to_status, actor=actor, note=note[:200])
+
+
+def _transition(reservation: Reservation, to_status: str, actor: User | None = None,
+                note: str = "") -> None:
+    if to_status not in Reservation.TRANSITIONS[reservation.status]:
+        raise Conflict(f"reservation is {reservation.status}, cannot become {to_status}",
+                       code="illegal_transition")
+    from_status = reservation.status
+    reservation.status = to_status
+    reservation.save(update_fields=["status", "updated_at"])
+    _event(reservation, from_status, to_status, actor, note)
+
+
+def reservation_create(
+    *, demand_id: object, offer_id: object, start: datetime, now: datetime | None = None,
+) -> Reservation:
+    """Book ``offer`` for ``demand`` from ``start`` (whole UTC hour) for the demand's duration,
+    holding capacity and funds together in one durable transaction (§4.4, §5.4).
+
+    Under the demand and offer row locks: the pair must be feasible (model, price, window,
+    min duration, different organisations, locality within the limit) and the offer's peak
+    reserved GPUs over ``[start, end)`` plus the demand's must not pass ``gpu_count``. The
+    bill's voucher part (§5.4) moves from the voucher and the cash part from the wallet into
+    escrow. Raises ``Conflict`` (demand not open, ``capacity_exhausted``), ``ValidationFailed``
+    (infeasible pair) or ``Unprocessable(code="insufficient_funds")``; nothing is written then.
+    """
+    now = now or timezone.now()
+    with transaction.atomic(durable=True):
+        demand = (Demand.objects.select_for_update()
+                  .select_related("buyer", "origin_site", "voucher__programme").get(pk=demand_id))
+        if demand.status != Demand.Status.OPEN:
+            raise Conflict(f"demand is {demand.status}", code="demand_not_open")
+        offer = (Offer.objects.select_for_update()
+                 .select_related("site", "provider").get(pk=offer_id))
+        end = start + demand.duration_hours * HOUR
+        _pair_check(demand, offer, start, end, now)
+        tier = tier_between(demand.origin_site.city, demand.origin_site.metro_area,
+                            demand.origin_site.hub_id, offer.site.city, offer.site.metro_area,
+                            offer.site.hub_id)
+        if tier_rank(tier) > tier_rank(demand.locality_limit):
+            raise ValidationFailed("offer outside the demand's locality limit",
+                                   code="outside_locality")
+        if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
+            raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
+
+        bill = bill_amount(demand.gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
+        voucher = demand.voucher
+        if voucher is not None:
+            Programme.objects.select_for_update().filter(pk=voucher.programme_id).get()
+            voucher = Voucher.objects.select_for_update().select_related("programme").get(
+                pk=voucher.pk)
+        split = voucher_split(voucher, bill=bill, buyer=demand.buyer, provider=offer.provider,
+                              site=offer.site, at=now)
+        status = Reservation.Status.HELD
+        reservation = Reservation.objects.create(
+            demand=demand, offer=offer, buyer=demand.buyer, provider=offer.provider,
+            start=start, end=end, gpu_count=demand.gpu_count,
+            price_per_gpu_hour=offer.price_per_gpu_hour, bill=bill,
+            voucher=voucher if split.voucher_part > 0 else None,
+            voucher_part=split.voucher_part, cash_part=split.cash_part,
+            voucher_note=split.note, locality_tier=tier, status=status,
+        )
+        legs = [(system_account(Account.Kind.ESCROW), bill)]
+        if split.voucher_part:
+            legs.append((voucher_account(voucher.pk), -split.voucher_part))  # type: ignore[union-attr]
+        legs.append((organisation_account(demand.buyer, Account.Kind.WALLET), -split.cash_part))
+        transaction_post(Transaction.Reason.HOLD, legs, reservation=reservation,
+                         voucher=reservation.voucher, memo="hold at match")
+        _event(reservation, "", status, note=f"matched at tier {tier}")
+        if offer.site.hub_id != demand.origin_site.hub_id:
+            InterHubTrade.objects.create(
+                reservation=reservation, exporting_hub_id=offer.site.hub_id,
+                importing_hub_id=demand.origin_site.hub_id,
+                gpu_hours=reservation.gpu_hours, value=bill,
+            )
+        demand.status = Demand.Status.MATCHED
+        demand.unmatched_reason = ""
+        if demand.auto_accept:
+            _transition(reservation, Reservation.Status.CONFIRMED, note="auto-accepted")
+            demand.status = Demand.Status.RESERVED
+        demand.save(update_fields=["status", "unmatched_reason"])
+    return reservation
+
+
+def _pair_check(demand: Demand, offer: Offer, start: datetime, end: datetime,
+                now: datetime) -> None:
+    if offer.status != Offer.Status.ACTIVE:
+        raise Conflict(f"offer is {offer.status}", code="offer_not_active")
+    if offer.provider_id == demand.buyer_id:
+        raise ValidationFailed("an organisation cannot trade with itself", code="self_trade")
+    if not is_whole_hour(start) or start < now:
+        raise ValidationFailed("start must be a whole UTC hour, not in the past", field="start")
+    if not (demand.earliest_start <= start and end <= demand.latest_end):
+        raise ValidationFailed("outside the demand's window", code="outside_window")
+    if not (offer.available_from <= start and end <= offer.available_until):
+        raise ValidationFailed("outside the offer's availability", code="outside_window")
+    if demand.duration_hours < offer.min_duration_hours:
+        raise ValidationFailed("shorter than the offer's minimum", code="below_min_duration")
+    if offer.price_per_gpu_hour > demand.max_price_per_gpu_hour:
+        raise ValidationFailed("offer over the demand's price limit", code="over_price")
+    if demand.gpu_count > offer.gpu_count:
+        raise ValidationFailed("offer too small", code="capacity_exhausted")
+    codes = set(demand.accelerators.values_list("pk", flat=True))
+    if codes and offer.accelerator_id not in codes:
+        raise ValidationFailed("accelerator not acceptable", code="model_mismatch")
+    acc = offer.accelerator
+    if demand.min_memory_gb and (acc.memory_gb or 0) < demand.min_memory_gb:
+        raise ValidationFailed("accelerator memory too small", code="model_mismatch")
+    if demand.min_tflops and (acc.bf16_tflops or 0) < demand.min_tflops:
+        raise ValidationFailed("accelerator too slow", code="model_mismatch")
+
+
+def _reservation_locked(reservation_id: object, *, buyer: Organisation | None = None,
+                        provider: Organisation | None = None) -> Reservation:
+    qs = Reservation.objects.select_for_update()
+    if buyer is not None:
+        qs = qs.filter(buyer=buyer)
+    if provider is not None:
+        qs = qs.filter(provider=provider)
+    try:
+        return qs.get(pk=reservation_id)
+    except (Reservation.DoesNotExist, ValueError) as exc:
+        raise NotFound("no such reservation", field="reservation") from exc
+
+
+def reservation_accept(*, reservation_id: object, buyer: Organisation,
+                       actor: User | None = None) -> Reservation:
+    """The buyer accepts a ``held`` reservation (``held → confirmed``); else ``Conflict``."""
+    with transaction.atomic(durable=True):
+        reservation = _reservation_locked(reservation_id, buyer=buyer)
+        _transition(reservation, Reservation.Status.CONFIRMED, actor, "accepted")
+        Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.RESERVED)
+    return reservation
+
+
+def _release(reservation: Reservation, fee: Decimal, reason: str) -> None:
+    """Return the held parts to voucher and wallet, less ``fee`` CNY taken from the cash part
+    for the provider (cancellation fee: vouchers pay for compute, not penalties)."""
+    fee = min(fee, reservation.cash_part)
+    legs = [(system_account(Account.Kind.ESCROW), -(reservation.voucher_part
+                                                    + reservation.cash_part))]
+    if reservation.voucher_part:
+        legs.append((voucher_account(reservation.voucher_id), reservation.voucher_part))
+    legs.append((organisation_account(reservation.buyer, Account.Kind.WALLET),
+                 reservation.cash_part - fee))
+    legs.append((organisation_account(reservation.provider, Account.Kind.PAYABLE), fee))
+    transaction_post(reason, legs, reservation=reservation, voucher=reservation.voucher,
+                     memo=f"release ({reason})")
+
+
+def cancellation_fee(reservation: Reservation, now: datetime) -> Decimal:
+    """Fee in CNY for cancelling now: ``CANCEL_FEE_RATE`` × bill inside ``CANCEL_FEE_WINDOW``
+    before the start, taken from the cash part only; zero before the window or for a reservation
+    not yet confirmed."""
+    if reservation.status != Reservation.Status.CONFIRMED:
+        return ZERO
+    if reservation.start - now > settings.CANCEL_FEE_WINDOW:
+        return ZERO
+    return min(quantize_money(reservation.bill * settings.CANCEL_FEE_RATE), reservation.cash_part)
+
+
+def reservation_cancel(*, reservation_id: object, buyer: Organisation, actor: User | None = None,
+                       now: datetime | None = None) -> Reservation:
+    """The buyer cancels before the start: everything held returns to voucher and wallet, less
+    the cancellation fee inside ``CANCEL_FEE_WINDOW`` (§5.5). ``Conflict`` once started."""
+    now = now or timezone.now()
+    with transaction.atomic(durable=True):
+        reservation = _reservation_locked(reservation_id, buyer=buyer)
+        if reservation.start <= now:
+            raise Conflict("reservation has started", code="already_started")
+        fee = cancellation_fee(reservation, now)
+        _transition(reservation, Reservation.Status.CANCELLED, actor,
+                    f"cancelled by buyer, fee {fee}")
+        _release(reservation, fee, Transaction.Reason.RELEASE)
+        Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.CANCELLED)
+    return reservation
+
+
+def reservations_expire_unaccepted(*, now: datetime | None = None) -> int:
+    """Expire ``held`` reservations older than ``ACCEPT_TTL`` and release their holds; the demand
+    returns to ``open``. Safe to run twice (row locks, ``skip_locked``). Returns the count."""
+    now = now or timezone.now()
+    count = 0
+    ids = list(Reservation.objects.filter(
+        status=Reservation.Status.HELD, created_at__lte=now - settings.ACCEPT_TTL
+    ).values_list("pk", flat=True))
+    for rid in ids:
+        with transaction.atomic(durable=True):
+            reservation = (Reservation.objects.select_for_update(skip_locked=True)
+                           .filter(pk=rid, status=Reservation.Status.HELD).first())
+            if reservation is None:
+                continue
+            _transition(reservation, Reservation.Status.EXPIRED, note="accept TTL passed")
+            _release(reservation, ZERO, Transaction.Reason.RELEASE)
+            Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.OPEN)
+            count += 1
+    return count
+
+
+def reservations_advance(*, now: datetime | None = None) -> tuple[int, int]:
+    """At hour boundaries: ``confirmed → active`` once started, ``active → completed`` once
+    ended (delivered = all hours unless reported). Returns ``(activated, completed)``."""
+    now = now or timezone.now()
+    activated = completed = 0
+    for rid in Reservation.objects.filter(status=Reservation.Status.CONFIRMED, start__lte=now
+                                          ).values_list("pk", flat=True):
+        with transaction.atomic(durable=True):
+            r = (Reservation.objects.select_for_update(skip_locked=True)
+                 .filter(pk=rid, status=Reservation.Status.CONFIRMED).first())
+            if r is not None:
+                _transition(r, Reservation.Status.ACTIVE, note="start reached")
+                activated += 1
+    for rid in Reservation.objects.filter(status=Reservation.Status.ACTIVE, end__lte=now
+                                          ).values_list("pk", flat=True):
+        with transaction.atomic(durable=True):
+            r = (Reservation.objects.select_for_update(skip_locked=True)
+                 .filter(pk=rid, status=Reservation.Status.ACTIVE).first())
+            if r is not None:
+                _complete(r, None, note="end reached")
+                completed += 1
+    return activated, completed
+
+
+def _complete(reservation: Reservation, delivered_gpu_hours: int | None, *,
+              actor: User | None = None, note: str = "") -> None:
+    full = reservation.gpu_hours
+    delivered = full if delivered_gpu_hours is None else delivered_gpu_hours
+    if isinstance(delivered, bool) or not isinstance(delivered, int) or not 0 <= delivered <= full:
+        raise ValidationFailed(f"must be between 0 and {full}", field="delivered_gpu_hours")
+    reservation.delivered_gpu_hours = delivered
+    reservation.save(update_fields=["delivered_gpu_hours"])
+    _transition(reservation, Reservation.Status.COMPLETED, actor, note)
+
+
+def reservation_report_usage(*, reservation_id: object, provider: Organisation,
+                             delivered_gpu_hours: int, actor: User | None = None,
+                             now: datetime | None = None) -> Reservation:
+    """The provider reports delivered GPU-hours of an ``active`` reservation and completes it
+    (early end or partial delivery). Undelivered hours are refunded at settlement."""
+    with transaction.atomic(durable=True):
+        reservation = _reservation_locked(reservation_id, provider=provider)
+        if reservation.status != Reservation.Status.ACTIVE:
+            raise Conflict(f"reservation is {reservation.status}", code="illegal_transition")
+        _complete(reservation, delivered_gpu_hours, actor=actor, note="usage reported")
+    return reservation
+
+
+def reservation_settle(*, reservation_id: object) -> Reservation:
+    """Settle a ``completed`` reservation (§5.5), exactly once.
+
+    Billable = delivered GPU-hours × rate (half-up); the rest returns to voucher and wallet in
+    the original proportion. Of the billable part, cash goes to the provider's payable less the
+    platform fee (``PLATFORM_FEE_RATE`` of the billable amount, from the cash side) and the
+    voucher part becomes a reimbursement claim on the programme. ``Conflict`` if not completed.
+    """
+    with transaction.atomic(durable=True):
+        r = Reservation.objects.select_for_update().select_related("voucher").get(
+            pk=reservation_id)
+        if r.status != Reservation.Status.COMPLETED:
+            raise Conflict(f"reservation is {r.status}", code="illegal_transition")
+        delivered = r.gpu_hours if r.delivered_gpu_hours is None else r.delivered_gpu_hours
+        billable = (r.bill if delivered == r.gpu_hours
+                    else bill_amount(1, delivered, r.price_per_gpu_hour))
+        refund_v, refund_c = split_proportionally(r.bill - billable, r.voucher_part, r.cash_part)
+        paid_v, paid_c = r.voucher_part - refund_v, r.cash_part - refund_c
+        fee = min(quantize_money(billable * settings.PLATFORM_FEE_RATE), paid_c)
+        legs = [(system_account(Account.Kind.ESCROW), -r.bill),
+                (organisation_account(r.buyer, Account.Kind.WALLET), refund_c),
+                (organisation_account(r.provider, Account.Kind.PAYABLE), paid_c - fee),
+                (system_account(Account.Kind.FEES), fee)]
+        if r.voucher_id:
+            legs += [(voucher_account(r.voucher_id), refund_v),
+                     (organisation_account(r.provider, Account.Kind.CLAIMS), paid_v)]
+        transaction_post(Transaction.Reason.SETTLEMENT, legs, reservation=r, voucher=r.voucher,
+                         memo=f"settled {delivered} GPU-hours")
+        if paid_v > 0 and r.voucher is not None:
+            ReimbursementClaim.objects.create(
+                programme_id=r.voucher.programme_id, provider_id=r.provider_id, reservation=r,
+                voucher=r.voucher, amount=paid_v,
+            )
+        _transition(r, Reservation.Status.SETTLED, note=f"billable {billable}")
+    return r
+
+
+def reservation_fail(*, reservation_id: object, provider: Organisation,
+                     actor: User | None = None) -> Reservation:
+    """The provider cannot deliver a reservation not yet completed: all held funds return."""
+    with transaction.atomic(durable=True):
+        reservation = _reservation_locked(reservation_id, provider=provider)
+        _transition(reservation, Reservation.Status.FAILED, actor, "provider failed")
+        _release(reservation, ZERO, Transaction.Reason.RELEASE)
+    return reservation

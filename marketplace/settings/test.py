@@ -1,0 +1,18 @@
+"""Test settings: PostgreSQL and Redis on this machine unless the environment says otherwise.
+
+Celery runs eagerly inside the test process; the real-worker tests switch eager mode off and start
+a worker subprocess pointed at the test database (see tests/conftest.py).
+"""
+
+from .base import *  # noqa: F403
+from .base import env
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/suanli"),
+}
+DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_suanli")}
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/14")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SECRET_KEY = "test-only-not-secret"  # noqa: S105

@@ -1,0 +1,92 @@
+"""Shared fixtures. Tests run against PostgreSQL (marketplace.settings.test)."""
+
+from decimal import Decimal
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import Organisation
+from marketplace.services import wallet_deposit
+from tests.factories import (
+    AcceleratorFactory,
+    CatalogueEntryFactory,
+    OfferFactory,
+    OrganisationFactory,
+    ProgrammeFactory,
+    ProviderFactory,
+    SiteFactory,
+    UserFactory,
+)
+from vouchers.models import Voucher
+from vouchers.services import programme_fund, voucher_issue
+
+
+@pytest.fixture
+def site():  # type: ignore[no-untyped-def]
+    return SiteFactory(code="chengdu-tianfu", city="Chengdu", metro_area="Chengdu")
+
+
+@pytest.fixture
+def buyer(site) -> Organisation:  # type: ignore[no-untyped-def]
+    org = OrganisationFactory(name="Buyer SME", home_site=site)
+    wallet_deposit(organisation=org, amount=Decimal("100000.00"))
+    return org
+
+
+@pytest.fixture
+def other_buyer(site) -> Organisation:  # type: ignore[no-untyped-def]
+    org = OrganisationFactory(name="Other SME", home_site=site)
+    wallet_deposit(organisation=org, amount=Decimal("100000.00"))
+    return org
+
+
+@pytest.fixture
+def provider(site) -> Organisation:  # type: ignore[no-untyped-def]
+    return ProviderFactory(name="Provider DC", home_site=site)
+
+
+@pytest.fixture
+def accelerator():  # type: ignore[no-untyped-def]
+    return AcceleratorFactory(aliases=["NVIDIA A100 80GB", "a100"])
+
+
+@pytest.fixture
+def offer(provider, site, accelerator):  # type: ignore[no-untyped-def]
+    return OfferFactory(provider=provider, site=site, accelerator=accelerator)
+
+
+@pytest.fixture
+def programme(provider):  # type: ignore[no-untyped-def]
+    programme = ProgrammeFactory()
+    programme_fund(programme)
+    CatalogueEntryFactory(programme=programme, provider=provider)
+    return programme
+
+
+@pytest.fixture
+def voucher(programme, buyer) -> Voucher:  # type: ignore[no-untyped-def]
+    return voucher_issue(programme=programme, owner=buyer, face_value=Decimal("1000.00"))
+
+
+@pytest.fixture
+def buyer_user(buyer):  # type: ignore[no-untyped-def]
+    return UserFactory(username="buyer", organisation=buyer)
+
+
+@pytest.fixture
+def provider_user(provider):  # type: ignore[no-untyped-def]
+    return UserFactory(username="provider", organisation=provider)
+
+
+@pytest.fixture
+def buyer_client(buyer_user) -> APIClient:  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.force_authenticate(buyer_user)
+    return client
+
+
+@pytest.fixture
+def provider_client(provider_user) -> APIClient:  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.force_authenticate(provider_user)
+    return client

@@ -1,0 +1,155 @@
+"""factory_boy factories for the whole project. Build a market with ``market()`` in conftest."""
+
+import itertools
+from datetime import timedelta
+from decimal import Decimal
+
+import factory
+from django.utils import timezone
+
+from accounts.credit_code import make_credit_code
+from accounts.models import Membership, Organisation, User
+from marketplace.models import Accelerator, Cluster, Demand, Hub, Offer, Site
+from marketplace.timeutil import from_hour_index, hour_index_ceil
+from vouchers.models import CatalogueEntry, Programme
+
+_codes = itertools.count(1)
+
+
+def credit_code() -> str:
+    """A fresh valid unified social credit code (GB 32100-2015 check character)."""
+    return make_credit_code(f"91510100{next(_codes):09d}")
+
+
+def next_hour(hours_ahead: int = 1):  # type: ignore[no-untyped-def]
+    """The whole UTC hour ``hours_ahead`` hours after the next one."""
+    return from_hour_index(hour_index_ceil(timezone.now()) + hours_ahead)
+
+
+class HubFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Hub
+        django_get_or_create = ("code",)
+
+    code = factory.Sequence(lambda n: f"hub-{n}")
+    name = factory.LazyAttribute(lambda o: o.code.title())
+
+
+class ClusterFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Cluster
+        django_get_or_create = ("code",)
+
+    code = factory.Sequence(lambda n: f"cluster-{n}")
+    name = factory.LazyAttribute(lambda o: o.code.title())
+    hub = factory.SubFactory(HubFactory)
+
+
+class SiteFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Site
+        django_get_or_create = ("code",)
+
+    code = factory.Sequence(lambda n: f"site-{n}")
+    name = factory.LazyAttribute(lambda o: f"DC {o.code}")
+    city = "Chengdu"
+    metro_area = "Chengdu"
+    hub = factory.SubFactory(HubFactory, code="chengdu-chongqing")
+
+
+class AcceleratorFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Accelerator
+        django_get_or_create = ("code",)
+
+    code = "A100-80G"
+    vendor = "NVIDIA"
+    memory_gb = 80
+    bf16_tflops = Decimal("312.0")
+
+
+class OrganisationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Organisation
+
+    name = factory.Sequence(lambda n: f"Org {n}")
+    credit_code = factory.LazyFunction(credit_code)
+    kind = Organisation.Kind.SME
+    status = Organisation.Status.APPROVED
+    home_site = factory.SubFactory(SiteFactory)
+
+
+class ProviderFactory(OrganisationFactory):
+    kind = Organisation.Kind.PROVIDER
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.PostGenerationMethodCall("set_password", "pw-Secret-123")
+
+    @factory.post_generation
+    def organisation(self, create, extracted, **kwargs):  # type: ignore[no-untyped-def]
+        if create and extracted is not None:
+            Membership.objects.create(user=self, organisation=extracted,
+                                      role=Membership.Role.ADMIN)
+
+
+class OfferFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Offer
+
+    provider = factory.SubFactory(ProviderFactory)
+    site = factory.SubFactory(SiteFactory)
+    accelerator = factory.SubFactory(AcceleratorFactory)
+    gpu_count = 8
+    gpus_per_node = 8
+    available_from = factory.LazyFunction(lambda: next_hour(0))
+    available_until = factory.LazyFunction(lambda: next_hour(24 * 7))
+    price_per_gpu_hour = Decimal("10.0000")
+    min_duration_hours = 1
+    status = Offer.Status.ACTIVE
+
+
+class DemandFactory(factory.django.DjangoModelFactory):
+    """A demand row written directly (no service); use ``demand_create`` to test the rules."""
+
+    class Meta:
+        model = Demand
+
+    buyer = factory.SubFactory(OrganisationFactory)
+    origin_site = factory.LazyAttribute(lambda o: o.buyer.home_site)
+    gpu_count = 4
+    duration_hours = 2
+    earliest_start = factory.LazyFunction(lambda: next_hour(1))
+    latest_end = factory.LazyAttribute(lambda o: o.earliest_start + timedelta(hours=24))
+    max_price_per_gpu_hour = Decimal("20.0000")
+
+
+class ProgrammeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Programme
+        django_get_or_create = ("code",)
+
+    code = "chengdu-2025"
+    name = "Chengdu compute vouchers 2025"
+    issuer_city = "Chengdu"
+    effective_from = factory.LazyFunction(lambda: timezone.now().date().replace(month=1, day=1))
+    annual_budget = Decimal("100000000.00")
+    max_share = Decimal("0.6000")
+    buyer_annual_cap = Decimal("5000000.00")
+    min_voucher_amount = Decimal("0.00")
+    validity_months = 12
+
+
+class CatalogueEntryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = CatalogueEntry
+
+    programme = factory.SubFactory(ProgrammeFactory)
+    provider = factory.SubFactory(ProviderFactory)
+    year = factory.LazyFunction(lambda: timezone.now().year)
+    status = CatalogueEntry.Status.APPROVED

@@ -1,0 +1,164 @@
+"""Voucher programmes, provider catalogues, applications, vouchers, reimbursement claims (§5.6).
+
+Money is CNY ``Decimal`` to the fen. A voucher expires at the end of its last valid day in the
+programme's time zone (Asia/Shanghai); ``expires_at`` stores that instant in UTC.
+"""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class Programme(models.Model):
+    """A city's compute-voucher programme, as data (issuer, budget, share, caps, region)."""
+
+    class RedemptionMode(models.TextChoices):
+        POINT_OF_SALE = "point_of_sale", "Point of sale (provider deducts, is reimbursed)"
+        REIMBURSEMENT = "reimbursement", "Reimbursement (buyer pays in full, is repaid)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=150)
+    issuer_city = models.CharField(max_length=60)
+    effective_from = models.DateField()
+    effective_until = models.DateField(null=True, blank=True)
+    annual_budget = models.DecimalField(max_digits=16, decimal_places=2)
+    max_share = models.DecimalField(max_digits=5, decimal_places=4)
+    buyer_annual_cap = models.DecimalField(max_digits=14, decimal_places=2)
+    min_voucher_amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    validity_months = models.PositiveIntegerField(default=12)
+    hubs = models.ManyToManyField("marketplace.Hub", blank=True, related_name="+")
+    clusters = models.ManyToManyField("marketplace.Cluster", blank=True, related_name="+")
+    sites = models.ManyToManyField("marketplace.Site", blank=True, related_name="+")
+    redemption_mode = models.CharField(
+        max_length=20, choices=RedemptionMode.choices, default=RedemptionMode.POINT_OF_SALE
+    )
+    statement_period = models.CharField(max_length=10, default="monthly")
+    time_zone = models.CharField(max_length=40, default="Asia/Shanghai")
+
+    class Meta:
+        ordering = ["code"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_share__gt=0) & Q(max_share__lte=1), name="programme_share_range"
+            ),
+            models.CheckConstraint(condition=Q(annual_budget__gte=0), name="programme_budget_nn"),
+            models.CheckConstraint(condition=Q(buyer_annual_cap__gte=0), name="programme_cap_nn"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CatalogueEntry(models.Model):
+    """A provider admitted to a programme's catalogue for one year (§5.6)."""
+
+    class Status(models.TextChoices):
+        PROPOSED = "proposed", "Proposed"
+        APPROVED = "approved", "Approved"
+        SUSPENDED = "suspended", "Suspended"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    programme = models.ForeignKey(Programme, on_delete=models.CASCADE, related_name="catalogue")
+    provider = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.CASCADE, related_name="catalogue_entries"
+    )
+    year = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PROPOSED)
+
+    class Meta:
+        verbose_name_plural = "catalogue entries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["programme", "provider", "year"], name="uniq_catalogue_entry"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} in {self.programme} ({self.year})"
+
+
+class VoucherApplication(models.Model):
+    """A buyer's request for a voucher of ``amount`` CNY from a programme."""
+
+    class Status(models.TextChoices):
+        SUBMITTED = "submitted", "Submitted"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    programme = models.ForeignKey(Programme, on_delete=models.PROTECT, related_name="applications")
+    buyer = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="voucher_applications"
+    )
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    purpose = models.CharField(max_length=300, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SUBMITTED)
+    decision_note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="application_amount_pos"),
+        ]
+
+
+class Voucher(models.Model):
+    """A compute voucher bound to one buyer. ``balance`` caches its ledger account's balance."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        EXPIRED = "expired", "Expired (balance lapsed)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    programme = models.ForeignKey(Programme, on_delete=models.PROTECT, related_name="vouchers")
+    owner = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="vouchers"
+    )
+    application = models.OneToOneField(
+        VoucherApplication, null=True, blank=True, on_delete=models.PROTECT, related_name="voucher"
+    )
+    face_value = models.DecimalField(max_digits=14, decimal_places=2)
+    issued_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+
+    class Meta:
+        ordering = ["issued_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(face_value__gt=0), name="voucher_face_pos"),
+        ]
+
+    def __str__(self) -> str:
+        return f"voucher {self.id} ({self.programme.code})"
+
+
+class ReimbursementClaim(models.Model):
+    """A provider's claim on a programme for the voucher part of one settled reservation."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    programme = models.ForeignKey(Programme, on_delete=models.PROTECT, related_name="claims")
+    provider = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="reimbursement_claims"
+    )
+    reservation = models.OneToOneField(
+        "marketplace.Reservation", on_delete=models.PROTECT, related_name="reimbursement_claim"
+    )
+    voucher = models.ForeignKey(Voucher, on_delete=models.PROTECT, related_name="claims")
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="claim_amount_pos"),
+        ]
