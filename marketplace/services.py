@@ -357,11 +357,11 @@ def reservation_create(
     """
     now = now or timezone.now()
     with transaction.atomic(durable=True):
-        demand = (Demand.objects.select_for_update()
+        demand = (Demand.objects.select_for_update(of=("self",))
                   .select_related("buyer", "origin_site", "voucher__programme").get(pk=demand_id))
         if demand.status != Demand.Status.OPEN:
             raise Conflict(f"demand is {demand.status}", code="demand_not_open")
-        offer = (Offer.objects.select_for_update()
+        offer = (Offer.objects.select_for_update(of=("self",))
                  .select_related("site", "provider").get(pk=offer_id))
         end = start + demand.duration_hours * HOUR
         _pair_check(demand, offer, start, end, now)
@@ -585,7 +585,7 @@ def reservation_settle(*, reservation_id: object) -> Reservation:
     voucher part becomes a reimbursement claim on the programme. ``Conflict`` if not completed.
     """
     with transaction.atomic(durable=True):
-        r = Reservation.objects.select_for_update().select_related("voucher").get(
+        r = Reservation.objects.select_for_update(of=("self",)).select_related("voucher").get(
             pk=reservation_id)
         if r.status != Reservation.Status.COMPLETED:
             raise Conflict(f"reservation is {r.status}", code="illegal_transition")
