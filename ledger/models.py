@@ -111,3 +111,29 @@ class Entry(models.Model):
     class Meta:
         verbose_name_plural = "entries"
         constraints = [models.CheckConstraint(condition=~Q(amount=0), name="entry_nonzero")]
+
+
+class IdempotencyKey(models.Model):
+    """A client's ``Idempotency-Key`` for one write (PRODUCT.md §6.1), stored durably.
+
+    ``owner`` is ``org:<uuid>`` (or ``user:<uuid>`` for a caller without an organisation);
+    ``fingerprint`` is the SHA-256 of method, path and canonical JSON body. ``status_code`` and
+    ``response_body`` are empty while the first request is in flight, then hold its response,
+    which a retry with the same key and body replays.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "key"], name="uniq_idempotency_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner}:{self.key}"
