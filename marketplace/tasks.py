@@ -1,6 +1,93 @@
+"""Celery tasks. Each takes ids (and an optional ISO time for simulations), re-reads state,
+calls one service and is safe to run twice."""
+
+from datetime import datetime
+
 from celery import shared_task
+from django.utils import timezone
+
+from marketplace.matching.cycle import matching_cycle_run
+from marketplace.models import Hub, Reservation
+from marketplace.services import (
+    demands_expire,
+    reservation_settle,
+    reservations_advance,
+    reservations_expire_unaccepted,
+)
+from vouchers.services import vouchers_lapse_expired
 
 
-@shared_task
-def match_hub(hub_id: str) -> None:
-    pass
+def _now(at: str | None) -> datetime:
+    return datetime.fromisoformat(at) if at else timezone.now()
+
+
+def hub_queue(hub_id: object) -> str:
+    """The matching queue of a hub: one partition per hub (PRODUCT.md §4)."""
+    return f"match.{hub_id}"
+
+
+@shared_task(name="marketplace.tasks.match_hub")
+def match_hub(hub_id: str, at: str | None = None) -> int:
+    """Run one matching cycle for the hub; returns reservations made (0 if the hub is busy)."""
+    cycle = matching_cycle_run(hub_id, now=_now(at))
+    return cycle.reservations_made if cycle else 0
+
+
+@shared_task(name="marketplace.tasks.match_all_hubs")
+def match_all_hubs(at: str | None = None) -> int:
+    """Beat entry point: enqueue one matching task per hub. Returns the number enqueued."""
+    hubs = list(Hub.objects.values_list("pk", flat=True))
+    for hub_id in hubs:
+        match_hub.delay(str(hub_id), at)
+    return len(hubs)
+
+
+@shared_task(name="marketplace.tasks.expire_unaccepted")
+def expire_unaccepted(at: str | None = None) -> int:
+    """Expire held reservations not accepted within ``ACCEPT_TTL``."""
+    return reservations_expire_unaccepted(now=_now(at))
+
+
+@shared_task(name="marketplace.tasks.advance_reservations")
+def advance_reservations(at: str | None = None) -> list[int]:
+    """Activate reservations whose start passed; complete those whose end passed."""
+    return list(reservations_advance(now=_now(at)))
+
+
+@shared_task(name="marketplace.tasks.settle_completed")
+def settle_completed() -> int:
+    """Settle every completed reservation (one transaction each). Returns the number settled."""
+    settled = 0
+    for rid in Reservation.objects.filter(status=Reservation.Status.COMPLETED).values_list(
+        "pk", flat=True
+    ):
+        settle_reservation(str(rid))
+        settled += 1
+    return settled
+
+
+@shared_task(name="marketplace.tasks.settle_reservation")
+def settle_reservation(reservation_id: str) -> bool:
+    """Settle one reservation if it is still completed; a second run does nothing."""
+    if not Reservation.objects.filter(pk=reservation_id,
+                                      status=Reservation.Status.COMPLETED).exists():
+        return False
+    from marketplace.errors import Conflict
+
+    try:
+        reservation_settle(reservation_id=reservation_id)
+    except Conflict:
+        return False
+    return True
+
+
+@shared_task(name="marketplace.tasks.expire_demands")
+def expire_demands(at: str | None = None) -> int:
+    """Expire open demands whose window can no longer hold their duration."""
+    return demands_expire(now=_now(at))
+
+
+@shared_task(name="vouchers.tasks.lapse_expired_vouchers")
+def lapse_expired_vouchers(at: str | None = None) -> int:
+    """Daily: lapse expired vouchers' unused balances back to their programmes, once."""
+    return vouchers_lapse_expired(now=_now(at))

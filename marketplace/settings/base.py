@@ -118,7 +118,7 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", default="default")
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 
@@ -136,6 +136,8 @@ CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "marketplace.tasks.advance_reservations", "schedule": 60.0},
     "settle-completed": {"task": "marketplace.tasks.settle_completed", "schedule": 300.0},
     "expire-demands": {"task": "marketplace.tasks.expire_demands", "schedule": 300.0},
+    "lapse-expired-vouchers": {"task": "vouchers.tasks.lapse_expired_vouchers",
+                               "schedule": 86400.0},
 }
 
 LOGGING = {

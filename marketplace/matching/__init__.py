@@ -1,0 +1,1 @@
+"""The matching engine: plain Python over plain data (no ORM inside). See ``engine``."""
