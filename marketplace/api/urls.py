@@ -1,3 +1,48 @@
-from django.urls import path  # noqa: F401
+"""Routes of the REST API under ``/api/v1/`` (PRODUCT.md §6.1). Ids are UUIDs; a malformed id
+is a JSON 404 from the view, so paths take any segment."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from accounts.api import views as accounts
+from ledger.api import views as ledger
+from vouchers.api import views as vouchers
+
+from . import views as market
+
+urlpatterns = [
+    path("auth/token/", accounts.TokenObtainApi.as_view(), name="auth-token"),
+    path("organisations/", accounts.OrganisationRegisterApi.as_view(), name="organisations"),
+    path("organisations/me/", accounts.OrganisationMeApi.as_view(), name="organisation-me"),
+    path("hubs/", market.HubListApi.as_view(), name="hubs"),
+    path("sites/", market.SiteListApi.as_view(), name="sites"),
+    path("accelerators/", market.AcceleratorListApi.as_view(), name="accelerators"),
+    path("offers/", market.OfferListCreateApi.as_view(), name="offers"),
+    path("offers/<str:id>/", market.OfferDetailApi.as_view(), name="offer-detail"),
+    path("offers/<str:id>/pause/", market.OfferPauseApi.as_view(), name="offer-pause"),
+    path("offers/<str:id>/activate/", market.OfferActivateApi.as_view(), name="offer-activate"),
+    path("offers/<str:id>/withdraw/", market.OfferWithdrawApi.as_view(), name="offer-withdraw"),
+    path("demands/", market.DemandListCreateApi.as_view(), name="demands"),
+    path("demands/<str:id>/", market.DemandDetailApi.as_view(), name="demand-detail"),
+    path("demands/<str:id>/cancel/", market.DemandCancelApi.as_view(), name="demand-cancel"),
+    path("quotes/", market.QuoteApi.as_view(), name="quotes"),
+    path("reservations/", market.ReservationListApi.as_view(), name="reservations"),
+    path("reservations/<str:id>/", market.ReservationDetailApi.as_view(),
+         name="reservation-detail"),
+    path("reservations/<str:id>/accept/", market.ReservationAcceptApi.as_view(),
+         name="reservation-accept"),
+    path("reservations/<str:id>/cancel/", market.ReservationCancelApi.as_view(),
+         name="reservation-cancel"),
+    path("reservations/<str:id>/usage/", market.ReservationUsageApi.as_view(),
+         name="reservation-usage"),
+    path("programmes/", vouchers.ProgrammeListApi.as_view(), name="programmes"),
+    path("programmes/<str:id>/", vouchers.ProgrammeDetailApi.as_view(), name="programme-detail"),
+    path("vouchers/", vouchers.VoucherListApi.as_view(), name="vouchers"),
+    path("vouchers/<str:id>/", vouchers.VoucherDetailApi.as_view(), name="voucher-detail"),
+    path("voucher-applications/", vouchers.VoucherApplicationListCreateApi.as_view(),
+         name="voucher-applications"),
+    path("voucher-applications/<str:id>/", vouchers.VoucherApplicationDetailApi.as_view(),
+         name="voucher-application-detail"),
+    path("wallet/", ledger.WalletApi.as_view(), name="wallet"),
+    path("wallet/deposits/", ledger.DepositApi.as_view(), name="wallet-deposits"),
+    path("ledger/", ledger.EntryListApi.as_view(), name="ledger"),
+]

@@ -1,0 +1,160 @@
+"""Building blocks shared by every API view: the caller's organisation, strict input
+serializers, UUID path ids, and ``Idempotency-Key`` replay (PRODUCT.md §6.1)."""
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import exceptions, serializers
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Organisation
+from accounts.selectors import organisation_of
+from ledger.models import IdempotencyKey
+from marketplace.errors import Conflict, NotFound, Unprocessable, ValidationFailed
+from marketplace.selectors import as_uuid
+
+ID_PATH = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                           description="The object's UUID.")
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Up to 255 printable characters. The same key and body replay the first "
+                "successful response; the same key with another body is a 422 "
+                "`idempotency_key_reused`.",
+)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of the API."""
+
+    code = serializers.CharField(help_text="Stable machine-readable code.")
+    detail = serializers.CharField()
+    field = serializers.CharField(allow_null=True, help_text="The input at fault, if any.")
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer,
+          404: ErrorSerializer}
+
+
+class StrictSerializer(serializers.Serializer):
+    """An input serializer that refuses fields it does not know (a typo is a 400 naming the
+    field, not a silently ignored value)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+def object_id(raw: object, field: str) -> uuid.UUID:
+    """The UUID in a URL, or ``NotFound`` naming ``field`` (a malformed id is just not there)."""
+    pk = as_uuid(raw)
+    if pk is None:
+        raise NotFound(f"no such {field}", field=field)
+    return pk
+
+
+class OrgMixin:
+    """Resolves the caller's organisation after authentication as ``self.organisation``.
+
+    With ``organisation_required`` (the default) a caller without one gets a 403
+    ``no_organisation``; public reference views set it to ``False``.
+    """
+
+    organisation_required = True
+    organisation: Organisation | None = None
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        user = request.user
+        self.organisation = organisation_of(user) if user.is_authenticated else None
+        if self.organisation_required and self.organisation is None:
+            raise exceptions.PermissionDenied(
+                "you do not belong to an organisation", code="no_organisation")
+
+    @property
+    def org(self) -> Organisation:
+        """The caller's organisation where it is required (never ``None`` there)."""
+        assert self.organisation is not None
+        return self.organisation
+
+
+# --- Idempotency-Key -----------------------------------------------------------------------
+
+def _fingerprint(request: Request) -> str:
+    body = json.dumps(request.data, sort_keys=True, default=str, separators=(",", ":"))
+    raw = f"{request.method}\n{request.path}\n{body}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _owner(view: APIView, request: Request) -> str:
+    organisation = getattr(view, "organisation", None)
+    return f"org:{organisation.pk}" if organisation is not None else f"user:{request.user.pk}"
+
+
+Handler = Callable[..., Response]
+
+
+def idempotent(handler: Handler) -> Handler:
+    """Make a write handler honour the ``Idempotency-Key`` header (PRODUCT.md §6.1).
+
+    The key is claimed first in its own short transaction (a unique row per caller and key),
+    then the handler runs its services, then the response is stored. A retry with the same key
+    and the same method, path and body replays the stored response (header
+    ``Idempotent-Replayed: true``); another body is a 422 ``idempotency_key_reused``; a retry
+    while the first is still running is a 409 ``idempotency_key_in_progress``. A refused or
+    failed request writes nothing (services are atomic), so its key is released for a retry.
+    """
+
+    @wraps(handler)
+    def wrapper(view: APIView, request: Request, *args: Any, **kwargs: Any) -> Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return handler(view, request, *args, **kwargs)
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            raise ValidationFailed("must be 1-255 printable characters",
+                                   code="invalid_idempotency_key", field="Idempotency-Key")
+        owner, fingerprint = _owner(view, request), _fingerprint(request)
+        try:
+            with transaction.atomic():
+                record = IdempotencyKey.objects.create(owner=owner, key=key,
+                                                       fingerprint=fingerprint)
+        except IntegrityError:
+            first = IdempotencyKey.objects.get(owner=owner, key=key)
+            if first.fingerprint != fingerprint:
+                raise Unprocessable(
+                    "this Idempotency-Key was used with another request",
+                    code="idempotency_key_reused", field="Idempotency-Key") from None
+            if first.status_code is None:
+                raise Conflict("the first request with this Idempotency-Key is still running",
+                               code="idempotency_key_in_progress",
+                               field="Idempotency-Key") from None
+            replay = Response(first.response_body, status=first.status_code)
+            replay["Idempotent-Replayed"] = "true"
+            return replay
+        try:
+            response = handler(view, request, *args, **kwargs)
+        except BaseException:
+            IdempotencyKey.objects.filter(pk=record.pk).delete()
+            raise
+        if not 200 <= response.status_code < 300:
+            IdempotencyKey.objects.filter(pk=record.pk).delete()
+            return response
+        body = json.loads(JSONRenderer().render(response.data) or b"null")
+        IdempotencyKey.objects.filter(pk=record.pk).update(
+            status_code=response.status_code, response_body=body)
+        return response
+
+    return wrapper

@@ -1,0 +1,162 @@
+"""Query filters for list endpoints, validated strictly: an unknown parameter or a bad value is a
+400 naming the parameter, never a silently unfiltered list (PRODUCT.md §6.1)."""
+
+from typing import Any
+
+import django_filters
+from django import forms
+from django.db.models import Q, QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from accounts.selectors import organisation_of
+from marketplace.errors import ValidationFailed
+from marketplace.models import Demand, Hub, LocalityTier, Offer, Reservation, Site
+from marketplace.services import MAX_GPUS, MAX_PRICE, accelerators_resolve
+
+
+class StrictFilterBackend(DjangoFilterBackend):
+    """django-filter, plus: any query parameter other than the view's filters, ``page`` and
+    ``page_size`` is refused with a 400 naming it."""
+
+    always_allowed = frozenset({"page", "page_size"})
+
+    def filter_queryset(self, request: Request, queryset: QuerySet, view: APIView) -> QuerySet:
+        allowed = set(self.always_allowed)
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is not None:
+            allowed |= set(filterset_class.base_filters)
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise ValidationError({name: ["unknown query parameter"] for name in unknown})
+        return super().filter_queryset(request, queryset, view)
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    field_class = forms.IntegerField
+
+
+class HubCodeFilter(django_filters.ModelChoiceFilter):
+    """A hub given by its code; an unknown code is a 400."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("queryset", Hub.objects.all())
+        kwargs.setdefault("to_field_name", "code")
+        super().__init__(**kwargs)
+
+
+class SiteFilter(django_filters.FilterSet):
+    """``hub`` (hub code), ``city`` (case-insensitive)."""
+
+    hub = HubCodeFilter(field_name="hub")
+    city = django_filters.CharFilter(field_name="city", lookup_expr="iexact", max_length=60)
+
+    class Meta:
+        model = Site
+        fields: list[str] = []
+
+
+def _tier_q(tier: str, home: Site) -> Q:
+    """Offers whose site is within ``tier`` of ``home`` (as ``tier_between``)."""
+    if tier == LocalityTier.NATIONAL:
+        return Q()
+    same_hub = Q(site__hub_id=home.hub_id)
+    if tier == LocalityTier.REGION:
+        return same_hub
+    if tier == LocalityTier.METRO:
+        return same_hub & (Q(site__city=home.city) | Q(site__metro_area=home.metro_area))
+    return same_hub & Q(site__city=home.city)
+
+
+class OfferFilter(django_filters.FilterSet):
+    """Offer search (PRODUCT.md §6.1).
+
+    ``accelerator``: catalogue codes or aliases, comma-separated (unknown = 400);
+    ``hub``: hub code of the offer's site; ``tier``: within ``city``/``metro``/``region``/
+    ``national`` of the caller's home site; ``max_price``: CNY per GPU-hour (≤ 4 places);
+    ``min_gpus``; ``window_start``/``window_end``: UTC, the offer is available over the whole
+    window; ``ordering``: ``price``, ``-price``, ``available_from``, ``-available_from``.
+    """
+
+    accelerator = django_filters.CharFilter(method="filter_accelerator", max_length=400)
+    hub = HubCodeFilter(field_name="site__hub")
+    tier = django_filters.ChoiceFilter(choices=LocalityTier.choices, method="filter_tier")
+    max_price = django_filters.NumberFilter(
+        field_name="price_per_gpu_hour", lookup_expr="lte", max_digits=12, decimal_places=4,
+        min_value=0, max_value=MAX_PRICE)
+    min_gpus = IntegerFilter(field_name="gpu_count", lookup_expr="gte", min_value=1,
+                             max_value=MAX_GPUS)
+    window_start = django_filters.IsoDateTimeFilter(field_name="available_from",
+                                                    lookup_expr="lte")
+    window_end = django_filters.IsoDateTimeFilter(field_name="available_until",
+                                                  lookup_expr="gte")
+    ordering = django_filters.OrderingFilter(
+        fields=(("price_per_gpu_hour", "price"), ("available_from", "available_from")))
+
+    class Meta:
+        model = Offer
+        fields: list[str] = []
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        if valid:
+            start = self.form.cleaned_data.get("window_start")
+            end = self.form.cleaned_data.get("window_end")
+            if start is not None and end is not None and end <= start:
+                self.form.add_error("window_end", "must be after window_start")
+                return False
+        return valid
+
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        queryset = super().filter_queryset(queryset)
+        data = self.form.cleaned_data
+        # An offer with only one side of the window given must still cover that instant.
+        if data.get("window_start") is not None and data.get("window_end") is None:
+            queryset = queryset.filter(available_until__gt=data["window_start"])
+        if data.get("window_end") is not None and data.get("window_start") is None:
+            queryset = queryset.filter(available_from__lt=data["window_end"])
+        return queryset
+
+    def filter_accelerator(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        names = [part for part in (p.strip() for p in value.split(",")) if part]
+        if not names:
+            raise ValidationFailed("give at least one accelerator code",
+                                   code="unknown_accelerator", field="accelerator")
+        resolved = accelerators_resolve(names, field="accelerator")
+        return queryset.filter(accelerator__in=resolved)
+
+    def filter_tier(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        organisation = organisation_of(self.request.user) if self.request else None
+        home = organisation.home_site if organisation is not None else None
+        if home is None:
+            raise ValidationFailed("tier needs an organisation with a home site",
+                                   code="no_home_site", field="tier")
+        return queryset.filter(_tier_q(value, home))
+
+
+class DemandFilter(django_filters.FilterSet):
+    """``status`` of the demand."""
+
+    status = django_filters.ChoiceFilter(choices=Demand.Status.choices)
+
+    class Meta:
+        model = Demand
+        fields: list[str] = []
+
+
+class ReservationFilter(django_filters.FilterSet):
+    """``status``; ``role``: ``buyer`` (own purchases) or ``provider`` (own sales)."""
+
+    status = django_filters.ChoiceFilter(choices=Reservation.Status.choices)
+    role = django_filters.ChoiceFilter(
+        choices=(("buyer", "Buyer"), ("provider", "Provider")), method="filter_role")
+
+    class Meta:
+        model = Reservation
+        fields: list[str] = []
+
+    def filter_role(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        organisation = organisation_of(self.request.user) if self.request else None
+        return queryset.filter(**{value: organisation})

@@ -1,0 +1,208 @@
+"""Input and output serializers of the marketplace API.
+
+Units: money in CNY as decimal strings (prices per GPU-hour to 4 places, amounts to 2),
+durations in hours, capacity in GPUs and GPU-hours, times ISO 8601 in UTC. Input serializers only
+check shape and type (NaN, Infinity and excess decimal places are refused here); the market rules
+live in ``marketplace.services`` and come back as errors naming the field.
+"""
+
+from rest_framework import serializers
+
+from marketplace.models import (
+    Accelerator,
+    Demand,
+    Hub,
+    LocalityTier,
+    Offer,
+    Reservation,
+    Site,
+)
+from marketplace.services import MAX_GPUS, MAX_HOURS, MAX_PRICE
+
+from .base import StrictSerializer
+
+
+def price_field(**kwargs: object) -> serializers.DecimalField:
+    """CNY per GPU-hour: positive, at most 4 decimal places, finite."""
+    return serializers.DecimalField(max_digits=12, decimal_places=4, min_value=0,
+                                    max_value=MAX_PRICE, **kwargs)  # type: ignore[arg-type]
+
+
+def amount_field(**kwargs: object) -> serializers.DecimalField:
+    """A CNY amount: at most 2 decimal places (fen), finite."""
+    return serializers.DecimalField(max_digits=14, decimal_places=2, **kwargs)  # type: ignore[arg-type]
+
+
+# --- Reference data -------------------------------------------------------------------------
+
+class HubSerializer(serializers.ModelSerializer):
+    """A national hub node."""
+
+    class Meta:
+        model = Hub
+        fields = ["id", "code", "name", "name_zh", "is_west"]
+
+
+class SiteSerializer(serializers.ModelSerializer):
+    """A data centre or home location; ``hub`` and ``cluster`` are codes."""
+
+    hub = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    cluster = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Site
+        fields = ["id", "code", "name", "city", "metro_area", "hub", "cluster"]
+
+
+class AcceleratorSerializer(serializers.ModelSerializer):
+    """A catalogue accelerator: memory in GB, dense BF16/FP16 TFLOPS."""
+
+    aliases = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = Accelerator
+        fields = ["id", "code", "vendor", "memory_gb", "bf16_tflops", "interconnect",
+                  "is_domestic", "aliases"]
+
+
+# --- Offers ---------------------------------------------------------------------------------
+
+class OfferSerializer(serializers.ModelSerializer):
+    """An offer: ``gpu_count`` GPUs of ``accelerator`` at ``site`` over
+    ``[available_from, available_until)`` (UTC) at ``price_per_gpu_hour`` CNY."""
+
+    provider = serializers.UUIDField(source="provider_id", read_only=True)
+    provider_name = serializers.CharField(source="provider.name", read_only=True)
+    site = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    site_id = serializers.UUIDField(read_only=True)
+    hub = serializers.CharField(source="site.hub.code", read_only=True)
+    city = serializers.CharField(source="site.city", read_only=True)
+    accelerator = serializers.CharField(source="accelerator.code", read_only=True)
+
+    class Meta:
+        model = Offer
+        fields = ["id", "provider", "provider_name", "site", "site_id", "hub", "city",
+                  "accelerator", "gpu_count", "gpus_per_node", "interconnect", "available_from",
+                  "available_until", "price_per_gpu_hour", "min_duration_hours", "status",
+                  "created_at", "updated_at"]
+
+
+class OfferCreateInputSerializer(StrictSerializer):
+    """A new offer. ``site``: UUID of a reference site or one of the provider's own;
+    ``accelerator``: catalogue code or alias; times whole UTC hours; ``price_per_gpu_hour``
+    CNY (≤ 4 places); ``activate`` false keeps it a draft."""
+
+    site = serializers.PrimaryKeyRelatedField(queryset=Site.objects.all())
+    accelerator = serializers.CharField(max_length=80)
+    gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
+    gpus_per_node = serializers.IntegerField(min_value=1, max_value=64, default=8)
+    interconnect = serializers.CharField(max_length=40, allow_blank=True, default="")
+    available_from = serializers.DateTimeField()
+    available_until = serializers.DateTimeField()
+    price_per_gpu_hour = price_field()
+    min_duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS, default=1)
+    activate = serializers.BooleanField(default=True)
+
+
+class OfferUpdateInputSerializer(StrictSerializer):
+    """Fields of an offer to change (all optional; same units as creation)."""
+
+    gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS, required=False)
+    gpus_per_node = serializers.IntegerField(min_value=1, max_value=64, required=False)
+    interconnect = serializers.CharField(max_length=40, allow_blank=True, required=False)
+    available_from = serializers.DateTimeField(required=False)
+    available_until = serializers.DateTimeField(required=False)
+    price_per_gpu_hour = price_field(required=False)
+    min_duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS,
+                                                  required=False)
+
+
+# --- Demands --------------------------------------------------------------------------------
+
+class DemandSerializer(serializers.ModelSerializer):
+    """A demand: ``gpu_count`` GPUs for ``duration_hours`` inside
+    ``[earliest_start, latest_end)`` (UTC) at most ``max_price_per_gpu_hour`` CNY."""
+
+    accelerators = serializers.SlugRelatedField(slug_field="code", many=True, read_only=True)
+    origin_site = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Demand
+        fields = ["id", "status", "accelerators", "min_memory_gb", "min_tflops", "gpu_count",
+                  "duration_hours", "earliest_start", "latest_end", "max_price_per_gpu_hour",
+                  "locality_limit", "single_site", "voucher", "auto_accept", "origin_site",
+                  "unmatched_reason", "created_at"]
+
+
+class DemandCreateInputSerializer(StrictSerializer):
+    """A new demand. ``accelerators``: catalogue codes or aliases (empty = any model meeting
+    ``min_memory_gb``/``min_tflops``); times UTC; ``max_price_per_gpu_hour`` CNY (≤ 4 places);
+    ``voucher``: UUID of one of the caller's vouchers."""
+
+    accelerators = serializers.ListField(child=serializers.CharField(max_length=80),
+                                         max_length=50, default=list)
+    min_memory_gb = serializers.IntegerField(min_value=1, max_value=10_000, required=False,
+                                             allow_null=True)
+    min_tflops = serializers.DecimalField(max_digits=8, decimal_places=1, min_value=0,
+                                          required=False, allow_null=True)
+    gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
+    duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS)
+    earliest_start = serializers.DateTimeField()
+    latest_end = serializers.DateTimeField()
+    max_price_per_gpu_hour = price_field()
+    locality_limit = serializers.ChoiceField(choices=LocalityTier.choices,
+                                             default=LocalityTier.NATIONAL)
+    single_site = serializers.BooleanField(default=True)
+    voucher = serializers.UUIDField(required=False, allow_null=True)
+    auto_accept = serializers.BooleanField(default=True)
+
+
+# --- Quotes ---------------------------------------------------------------------------------
+
+class QuoteInputSerializer(StrictSerializer):
+    """``gpu_count`` GPUs x ``hours`` on ``offer`` (UUID), optionally paid with ``voucher``."""
+
+    offer = serializers.UUIDField()
+    gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
+    hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS)
+    voucher = serializers.UUIDField(required=False, allow_null=True)
+
+
+class QuoteSerializer(serializers.Serializer):
+    """The bill in CNY and its split: ``voucher_part + cash_part == bill``; ``voucher_note``
+    says why the voucher part is smaller than it could be (empty when it applies in full)."""
+
+    bill = amount_field()
+    voucher_part = amount_field()
+    cash_part = amount_field()
+    voucher_note = serializers.CharField(source="note")
+
+
+# --- Reservations ---------------------------------------------------------------------------
+
+class ReservationSerializer(serializers.ModelSerializer):
+    """A reservation over ``[start, end)`` (UTC, whole hours) with its bill and split (CNY)."""
+
+    demand = serializers.UUIDField(source="demand_id", read_only=True)
+    offer = serializers.UUIDField(source="offer_id", read_only=True)
+    buyer = serializers.UUIDField(source="buyer_id", read_only=True)
+    provider = serializers.UUIDField(source="provider_id", read_only=True)
+    voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
+    hours = serializers.IntegerField(read_only=True)
+    locality_tier = serializers.CharField(
+        read_only=True, help_text="city, metro, region or national: offer site vs home site.")
+    gpu_hours = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Reservation
+        fields = ["id", "status", "demand", "offer", "buyer", "provider", "start", "end",
+                  "gpu_count", "hours", "gpu_hours", "price_per_gpu_hour", "bill", "voucher",
+                  "voucher_part", "cash_part", "voucher_note", "locality_tier",
+                  "delivered_gpu_hours", "created_at", "updated_at"]
+
+
+class UsageInputSerializer(StrictSerializer):
+    """GPU-hours the provider delivered (0 … the reservation's GPU-hours)."""
+
+    delivered_gpu_hours = serializers.IntegerField(min_value=0, max_value=MAX_GPUS * MAX_HOURS)

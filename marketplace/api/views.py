@@ -1,0 +1,332 @@
+"""Marketplace API views: reference data, offers, demands, quotes, reservations.
+
+Thin views: input serializer → service → output serializer; reads go through
+``marketplace.selectors``. Errors are the one shape of ``marketplace.api.errors``: 400 bad input
+(naming the field), 401 anonymous, 403 no organisation or wrong kind of organisation, 404 an id
+the caller cannot see (including another organisation's), 409 an illegal transition, 422 a rule
+the input breaks (funds, reused Idempotency-Key).
+"""
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace import selectors, services
+from marketplace.errors import NotFound
+from marketplace.models import Demand, Offer, Reservation
+from vouchers.models import Voucher
+from vouchers.selectors import voucher_get
+
+from .base import ERRORS, ID_PATH, IDEMPOTENCY_HEADER, OrgMixin, idempotent, object_id
+from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, StrictFilterBackend
+from .serializers import (
+    AcceleratorSerializer,
+    DemandCreateInputSerializer,
+    DemandSerializer,
+    HubSerializer,
+    OfferCreateInputSerializer,
+    OfferSerializer,
+    OfferUpdateInputSerializer,
+    QuoteInputSerializer,
+    QuoteSerializer,
+    ReservationSerializer,
+    SiteSerializer,
+    UsageInputSerializer,
+)
+
+# --- Reference data (any authenticated caller) ----------------------------------------------
+
+
+class PublicListApi(OrgMixin, generics.ListAPIView):
+    """Base of the public, paginated, strictly filtered lists."""
+
+    organisation_required = False
+    filter_backends = [StrictFilterBackend]
+
+
+class HubListApi(PublicListApi):
+    """The national hub nodes, by code."""
+
+    serializer_class = HubSerializer
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.hub_list()
+
+
+class SiteListApi(PublicListApi):
+    """Sites (data centres and home locations). Filters: ``hub`` (code), ``city``."""
+
+    serializer_class = SiteSerializer
+    filterset_class = SiteFilter
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.site_list()
+
+
+class AcceleratorListApi(PublicListApi):
+    """The accelerator catalogue: memory in GB, dense BF16/FP16 TFLOPS."""
+
+    serializer_class = AcceleratorSerializer
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.accelerator_list()
+
+
+# --- Offers ---------------------------------------------------------------------------------
+
+
+class OfferListCreateApi(PublicListApi):
+    """``GET``: search active offers (filters in ``OfferFilter``: accelerator, hub, tier,
+    max_price CNY/GPU-hour, min_gpus, window_start/window_end UTC, ordering).
+    ``POST``: a provider lists capacity (403 ``not_a_provider`` for a buyer)."""
+
+    serializer_class = OfferSerializer
+    filterset_class = OfferFilter
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.offer_search()
+
+    @extend_schema(request=OfferCreateInputSerializer, responses={201: OfferSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        if self.organisation is None:
+            self.permission_denied(request, "you do not belong to an organisation",
+                                   "no_organisation")
+        data = _valid(OfferCreateInputSerializer, request)
+        activate = data.pop("activate")
+        accelerator = services.accelerators_resolve([data.pop("accelerator")],
+                                                    field="accelerator")[0]
+        offer = services.offer_create(provider=self.org, accelerator=accelerator,
+                                      activate=activate, **data)
+        return Response(OfferSerializer(_offer(self, offer.pk)).data,
+                        status=status.HTTP_201_CREATED)
+
+
+def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _offer(view: OrgMixin, offer_id: object) -> Offer:
+    offer = selectors.offer_get_visible(organisation=view.organisation, offer_id=offer_id)
+    if offer is None:
+        raise NotFound("no such offer", field="offer")
+    return offer
+
+
+@extend_schema(parameters=[ID_PATH])
+class OfferDetailApi(OrgMixin, APIView):
+    """``GET``: an active offer, or one of the caller's own in any status.
+    ``PATCH``: the owning provider edits it (404 for anyone else; 409 ``below_reserved`` when
+    ``gpu_count`` would drop below GPUs already reserved)."""
+
+    organisation_required = False
+
+    @extend_schema(responses={200: OfferSerializer, **ERRORS})
+    def get(self, request: Request, id: str) -> Response:
+        return Response(OfferSerializer(_offer(self, object_id(id, "offer"))).data)
+
+    @extend_schema(request=OfferUpdateInputSerializer, responses={200: OfferSerializer, **ERRORS})
+    def patch(self, request: Request, id: str) -> Response:
+        if self.organisation is None:
+            raise NotFound("no such offer", field="offer")
+        serializer = OfferUpdateInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        offer = services.offer_update(offer_id=object_id(id, "offer"), provider=self.org,
+                                      **serializer.validated_data)
+        return Response(OfferSerializer(_offer(self, offer.pk)).data)
+
+
+@extend_schema(parameters=[ID_PATH])
+class OfferStatusApi(OrgMixin, APIView):
+    """The owning provider pauses, activates or withdraws an offer (409 when the status
+    cannot change that way; 404 for another organisation's offer)."""
+
+    target_status: str = ""
+
+    @extend_schema(request=None, responses={200: OfferSerializer, 409: ERRORS[400], **ERRORS})
+    def post(self, request: Request, id: str) -> Response:
+        offer = services.offer_set_status(offer_id=object_id(id, "offer"), provider=self.org,
+                                          status=self.target_status)
+        return Response(OfferSerializer(_offer(self, offer.pk)).data)
+
+
+class OfferPauseApi(OfferStatusApi):
+    """Pause an active offer (it stops being matched)."""
+
+    target_status = Offer.Status.PAUSED
+
+
+class OfferActivateApi(OfferStatusApi):
+    """Activate a draft or paused offer."""
+
+    target_status = Offer.Status.ACTIVE
+
+
+class OfferWithdrawApi(OfferStatusApi):
+    """Withdraw an offer for good (reservations already made stay)."""
+
+    target_status = Offer.Status.WITHDRAWN
+
+
+# --- Demands --------------------------------------------------------------------------------
+
+
+def _own_voucher(view: OrgMixin, voucher_id: object) -> Voucher | None:
+    if voucher_id is None:
+        return None
+    voucher = voucher_get(owner=view.org, voucher_id=voucher_id)
+    if voucher is None:
+        raise NotFound("no such voucher", field="voucher")
+    return voucher
+
+
+class DemandListCreateApi(OrgMixin, generics.ListAPIView):
+    """``GET``: the caller's demands (filter ``status``). ``POST``: post a demand (times UTC,
+    price CNY per GPU-hour ≤ 4 places); 400 naming the field for a window in the past, an end
+    before the start, a duration longer than the window or an unknown accelerator; 404
+    ``voucher`` for a voucher that is not the caller's. Accepts ``Idempotency-Key``."""
+
+    serializer_class = DemandSerializer
+    filterset_class = DemandFilter
+    queryset = Demand.objects.none()  # schema introspection only; see get_queryset
+    filter_backends = [StrictFilterBackend]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.demand_list(buyer=self.org)
+
+    @extend_schema(request=DemandCreateInputSerializer, parameters=[IDEMPOTENCY_HEADER],
+                   responses={201: DemandSerializer, 422: ERRORS[400], **ERRORS})
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = _valid(DemandCreateInputSerializer, request)
+        voucher = _own_voucher(self, data.pop("voucher", None))
+        demand = services.demand_create(buyer=self.org, user=request.user, voucher=voucher,
+                                        **data)
+        return Response(DemandSerializer(_demand(self, demand.pk)).data,
+                        status=status.HTTP_201_CREATED)
+
+
+def _demand(view: OrgMixin, demand_id: object) -> Demand:
+    demand = selectors.demand_get(buyer=view.org, demand_id=demand_id)
+    if demand is None:
+        raise NotFound("no such demand", field="demand")
+    return demand
+
+
+@extend_schema(parameters=[ID_PATH])
+class DemandDetailApi(OrgMixin, APIView):
+    """One of the caller's demands (404 for anyone else's)."""
+
+    @extend_schema(responses={200: DemandSerializer, **ERRORS})
+    def get(self, request: Request, id: str) -> Response:
+        return Response(DemandSerializer(_demand(self, id)).data)
+
+
+@extend_schema(parameters=[ID_PATH])
+class DemandCancelApi(OrgMixin, APIView):
+    """Cancel an open demand (409 once matched or closed)."""
+
+    @extend_schema(request=None, responses={200: DemandSerializer, 409: ERRORS[400], **ERRORS})
+    def post(self, request: Request, id: str) -> Response:
+        demand = services.demand_cancel(demand_id=object_id(id, "demand"), buyer=self.org)
+        return Response(DemandSerializer(_demand(self, demand.pk)).data)
+
+
+# --- Quotes ---------------------------------------------------------------------------------
+
+
+class QuoteApi(OrgMixin, APIView):
+    """The bill (CNY) for ``gpu_count`` GPUs x ``hours`` on an offer and its voucher/cash split,
+    without holding anything. 404 for an offer or voucher the caller cannot see."""
+
+    @extend_schema(request=QuoteInputSerializer, responses={200: QuoteSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        data = _valid(QuoteInputSerializer, request)
+        split = services.quote(buyer=self.org, offer=_offer(self, data["offer"]),
+                               gpu_count=data["gpu_count"], hours=data["hours"],
+                               voucher=_own_voucher(self, data.get("voucher")))
+        return Response(QuoteSerializer(split).data)
+
+
+# --- Reservations ---------------------------------------------------------------------------
+
+
+class ReservationListApi(OrgMixin, generics.ListAPIView):
+    """Reservations the caller buys or sells, by start. Filters: ``status``, ``role``
+    (``buyer`` or ``provider``)."""
+
+    serializer_class = ReservationSerializer
+    filterset_class = ReservationFilter
+    queryset = Reservation.objects.none()  # schema introspection only; see get_queryset
+    filter_backends = [StrictFilterBackend]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.reservation_list(organisation=self.org)
+
+
+def _reservation(view: OrgMixin, reservation_id: object) -> Reservation:
+    reservation = selectors.reservation_get(organisation=view.org, reservation_id=reservation_id)
+    if reservation is None:
+        raise NotFound("no such reservation", field="reservation")
+    return reservation
+
+
+@extend_schema(parameters=[ID_PATH])
+class ReservationDetailApi(OrgMixin, APIView):
+    """A reservation the caller buys or sells (404 otherwise)."""
+
+    @extend_schema(responses={200: ReservationSerializer, **ERRORS})
+    def get(self, request: Request, id: str) -> Response:
+        return Response(ReservationSerializer(_reservation(self, id)).data)
+
+
+@extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
+class ReservationAcceptApi(OrgMixin, APIView):
+    """The buyer accepts a held reservation (``held → confirmed``; 409 otherwise).
+    Accepts ``Idempotency-Key``."""
+
+    @extend_schema(request=None, responses={200: ReservationSerializer, 409: ERRORS[400],
+                                            422: ERRORS[400], **ERRORS})
+    @idempotent
+    def post(self, request: Request, id: str) -> Response:
+        reservation = services.reservation_accept(
+            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=request.user)
+        return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+
+
+@extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
+class ReservationCancelApi(OrgMixin, APIView):
+    """The buyer cancels before the start; held CNY returns to voucher and wallet, less the
+    cancellation fee inside the fee window. 409 once started. Accepts ``Idempotency-Key``."""
+
+    @extend_schema(request=None, responses={200: ReservationSerializer, 409: ERRORS[400],
+                                            422: ERRORS[400], **ERRORS})
+    @idempotent
+    def post(self, request: Request, id: str) -> Response:
+        reservation = services.reservation_cancel(
+            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=request.user)
+        return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+
+
+@extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
+class ReservationUsageApi(OrgMixin, APIView):
+    """The provider reports delivered GPU-hours of an active reservation, completing it
+    (409 unless active; 404 for a reservation it does not sell). Accepts ``Idempotency-Key``."""
+
+    @extend_schema(request=UsageInputSerializer,
+                   responses={200: ReservationSerializer, 409: ERRORS[400], 422: ERRORS[400],
+                              **ERRORS})
+    @idempotent
+    def post(self, request: Request, id: str) -> Response:
+        data = _valid(UsageInputSerializer, request)
+        reservation = services.reservation_report_usage(
+            reservation_id=object_id(id, "reservation"), provider=self.org, actor=request.user,
+            delivered_gpu_hours=data["delivered_gpu_hours"])
+        return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+

@@ -1,0 +1,90 @@
+"""Marketplace reads: reference data, offers, demands, reservations (PRODUCT.md §2-5).
+
+Every selector that returns another organisation's data takes the caller's organisation and
+scopes to it, so an id that belongs to someone else reads as "not there". Querysets come with
+their related rows joined or prefetched so lists cost a fixed number of queries.
+"""
+
+import uuid
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import Organisation
+
+from .models import Accelerator, Demand, Hub, Offer, Reservation, Site
+
+
+def as_uuid(value: object) -> uuid.UUID | None:
+    """``value`` as a UUID, or ``None`` when it is not one (ids from URLs and bodies)."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def hub_list() -> QuerySet[Hub]:
+    """All hub nodes, by code."""
+    return Hub.objects.order_by("code")
+
+
+def site_list() -> QuerySet[Site]:
+    """All sites (public data centres and home locations), by code, with hub and cluster."""
+    return Site.objects.select_related("hub", "cluster").order_by("code")
+
+
+def accelerator_list() -> QuerySet[Accelerator]:
+    """The accelerator catalogue, by code."""
+    return Accelerator.objects.order_by("code")
+
+
+def _offers() -> QuerySet[Offer]:
+    return Offer.objects.select_related("provider", "site__hub", "accelerator")
+
+
+def offer_search() -> QuerySet[Offer]:
+    """Active offers anyone may see, oldest first (filters are applied by the API layer)."""
+    return _offers().filter(status=Offer.Status.ACTIVE).order_by("created_at", "id")
+
+
+def offer_get_visible(*, organisation: Organisation | None, offer_id: object) -> Offer | None:
+    """An offer the caller may see: any active offer, or one of its own in any status."""
+    pk = as_uuid(offer_id)
+    if pk is None:
+        return None
+    visible = Q(status=Offer.Status.ACTIVE)
+    if organisation is not None:
+        visible |= Q(provider=organisation)
+    return _offers().filter(visible, pk=pk).first()
+
+
+def demand_list(*, buyer: Organisation) -> QuerySet[Demand]:
+    """The buyer's own demands, oldest first, with accelerators prefetched."""
+    return (Demand.objects.filter(buyer=buyer).select_related("origin_site")
+            .prefetch_related("accelerators").order_by("created_at", "id"))
+
+
+def demand_get(*, buyer: Organisation, demand_id: object) -> Demand | None:
+    """One of the buyer's demands, or ``None`` (also for another buyer's id)."""
+    pk = as_uuid(demand_id)
+    return None if pk is None else demand_list(buyer=buyer).filter(pk=pk).first()
+
+
+def reservation_list(*, organisation: Organisation, role: str | None = None
+                     ) -> QuerySet[Reservation]:
+    """Reservations the organisation takes part in: ``role="buyer"`` its purchases,
+    ``role="provider"`` its sales, ``None`` both. By start time."""
+    if role == "buyer":
+        scope = Q(buyer=organisation)
+    elif role == "provider":
+        scope = Q(provider=organisation)
+    else:
+        scope = Q(buyer=organisation) | Q(provider=organisation)
+    return Reservation.objects.filter(scope).order_by("start", "id")
+
+
+def reservation_get(*, organisation: Organisation, reservation_id: object) -> Reservation | None:
+    """One reservation the organisation buys or sells, or ``None``."""
+    pk = as_uuid(reservation_id)
+    return None if pk is None else reservation_list(organisation=organisation).filter(pk=pk).first()
