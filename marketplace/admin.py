@@ -1,0 +1,178 @@
+"""Operator admin for the market (PRODUCT.md §6.4).
+
+Reference data (hubs, clusters, latencies, sites, accelerators) is editable. Offers, demands,
+reservations and what matching records are made by services; here they are read-only, and the
+only writes are actions that call those services (an offer's status via ``offer_set_status``).
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from .admin_utils import ReadOnlyAdminMixin, run_service_action
+from .models import (
+    Accelerator,
+    Cluster,
+    Demand,
+    Hub,
+    HubLatency,
+    InterHubTrade,
+    MatchingCycle,
+    Offer,
+    Reservation,
+    ReservationEvent,
+    Site,
+)
+from .services import offer_set_status
+
+
+class ClusterInline(admin.TabularInline):
+    model = Cluster
+    extra = 0
+    fields = ("code", "name", "name_zh")
+
+
+@admin.register(Hub)
+class HubAdmin(admin.ModelAdmin):
+    list_display = ("code", "name", "name_zh", "is_west", "matching_policy")
+    list_filter = ("is_west", "matching_policy")
+    search_fields = ("code", "name", "name_zh")
+    inlines = (ClusterInline,)
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ("code", "name", "name_zh", "hub")
+    list_filter = ("hub",)
+    search_fields = ("code", "name", "name_zh", "hub__name")
+    list_select_related = ("hub",)
+
+
+@admin.register(HubLatency)
+class HubLatencyAdmin(admin.ModelAdmin):
+    list_display = ("from_hub", "to_hub", "latency_ms")
+    list_filter = ("from_hub", "to_hub")
+    search_fields = ("from_hub__code", "to_hub__code")
+    list_select_related = ("from_hub", "to_hub")
+    ordering = ("from_hub__code", "to_hub__code")
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin):
+    list_display = ("code", "name", "city", "metro_area", "hub", "cluster", "provider")
+    list_filter = ("hub", "cluster", ("provider", admin.EmptyFieldListFilter))
+    search_fields = ("code", "name", "city", "metro_area", "provider__name")
+    list_select_related = ("hub", "cluster", "provider")
+    autocomplete_fields = ("provider",)
+
+
+@admin.register(Accelerator)
+class AcceleratorAdmin(admin.ModelAdmin):
+    list_display = ("code", "vendor", "memory_gb", "bf16_tflops", "interconnect", "is_domestic")
+    list_filter = ("vendor", "is_domestic", "interconnect")
+    search_fields = ("code", "vendor", "note", "aliases")
+
+
+@admin.register(Offer)
+class OfferAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Offers are listed by providers (console, API); operators watch and pause/withdraw them."""
+
+    list_display = ("id", "provider", "site", "accelerator", "gpu_count", "price_per_gpu_hour",
+                    "available_from", "available_until", "status")
+    list_filter = ("status", "accelerator", "site__hub")
+    search_fields = ("id", "provider__name", "site__code", "site__city", "accelerator__code")
+    list_select_related = ("provider", "site", "accelerator")
+    date_hierarchy = "available_from"
+    actions = ("pause_offers", "withdraw_offers")
+
+    def _set_status(self, request: HttpRequest, queryset: QuerySet[Offer], status: str,
+                    verb: str) -> None:
+        run_service_action(
+            self, request, queryset,
+            lambda offer: offer_set_status(offer_id=offer.pk, provider=offer.provider,
+                                           status=status),
+            verb,
+        )
+
+    @admin.action(description="Pause selected offers")
+    def pause_offers(self, request: HttpRequest, queryset: QuerySet[Offer]) -> None:
+        self._set_status(request, queryset, Offer.Status.PAUSED, "paused")
+
+    @admin.action(description="Withdraw selected offers")
+    def withdraw_offers(self, request: HttpRequest, queryset: QuerySet[Offer]) -> None:
+        self._set_status(request, queryset, Offer.Status.WITHDRAWN, "withdrawn")
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Actions need change permission to be offered; the form itself stays read-only
+        # because every field is listed in ``get_readonly_fields``.
+        return super(ReadOnlyAdminMixin, self).has_change_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        return [f.name for f in Offer._meta.fields]
+
+
+@admin.register(Demand)
+class DemandAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "buyer", "origin_site", "gpu_count", "duration_hours",
+                    "earliest_start", "latest_end", "max_price_per_gpu_hour", "locality_limit",
+                    "status", "unmatched_reason")
+    list_filter = ("status", "locality_limit", "origin_site__hub", "unmatched_reason")
+    search_fields = ("id", "buyer__name", "origin_site__code")
+    list_select_related = ("buyer", "origin_site")
+    date_hierarchy = "created_at"
+
+
+class ReservationEventInline(admin.TabularInline):
+    model = ReservationEvent
+    extra = 0
+    can_delete = False
+    fields = ("at", "from_status", "to_status", "actor", "note")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Reservations change only through their lifecycle services; the event trail is inline."""
+
+    list_display = ("id", "buyer", "provider", "offer", "start", "end", "gpu_count", "bill",
+                    "voucher_part", "cash_part", "locality_tier", "status")
+    list_filter = ("status", "locality_tier", "offer__site__hub")
+    search_fields = ("id", "buyer__name", "provider__name", "offer__site__code")
+    list_select_related = ("buyer", "provider", "offer")
+    date_hierarchy = "start"
+    inlines = (ReservationEventInline,)
+
+
+@admin.register(ReservationEvent)
+class ReservationEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("at", "reservation", "from_status", "to_status", "actor", "note")
+    list_filter = ("to_status", "from_status")
+    search_fields = ("reservation__id", "note")
+    list_select_related = ("reservation", "actor")
+
+
+@admin.register(InterHubTrade)
+class InterHubTradeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("reservation", "exporting_hub", "importing_hub", "gpu_hours", "value",
+                    "created_at")
+    list_filter = ("exporting_hub", "importing_hub")
+    search_fields = ("reservation__id",)
+    list_select_related = ("reservation", "exporting_hub", "importing_hub")
+
+
+@admin.register(MatchingCycle)
+class MatchingCycleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("started_at", "hub", "policy", "seconds", "demands_considered",
+                    "offers_considered", "reservations_made")
+    list_filter = ("hub", "policy")
+    search_fields = ("hub__code",)
+    list_select_related = ("hub",)
+    date_hierarchy = "started_at"

@@ -1,0 +1,53 @@
+"""Helpers shared by the operator admin and the provider console (PRODUCT.md §6.3, §6.4).
+
+Admin actions call the same services as the API and never set a status themselves; a rule that
+refuses (``DomainError``) becomes an error message on the page, not a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from marketplace.errors import DomainError
+
+
+def run_service_action(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any],
+    service: Callable[[Model], object], verb: str,
+) -> int:
+    """Call ``service(obj)`` for each selected object, in primary-key order (the lock order).
+
+    Each call is its own transaction (the services open it). A ``DomainError`` is reported per
+    object with level ERROR and the rest still run. Returns how many succeeded, and tells the
+    user that count with level SUCCESS.
+    """
+    done = 0
+    for obj in queryset.order_by("pk"):
+        try:
+            service(obj)
+        except DomainError as exc:
+            modeladmin.message_user(request, f"{obj}: not {verb}: {exc.message}",
+                                    level=messages.ERROR)
+        else:
+            done += 1
+    if done:
+        modeladmin.message_user(request, f"{done} {verb}.", level=messages.SUCCESS)
+    return done
+
+
+class ReadOnlyAdminMixin:
+    """View-only admin: no add, change or delete (ledger rows, audit rows, service-made rows)."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
