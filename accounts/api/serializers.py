@@ -1,5 +1,7 @@
 """Accounts API serializers: token login and organisations."""
 
+from __future__ import annotations
+
 from rest_framework import serializers
 
 from accounts.models import Organisation
@@ -36,7 +38,8 @@ class OrganisationRegisterInputSerializer(StrictSerializer):
 class OrganisationSerializer(serializers.ModelSerializer):
     """An organisation; ``status`` is ``pending`` until an operator approves it."""
 
-    home_site = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+    home_site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = Organisation

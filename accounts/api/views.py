@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import organisation_register
-from marketplace.api.base import ERRORS, OrgMixin
+from marketplace.api.base import ERRORS, OrgMixin, caller
 from marketplace.errors import Conflict, ValidationFailed
 
 from .serializers import (
@@ -55,7 +55,7 @@ class OrganisationRegisterApi(OrgMixin, APIView):
             raise Conflict("you already belong to an organisation", code="already_member")
         serializer = OrganisationRegisterInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        organisation = organisation_register(user=request.user, **serializer.validated_data)
+        organisation = organisation_register(user=caller(request), **serializer.validated_data)
         return Response(OrganisationSerializer(organisation).data,
                         status=status.HTTP_201_CREATED)
 

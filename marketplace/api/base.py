@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Organisation
+from accounts.models import Organisation, User
 from accounts.selectors import organisation_of
 from ledger.models import IdempotencyKey
 from marketplace.errors import Conflict, NotFound, Unprocessable, ValidationFailed
@@ -39,7 +39,8 @@ class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable machine-readable code.")
     detail = serializers.CharField()
     field = serializers.CharField(allow_null=True, help_text="The input at fault, if any.")
-    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    errors = serializers.DictField(  # type: ignore[assignment]  # a field, not .errors
+        child=serializers.ListField(child=serializers.CharField()))
 
 
 ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer,
@@ -56,6 +57,13 @@ class StrictSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
         return super().to_internal_value(data)
+
+
+def caller(request: Request) -> User:
+    """The authenticated user behind a request (views here all require authentication)."""
+    user = request.user
+    assert isinstance(user, User)
+    return user
 
 
 def object_id(raw: object, field: str) -> uuid.UUID:

@@ -6,10 +6,13 @@ check shape and type (NaN, Infinity and excess decimal places are refused here);
 live in ``marketplace.services`` and come back as errors naming the field.
 """
 
+from __future__ import annotations
+
 from rest_framework import serializers
 
 from marketplace.models import (
     Accelerator,
+    Cluster,
     Demand,
     Hub,
     LocalityTier,
@@ -46,8 +49,10 @@ class HubSerializer(serializers.ModelSerializer):
 class SiteSerializer(serializers.ModelSerializer):
     """A data centre or home location; ``hub`` and ``cluster`` are codes."""
 
-    hub = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    cluster = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+    hub: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True)
+    cluster: serializers.SlugRelatedField[Cluster] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = Site
@@ -73,7 +78,8 @@ class OfferSerializer(serializers.ModelSerializer):
 
     provider = serializers.UUIDField(source="provider_id", read_only=True)
     provider_name = serializers.CharField(source="provider.name", read_only=True)
-    site = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True)
     site_id = serializers.UUIDField(read_only=True)
     hub = serializers.CharField(source="site.hub.code", read_only=True)
     city = serializers.CharField(source="site.city", read_only=True)
@@ -123,8 +129,10 @@ class DemandSerializer(serializers.ModelSerializer):
     """A demand: ``gpu_count`` GPUs for ``duration_hours`` inside
     ``[earliest_start, latest_end)`` (UTC) at most ``max_price_per_gpu_hour`` CNY."""
 
-    accelerators = serializers.SlugRelatedField(slug_field="code", many=True, read_only=True)
-    origin_site = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    accelerators: serializers.SlugRelatedField[Accelerator] = serializers.SlugRelatedField(
+        slug_field="code", many=True, read_only=True)
+    origin_site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True)
     voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
 
     class Meta:

@@ -22,7 +22,15 @@ from marketplace.models import Demand, Offer, Reservation
 from vouchers.models import Voucher
 from vouchers.selectors import voucher_get
 
-from .base import ERRORS, ID_PATH, IDEMPOTENCY_HEADER, OrgMixin, idempotent, object_id
+from .base import (
+    ERRORS,
+    ID_PATH,
+    IDEMPOTENCY_HEADER,
+    OrgMixin,
+    caller,
+    idempotent,
+    object_id,
+)
 from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, StrictFilterBackend
 from .serializers import (
     AcceleratorSerializer,
@@ -206,7 +214,7 @@ class DemandListCreateApi(OrgMixin, generics.ListAPIView):
     def post(self, request: Request) -> Response:
         data = _valid(DemandCreateInputSerializer, request)
         voucher = _own_voucher(self, data.pop("voucher", None))
-        demand = services.demand_create(buyer=self.org, user=request.user, voucher=voucher,
+        demand = services.demand_create(buyer=self.org, user=caller(request), voucher=voucher,
                                         **data)
         return Response(DemandSerializer(_demand(self, demand.pk)).data,
                         status=status.HTTP_201_CREATED)
@@ -296,7 +304,7 @@ class ReservationAcceptApi(OrgMixin, APIView):
     @idempotent
     def post(self, request: Request, id: str) -> Response:
         reservation = services.reservation_accept(
-            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=request.user)
+            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request))
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
 
 
@@ -310,7 +318,7 @@ class ReservationCancelApi(OrgMixin, APIView):
     @idempotent
     def post(self, request: Request, id: str) -> Response:
         reservation = services.reservation_cancel(
-            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=request.user)
+            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request))
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
 
 
@@ -326,7 +334,7 @@ class ReservationUsageApi(OrgMixin, APIView):
     def post(self, request: Request, id: str) -> Response:
         data = _valid(UsageInputSerializer, request)
         reservation = services.reservation_report_usage(
-            reservation_id=object_id(id, "reservation"), provider=self.org, actor=request.user,
+            reservation_id=object_id(id, "reservation"), provider=self.org, actor=caller(request),
             delivered_gpu_hours=data["delivered_gpu_hours"])
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
 

@@ -1,5 +1,7 @@
 """Vouchers API serializers. Money in CNY (2 places), times UTC."""
 
+from __future__ import annotations
+
 from rest_framework import serializers
 
 from marketplace.api.base import StrictSerializer
@@ -21,7 +23,8 @@ class VoucherSerializer(serializers.ModelSerializer):
     """A voucher of the caller: ``face_value`` and ``balance`` (its ledger account now) in CNY;
     ``expires_at`` is the end of its last valid day (Asia/Shanghai) as UTC."""
 
-    programme = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    programme: serializers.SlugRelatedField[Programme] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True)
     programme_name = serializers.CharField(source="programme.name", read_only=True)
     balance = serializers.DecimalField(source="current_balance", max_digits=16,
                                        decimal_places=2, read_only=True)
@@ -43,7 +46,8 @@ class VoucherApplicationInputSerializer(StrictSerializer):
 class VoucherApplicationSerializer(serializers.ModelSerializer):
     """A voucher application and its decision."""
 
-    programme = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    programme: serializers.SlugRelatedField[Programme] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True)
 
     class Meta:
         model = VoucherApplication
