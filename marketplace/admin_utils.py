@@ -7,7 +7,7 @@ refuses (``DomainError``) becomes an error message on the page, not a 500.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
@@ -15,10 +15,12 @@ from django.http import HttpRequest
 
 from marketplace.errors import DomainError
 
+M = TypeVar("M", bound=Model)
+
 
 def run_service_action(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any],
-    service: Callable[[Model], object], verb: str,
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[M],
+    service: Callable[[M], object], verb: str,
 ) -> int:
     """Call ``service(obj)`` for each selected object, in primary-key order (the lock order).
 

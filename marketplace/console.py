@@ -145,7 +145,8 @@ class ConsoleSiteForm(forms.ModelForm):
         fields = ("code", "name", "city", "metro_area", "hub", "cluster")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()  # also switches on the unique check of ``code``
+        data = self.cleaned_data
         hub, cluster = data.get("hub"), data.get("cluster")
         if hub is not None and cluster is not None and cluster.hub_id != hub.pk:
             self.add_error("cluster", "This cluster belongs to another hub.")
@@ -185,7 +186,7 @@ class ConsoleOfferForm(forms.ModelForm):
         fields = OFFER_FIELDS
 
     def _post_clean(self) -> None:
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]
         if self.errors or self.provider is None:
             return
         values = {name: self.cleaned_data[name] for name in OFFER_FIELDS
@@ -219,9 +220,8 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
         form = super().get_form(request, obj, change=change, **kwargs)
         return type(form.__name__, (form,), {"provider": console_organisation(request)})
 
-    def get_fields(self, request: HttpRequest, obj: Offer | None = None) -> list[str]:
-        fields = list(OFFER_FIELDS)
-        return fields if obj is None else [*fields, "status", "peak_reserved"]
+    def get_fields(self, request: HttpRequest, obj: Offer | None = None) -> tuple[str, ...]:
+        return OFFER_FIELDS if obj is None else (*OFFER_FIELDS, "status", "peak_reserved")
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest,
                                  **kwargs: Any) -> Any:
@@ -248,6 +248,7 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Offer], status: str,
                     verb: str) -> None:
         organisation = console_organisation(request)
+        assert organisation is not None  # the site lets no one else in
         run_service_action(
             self, request, queryset,
             lambda offer: offer_set_status(offer_id=offer.pk, provider=organisation,

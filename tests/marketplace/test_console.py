@@ -7,7 +7,9 @@ from accounts.models import Organisation
 from marketplace.models import Offer, Reservation, Site
 from marketplace.services import reservation_create
 from tests.factories import (
+    ClusterFactory,
     DemandFactory,
+    HubFactory,
     OfferFactory,
     ProviderFactory,
     SiteFactory,
@@ -213,3 +215,14 @@ def test_operator_admin_user_without_organisation_gets_no_access():
     client.force_login(staff)
     response = client.get("/console/")
     assert response.status_code == 302
+
+
+def test_site_form_checks_code_and_cluster(console, provider, site):
+    other_hub_cluster = ClusterFactory(code="elsewhere", hub=HubFactory(code="gansu"))
+    response = console.post("/console/marketplace/site/add/", {
+        "code": site.code, "name": "Copy", "city": "Chengdu", "metro_area": "Chengdu",
+        "hub": str(site.hub_id), "cluster": str(other_hub_cluster.pk),
+    })
+    assert response.status_code == 200
+    assert set(response.context["adminform"].form.errors) == {"code", "cluster"}
+    assert not Site.objects.filter(provider=provider).exists()
