@@ -1,8 +1,8 @@
 """Ledger invariants (PRODUCT.md §5.2, §5.5), checked by ``manage.py ledger_audit``."""
 
+from collections import defaultdict
 from decimal import Decimal
 
-from django.db.models import Count, F, Q, Sum
 
 from marketplace.models import Reservation
 from vouchers.models import ReimbursementClaim
@@ -20,36 +20,43 @@ def ledger_audit() -> list[str]:
     the voucher part it kept; voucher balances never exceed their face value.
     """
     problems: list[str] = []
-    for txn_id, total, n in (
-        Entry.objects.values("transaction_id").annotate(total=Sum("amount"), n=Count("id"))
-        .filter(~Q(total=0) | Q(n__lt=2)).values_list("transaction_id", "total", "n")
-    ):
-        problems.append(f"transaction {txn_id} unbalanced: sum {total} over {n} entries")
+    # Sums are taken in Python over exact Decimal values: SQLite (the embedded default) would
+    # add them as binary floats in SQL.
+    by_txn: dict[object, list[Decimal]] = defaultdict(list)
+    by_account: dict[object, Decimal] = defaultdict(Decimal)
+    for txn_id, account_id, amount in Entry.objects.values_list(
+        "transaction_id", "account_id", "amount"
+    ).iterator(chunk_size=5000):
+        by_txn[txn_id].append(amount)
+        by_account[account_id] += amount
+    for txn_id, amounts in by_txn.items():
+        if sum(amounts) != 0 or len(amounts) < 2:
+            problems.append(f"transaction {txn_id} unbalanced: sum {sum(amounts)} over "
+                            f"{len(amounts)} entries")
     empty = Transaction.objects.filter(entries__isnull=True).count()
     if empty:
         problems.append(f"{empty} transactions without entries")
-    grand = Entry.objects.aggregate(s=Sum("amount"))["s"] or Decimal(0)
+    grand = sum(by_account.values(), Decimal(0))
     if grand != 0:
         problems.append(f"all entries sum to {grand}, not 0")
 
-    sums = dict(Entry.objects.values("account_id").annotate(s=Sum("amount"))
-                .values_list("account_id", "s"))
     for account in Account.objects.all():
-        derived = sums.get(account.pk, Decimal(0))
+        derived = by_account.get(account.pk, Decimal(0))
         if account.balance != derived:
             problems.append(f"account {account} cached {account.balance} ≠ entries {derived}")
         if not account.allow_negative and derived < 0:
             problems.append(f"account {account} negative: {derived}")
 
-    held = Reservation.objects.filter(
+    held = sum(Reservation.objects.filter(
         status__in=["held", "confirmed", "active", "completed"]
-    ).aggregate(s=Sum("bill"))["s"] or Decimal(0)
+    ).values_list("bill", flat=True), Decimal(0))
     escrow = sum((a.balance for a in Account.objects.filter(kind=Account.Kind.ESCROW)),
                  Decimal(0))
     if escrow != held:
         problems.append(f"escrow {escrow} ≠ bills of unsettled live reservations {held}")
 
-    bad_parts = Reservation.objects.exclude(bill=F("voucher_part") + F("cash_part")).count()
+    bad_parts = sum(1 for bill, v, c in Reservation.objects.values_list(
+        "bill", "voucher_part", "cash_part") if bill != v + c)
     if bad_parts:
         problems.append(f"{bad_parts} reservations whose parts do not add up to the bill")
 

@@ -3,7 +3,7 @@
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 from django.db.models import F
 
 from accounts.models import Organisation
@@ -66,7 +66,7 @@ def transaction_post(
     Entry.objects.bulk_create(Entry(transaction=txn, account=a, amount=x) for a, x in legs)
     for account, amount in sorted(legs, key=lambda leg: str(leg[0].pk)):
         try:
-            Account.objects.filter(pk=account.pk).update(balance=F("balance") + amount)
+            _apply(account, amount)
         except IntegrityError as exc:
             # The enclosing atomic block rolls back as this error leaves it.
             raise Unprocessable(
@@ -74,6 +74,20 @@ def transaction_post(
                 code="insufficient_funds",
             ) from exc
     return txn
+
+
+def _apply(account: Account, amount: Decimal) -> None:
+    if connection.vendor == "postgresql":
+        # Exact NUMERIC arithmetic in one statement; the CHECK refuses a negative result.
+        Account.objects.filter(pk=account.pk).update(balance=F("balance") + amount)
+        return
+    # SQLite does decimal arithmetic in binary floating point, so add in Python instead.
+    # (SQLite serialises writers, so the read-modify-write cannot interleave.)
+    current = Account.objects.filter(pk=account.pk).values_list("balance", flat=True).get()
+    new = current + amount
+    if new < 0 and not account.allow_negative:
+        raise IntegrityError("CHECK constraint failed: account_nonneg")
+    Account.objects.filter(pk=account.pk).update(balance=new)
 
 
 def balances(accounts: Iterable[Account]) -> dict[object, Decimal]:

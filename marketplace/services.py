@@ -236,13 +236,15 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
 @transaction.atomic
 def demand_create(
     *, buyer: Organisation, user: User | None = None, accelerators: Iterable[str] = (),
-    voucher: Voucher | None = None, now: datetime | None = None, **fields: Any,
+    voucher: Voucher | None = None, now: datetime | None = None, enqueue_matching: bool = True,
+    **fields: Any,
 ) -> Demand:
     """Post a demand for ``buyer`` and enqueue matching of its hub on commit.
 
     ``accelerators`` are names resolved to catalogue codes (empty = any model meeting
     ``min_memory_gb``/``min_tflops``). Times UTC; price CNY per GPU-hour. Raises
     ``ValidationFailed``/``NotFound`` naming the field; ``PermissionDenied`` for a non-buyer.
+    ``enqueue_matching=False`` leaves matching to the next scheduled cycle (batch replays).
     """
     now = now or timezone.now()
     if not buyer.is_buyer:
@@ -265,8 +267,9 @@ def demand_create(
     demand_check(demand, now=now)
     demand.save()
     demand.accelerators.set(resolved)
-    hub_id = Site.objects.filter(pk=buyer.home_site_id).values_list("hub_id", flat=True).get()
-    _enqueue_match(hub_id)
+    if enqueue_matching:
+        hub_id = Site.objects.filter(pk=buyer.home_site_id).values_list("hub_id", flat=True).get()
+        _enqueue_match(hub_id)
     return demand
 
 

@@ -71,11 +71,14 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
             chosen = [a.code for a in catalogue
                       if (not d.min_memory_gb or (a.memory_gb or 0) >= d.min_memory_gb)
                       and (not d.min_tflops or (a.bf16_tflops or 0) >= d.min_tflops)]
+        first, last = max(hour_index_ceil(d.earliest_start), now_h), hour_index(d.latest_end)
+        if last - first < d.duration_hours:
+            continue  # the window has passed: expired by ``demands_expire``, reason kept
         wanted.update(chosen)
         snaps.append(DemandSnap(
             id=str(d.pk), buyer=str(d.buyer_id), related=related.get(d.buyer_id, frozenset()),
             models=frozenset(chosen), gpu_count=d.gpu_count, duration=d.duration_hours,
-            start=max(hour_index_ceil(d.earliest_start), now_h), end=hour_index(d.latest_end),
+            start=first, end=last,
             max_price=d.max_price_per_gpu_hour, origin=_site_ref(d.origin_site),
             limit=d.locality_limit, posted=order,
             voucher=voucher_snaps.get(str(d.voucher_id)) if d.voucher_id else None,
