@@ -28,8 +28,15 @@ class MembershipInline(admin.TabularInline):
 class UserAdmin(DjangoUserAdmin):
     """Django's user admin with the organisations a person acts for."""
 
-    list_display = ("username", "email", "first_name", "last_name", "is_staff", "is_active",
-                    "date_joined")
+    list_display = (
+        "username",
+        "email",
+        "first_name",
+        "last_name",
+        "is_staff",
+        "is_active",
+        "date_joined",
+    )
     inlines = (MembershipInline,)
 
 
@@ -48,22 +55,26 @@ class OrganisationAdmin(admin.ModelAdmin):
     actions = ("approve_organisations", "suspend_organisations")
 
     @admin.action(description="Approve selected organisations")
-    def approve_organisations(self, request: HttpRequest, queryset: QuerySet[Organisation]
-                              ) -> None:
+    def approve_organisations(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:
         run_service_action(
-            self, request, queryset,
-            lambda org: organisation_set_status(organisation_id=org.pk,
-                                                status=Organisation.Status.APPROVED),
+            self,
+            request,
+            queryset,
+            lambda org: organisation_set_status(
+                organisation_id=org.pk, status=Organisation.Status.APPROVED
+            ),
             "approved",
         )
 
     @admin.action(description="Suspend selected organisations")
-    def suspend_organisations(self, request: HttpRequest, queryset: QuerySet[Organisation]
-                              ) -> None:
+    def suspend_organisations(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:
         run_service_action(
-            self, request, queryset,
-            lambda org: organisation_set_status(organisation_id=org.pk,
-                                                status=Organisation.Status.SUSPENDED),
+            self,
+            request,
+            queryset,
+            lambda org: organisation_set_status(
+                organisation_id=org.pk, status=Organisation.Status.SUSPENDED
+            ),
             "suspended",
         )
 
@@ -72,8 +83,12 @@ class OrganisationAdmin(admin.ModelAdmin):
 class MembershipAdmin(admin.ModelAdmin):
     list_display = ("user", "organisation", "role")
     list_filter = ("role",)
-    search_fields = ("user__username", "user__email", "organisation__name",
-                     "organisation__credit_code")
+    search_fields = (
+        "user__username",
+        "user__email",
+        "organisation__name",
+        "organisation__credit_code",
+    )
     list_select_related = ("user", "organisation")
     autocomplete_fields = ("user", "organisation")
 

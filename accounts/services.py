@@ -1,16 +1,27 @@
 """Organisation and membership writes."""
 
+from typing import TYPE_CHECKING
+
 from django.db import transaction
 
 from marketplace.errors import Conflict, ValidationFailed
+from marketplace.types import ObjectId
 
 from .credit_code import CreditCodeError, validate_credit_code
 from .models import Membership, Organisation, User
 
+if TYPE_CHECKING:
+    from marketplace.models import Site
+
 
 @transaction.atomic
 def organisation_register(
-    *, user: User, name: str, credit_code: str, kind: str, home_site: object = None,
+    *,
+    user: User,
+    name: str,
+    credit_code: str,
+    kind: str,
+    home_site: "Site | None" = None,
 ) -> Organisation:
     """Register an organisation (status ``pending``) with ``user`` as its administrator.
 
@@ -26,8 +37,9 @@ def organisation_register(
     if kind not in Organisation.Kind.values:
         raise ValidationFailed(f"must be one of {Organisation.Kind.values}", field="kind")
     if Organisation.objects.filter(credit_code=code).exists():
-        raise ValidationFailed("already registered", code="duplicate_credit_code",
-                               field="credit_code")
+        raise ValidationFailed(
+            "already registered", code="duplicate_credit_code", field="credit_code"
+        )
     organisation = Organisation.objects.create(
         name=name.strip(), credit_code=code, kind=kind, home_site=home_site
     )
@@ -36,7 +48,7 @@ def organisation_register(
 
 
 @transaction.atomic
-def organisation_set_status(*, organisation_id: object, status: str) -> Organisation:
+def organisation_set_status(*, organisation_id: ObjectId, status: str) -> Organisation:
     """Approve or suspend an organisation (operator action). ``Conflict`` if unchanged."""
     organisation = Organisation.objects.select_for_update().get(pk=organisation_id)
     if status not in Organisation.Status.values:

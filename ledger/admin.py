@@ -13,8 +13,15 @@ from .models import Account, Entry, Transaction
 
 @admin.register(Account)
 class AccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "kind", "organisation", "programme", "voucher", "balance",
-                    "allow_negative")
+    list_display = (
+        "id",
+        "kind",
+        "organisation",
+        "programme",
+        "voucher",
+        "balance",
+        "allow_negative",
+    )
     list_filter = ("kind", "allow_negative")
     search_fields = ("id", "organisation__name", "programme__code", "voucher__id")
     # Voucher.__str__ reads its programme's code.

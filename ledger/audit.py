@@ -3,7 +3,6 @@
 from collections import defaultdict
 from decimal import Decimal
 
-
 from marketplace.models import Reservation
 from vouchers.models import ReimbursementClaim
 
@@ -24,15 +23,16 @@ def ledger_audit() -> list[str]:
     # add them as binary floats in SQL.
     by_txn: dict[object, list[Decimal]] = defaultdict(list)
     by_account: dict[object, Decimal] = defaultdict(Decimal)
-    for txn_id, account_id, amount in Entry.objects.values_list(
+    for txn, account_id, amount in Entry.objects.values_list(
         "transaction_id", "account_id", "amount"
     ).iterator(chunk_size=5000):
-        by_txn[txn_id].append(amount)
+        by_txn[txn].append(amount)
         by_account[account_id] += amount
-    for txn_id, amounts in by_txn.items():
+    for txn_key, amounts in by_txn.items():
         if sum(amounts) != 0 or len(amounts) < 2:
-            problems.append(f"transaction {txn_id} unbalanced: sum {sum(amounts)} over "
-                            f"{len(amounts)} entries")
+            problems.append(
+                f"transaction {txn_key} unbalanced: sum {sum(amounts)} over {len(amounts)} entries"
+            )
     empty = Transaction.objects.filter(entries__isnull=True).count()
     if empty:
         problems.append(f"{empty} transactions without entries")
@@ -47,16 +47,21 @@ def ledger_audit() -> list[str]:
         if not account.allow_negative and derived < 0:
             problems.append(f"account {account} negative: {derived}")
 
-    held = sum(Reservation.objects.filter(
-        status__in=["held", "confirmed", "active", "completed"]
-    ).values_list("bill", flat=True), Decimal(0))
-    escrow = sum((a.balance for a in Account.objects.filter(kind=Account.Kind.ESCROW)),
-                 Decimal(0))
+    held = sum(
+        Reservation.objects.filter(
+            status__in=["held", "confirmed", "active", "completed"]
+        ).values_list("bill", flat=True),
+        Decimal(0),
+    )
+    escrow = sum((a.balance for a in Account.objects.filter(kind=Account.Kind.ESCROW)), Decimal(0))
     if escrow != held:
         problems.append(f"escrow {escrow} ≠ bills of unsettled live reservations {held}")
 
-    bad_parts = sum(1 for bill, v, c in Reservation.objects.values_list(
-        "bill", "voucher_part", "cash_part") if bill != v + c)
+    bad_parts = sum(
+        1
+        for bill, v, c in Reservation.objects.values_list("bill", "voucher_part", "cash_part")
+        if bill != v + c
+    )
     if bad_parts:
         problems.append(f"{bad_parts} reservations whose parts do not add up to the bill")
 

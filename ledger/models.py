@@ -28,15 +28,24 @@ class Account(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=10, choices=Kind.choices)
     organisation = models.ForeignKey(
-        "accounts.Organisation", null=True, blank=True, on_delete=models.PROTECT,
+        "accounts.Organisation",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="ledger_accounts",
     )
     voucher = models.OneToOneField(
-        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT,
+        "vouchers.Voucher",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="account",
     )
     programme = models.ForeignKey(
-        "vouchers.Programme", null=True, blank=True, on_delete=models.PROTECT,
+        "vouchers.Programme",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="accounts",
     )
     balance = models.DecimalField(max_digits=16, decimal_places=2, default=0)
@@ -88,7 +97,10 @@ class Transaction(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     reason = models.CharField(max_length=20, choices=Reason.choices)
     reservation = models.ForeignKey(
-        "marketplace.Reservation", null=True, blank=True, on_delete=models.PROTECT,
+        "marketplace.Reservation",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="transactions",
     )
     voucher = models.ForeignKey(
@@ -99,6 +111,9 @@ class Transaction(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.id}"
 
 
 class Entry(models.Model):
@@ -111,6 +126,9 @@ class Entry(models.Model):
     class Meta:
         verbose_name_plural = "entries"
         constraints = [models.CheckConstraint(condition=~Q(amount=0), name="entry_nonzero")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.amount:+}"
 
 
 class IdempotencyKey(models.Model):

@@ -2,14 +2,20 @@
 
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, connection
 from django.db.models import F
 
 from accounts.models import Organisation
 from marketplace.errors import Unprocessable
+from marketplace.types import ObjectId
 
 from .models import Account, Entry, Transaction
+
+if TYPE_CHECKING:
+    from marketplace.models import Reservation
+    from vouchers.models import Voucher
 
 SYSTEM_KINDS = (Account.Kind.ESCROW, Account.Kind.FEES, Account.Kind.WORLD)
 
@@ -18,7 +24,10 @@ def system_account(kind: str) -> Account:
     """The single escrow, fee-revenue or outside-world account (created on first use)."""
     assert kind in SYSTEM_KINDS
     account, _ = Account.objects.get_or_create(
-        kind=kind, organisation=None, voucher=None, programme=None,
+        kind=kind,
+        organisation=None,
+        voucher=None,
+        programme=None,
         defaults={"allow_negative": kind == Account.Kind.WORLD},
     )
     return account
@@ -31,12 +40,14 @@ def organisation_account(organisation: Organisation, kind: str) -> Account:
     return account
 
 
-def programme_account(programme_id: object) -> Account:
-    account, _ = Account.objects.get_or_create(kind=Account.Kind.PROGRAMME, programme_id=programme_id)
+def programme_account(programme_id: ObjectId) -> Account:
+    account, _ = Account.objects.get_or_create(
+        kind=Account.Kind.PROGRAMME, programme_id=programme_id
+    )
     return account
 
 
-def voucher_account(voucher_id: object) -> Account:
+def voucher_account(voucher_id: ObjectId) -> Account:
     account, _ = Account.objects.get_or_create(kind=Account.Kind.VOUCHER, voucher_id=voucher_id)
     return account
 
@@ -45,7 +56,11 @@ Leg = tuple[Account, Decimal]
 
 
 def transaction_post(
-    reason: str, legs: Sequence[Leg], *, reservation: object = None, voucher: object = None,
+    reason: str,
+    legs: Sequence[Leg],
+    *,
+    reservation: "Reservation | None" = None,
+    voucher: "Voucher | None" = None,
     memo: str = "",
 ) -> Transaction | None:
     """Post one balanced transaction. ``legs`` are ``(account, amount CNY)``; zero legs are

@@ -79,20 +79,33 @@ class AcceleratorAdmin(admin.ModelAdmin):
 class OfferAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Offers are listed by providers (console, API); operators watch and pause/withdraw them."""
 
-    list_display = ("id", "provider", "site", "accelerator", "gpu_count", "price_per_gpu_hour",
-                    "available_from", "available_until", "status")
+    list_display = (
+        "id",
+        "provider",
+        "site",
+        "accelerator",
+        "gpu_count",
+        "price_per_gpu_hour",
+        "available_from",
+        "available_until",
+        "status",
+    )
     list_filter = ("status", "accelerator", "site__hub")
     search_fields = ("id", "provider__name", "site__code", "site__city", "accelerator__code")
     list_select_related = ("provider", "site", "accelerator")
     date_hierarchy = "available_from"
     actions = ("pause_offers", "withdraw_offers")
 
-    def _set_status(self, request: HttpRequest, queryset: QuerySet[Offer], status: str,
-                    verb: str) -> None:
+    def _set_status(
+        self, request: HttpRequest, queryset: QuerySet[Offer], status: str, verb: str
+    ) -> None:
         run_service_action(
-            self, request, queryset,
-            lambda offer: offer_set_status(offer_id=offer.pk, provider=offer.provider,
-                                           status=status),
+            self,
+            request,
+            queryset,
+            lambda offer: offer_set_status(
+                offer_id=offer.pk, provider=offer.provider, status=status
+            ),
             verb,
         )
 
@@ -115,9 +128,19 @@ class OfferAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Demand)
 class DemandAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "buyer", "origin_site", "gpu_count", "duration_hours",
-                    "earliest_start", "latest_end", "max_price_per_gpu_hour", "locality_limit",
-                    "status", "unmatched_reason")
+    list_display = (
+        "id",
+        "buyer",
+        "origin_site",
+        "gpu_count",
+        "duration_hours",
+        "earliest_start",
+        "latest_end",
+        "max_price_per_gpu_hour",
+        "locality_limit",
+        "status",
+        "unmatched_reason",
+    )
     list_filter = ("status", "locality_limit", "origin_site__hub", "unmatched_reason")
     search_fields = ("id", "buyer__name", "origin_site__code")
     list_select_related = ("buyer", "origin_site")
@@ -142,8 +165,20 @@ class ReservationEventInline(admin.TabularInline):
 class ReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Reservations change only through their lifecycle services; the event trail is inline."""
 
-    list_display = ("id", "buyer", "provider", "offer", "start", "end", "gpu_count", "bill",
-                    "voucher_part", "cash_part", "locality_tier", "status")
+    list_display = (
+        "id",
+        "buyer",
+        "provider",
+        "offer",
+        "start",
+        "end",
+        "gpu_count",
+        "bill",
+        "voucher_part",
+        "cash_part",
+        "locality_tier",
+        "status",
+    )
     list_filter = ("status", "locality_tier", "offer__site__hub")
     search_fields = ("id", "buyer__name", "provider__name", "offer__site__code")
     list_select_related = ("buyer", "provider", "offer")
@@ -161,8 +196,14 @@ class ReservationEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(InterHubTrade)
 class InterHubTradeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("reservation", "exporting_hub", "importing_hub", "gpu_hours", "value",
-                    "created_at")
+    list_display = (
+        "reservation",
+        "exporting_hub",
+        "importing_hub",
+        "gpu_hours",
+        "value",
+        "created_at",
+    )
     list_filter = ("exporting_hub", "importing_hub")
     search_fields = ("reservation__id",)
     list_select_related = ("reservation", "exporting_hub", "importing_hub")
@@ -170,8 +211,15 @@ class InterHubTradeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(MatchingCycle)
 class MatchingCycleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("started_at", "hub", "policy", "seconds", "demands_considered",
-                    "offers_considered", "reservations_made")
+    list_display = (
+        "started_at",
+        "hub",
+        "policy",
+        "seconds",
+        "demands_considered",
+        "offers_considered",
+        "reservations_made",
+    )
     list_filter = ("hub", "policy")
     search_fields = ("hub__code",)
     list_select_related = ("hub",)

@@ -19,8 +19,11 @@ M = TypeVar("M", bound=Model)
 
 
 def run_service_action(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[M],
-    service: Callable[[M], object], verb: str,
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[M],
+    service: Callable[[M], object],
+    verb: str,
 ) -> int:
     """Call ``service(obj)`` for each selected object, in primary-key order (the lock order).
 
@@ -33,8 +36,9 @@ def run_service_action(
         try:
             service(obj)
         except DomainError as exc:
-            modeladmin.message_user(request, f"{obj}: not {verb}: {exc.message}",
-                                    level=messages.ERROR)
+            modeladmin.message_user(
+                request, f"{obj}: not {verb}: {exc.message}", level=messages.ERROR
+            )
         else:
             done += 1
     if done:

@@ -139,6 +139,7 @@ class ProviderScopedAdmin(admin.ModelAdmin):
 
 # --- Sites -----------------------------------------------------------------------------------
 
+
 class ConsoleSiteForm(forms.ModelForm):
     class Meta:
         model = Site
@@ -171,6 +172,7 @@ class ConsoleSiteAdmin(ProviderScopedAdmin):
 
 # --- Offers ----------------------------------------------------------------------------------
 
+
 class ConsoleOfferForm(forms.ModelForm):
     """Offer form whose save *is* the service call, so a refused rule is a form error.
 
@@ -189,14 +191,16 @@ class ConsoleOfferForm(forms.ModelForm):
         super()._post_clean()  # type: ignore[misc]
         if self.errors or self.provider is None:
             return
-        values = {name: self.cleaned_data[name] for name in OFFER_FIELDS
-                  if name in self.cleaned_data}
+        values = {
+            name: self.cleaned_data[name] for name in OFFER_FIELDS if name in self.cleaned_data
+        }
         try:
             if self.instance._state.adding:
                 self.instance = offer_create(provider=self.provider, **values)
             else:
-                self.instance = offer_update(offer_id=self.instance.pk, provider=self.provider,
-                                             **values)
+                self.instance = offer_update(
+                    offer_id=self.instance.pk, provider=self.provider, **values
+                )
         except DomainError as exc:
             self.add_error(exc.field if exc.field in self.fields else None, exc.message)
 
@@ -206,8 +210,17 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
     """The provider's offers with capacity against the peak already reserved."""
 
     form = ConsoleOfferForm
-    list_display = ("label", "site", "accelerator", "gpu_count", "peak_reserved",
-                    "price_per_gpu_hour", "available_from", "available_until", "status")
+    list_display = (
+        "label",
+        "site",
+        "accelerator",
+        "gpu_count",
+        "peak_reserved",
+        "price_per_gpu_hour",
+        "available_from",
+        "available_until",
+        "status",
+    )
     list_filter = ("status", "accelerator", "site")
     search_fields = ("site__code", "site__city", "accelerator__code")
     list_select_related = ("site", "accelerator")
@@ -215,16 +228,16 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
     actions = ("activate_offers", "pause_offers", "withdraw_offers")
     save_as = False
 
-    def get_form(self, request: HttpRequest, obj: Offer | None = None, change: bool = False,
-                 **kwargs: Any) -> type[forms.ModelForm]:
+    def get_form(
+        self, request: HttpRequest, obj: Offer | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm]:
         form = super().get_form(request, obj, change=change, **kwargs)
         return type(form.__name__, (form,), {"provider": console_organisation(request)})
 
     def get_fields(self, request: HttpRequest, obj: Offer | None = None) -> tuple[str, ...]:
         return OFFER_FIELDS if obj is None else (*OFFER_FIELDS, "status", "peak_reserved")
 
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest,
-                                 **kwargs: Any) -> Any:
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "site":
             organisation = console_organisation(request)
             kwargs["queryset"] = Site.objects.filter(
@@ -245,14 +258,16 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
             return "—"
         return f"{offer_peak_reserved(obj)} / {obj.gpu_count}"
 
-    def _set_status(self, request: HttpRequest, queryset: QuerySet[Offer], status: str,
-                    verb: str) -> None:
+    def _set_status(
+        self, request: HttpRequest, queryset: QuerySet[Offer], status: str, verb: str
+    ) -> None:
         organisation = console_organisation(request)
         assert organisation is not None  # the site lets no one else in
         run_service_action(
-            self, request, queryset,
-            lambda offer: offer_set_status(offer_id=offer.pk, provider=organisation,
-                                           status=status),
+            self,
+            request,
+            queryset,
+            lambda offer: offer_set_status(offer_id=offer.pk, provider=organisation, status=status),
             verb,
         )
 
@@ -271,12 +286,24 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
 
 # --- Reservations ----------------------------------------------------------------------------
 
+
 @admin.register(Reservation, site=console_site)
 class ConsoleReservationAdmin(ProviderScopedAdmin):
     """Reservations on the provider's capacity: read-only (lifecycle services and the API)."""
 
-    list_display = ("__str__", "buyer", "offer_summary", "start", "end", "gpu_count", "bill",
-                    "voucher_part", "cash_part", "status", "delivered_gpu_hours")
+    list_display = (
+        "__str__",
+        "buyer",
+        "offer_summary",
+        "start",
+        "end",
+        "gpu_count",
+        "bill",
+        "voucher_part",
+        "cash_part",
+        "status",
+        "delivered_gpu_hours",
+    )
     list_filter = ("status", "offer__accelerator")
     search_fields = ("id", "buyer__name")
     list_select_related = ("buyer", "offer__site", "offer__accelerator")

@@ -9,8 +9,9 @@ How the trace becomes a market (also in the README):
 * **Prices** — per-GPU median on-demand USD/hour of ``cloud-gpus.csv`` for the model, converted at
   ``USD_CNY`` CNY per USD, times a hub factor (western hubs cheaper, "East Data, West Computing").
   G1/G2/G3 are undisclosed Alibaba codes; they are priced like the V100 (32 GB) rows.
-* **Demands** — the first ``n`` GPU tasks of ``openb_pod_list_gpuspec33.csv``: GPU count = ``num_gpu``
-  (a fractional GPU asks for one whole GPU), acceptable models = ``gpu_spec`` (empty = any), duration
+* **Demands** — the first ``n`` GPU tasks of ``openb_pod_list_gpuspec33.csv``: GPU count =
+  ``num_gpu`` (a fractional GPU asks for one whole GPU), acceptable models = ``gpu_spec`` (empty =
+  any), duration
   = run time rounded up to whole hours and capped at ``MAX_HOURS``; arrival = ``creation_time``
   compressed by ``COMPRESSION`` onto a calendar starting tomorrow 00:00 UTC; the window is
   ``[arrival hour, arrival hour + duration + SLACK_HOURS)``. Buyer, limit price mark-up and
@@ -47,8 +48,16 @@ PRICE_ROWS = {
     "G2": ["V100 (32 GB)"],
     "G3": ["V100 (32 GB)"],
 }
-TRACE_MODEL = {"V100M16": "V100-16G", "V100M32": "V100-32G", "T4": "T4", "P100": "P100",
-               "A10": "A10", "G1": "G1", "G2": "G2", "G3": "G3"}
+TRACE_MODEL = {
+    "V100M16": "V100-16G",
+    "V100M32": "V100-32G",
+    "T4": "T4",
+    "P100": "P100",
+    "A10": "A10",
+    "G1": "G1",
+    "G2": "G2",
+    "G3": "G3",
+}
 
 # Provider data centres: (city, name, hub price factor, models they host besides G2 and T4).
 PROVIDERS = [
@@ -79,10 +88,22 @@ SMES = [
     ("Qingyang", "Longdong Agritech", "qingyang", Decimal("50000.00")),
     ("Guiyang", "Guizhou Data Valley", None, Decimal(0)),
 ]
-DIVISION = {"Chengdu": "510100", "Deyang": "510600", "Chongqing": "500000", "Beijing": "110000",
-            "Shanghai": "310000", "Hangzhou": "330100", "Shenzhen": "440300",
-            "Qingyang": "621000", "Guiyang": "520100", "Zhongwei": "640500", "Hohhot": "150100",
-            "Wuhu": "340200", "Shaoguan": "440200", "Zhangjiakou": "130700"}
+DIVISION = {
+    "Chengdu": "510100",
+    "Deyang": "510600",
+    "Chongqing": "500000",
+    "Beijing": "110000",
+    "Shanghai": "310000",
+    "Hangzhou": "330100",
+    "Shenzhen": "440300",
+    "Qingyang": "621000",
+    "Guiyang": "520100",
+    "Zhongwei": "640500",
+    "Hohhot": "150100",
+    "Wuhu": "340200",
+    "Shaoguan": "440200",
+    "Zhangjiakou": "130700",
+}
 LIMITS = ["city", "metro", "region", "national", "national"]
 MARKUPS = [Decimal("0.85"), Decimal("1.00"), Decimal("1.15"), Decimal("1.40")]
 
@@ -155,12 +176,15 @@ def trace_demands(limit: int, calendar_start: datetime) -> list[TraceDemand]:
             started = int(row["scheduled_time"] or row["creation_time"])
             seconds = max(1, int(row["deletion_time"]) - started)
             models = tuple(sorted({TRACE_MODEL[m] for m in row["gpu_spec"].split("|") if m}))
-            out.append(TraceDemand(
-                name=row["name"],
-                arrival=calendar_start + timedelta(seconds=created / COMPRESSION),
-                gpu_count=int(row["num_gpu"]), models=models,
-                duration_hours=min(MAX_HOURS, math.ceil(seconds / 3600)),
-            ))
+            out.append(
+                TraceDemand(
+                    name=row["name"],
+                    arrival=calendar_start + timedelta(seconds=created / COMPRESSION),
+                    gpu_count=int(row["num_gpu"]),
+                    models=models,
+                    duration_hours=min(MAX_HOURS, math.ceil(seconds / 3600)),
+                )
+            )
             if len(out) >= limit:
                 break
     return out

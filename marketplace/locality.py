@@ -3,8 +3,9 @@
 TIERS = ("city", "metro", "region", "national")  # nearest first
 
 
-def tier_between(city_a: str, metro_a: str, hub_a: object, city_b: str, metro_b: str,
-                 hub_b: object) -> str:
+def tier_between(
+    city_a: str, metro_a: str, hub_a: object, city_b: str, metro_b: str, hub_b: object
+) -> str:
     """``city`` (same city), ``metro`` (same metro area), ``region`` (same hub) or ``national``."""
     if hub_a != hub_b:
         return "national"

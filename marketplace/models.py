@@ -60,6 +60,9 @@ class HubLatency(models.Model):
             models.CheckConstraint(condition=Q(latency_ms__gte=0), name="hub_latency_nonneg"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.from_hub_id} → {self.to_hub_id}: {self.latency_ms} ms"
+
 
 class Site(models.Model):
     """A data centre (or an SME's home location) in a city, metro area and hub.
@@ -77,7 +80,10 @@ class Site(models.Model):
         Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="sites"
     )
     provider = models.ForeignKey(
-        "accounts.Organisation", null=True, blank=True, on_delete=models.PROTECT,
+        "accounts.Organisation",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="sites",
     )
 
@@ -271,7 +277,10 @@ class Reservation(models.Model):
     price_per_gpu_hour = models.DecimalField(max_digits=12, decimal_places=4)
     bill = models.DecimalField(max_digits=14, decimal_places=2)
     voucher = models.ForeignKey(
-        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT,
+        "vouchers.Voucher",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="reservations",
     )
     voucher_part = models.DecimalField(max_digits=14, decimal_places=2, default=0)
@@ -327,9 +336,12 @@ class ReservationEvent(models.Model):
     class Meta:
         ordering = ["at", "id"]
 
+    def __str__(self) -> str:
+        return f"{self.from_status or '∅'} → {self.to_status}"
+
 
 class InterHubTrade(models.Model):
-    """A reservation that crosses hubs: capacity exported by one hub to a buyer of another (§4.3)."""
+    """A reservation crossing hubs: capacity one hub exports to a buyer of another (§4.3)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     reservation = models.OneToOneField(
@@ -340,6 +352,9 @@ class InterHubTrade(models.Model):
     gpu_hours = models.PositiveIntegerField()
     value = models.DecimalField(max_digits=14, decimal_places=2)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.exporting_hub_id} → {self.importing_hub_id} ({self.gpu_hours} GPU-h)"
 
 
 class MatchingCycle(models.Model):
@@ -355,3 +370,6 @@ class MatchingCycle(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"cycle {self.hub_id} at {self.started_at:%Y-%m-%d %H:%M}"

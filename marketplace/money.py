@@ -24,8 +24,9 @@ def bill_amount(gpu_count: int, hours: int, price_per_gpu_hour: Decimal) -> Deci
     return quantize_money(Decimal(gpu_count) * Decimal(hours) * Decimal(price_per_gpu_hour))
 
 
-def split_proportionally(total: Decimal, voucher_part: Decimal, cash_part: Decimal
-                         ) -> tuple[Decimal, Decimal]:
+def split_proportionally(
+    total: Decimal, voucher_part: Decimal, cash_part: Decimal
+) -> tuple[Decimal, Decimal]:
     """Split ``total`` CNY between voucher and cash in the proportion ``voucher_part:cash_part``.
 
     The voucher share is floored to the fen and cash takes the rest, so the two parts add up to

@@ -61,8 +61,12 @@ def offer_get_visible(*, organisation: Organisation | None, offer_id: object) ->
 
 def demand_list(*, buyer: Organisation) -> QuerySet[Demand]:
     """The buyer's own demands, oldest first, with accelerators prefetched."""
-    return (Demand.objects.filter(buyer=buyer).select_related("origin_site")
-            .prefetch_related("accelerators").order_by("created_at", "id"))
+    return (
+        Demand.objects.filter(buyer=buyer)
+        .select_related("origin_site")
+        .prefetch_related("accelerators")
+        .order_by("created_at", "id")
+    )
 
 
 def demand_get(*, buyer: Organisation, demand_id: object) -> Demand | None:
@@ -71,8 +75,9 @@ def demand_get(*, buyer: Organisation, demand_id: object) -> Demand | None:
     return None if pk is None else demand_list(buyer=buyer).filter(pk=pk).first()
 
 
-def reservation_list(*, organisation: Organisation, role: str | None = None
-                     ) -> QuerySet[Reservation]:
+def reservation_list(
+    *, organisation: Organisation, role: str | None = None
+) -> QuerySet[Reservation]:
     """Reservations the organisation takes part in: ``role="buyer"`` its purchases,
     ``role="provider"`` its sales, ``None`` both. By start time."""
     if role == "buyer":

@@ -39,6 +39,7 @@ from .models import (
 )
 from .money import ZERO, bill_amount, quantize_money, split_proportionally
 from .timeutil import HOUR, hour_index, hour_index_ceil, is_whole_hour
+from .types import ObjectId
 
 MAX_GPUS = 100_000
 MAX_HOURS = 24 * 366
@@ -46,6 +47,7 @@ MAX_PRICE = Decimal("100000")
 
 
 # --- Input checks shared by every entry point ----------------------------------------------
+
 
 def _money_input(value: Any, field: str, *, places: int, maximum: Decimal = MAX_PRICE) -> Decimal:
     try:
@@ -84,18 +86,20 @@ def accelerators_resolve(names: Iterable[str], field: str = "accelerators") -> l
             index[str(alias).lower()] = acc
     found: dict[str, Accelerator] = {}
     for name in names:
-        acc = index.get(str(name).strip().lower())
-        if acc is None:
+        match = index.get(str(name).strip().lower())
+        if match is None:
             known = ", ".join(sorted(a.code for a in catalogue))
             raise ValidationFailed(
                 f"unknown accelerator {name!r}; known codes: {known}",
-                code="unknown_accelerator", field=field,
+                code="unknown_accelerator",
+                field=field,
             )
-        found[acc.code] = acc
+        found[match.code] = match
     return list(found.values())
 
 
 # --- Wallet ----------------------------------------------------------------------------------
+
 
 @transaction.atomic
 def wallet_deposit(*, organisation: Organisation, amount: Decimal, memo: str = "") -> Transaction:
@@ -105,8 +109,10 @@ def wallet_deposit(*, organisation: Organisation, amount: Decimal, memo: str = "
         raise PermissionDenied("only buyers have a wallet", code="not_a_buyer")
     txn = transaction_post(
         Transaction.Reason.DEPOSIT,
-        [(system_account(Account.Kind.WORLD), -amount),
-         (organisation_account(organisation, Account.Kind.WALLET), amount)],
+        [
+            (system_account(Account.Kind.WORLD), -amount),
+            (organisation_account(organisation, Account.Kind.WALLET), amount),
+        ],
         memo=memo or "deposit",
     )
     assert txn is not None
@@ -116,8 +122,15 @@ def wallet_deposit(*, organisation: Organisation, amount: Decimal, memo: str = "
 # --- Offers ----------------------------------------------------------------------------------
 
 OFFER_FIELDS = (
-    "site", "accelerator", "gpu_count", "gpus_per_node", "interconnect", "available_from",
-    "available_until", "price_per_gpu_hour", "min_duration_hours",
+    "site",
+    "accelerator",
+    "gpu_count",
+    "gpus_per_node",
+    "interconnect",
+    "available_from",
+    "available_until",
+    "price_per_gpu_hour",
+    "min_duration_hours",
 )
 
 
@@ -125,14 +138,16 @@ def _offer_check(offer: Offer) -> None:
     _positive_int(offer.gpu_count, "gpu_count", MAX_GPUS)
     _positive_int(offer.gpus_per_node, "gpus_per_node", 64)
     _positive_int(offer.min_duration_hours, "min_duration_hours", MAX_HOURS)
-    offer.price_per_gpu_hour = _money_input(offer.price_per_gpu_hour, "price_per_gpu_hour",
-                                            places=4)
+    offer.price_per_gpu_hour = _money_input(
+        offer.price_per_gpu_hour, "price_per_gpu_hour", places=4
+    )
     for name in ("available_from", "available_until"):
         if not is_whole_hour(getattr(offer, name)):
             raise ValidationFailed("must be a whole UTC hour", code="not_whole_hour", field=name)
     if offer.available_until <= offer.available_from:
-        raise ValidationFailed("must be after available_from", code="window_invalid",
-                               field="available_until")
+        raise ValidationFailed(
+            "must be after available_from", code="window_invalid", field="available_until"
+        )
     site = offer.site
     if site.provider_id is not None and site.provider_id != offer.provider_id:
         raise NotFound("no such site", field="site")
@@ -147,15 +162,21 @@ def offer_create(*, provider: Organisation, activate: bool = True, **fields: Any
     offer = Offer(provider=provider, **{k: v for k, v in fields.items() if k in OFFER_FIELDS})
     _offer_check(offer)
     if offer.available_until <= timezone.now():
-        raise ValidationFailed("window already over", code="window_in_past",
-                               field="available_until")
+        raise ValidationFailed(
+            "window already over", code="window_in_past", field="available_until"
+        )
     offer.status = Offer.Status.ACTIVE if activate else Offer.Status.DRAFT
     offer.save()
     return offer
 
 
-def offer_peak_reserved(offer: Offer, start: datetime | None = None,
-                        end: datetime | None = None, *, exclude: object = None) -> int:
+def offer_peak_reserved(
+    offer: Offer,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    exclude: ObjectId | None = None,
+) -> int:
     """The most GPUs reserved on ``offer`` at any hour in ``[start, end)`` (all time if None)."""
     qs = offer.reservations.filter(status__in=Reservation.CAPACITY_STATUSES)
     if start is not None and end is not None:
@@ -176,7 +197,7 @@ def offer_peak_reserved(offer: Offer, start: datetime | None = None,
 
 
 @transaction.atomic
-def offer_update(*, offer_id: object, provider: Organisation, **fields: Any) -> Offer:
+def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -> Offer:
     """Edit an offer under its row lock. Reservations already made are untouched; lowering
     ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``."""
     offer = _offer_locked(offer_id, provider)
@@ -187,13 +208,14 @@ def offer_update(*, offer_id: object, provider: Organisation, **fields: Any) -> 
             setattr(offer, key, value)
     _offer_check(offer)
     if offer.gpu_count < offer_peak_reserved(offer):
-        raise Conflict("capacity below what is already reserved", code="below_reserved",
-                       field="gpu_count")
+        raise Conflict(
+            "capacity below what is already reserved", code="below_reserved", field="gpu_count"
+        )
     offer.save()
     return offer
 
 
-def _offer_locked(offer_id: object, provider: Organisation) -> Offer:
+def _offer_locked(offer_id: ObjectId, provider: Organisation) -> Offer:
     try:
         return Offer.objects.select_for_update().get(pk=offer_id, provider=provider)
     except (Offer.DoesNotExist, ValueError) as exc:
@@ -201,7 +223,7 @@ def _offer_locked(offer_id: object, provider: Organisation) -> Offer:
 
 
 @transaction.atomic
-def offer_set_status(*, offer_id: object, provider: Organisation, status: str) -> Offer:
+def offer_set_status(*, offer_id: ObjectId, provider: Organisation, status: str) -> Offer:
     """Move an offer along ``draft → active ⇄ paused → withdrawn`` (§3); else ``Conflict``."""
     offer = _offer_locked(offer_id, provider)
     if status not in Offer.TRANSITIONS[offer.status]:
@@ -213,6 +235,7 @@ def offer_set_status(*, offer_id: object, provider: Organisation, status: str) -
 
 # --- Demands ---------------------------------------------------------------------------------
 
+
 def demand_check(demand: Demand, *, now: datetime) -> None:
     """The demand rules of §4, for create and update alike. Raises ``ValidationFailed``."""
     _positive_int(demand.gpu_count, "gpu_count", MAX_GPUS)
@@ -221,22 +244,29 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
         demand.max_price_per_gpu_hour, "max_price_per_gpu_hour", places=4
     )
     if demand.latest_end <= demand.earliest_start:
-        raise ValidationFailed("must be after earliest_start", code="window_invalid",
-                               field="latest_end")
+        raise ValidationFailed(
+            "must be after earliest_start", code="window_invalid", field="latest_end"
+        )
     first = max(hour_index_ceil(demand.earliest_start), hour_index_ceil(now))
     if hour_index(demand.latest_end) <= hour_index_ceil(now):
         raise ValidationFailed("window already passed", code="window_in_past", field="latest_end")
     if hour_index(demand.latest_end) - first < demand.duration_hours:
-        raise ValidationFailed("window cannot hold the duration", code="window_too_short",
-                               field="duration_hours")
+        raise ValidationFailed(
+            "window cannot hold the duration", code="window_too_short", field="duration_hours"
+        )
     if demand.locality_limit not in ("city", "metro", "region", "national"):
         raise ValidationFailed("unknown locality tier", field="locality_limit")
 
 
 @transaction.atomic
 def demand_create(
-    *, buyer: Organisation, user: User | None = None, accelerators: Iterable[str] = (),
-    voucher: Voucher | None = None, now: datetime | None = None, enqueue_matching: bool = True,
+    *,
+    buyer: Organisation,
+    user: User | None = None,
+    accelerators: Iterable[str] = (),
+    voucher: Voucher | None = None,
+    now: datetime | None = None,
+    enqueue_matching: bool = True,
     **fields: Any,
 ) -> Demand:
     """Post a demand for ``buyer`` and enqueue matching of its hub on commit.
@@ -257,11 +287,20 @@ def demand_create(
     if voucher is not None and voucher.owner_id != buyer.pk:
         raise NotFound("no such voucher", field="voucher")
     allowed = {f.name for f in Demand._meta.concrete_fields} - {
-        "id", "buyer", "created_by", "origin_site", "voucher", "status", "unmatched_reason",
+        "id",
+        "buyer",
+        "created_by",
+        "origin_site",
+        "voucher",
+        "status",
+        "unmatched_reason",
         "created_at",
     }
     demand = Demand(
-        buyer=buyer, created_by=user, origin_site_id=buyer.home_site_id, voucher=voucher,
+        buyer=buyer,
+        created_by=user,
+        origin_site_id=buyer.home_site_id,
+        voucher=voucher,
         **{k: v for k, v in fields.items() if k in allowed},
     )
     demand_check(demand, now=now)
@@ -273,14 +312,14 @@ def demand_create(
     return demand
 
 
-def _enqueue_match(hub_id: object) -> None:
+def _enqueue_match(hub_id: ObjectId) -> None:
     from .tasks import match_hub
 
     transaction.on_commit(lambda: match_hub.delay(str(hub_id)))
 
 
 @transaction.atomic
-def demand_cancel(*, demand_id: object, buyer: Organisation) -> Demand:
+def demand_cancel(*, demand_id: ObjectId, buyer: Organisation) -> Demand:
     """Cancel an open demand. Raises ``NotFound`` for another buyer's id, ``Conflict`` when
     the demand is not open (a matched demand is cancelled through its reservation)."""
     try:
@@ -299,9 +338,11 @@ def demands_expire(*, now: datetime | None = None) -> int:
     """Mark open demands whose window can no longer hold their duration ``expired``."""
     now = now or timezone.now()
     expired = 0
-    for demand in Demand.objects.select_for_update(skip_locked=True).filter(
-        status=Demand.Status.OPEN
-    ).order_by("pk"):
+    for demand in (
+        Demand.objects.select_for_update(skip_locked=True)
+        .filter(status=Demand.Status.OPEN)
+        .order_by("pk")
+    ):
         first = max(hour_index_ceil(demand.earliest_start), hour_index_ceil(now))
         if hour_index(demand.latest_end) - first < demand.duration_hours:
             demand.status = Demand.Status.EXPIRED
@@ -313,8 +354,16 @@ def demands_expire(*, now: datetime | None = None) -> int:
 
 # --- Quote -----------------------------------------------------------------------------------
 
-def quote(*, buyer: Organisation, offer: Offer, gpu_count: int, hours: int,
-          voucher: Voucher | None = None, at: datetime | None = None) -> Split:
+
+def quote(
+    *,
+    buyer: Organisation,
+    offer: Offer,
+    gpu_count: int,
+    hours: int,
+    voucher: Voucher | None = None,
+    at: datetime | None = None,
+) -> Split:
     """Bill and voucher/cash split (CNY) for ``gpu_count`` GPUs × ``hours`` on ``offer`` now,
     without holding anything. ``Split.note`` says why a voucher does not apply."""
     _positive_int(gpu_count, "gpu_count", MAX_GPUS)
@@ -322,23 +371,43 @@ def quote(*, buyer: Organisation, offer: Offer, gpu_count: int, hours: int,
     if voucher is not None and voucher.owner_id != buyer.pk:
         raise NotFound("no such voucher", field="voucher")
     bill = bill_amount(gpu_count, hours, offer.price_per_gpu_hour)
-    return voucher_split(voucher, bill=bill, buyer=buyer, provider=offer.provider,
-                         site=offer.site, at=at or timezone.now())
+    return voucher_split(
+        voucher,
+        bill=bill,
+        buyer=buyer,
+        provider=offer.provider,
+        site=offer.site,
+        at=at or timezone.now(),
+    )
 
 
 # --- Reservations ----------------------------------------------------------------------------
 
-def _event(reservation: Reservation, from_status: str, to_status: str,
-           actor: User | None = None, note: str = "") -> None:
-    ReservationEvent.objects.create(reservation=reservation, from_status=from_status,
-                                    to_status=to_status, actor=actor, note=note[:200])
+
+def _event(
+    reservation: Reservation,
+    from_status: str,
+    to_status: str,
+    actor: User | None = None,
+    note: str = "",
+) -> None:
+    ReservationEvent.objects.create(
+        reservation=reservation,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor,
+        note=note[:200],
+    )
 
 
-def _transition(reservation: Reservation, to_status: str, actor: User | None = None,
-                note: str = "") -> None:
+def _transition(
+    reservation: Reservation, to_status: str, actor: User | None = None, note: str = ""
+) -> None:
     if to_status not in Reservation.TRANSITIONS[reservation.status]:
-        raise Conflict(f"reservation is {reservation.status}, cannot become {to_status}",
-                       code="illegal_transition")
+        raise Conflict(
+            f"reservation is {reservation.status}, cannot become {to_status}",
+            code="illegal_transition",
+        )
     from_status = reservation.status
     reservation.status = to_status
     reservation.save(update_fields=["status", "updated_at"])
@@ -346,7 +415,11 @@ def _transition(reservation: Reservation, to_status: str, actor: User | None = N
 
 
 def reservation_create(
-    *, demand_id: object, offer_id: object, start: datetime, now: datetime | None = None,
+    *,
+    demand_id: ObjectId,
+    offer_id: ObjectId,
+    start: datetime,
+    now: datetime | None = None,
 ) -> Reservation:
     """Book ``offer`` for ``demand`` from ``start`` (whole UTC hour) for the demand's duration,
     holding capacity and funds together in one durable transaction (§4.4, §5.4).
@@ -360,20 +433,32 @@ def reservation_create(
     """
     now = now or timezone.now()
     with transaction.atomic(durable=True):
-        demand = (Demand.objects.select_for_update(of=("self",))
-                  .select_related("buyer", "origin_site", "voucher__programme").get(pk=demand_id))
+        demand = (
+            Demand.objects.select_for_update(of=("self",))
+            .select_related("buyer", "origin_site", "voucher__programme")
+            .get(pk=demand_id)
+        )
         if demand.status != Demand.Status.OPEN:
             raise Conflict(f"demand is {demand.status}", code="demand_not_open")
-        offer = (Offer.objects.select_for_update(of=("self",))
-                 .select_related("site", "provider").get(pk=offer_id))
+        offer = (
+            Offer.objects.select_for_update(of=("self",))
+            .select_related("site", "provider")
+            .get(pk=offer_id)
+        )
         end = start + demand.duration_hours * HOUR
         _pair_check(demand, offer, start, end, now)
-        tier = tier_between(demand.origin_site.city, demand.origin_site.metro_area,
-                            demand.origin_site.hub_id, offer.site.city, offer.site.metro_area,
-                            offer.site.hub_id)
+        tier = tier_between(
+            demand.origin_site.city,
+            demand.origin_site.metro_area,
+            demand.origin_site.hub_id,
+            offer.site.city,
+            offer.site.metro_area,
+            offer.site.hub_id,
+        )
         if tier_rank(tier) > tier_rank(demand.locality_limit):
-            raise ValidationFailed("offer outside the demand's locality limit",
-                                   code="outside_locality")
+            raise ValidationFailed(
+                "offer outside the demand's locality limit", code="outside_locality"
+            )
         if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
             raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
 
@@ -381,31 +466,49 @@ def reservation_create(
         voucher = demand.voucher
         if voucher is not None:
             Programme.objects.select_for_update().filter(pk=voucher.programme_id).get()
-            voucher = Voucher.objects.select_for_update().select_related("programme").get(
-                pk=voucher.pk)
-        split = voucher_split(voucher, bill=bill, buyer=demand.buyer, provider=offer.provider,
-                              site=offer.site, at=now)
+            voucher = (
+                Voucher.objects.select_for_update().select_related("programme").get(pk=voucher.pk)
+            )
+        split = voucher_split(
+            voucher, bill=bill, buyer=demand.buyer, provider=offer.provider, site=offer.site, at=now
+        )
         status = Reservation.Status.HELD
         reservation = Reservation.objects.create(
-            demand=demand, offer=offer, buyer=demand.buyer, provider=offer.provider,
-            start=start, end=end, gpu_count=demand.gpu_count,
-            price_per_gpu_hour=offer.price_per_gpu_hour, bill=bill,
+            demand=demand,
+            offer=offer,
+            buyer=demand.buyer,
+            provider=offer.provider,
+            start=start,
+            end=end,
+            gpu_count=demand.gpu_count,
+            price_per_gpu_hour=offer.price_per_gpu_hour,
+            bill=bill,
             voucher=voucher if split.voucher_part > 0 else None,
-            voucher_part=split.voucher_part, cash_part=split.cash_part,
-            voucher_note=split.note, locality_tier=tier, status=status,
+            voucher_part=split.voucher_part,
+            cash_part=split.cash_part,
+            voucher_note=split.note,
+            locality_tier=tier,
+            status=status,
         )
         legs = [(system_account(Account.Kind.ESCROW), bill)]
         if split.voucher_part:
             legs.append((voucher_account(voucher.pk), -split.voucher_part))  # type: ignore[union-attr]
         legs.append((organisation_account(demand.buyer, Account.Kind.WALLET), -split.cash_part))
-        transaction_post(Transaction.Reason.HOLD, legs, reservation=reservation,
-                         voucher=reservation.voucher, memo="hold at match")
+        transaction_post(
+            Transaction.Reason.HOLD,
+            legs,
+            reservation=reservation,
+            voucher=reservation.voucher,
+            memo="hold at match",
+        )
         _event(reservation, "", status, note=f"matched at tier {tier}")
         if offer.site.hub_id != demand.origin_site.hub_id:
             InterHubTrade.objects.create(
-                reservation=reservation, exporting_hub_id=offer.site.hub_id,
+                reservation=reservation,
+                exporting_hub_id=offer.site.hub_id,
                 importing_hub_id=demand.origin_site.hub_id,
-                gpu_hours=reservation.gpu_hours, value=bill,
+                gpu_hours=reservation.gpu_hours,
+                value=bill,
             )
         demand.status = Demand.Status.MATCHED
         demand.unmatched_reason = ""
@@ -416,8 +519,9 @@ def reservation_create(
     return reservation
 
 
-def _pair_check(demand: Demand, offer: Offer, start: datetime, end: datetime,
-                now: datetime) -> None:
+def _pair_check(
+    demand: Demand, offer: Offer, start: datetime, end: datetime, now: datetime
+) -> None:
     if offer.status != Offer.Status.ACTIVE:
         raise Conflict(f"offer is {offer.status}", code="offer_not_active")
     if offer.provider_id == demand.buyer_id:
@@ -444,8 +548,12 @@ def _pair_check(demand: Demand, offer: Offer, start: datetime, end: datetime,
         raise ValidationFailed("accelerator too slow", code="model_mismatch")
 
 
-def _reservation_locked(reservation_id: object, *, buyer: Organisation | None = None,
-                        provider: Organisation | None = None) -> Reservation:
+def _reservation_locked(
+    reservation_id: ObjectId,
+    *,
+    buyer: Organisation | None = None,
+    provider: Organisation | None = None,
+) -> Reservation:
     qs = Reservation.objects.select_for_update()
     if buyer is not None:
         qs = qs.filter(buyer=buyer)
@@ -457,8 +565,9 @@ def _reservation_locked(reservation_id: object, *, buyer: Organisation | None = 
         raise NotFound("no such reservation", field="reservation") from exc
 
 
-def reservation_accept(*, reservation_id: object, buyer: Organisation,
-                       actor: User | None = None) -> Reservation:
+def reservation_accept(
+    *, reservation_id: ObjectId, buyer: Organisation, actor: User | None = None
+) -> Reservation:
     """The buyer accepts a ``held`` reservation (``held → confirmed``); else ``Conflict``."""
     with transaction.atomic(durable=True):
         reservation = _reservation_locked(reservation_id, buyer=buyer)
@@ -471,15 +580,23 @@ def _release(reservation: Reservation, fee: Decimal, reason: str) -> None:
     """Return the held parts to voucher and wallet, less ``fee`` CNY taken from the cash part
     for the provider (cancellation fee: vouchers pay for compute, not penalties)."""
     fee = min(fee, reservation.cash_part)
-    legs = [(system_account(Account.Kind.ESCROW), -(reservation.voucher_part
-                                                    + reservation.cash_part))]
+    legs = [
+        (system_account(Account.Kind.ESCROW), -(reservation.voucher_part + reservation.cash_part))
+    ]
     if reservation.voucher_part:
+        assert reservation.voucher_id is not None
         legs.append((voucher_account(reservation.voucher_id), reservation.voucher_part))
-    legs.append((organisation_account(reservation.buyer, Account.Kind.WALLET),
-                 reservation.cash_part - fee))
+    legs.append(
+        (organisation_account(reservation.buyer, Account.Kind.WALLET), reservation.cash_part - fee)
+    )
     legs.append((organisation_account(reservation.provider, Account.Kind.PAYABLE), fee))
-    transaction_post(reason, legs, reservation=reservation, voucher=reservation.voucher,
-                     memo=f"release ({reason})")
+    transaction_post(
+        reason,
+        legs,
+        reservation=reservation,
+        voucher=reservation.voucher,
+        memo=f"release ({reason})",
+    )
 
 
 def cancellation_fee(reservation: Reservation, now: datetime) -> Decimal:
@@ -493,8 +610,13 @@ def cancellation_fee(reservation: Reservation, now: datetime) -> Decimal:
     return min(quantize_money(reservation.bill * settings.CANCEL_FEE_RATE), reservation.cash_part)
 
 
-def reservation_cancel(*, reservation_id: object, buyer: Organisation, actor: User | None = None,
-                       now: datetime | None = None) -> Reservation:
+def reservation_cancel(
+    *,
+    reservation_id: ObjectId,
+    buyer: Organisation,
+    actor: User | None = None,
+    now: datetime | None = None,
+) -> Reservation:
     """The buyer cancels before the start: everything held returns to voucher and wallet, less
     the cancellation fee inside ``CANCEL_FEE_WINDOW`` (§5.5). ``Conflict`` once started."""
     now = now or timezone.now()
@@ -503,8 +625,9 @@ def reservation_cancel(*, reservation_id: object, buyer: Organisation, actor: Us
         if reservation.start <= now:
             raise Conflict("reservation has started", code="already_started")
         fee = cancellation_fee(reservation, now)
-        _transition(reservation, Reservation.Status.CANCELLED, actor,
-                    f"cancelled by buyer, fee {fee}")
+        _transition(
+            reservation, Reservation.Status.CANCELLED, actor, f"cancelled by buyer, fee {fee}"
+        )
         _release(reservation, fee, Transaction.Reason.RELEASE)
         Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.CANCELLED)
     return reservation
@@ -515,13 +638,18 @@ def reservations_expire_unaccepted(*, now: datetime | None = None) -> int:
     returns to ``open``. Safe to run twice (row locks, ``skip_locked``). Returns the count."""
     now = now or timezone.now()
     count = 0
-    ids = list(Reservation.objects.filter(
-        status=Reservation.Status.HELD, created_at__lte=now - settings.ACCEPT_TTL
-    ).values_list("pk", flat=True))
+    ids = list(
+        Reservation.objects.filter(
+            status=Reservation.Status.HELD, created_at__lte=now - settings.ACCEPT_TTL
+        ).values_list("pk", flat=True)
+    )
     for rid in ids:
         with transaction.atomic(durable=True):
-            reservation = (Reservation.objects.select_for_update(skip_locked=True)
-                           .filter(pk=rid, status=Reservation.Status.HELD).first())
+            reservation = (
+                Reservation.objects.select_for_update(skip_locked=True)
+                .filter(pk=rid, status=Reservation.Status.HELD)
+                .first()
+            )
             if reservation is None:
                 continue
             _transition(reservation, Reservation.Status.EXPIRED, note="accept TTL passed")
@@ -536,27 +664,40 @@ def reservations_advance(*, now: datetime | None = None) -> tuple[int, int]:
     ended (delivered = all hours unless reported). Returns ``(activated, completed)``."""
     now = now or timezone.now()
     activated = completed = 0
-    for rid in Reservation.objects.filter(status=Reservation.Status.CONFIRMED, start__lte=now
-                                          ).values_list("pk", flat=True):
+    for rid in Reservation.objects.filter(
+        status=Reservation.Status.CONFIRMED, start__lte=now
+    ).values_list("pk", flat=True):
         with transaction.atomic(durable=True):
-            r = (Reservation.objects.select_for_update(skip_locked=True)
-                 .filter(pk=rid, status=Reservation.Status.CONFIRMED).first())
+            r = (
+                Reservation.objects.select_for_update(skip_locked=True)
+                .filter(pk=rid, status=Reservation.Status.CONFIRMED)
+                .first()
+            )
             if r is not None:
                 _transition(r, Reservation.Status.ACTIVE, note="start reached")
                 activated += 1
-    for rid in Reservation.objects.filter(status=Reservation.Status.ACTIVE, end__lte=now
-                                          ).values_list("pk", flat=True):
+    for rid in Reservation.objects.filter(
+        status=Reservation.Status.ACTIVE, end__lte=now
+    ).values_list("pk", flat=True):
         with transaction.atomic(durable=True):
-            r = (Reservation.objects.select_for_update(skip_locked=True)
-                 .filter(pk=rid, status=Reservation.Status.ACTIVE).first())
+            r = (
+                Reservation.objects.select_for_update(skip_locked=True)
+                .filter(pk=rid, status=Reservation.Status.ACTIVE)
+                .first()
+            )
             if r is not None:
                 _complete(r, None, note="end reached")
                 completed += 1
     return activated, completed
 
 
-def _complete(reservation: Reservation, delivered_gpu_hours: int | None, *,
-              actor: User | None = None, note: str = "") -> None:
+def _complete(
+    reservation: Reservation,
+    delivered_gpu_hours: int | None,
+    *,
+    actor: User | None = None,
+    note: str = "",
+) -> None:
     full = reservation.gpu_hours
     delivered = full if delivered_gpu_hours is None else delivered_gpu_hours
     if isinstance(delivered, bool) or not isinstance(delivered, int) or not 0 <= delivered <= full:
@@ -566,9 +707,14 @@ def _complete(reservation: Reservation, delivered_gpu_hours: int | None, *,
     _transition(reservation, Reservation.Status.COMPLETED, actor, note)
 
 
-def reservation_report_usage(*, reservation_id: object, provider: Organisation,
-                             delivered_gpu_hours: int, actor: User | None = None,
-                             now: datetime | None = None) -> Reservation:
+def reservation_report_usage(
+    *,
+    reservation_id: ObjectId,
+    provider: Organisation,
+    delivered_gpu_hours: int,
+    actor: User | None = None,
+    now: datetime | None = None,
+) -> Reservation:
     """The provider reports delivered GPU-hours of an ``active`` reservation and completes it
     (early end or partial delivery). Undelivered hours are refunded at settlement."""
     with transaction.atomic(durable=True):
@@ -579,7 +725,7 @@ def reservation_report_usage(*, reservation_id: object, provider: Organisation,
     return reservation
 
 
-def reservation_settle(*, reservation_id: object) -> Reservation:
+def reservation_settle(*, reservation_id: ObjectId) -> Reservation:
     """Settle a ``completed`` reservation (§5.5), exactly once.
 
     Billable = delivered GPU-hours × rate (half-up); the rest returns to voucher and wallet in
@@ -588,36 +734,53 @@ def reservation_settle(*, reservation_id: object) -> Reservation:
     voucher part becomes a reimbursement claim on the programme. ``Conflict`` if not completed.
     """
     with transaction.atomic(durable=True):
-        r = Reservation.objects.select_for_update(of=("self",)).select_related("voucher").get(
-            pk=reservation_id)
+        r = (
+            Reservation.objects.select_for_update(of=("self",))
+            .select_related("voucher")
+            .get(pk=reservation_id)
+        )
         if r.status != Reservation.Status.COMPLETED:
             raise Conflict(f"reservation is {r.status}", code="illegal_transition")
         delivered = r.gpu_hours if r.delivered_gpu_hours is None else r.delivered_gpu_hours
-        billable = (r.bill if delivered == r.gpu_hours
-                    else bill_amount(1, delivered, r.price_per_gpu_hour))
+        billable = (
+            r.bill if delivered == r.gpu_hours else bill_amount(1, delivered, r.price_per_gpu_hour)
+        )
         refund_v, refund_c = split_proportionally(r.bill - billable, r.voucher_part, r.cash_part)
         paid_v, paid_c = r.voucher_part - refund_v, r.cash_part - refund_c
         fee = min(quantize_money(billable * settings.PLATFORM_FEE_RATE), paid_c)
-        legs = [(system_account(Account.Kind.ESCROW), -r.bill),
-                (organisation_account(r.buyer, Account.Kind.WALLET), refund_c),
-                (organisation_account(r.provider, Account.Kind.PAYABLE), paid_c - fee),
-                (system_account(Account.Kind.FEES), fee)]
+        legs = [
+            (system_account(Account.Kind.ESCROW), -r.bill),
+            (organisation_account(r.buyer, Account.Kind.WALLET), refund_c),
+            (organisation_account(r.provider, Account.Kind.PAYABLE), paid_c - fee),
+            (system_account(Account.Kind.FEES), fee),
+        ]
         if r.voucher_id:
-            legs += [(voucher_account(r.voucher_id), refund_v),
-                     (organisation_account(r.provider, Account.Kind.CLAIMS), paid_v)]
-        transaction_post(Transaction.Reason.SETTLEMENT, legs, reservation=r, voucher=r.voucher,
-                         memo=f"settled {delivered} GPU-hours")
+            legs += [
+                (voucher_account(r.voucher_id), refund_v),
+                (organisation_account(r.provider, Account.Kind.CLAIMS), paid_v),
+            ]
+        transaction_post(
+            Transaction.Reason.SETTLEMENT,
+            legs,
+            reservation=r,
+            voucher=r.voucher,
+            memo=f"settled {delivered} GPU-hours",
+        )
         if paid_v > 0 and r.voucher is not None:
             ReimbursementClaim.objects.create(
-                programme_id=r.voucher.programme_id, provider_id=r.provider_id, reservation=r,
-                voucher=r.voucher, amount=paid_v,
+                programme_id=r.voucher.programme_id,
+                provider_id=r.provider_id,
+                reservation=r,
+                voucher=r.voucher,
+                amount=paid_v,
             )
         _transition(r, Reservation.Status.SETTLED, note=f"billable {billable}")
     return r
 
 
-def reservation_fail(*, reservation_id: object, provider: Organisation,
-                     actor: User | None = None) -> Reservation:
+def reservation_fail(
+    *, reservation_id: ObjectId, provider: Organisation, actor: User | None = None
+) -> Reservation:
     """The provider cannot deliver a reservation not yet completed: all held funds return."""
     with transaction.atomic(durable=True):
         reservation = _reservation_locked(reservation_id, provider=provider)

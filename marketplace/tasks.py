@@ -69,8 +69,9 @@ def settle_completed() -> int:
 @shared_task(name="marketplace.tasks.settle_reservation")
 def settle_reservation(reservation_id: str) -> bool:
     """Settle one reservation if it is still completed; a second run does nothing."""
-    if not Reservation.objects.filter(pk=reservation_id,
-                                      status=Reservation.Status.COMPLETED).exists():
+    if not Reservation.objects.filter(
+        pk=reservation_id, status=Reservation.Status.COMPLETED
+    ).exists():
         return False
     from marketplace.errors import Conflict
 

@@ -23,43 +23,43 @@ from vouchers.services import programme_fund, voucher_issue
 
 @pytest.fixture
 def site():  # type: ignore[no-untyped-def]
-    return SiteFactory(code="chengdu-tianfu", city="Chengdu", metro_area="Chengdu")
+    return SiteFactory.create(code="chengdu-tianfu", city="Chengdu", metro_area="Chengdu")
 
 
 @pytest.fixture
 def buyer(site) -> Organisation:  # type: ignore[no-untyped-def]
-    org = OrganisationFactory(name="Buyer SME", home_site=site)
+    org = OrganisationFactory.create(name="Buyer SME", home_site=site)
     wallet_deposit(organisation=org, amount=Decimal("100000.00"))
     return org
 
 
 @pytest.fixture
 def other_buyer(site) -> Organisation:  # type: ignore[no-untyped-def]
-    org = OrganisationFactory(name="Other SME", home_site=site)
+    org = OrganisationFactory.create(name="Other SME", home_site=site)
     wallet_deposit(organisation=org, amount=Decimal("100000.00"))
     return org
 
 
 @pytest.fixture
 def provider(site) -> Organisation:  # type: ignore[no-untyped-def]
-    return ProviderFactory(name="Provider DC", home_site=site)
+    return ProviderFactory.create(name="Provider DC", home_site=site)
 
 
 @pytest.fixture
 def accelerator():  # type: ignore[no-untyped-def]
-    return AcceleratorFactory(aliases=["NVIDIA A100 80GB", "a100"])
+    return AcceleratorFactory.create(aliases=["NVIDIA A100 80GB", "a100"])
 
 
 @pytest.fixture
 def offer(provider, site, accelerator):  # type: ignore[no-untyped-def]
-    return OfferFactory(provider=provider, site=site, accelerator=accelerator)
+    return OfferFactory.create(provider=provider, site=site, accelerator=accelerator)
 
 
 @pytest.fixture
 def programme(provider):  # type: ignore[no-untyped-def]
-    programme = ProgrammeFactory()
+    programme = ProgrammeFactory.create()
     programme_fund(programme)
-    CatalogueEntryFactory(programme=programme, provider=provider)
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
     return programme
 
 
@@ -70,12 +70,12 @@ def voucher(programme, buyer) -> Voucher:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def buyer_user(buyer):  # type: ignore[no-untyped-def]
-    return UserFactory(username="buyer", organisation=buyer)
+    return UserFactory.create(username="buyer", organisation=buyer)
 
 
 @pytest.fixture
 def provider_user(provider):  # type: ignore[no-untyped-def]
-    return UserFactory(username="provider", organisation=provider)
+    return UserFactory.create(username="provider", organisation=provider)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Operator admin (PRODUCT.md §6.4): every page renders, actions go through the services."""
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.contrib import admin
@@ -38,11 +39,11 @@ def operator_client(operator: User) -> Client:
 def market(buyer, offer, voucher):  # type: ignore[no-untyped-def]
     """Reference data plus a reservation paid partly by voucher, so every list has rows."""
     call_command("load_reference", stdout=None)
-    demand = DemandFactory(buyer=buyer, voucher=voucher)
-    reservation = reservation_create(demand_id=demand.pk, offer_id=offer.pk,
-                                     start=demand.earliest_start)
-    voucher_application_submit(buyer=buyer, programme=voucher.programme,
-                               amount=Decimal("500.00"))
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
+    reservation = reservation_create(
+        demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start
+    )
+    voucher_application_submit(buyer=buyer, programme=voucher.programme, amount=Decimal("500.00"))
     return reservation
 
 
@@ -66,15 +67,29 @@ def test_every_changelist_add_and_change_page_renders(operator_client, operator,
             response = operator_client.get(_admin_url(model_admin, "change", obj.pk))
             assert response.status_code == 200, (model, "change", response.status_code)
         checked += 1
-    for required in ("accounts.user", "accounts.organisation", "accounts.membership",
-                     "marketplace.hub", "marketplace.cluster", "marketplace.hublatency",
-                     "marketplace.site", "marketplace.accelerator", "marketplace.offer",
-                     "marketplace.demand", "marketplace.reservation",
-                     "marketplace.interhubtrade", "marketplace.matchingcycle",
-                     "vouchers.programme", "vouchers.catalogueentry",
-                     "vouchers.voucherapplication", "vouchers.voucher",
-                     "vouchers.reimbursementclaim", "ledger.account", "ledger.transaction",
-                     "ledger.entry"):
+    for required in (
+        "accounts.user",
+        "accounts.organisation",
+        "accounts.membership",
+        "marketplace.hub",
+        "marketplace.cluster",
+        "marketplace.hublatency",
+        "marketplace.site",
+        "marketplace.accelerator",
+        "marketplace.offer",
+        "marketplace.demand",
+        "marketplace.reservation",
+        "marketplace.interhubtrade",
+        "marketplace.matchingcycle",
+        "vouchers.programme",
+        "vouchers.catalogueentry",
+        "vouchers.voucherapplication",
+        "vouchers.voucher",
+        "vouchers.reimbursementclaim",
+        "ledger.account",
+        "ledger.transaction",
+        "ledger.entry",
+    ):
         assert required in {m._meta.label_lower for m in admin.site._registry}, required
     assert checked == len(admin.site._registry)
 
@@ -82,7 +97,8 @@ def test_every_changelist_add_and_change_page_renders(operator_client, operator,
 def test_ledger_is_read_only_for_operators(operator, rf):
     request = rf.get("/admin/")
     request.user = operator
-    for model in (Account, *[m for m in admin.site._registry if m._meta.app_label == "ledger"]):
+    ledger_models: list[Any] = [m for m in admin.site._registry if m._meta.app_label == "ledger"]
+    for model in (Account, *ledger_models):
         model_admin = admin.site._registry[model]
         assert not model_admin.has_add_permission(request)
         assert not model_admin.has_change_permission(request)
@@ -91,8 +107,9 @@ def test_ledger_is_read_only_for_operators(operator, rf):
 
 def test_approve_application_action_issues_a_voucher(operator_client, buyer, programme):
     # given a submitted application for ¥2,000
-    application = voucher_application_submit(buyer=buyer, programme=programme,
-                                             amount=Decimal("2000.00"))
+    application = voucher_application_submit(
+        buyer=buyer, programme=programme, amount=Decimal("2000.00")
+    )
     # when the operator runs the approve action on it
     response = operator_client.post(
         reverse("admin:vouchers_voucherapplication_changelist"),
@@ -111,8 +128,9 @@ def test_approve_application_action_issues_a_voucher(operator_client, buyer, pro
 
 def test_refused_action_shows_an_error_and_changes_nothing(operator_client, buyer, programme):
     # given an application over the buyer's annual cap (¥5 M in the Chengdu 2025 programme)
-    application = voucher_application_submit(buyer=buyer, programme=programme,
-                                             amount=Decimal("5000000.01"))
+    application = voucher_application_submit(
+        buyer=buyer, programme=programme, amount=Decimal("5000000.01")
+    )
     # when the operator tries to approve it
     response = operator_client.post(
         reverse("admin:vouchers_voucherapplication_changelist"),
@@ -130,8 +148,9 @@ def test_refused_action_shows_an_error_and_changes_nothing(operator_client, buye
 
 
 def test_reject_action_rejects(operator_client, buyer, programme):
-    application = voucher_application_submit(buyer=buyer, programme=programme,
-                                             amount=Decimal("100.00"))
+    application = voucher_application_submit(
+        buyer=buyer, programme=programme, amount=Decimal("100.00")
+    )
     operator_client.post(
         reverse("admin:vouchers_voucherapplication_changelist"),
         {"action": "reject_applications", "_selected_action": [str(application.pk)]},
@@ -142,19 +161,22 @@ def test_reject_action_rejects(operator_client, buyer, programme):
 
 
 def test_organisation_actions_use_the_service(operator_client):
-    pending = OrganisationFactory(status=Organisation.Status.PENDING)
+    pending = OrganisationFactory.create(status=Organisation.Status.PENDING)
     url = reverse("admin:accounts_organisation_changelist")
-    response = operator_client.post(url, {"action": "approve_organisations",
-                                          "_selected_action": [str(pending.pk)]}, follow=True)
+    response = operator_client.post(
+        url, {"action": "approve_organisations", "_selected_action": [str(pending.pk)]}, follow=True
+    )
     assert [m.level_tag for m in response.context["messages"]] == ["success"]
     pending.refresh_from_db()
     assert pending.status == Organisation.Status.APPROVED
     # approving again is refused by the service (illegal transition) and shown as an error
-    response = operator_client.post(url, {"action": "approve_organisations",
-                                          "_selected_action": [str(pending.pk)]}, follow=True)
+    response = operator_client.post(
+        url, {"action": "approve_organisations", "_selected_action": [str(pending.pk)]}, follow=True
+    )
     assert [m.level_tag for m in response.context["messages"]] == ["error"]
-    operator_client.post(url, {"action": "suspend_organisations",
-                               "_selected_action": [str(pending.pk)]})
+    operator_client.post(
+        url, {"action": "suspend_organisations", "_selected_action": [str(pending.pk)]}
+    )
     pending.refresh_from_db()
     assert pending.status == Organisation.Status.SUSPENDED
 
@@ -162,47 +184,66 @@ def test_organisation_actions_use_the_service(operator_client):
 def test_approve_catalogue_entry_action(operator_client, programme, provider):
     entry = CatalogueEntry.objects.get(programme=programme, provider=provider)
     CatalogueEntry.objects.filter(pk=entry.pk).update(status=CatalogueEntry.Status.PROPOSED)
-    operator_client.post(reverse("admin:vouchers_catalogueentry_changelist"),
-                         {"action": "approve_entries", "_selected_action": [str(entry.pk)]})
+    operator_client.post(
+        reverse("admin:vouchers_catalogueentry_changelist"),
+        {"action": "approve_entries", "_selected_action": [str(entry.pk)]},
+    )
     entry.refresh_from_db()
     assert entry.status == CatalogueEntry.Status.APPROVED
 
 
 def test_offer_pause_action_uses_the_service(operator_client, offer):
-    operator_client.post(reverse("admin:marketplace_offer_changelist"),
-                         {"action": "pause_offers", "_selected_action": [str(offer.pk)]})
+    operator_client.post(
+        reverse("admin:marketplace_offer_changelist"),
+        {"action": "pause_offers", "_selected_action": [str(offer.pk)]},
+    )
     offer.refresh_from_db()
     assert offer.status == Offer.Status.PAUSED
 
 
 def test_adding_a_programme_funds_its_budget(operator_client):
-    response = operator_client.post(reverse("admin:vouchers_programme_add"), {
-        "code": "test-city", "name": "Test city vouchers", "issuer_city": "Test",
-        "effective_from": "2025-01-01", "annual_budget": "1000000.00", "max_share": "0.5",
-        "buyer_annual_cap": "10000.00", "min_voucher_amount": "0", "validity_months": "12",
-        "redemption_mode": "point_of_sale", "statement_period": "monthly",
-        "time_zone": "Asia/Shanghai",
-        "catalogue-TOTAL_FORMS": "0", "catalogue-INITIAL_FORMS": "0",
-    })
+    response = operator_client.post(
+        reverse("admin:vouchers_programme_add"),
+        {
+            "code": "test-city",
+            "name": "Test city vouchers",
+            "issuer_city": "Test",
+            "effective_from": "2025-01-01",
+            "annual_budget": "1000000.00",
+            "max_share": "0.5",
+            "buyer_annual_cap": "10000.00",
+            "min_voucher_amount": "0",
+            "validity_months": "12",
+            "redemption_mode": "point_of_sale",
+            "statement_period": "monthly",
+            "time_zone": "Asia/Shanghai",
+            "catalogue-TOTAL_FORMS": "0",
+            "catalogue-INITIAL_FORMS": "0",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     programme = Programme.objects.get(code="test-city")
     account = Account.objects.get(kind=Account.Kind.PROGRAMME, programme=programme)
     assert account.balance == Decimal("1000000.00")
 
 
-@pytest.mark.parametrize("url_name", [
-    "admin:marketplace_reservation_changelist", "admin:ledger_entry_changelist",
-    "admin:ledger_account_changelist", "admin:vouchers_voucher_changelist",
-    "admin:marketplace_offer_changelist",
-])
-def test_changelist_queries_do_not_grow_with_rows(operator_client, market, buyer, offer,
-                                                  url_name):
+@pytest.mark.parametrize(
+    "url_name",
+    [
+        "admin:marketplace_reservation_changelist",
+        "admin:ledger_entry_changelist",
+        "admin:ledger_account_changelist",
+        "admin:vouchers_voucher_changelist",
+        "admin:marketplace_offer_changelist",
+    ],
+)
+def test_changelist_queries_do_not_grow_with_rows(operator_client, market, buyer, offer, url_name):
     # given the page's query count with the market fixture's rows
     with CaptureQueriesContext(connection) as first:
         operator_client.get(reverse(url_name))
     # when more rows of every kind exist
     for _ in range(3):
-        demand = DemandFactory(buyer=buyer, gpu_count=1, duration_hours=1)
+        demand = DemandFactory.create(buyer=buyer, gpu_count=1, duration_hours=1)
         reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
     assert Reservation.objects.count() == 4
     with CaptureQueriesContext(connection) as second:

@@ -43,25 +43,41 @@ class CatalogueEntryInline(admin.TabularInline):
 class ProgrammeAdmin(admin.ModelAdmin):
     """Programmes with their budget left (the programme budget account's balance, CNY)."""
 
-    list_display = ("code", "name", "issuer_city", "effective_from", "effective_until",
-                    "annual_budget", "budget_left", "max_share", "buyer_annual_cap",
-                    "redemption_mode")
+    list_display = (
+        "code",
+        "name",
+        "issuer_city",
+        "effective_from",
+        "effective_until",
+        "annual_budget",
+        "budget_left",
+        "max_share",
+        "buyer_annual_cap",
+        "redemption_mode",
+    )
     list_filter = ("issuer_city", "redemption_mode")
     search_fields = ("code", "name", "issuer_city")
     filter_horizontal = ("hubs", "clusters", "sites")
     inlines = (CatalogueEntryInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Programme]:
-        return super().get_queryset(request).annotate(
-            _budget_left=_balance_subquery(kind=Account.Kind.PROGRAMME, programme=OuterRef("pk"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _budget_left=_balance_subquery(
+                    kind=Account.Kind.PROGRAMME, programme=OuterRef("pk")
+                )
+            )
         )
 
     @admin.display(description="budget left (CNY)", ordering="_budget_left")
     def budget_left(self, obj: Programme) -> Decimal | None:
         return getattr(obj, "_budget_left", None)
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Programme | None = None
-                            ) -> tuple[str, ...]:
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Programme | None = None
+    ) -> tuple[str, ...]:
         # The annual budget was posted to the ledger when the programme was created.
         return ("annual_budget",) if obj is not None else ()
 
@@ -84,8 +100,13 @@ class CatalogueEntryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve selected catalogue entries")
     def approve_entries(self, request: HttpRequest, queryset: QuerySet[CatalogueEntry]) -> None:
-        run_service_action(self, request, queryset,
-                           lambda entry: catalogue_entry_approve(entry_id=entry.pk), "approved")
+        run_service_action(
+            self,
+            request,
+            queryset,
+            lambda entry: catalogue_entry_approve(entry_id=entry.pk),
+            "approved",
+        )
 
 
 @admin.register(VoucherApplication)
@@ -96,8 +117,16 @@ class VoucherApplicationAdmin(admin.ModelAdmin):
     list_filter = ("status", "programme")
     search_fields = ("id", "buyer__name", "buyer__credit_code", "purpose")
     list_select_related = ("buyer", "programme")
-    readonly_fields = ("programme", "buyer", "amount", "purpose", "status", "decision_note",
-                       "created_at", "decided_at")
+    readonly_fields = (
+        "programme",
+        "buyer",
+        "amount",
+        "purpose",
+        "status",
+        "decision_note",
+        "created_at",
+        "decided_at",
+    )
     date_hierarchy = "created_at"
     actions = ("approve_applications", "reject_applications")
 
@@ -108,20 +137,28 @@ class VoucherApplicationAdmin(admin.ModelAdmin):
         return False
 
     @admin.action(description="Approve selected applications and issue their vouchers")
-    def approve_applications(self, request: HttpRequest,
-                             queryset: QuerySet[VoucherApplication]) -> None:
+    def approve_applications(
+        self, request: HttpRequest, queryset: QuerySet[VoucherApplication]
+    ) -> None:
         run_service_action(
-            self, request, queryset,
-            lambda app: voucher_application_approve(application_id=app.pk), "approved",
+            self,
+            request,
+            queryset,
+            lambda app: voucher_application_approve(application_id=app.pk),
+            "approved",
         )
 
     @admin.action(description="Reject selected applications")
-    def reject_applications(self, request: HttpRequest,
-                            queryset: QuerySet[VoucherApplication]) -> None:
+    def reject_applications(
+        self, request: HttpRequest, queryset: QuerySet[VoucherApplication]
+    ) -> None:
         note = f"rejected by {request.user}"
         run_service_action(
-            self, request, queryset,
-            lambda app: voucher_application_reject(application_id=app.pk, note=note), "rejected",
+            self,
+            request,
+            queryset,
+            lambda app: voucher_application_reject(application_id=app.pk, note=note),
+            "rejected",
         )
 
 
@@ -129,16 +166,26 @@ class VoucherApplicationAdmin(admin.ModelAdmin):
 class VoucherAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Vouchers with their live balance (the voucher account's balance, CNY)."""
 
-    list_display = ("id", "owner", "programme", "face_value", "balance", "issued_at",
-                    "expires_at", "status")
+    list_display = (
+        "id",
+        "owner",
+        "programme",
+        "face_value",
+        "balance",
+        "issued_at",
+        "expires_at",
+        "status",
+    )
     list_filter = ("status", "programme")
     search_fields = ("id", "owner__name", "owner__credit_code", "programme__code")
     list_select_related = ("owner", "programme")
     date_hierarchy = "issued_at"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Voucher]:
-        return super().get_queryset(request).annotate(
-            _balance=_balance_subquery(kind=Account.Kind.VOUCHER, voucher=OuterRef("pk"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_balance=_balance_subquery(kind=Account.Kind.VOUCHER, voucher=OuterRef("pk")))
         )
 
     @admin.display(description="balance (CNY)", ordering="_balance")
@@ -148,8 +195,16 @@ class VoucherAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(ReimbursementClaim)
 class ReimbursementClaimAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "provider", "programme", "reservation", "amount", "status",
-                    "created_at", "paid_at")
+    list_display = (
+        "id",
+        "provider",
+        "programme",
+        "reservation",
+        "amount",
+        "status",
+        "created_at",
+        "paid_at",
+    )
     list_filter = ("status", "programme")
     search_fields = ("id", "provider__name", "reservation__id")
     list_select_related = ("provider", "programme", "reservation")

@@ -105,6 +105,9 @@ class VoucherApplication(models.Model):
             models.CheckConstraint(condition=Q(amount__gt=0), name="application_amount_pos"),
         ]
 
+    def __str__(self) -> str:
+        return f"application {self.id} ({self.amount} CNY)"
+
 
 class Voucher(models.Model):
     """A compute voucher bound to one buyer. ``balance`` caches its ledger account's balance."""
@@ -162,3 +165,6 @@ class ReimbursementClaim(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="claim_amount_pos"),
         ]
+
+    def __str__(self) -> str:
+        return f"claim {self.id} ({self.amount} CNY)"

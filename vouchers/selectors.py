@@ -24,12 +24,20 @@ def voucher_list(*, owner: Organisation) -> QuerySet[Voucher]:
     """The owner's vouchers with ``current_balance`` (CNY) read from each voucher's ledger
     account (0.00 before its account exists), and the programme joined."""
     balance = Account.objects.filter(kind=Account.Kind.VOUCHER, voucher=OuterRef("pk")).values(
-        "balance")[:1]
-    return (Voucher.objects.filter(owner=owner).select_related("programme")
-            .annotate(current_balance=Coalesce(
-                Subquery(balance), Value(0),
-                output_field=DecimalField(max_digits=16, decimal_places=2)))
-            .order_by("issued_at", "id"))
+        "balance"
+    )[:1]
+    return (
+        Voucher.objects.filter(owner=owner)
+        .select_related("programme")
+        .annotate(
+            current_balance=Coalesce(
+                Subquery(balance),
+                Value(0),
+                output_field=DecimalField(max_digits=16, decimal_places=2),
+            )
+        )
+        .order_by("issued_at", "id")
+    )
 
 
 def voucher_get(*, owner: Organisation, voucher_id: object) -> Voucher | None:
@@ -40,11 +48,15 @@ def voucher_get(*, owner: Organisation, voucher_id: object) -> Voucher | None:
 
 def voucher_application_list(*, buyer: Organisation) -> QuerySet[VoucherApplication]:
     """The buyer's voucher applications, newest first."""
-    return (VoucherApplication.objects.filter(buyer=buyer).select_related("programme")
-            .order_by("-created_at", "id"))
+    return (
+        VoucherApplication.objects.filter(buyer=buyer)
+        .select_related("programme")
+        .order_by("-created_at", "id")
+    )
 
 
-def voucher_application_get(*, buyer: Organisation, application_id: object
-                            ) -> VoucherApplication | None:
+def voucher_application_get(
+    *, buyer: Organisation, application_id: object
+) -> VoucherApplication | None:
     pk = as_uuid(application_id)
     return None if pk is None else voucher_application_list(buyer=buyer).filter(pk=pk).first()

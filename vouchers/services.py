@@ -18,6 +18,7 @@ from ledger.models import Account, Transaction
 from ledger.services import programme_account, system_account, transaction_post, voucher_account
 from marketplace.errors import Conflict, Unprocessable, ValidationFailed
 from marketplace.money import ZERO, floor_money, quantize_money
+from marketplace.types import ObjectId
 
 from .models import CatalogueEntry, Programme, Voucher, VoucherApplication
 
@@ -39,8 +40,10 @@ def programme_fund(programme: Programme) -> None:
         return
     transaction_post(
         Transaction.Reason.PROGRAMME_FUNDING,
-        [(system_account(Account.Kind.WORLD), -programme.annual_budget),
-         (account, programme.annual_budget)],
+        [
+            (system_account(Account.Kind.WORLD), -programme.annual_budget),
+            (account, programme.annual_budget),
+        ],
         memo=f"programme {programme.code} annual budget",
     )
 
@@ -74,7 +77,8 @@ def voucher_application_submit(
     if amount < programme.min_voucher_amount:
         raise ValidationFailed(
             f"below the programme's minimum voucher amount ¥{programme.min_voucher_amount}",
-            code="below_minimum", field="amount",
+            code="below_minimum",
+            field="amount",
         )
     return VoucherApplication.objects.create(
         programme=programme, buyer=buyer, amount=amount, purpose=purpose
@@ -83,7 +87,7 @@ def voucher_application_submit(
 
 @transaction.atomic
 def voucher_application_approve(
-    *, application_id: object, now: datetime | None = None
+    *, application_id: ObjectId, now: datetime | None = None
 ) -> Voucher:
     """Approve a submitted application and issue its voucher (``voucher_issue``).
 
@@ -93,8 +97,11 @@ def voucher_application_approve(
     if application.status != VoucherApplication.Status.SUBMITTED:
         raise Conflict(f"application is {application.status}", code="illegal_transition")
     voucher = voucher_issue(
-        programme=application.programme, owner=application.buyer, face_value=application.amount,
-        application=application, now=now,
+        programme=application.programme,
+        owner=application.buyer,
+        face_value=application.amount,
+        application=application,
+        now=now,
     )
     application.status = VoucherApplication.Status.APPROVED
     application.decided_at = timezone.now()
@@ -103,7 +110,7 @@ def voucher_application_approve(
 
 
 @transaction.atomic
-def voucher_application_reject(*, application_id: object, note: str = "") -> VoucherApplication:
+def voucher_application_reject(*, application_id: ObjectId, note: str = "") -> VoucherApplication:
     application = VoucherApplication.objects.select_for_update().get(pk=application_id)
     if application.status != VoucherApplication.Status.SUBMITTED:
         raise Conflict(f"application is {application.status}", code="illegal_transition")
@@ -116,8 +123,12 @@ def voucher_application_reject(*, application_id: object, note: str = "") -> Vou
 
 @transaction.atomic
 def voucher_issue(
-    *, programme: Programme, owner: Organisation, face_value: Decimal,
-    application: VoucherApplication | None = None, now: datetime | None = None,
+    *,
+    programme: Programme,
+    owner: Organisation,
+    face_value: Decimal,
+    application: VoucherApplication | None = None,
+    now: datetime | None = None,
 ) -> Voucher:
     """Issue a voucher of ``face_value`` CNY to ``owner``, reserving programme budget (§5.6).
 
@@ -130,35 +141,47 @@ def voucher_issue(
     programme = Programme.objects.select_for_update().get(pk=programme.pk)
     face_value = quantize_money(Decimal(face_value))
     if face_value < programme.min_voucher_amount:
-        raise ValidationFailed("below the programme's minimum voucher amount",
-                               code="below_minimum", field="amount")
+        raise ValidationFailed(
+            "below the programme's minimum voucher amount", code="below_minimum", field="amount"
+        )
     lo, hi = _year_bounds(programme, programme_year(programme, now))
-    issued = Voucher.objects.filter(
-        programme=programme, owner=owner, issued_at__gte=lo, issued_at__lt=hi
-    ).aggregate(s=Sum("face_value"))["s"] or ZERO
+    issued = (
+        Voucher.objects.filter(
+            programme=programme, owner=owner, issued_at__gte=lo, issued_at__lt=hi
+        ).aggregate(s=Sum("face_value"))["s"]
+        or ZERO
+    )
     if issued + face_value > programme.buyer_annual_cap:
         raise Unprocessable(
-            f"buyer's annual cap ¥{programme.buyer_annual_cap} would be passed "
-            f"(already ¥{issued})", code="buyer_cap_exceeded", field="amount",
+            f"buyer's annual cap ¥{programme.buyer_annual_cap} would be passed (already ¥{issued})",
+            code="buyer_cap_exceeded",
+            field="amount",
         )
     budget = programme_account(programme.pk)
     budget.refresh_from_db()
     if budget.balance < face_value:
-        raise Unprocessable("programme budget exhausted", code="programme_budget_exhausted",
-                            field="amount")
+        raise Unprocessable(
+            "programme budget exhausted", code="programme_budget_exhausted", field="amount"
+        )
     voucher = Voucher.objects.create(
-        programme=programme, owner=owner, application=application, face_value=face_value,
-        issued_at=now, expires_at=voucher_expiry(programme, now),
+        programme=programme,
+        owner=owner,
+        application=application,
+        face_value=face_value,
+        issued_at=now,
+        expires_at=voucher_expiry(programme, now),
     )
     transaction_post(
         Transaction.Reason.VOUCHER_ISSUE,
         [(budget, -face_value), (voucher_account(voucher.pk), face_value)],
-        voucher=voucher, memo=f"voucher issued to {owner.name}",
+        voucher=voucher,
+        memo=f"voucher issued to {owner.name}",
     )
     return voucher
 
 
 # --- The split -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Split:
@@ -214,16 +237,19 @@ def site_in_region(programme: Programme, site: object) -> bool:
     )
 
 
-def programme_limits_left(programme: Programme, buyer: Organisation, at: datetime
-                          ) -> tuple[Decimal, Decimal]:
+def programme_limits_left(
+    programme: Programme, buyer: Organisation, at: datetime
+) -> tuple[Decimal, Decimal]:
     """``(budget left, buyer's cap left)`` for redemptions in ``at``'s programme year, in CNY:
     the annual budget and the per-buyer cap less voucher parts already held or redeemed."""
     from marketplace.models import Reservation
 
     lo, hi = _year_bounds(programme, programme_year(programme, at))
     used = Reservation.objects.filter(
-        voucher__programme=programme, status__in=Reservation.CAPACITY_STATUSES,
-        created_at__gte=lo, created_at__lt=hi,
+        voucher__programme=programme,
+        status__in=Reservation.CAPACITY_STATUSES,
+        created_at__gte=lo,
+        created_at__lt=hi,
     )
     budget_used = used.aggregate(s=Sum("voucher_part"))["s"] or ZERO
     buyer_used = used.filter(buyer=buyer).aggregate(s=Sum("voucher_part"))["s"] or ZERO
@@ -231,8 +257,13 @@ def programme_limits_left(programme: Programme, buyer: Organisation, at: datetim
 
 
 def voucher_split(
-    voucher: Voucher | None, *, bill: Decimal, buyer: Organisation, provider: Organisation,
-    site: object, at: datetime,
+    voucher: Voucher | None,
+    *,
+    bill: Decimal,
+    buyer: Organisation,
+    provider: Organisation,
+    site: object,
+    at: datetime,
 ) -> Split:
     """The voucher/cash split of ``bill`` CNY (§5.4), reading current balances (no locks).
 
@@ -256,16 +287,21 @@ def vouchers_lapse_expired(*, now: datetime | None = None) -> int:
     """
     now = now or timezone.now()
     count = 0
-    for voucher in Voucher.objects.select_for_update().filter(
-        status=Voucher.Status.ACTIVE, expires_at__lte=now
-    ).order_by("pk"):
+    for voucher in (
+        Voucher.objects.select_for_update()
+        .filter(status=Voucher.Status.ACTIVE, expires_at__lte=now)
+        .order_by("pk")
+    ):
         account = voucher_account(voucher.pk)
         account.refresh_from_db()
         transaction_post(
             Transaction.Reason.VOUCHER_LAPSE,
-            [(account, -account.balance), (programme_account(voucher.programme_id),
-                                            account.balance)],
-            voucher=voucher, memo="expired voucher balance lapsed",
+            [
+                (account, -account.balance),
+                (programme_account(voucher.programme_id), account.balance),
+            ],
+            voucher=voucher,
+            memo="expired voucher balance lapsed",
         )
         voucher.status = Voucher.Status.EXPIRED
         voucher.save(update_fields=["status"])
@@ -273,7 +309,7 @@ def vouchers_lapse_expired(*, now: datetime | None = None) -> int:
     return count
 
 
-def catalogue_entry_approve(*, entry_id: object) -> CatalogueEntry:
+def catalogue_entry_approve(*, entry_id: ObjectId) -> CatalogueEntry:
     """Approve a provider's catalogue entry (``proposed``/``suspended`` → ``approved``)."""
     with transaction.atomic():
         entry = CatalogueEntry.objects.select_for_update().get(pk=entry_id)

@@ -13,8 +13,9 @@ class TokenInputSerializer(StrictSerializer):
     """Username and password of an existing user."""
 
     username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=256, trim_whitespace=False,
-                                     style={"input_type": "password"})
+    password = serializers.CharField(
+        max_length=256, trim_whitespace=False, style={"input_type": "password"}
+    )
 
 
 class TokenSerializer(serializers.Serializer):
@@ -32,14 +33,16 @@ class OrganisationRegisterInputSerializer(StrictSerializer):
     credit_code = serializers.CharField(max_length=18, min_length=18)
     kind = serializers.ChoiceField(choices=Organisation.Kind.choices)
     home_site = serializers.PrimaryKeyRelatedField(
-        queryset=Site.objects.filter(provider__isnull=True), required=False, allow_null=True)
+        queryset=Site.objects.filter(provider__isnull=True), required=False, allow_null=True
+    )
 
 
 class OrganisationSerializer(serializers.ModelSerializer):
     """An organisation; ``status`` is ``pending`` until an operator approves it."""
 
     home_site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True, allow_null=True)
+        slug_field="code", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Organisation

@@ -28,15 +28,17 @@ class TokenObtainApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=TokenInputSerializer, responses={200: TokenSerializer, 400: ERRORS[400]},
-                   auth=[])
+    @extend_schema(
+        request=TokenInputSerializer, responses={200: TokenSerializer, 400: ERRORS[400]}, auth=[]
+    )
     def post(self, request: Request) -> Response:
         serializer = TokenInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = authenticate(request=request._request, **serializer.validated_data)
         if user is None or not user.is_active:
-            raise ValidationFailed("unable to log in with these credentials",
-                                   code="invalid_credentials")
+            raise ValidationFailed(
+                "unable to log in with these credentials", code="invalid_credentials"
+            )
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
 
@@ -48,16 +50,17 @@ class OrganisationRegisterApi(OrgMixin, APIView):
 
     organisation_required = False
 
-    @extend_schema(request=OrganisationRegisterInputSerializer,
-                   responses={201: OrganisationSerializer, 409: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=OrganisationRegisterInputSerializer,
+        responses={201: OrganisationSerializer, 409: ERRORS[400], **ERRORS},
+    )
     def post(self, request: Request) -> Response:
         if self.organisation is not None:
             raise Conflict("you already belong to an organisation", code="already_member")
         serializer = OrganisationRegisterInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         organisation = organisation_register(user=caller(request), **serializer.validated_data)
-        return Response(OrganisationSerializer(organisation).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(OrganisationSerializer(organisation).data, status=status.HTTP_201_CREATED)
 
 
 class OrganisationMeApi(OrgMixin, APIView):

@@ -37,13 +37,23 @@ class EntrySerializer(serializers.ModelSerializer):
     transaction = serializers.UUIDField(source="transaction_id", read_only=True)
     reason = serializers.CharField(source="transaction.reason", read_only=True)
     memo = serializers.CharField(source="transaction.memo", read_only=True)
-    reservation = serializers.UUIDField(source="transaction.reservation_id", read_only=True,
-                                        allow_null=True)
+    reservation = serializers.UUIDField(
+        source="transaction.reservation_id", read_only=True, allow_null=True
+    )
     account = serializers.CharField(source="account.kind", read_only=True)
     voucher = serializers.UUIDField(source="account.voucher_id", read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(source="transaction.created_at", read_only=True)
 
     class Meta:
         model = Entry
-        fields = ["id", "transaction", "reason", "memo", "reservation", "account", "voucher",
-                  "amount", "created_at"]
+        fields = [
+            "id",
+            "transaction",
+            "reason",
+            "memo",
+            "reservation",
+            "account",
+            "voucher",
+            "amount",
+            "created_at",
+        ]

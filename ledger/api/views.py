@@ -25,11 +25,13 @@ from .serializers import (
 class EntryFilter(django_filters.FilterSet):
     """``reason`` of the transaction; ``account`` kind (wallet, payable, claims, voucher)."""
 
-    reason = django_filters.ChoiceFilter(field_name="transaction__reason",
-                                         choices=Transaction.Reason.choices)
+    reason = django_filters.ChoiceFilter(
+        field_name="transaction__reason", choices=Transaction.Reason.choices
+    )
     account = django_filters.ChoiceFilter(
         field_name="account__kind",
-        choices=[(k, Account.Kind(k).label) for k in (*ORG_KINDS, Account.Kind.VOUCHER)])
+        choices=[(k, Account.Kind(k).label) for k in (*ORG_KINDS, Account.Kind.VOUCHER)],
+    )
 
     class Meta:
         model = Entry
@@ -38,8 +40,12 @@ class EntryFilter(django_filters.FilterSet):
 
 def _wallet(organisation: object) -> dict[str, object]:
     found = organisation_balances(organisation=organisation)  # type: ignore[arg-type]
-    return {"currency": "CNY", "balance": found[Account.Kind.WALLET],
-            "payable": found[Account.Kind.PAYABLE], "claims": found[Account.Kind.CLAIMS]}
+    return {
+        "currency": "CNY",
+        "balance": found[Account.Kind.WALLET],
+        "payable": found[Account.Kind.PAYABLE],
+        "claims": found[Account.Kind.CLAIMS],
+    }
 
 
 class WalletApi(OrgMixin, APIView):
@@ -54,16 +60,18 @@ class DepositApi(OrgMixin, APIView):
     """Fund the caller's wallet with ``amount`` CNY (test/demo funding). 403 ``not_a_buyer`` for
     a provider-only organisation. Accepts ``Idempotency-Key``."""
 
-    @extend_schema(request=DepositInputSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={201: DepositSerializer, 422: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=DepositInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: DepositSerializer, 422: ERRORS[400], **ERRORS},
+    )
     @idempotent
     def post(self, request: Request) -> Response:
         serializer = DepositInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         amount = serializer.validated_data["amount"]
         txn = wallet_deposit(organisation=self.org, amount=amount)
-        body = {"transaction": txn.pk, "amount": amount,
-                "balance": _wallet(self.org)["balance"]}
+        body = {"transaction": txn.pk, "amount": amount, "balance": _wallet(self.org)["balance"]}
         return Response(DepositSerializer(body).data, status=status.HTTP_201_CREATED)
 
 

@@ -23,13 +23,17 @@ from ledger.models import IdempotencyKey
 from marketplace.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from marketplace.selectors import as_uuid
 
-ID_PATH = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH,
-                           description="The object's UUID.")
+ID_PATH = OpenApiParameter(
+    "id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's UUID."
+)
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
     description="Up to 255 printable characters. The same key and body replay the first "
-                "successful response; the same key with another body is a 422 "
-                "`idempotency_key_reused`.",
+    "successful response; the same key with another body is a 422 "
+    "`idempotency_key_reused`.",
 )
 
 
@@ -40,11 +44,11 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     field = serializers.CharField(allow_null=True, help_text="The input at fault, if any.")
     errors = serializers.DictField(  # type: ignore[assignment]  # a field, not .errors
-        child=serializers.ListField(child=serializers.CharField()))
+        child=serializers.ListField(child=serializers.CharField())
+    )
 
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer,
-          404: ErrorSerializer}
+ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
 
 
 class StrictSerializer(serializers.Serializer):
@@ -90,7 +94,8 @@ class OrgMixin:
         self.organisation = organisation_of(user) if user.is_authenticated else None
         if self.organisation_required and self.organisation is None:
             raise exceptions.PermissionDenied(
-                "you do not belong to an organisation", code="no_organisation")
+                "you do not belong to an organisation", code="no_organisation"
+            )
 
     @property
     def org(self) -> Organisation:
@@ -100,6 +105,7 @@ class OrgMixin:
 
 
 # --- Idempotency-Key -----------------------------------------------------------------------
+
 
 def _fingerprint(request: Request) -> str:
     body = json.dumps(request.data, sort_keys=True, default=str, separators=(",", ":"))
@@ -132,23 +138,31 @@ def idempotent(handler: Handler) -> Handler:
         if key is None:
             return handler(view, request, *args, **kwargs)
         if not 1 <= len(key) <= 255 or not key.isprintable():
-            raise ValidationFailed("must be 1-255 printable characters",
-                                   code="invalid_idempotency_key", field="Idempotency-Key")
+            raise ValidationFailed(
+                "must be 1-255 printable characters",
+                code="invalid_idempotency_key",
+                field="Idempotency-Key",
+            )
         owner, fingerprint = _owner(view, request), _fingerprint(request)
         try:
             with transaction.atomic():
-                record = IdempotencyKey.objects.create(owner=owner, key=key,
-                                                       fingerprint=fingerprint)
+                record = IdempotencyKey.objects.create(
+                    owner=owner, key=key, fingerprint=fingerprint
+                )
         except IntegrityError:
             first = IdempotencyKey.objects.get(owner=owner, key=key)
             if first.fingerprint != fingerprint:
                 raise Unprocessable(
                     "this Idempotency-Key was used with another request",
-                    code="idempotency_key_reused", field="Idempotency-Key") from None
+                    code="idempotency_key_reused",
+                    field="Idempotency-Key",
+                ) from None
             if first.status_code is None:
-                raise Conflict("the first request with this Idempotency-Key is still running",
-                               code="idempotency_key_in_progress",
-                               field="Idempotency-Key") from None
+                raise Conflict(
+                    "the first request with this Idempotency-Key is still running",
+                    code="idempotency_key_in_progress",
+                    field="Idempotency-Key",
+                ) from None
             replay = Response(first.response_body, status=first.status_code)
             replay["Idempotent-Replayed"] = "true"
             return replay
@@ -162,7 +176,8 @@ def idempotent(handler: Handler) -> Handler:
             return response
         body = json.loads(JSONRenderer().render(response.data) or b"null")
         IdempotencyKey.objects.filter(pk=record.pk).update(
-            status_code=response.status_code, response_body=body)
+            status_code=response.status_code, response_body=body
+        )
         return response
 
     return wrapper

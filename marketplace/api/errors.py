@@ -25,15 +25,23 @@ def _first_field(errors: Any) -> str | None:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
-        errors = {exc.field: [exc.message]} if exc.field else {}
         return Response(
-            {"code": exc.code, "detail": exc.message, "field": exc.field, "errors": errors},
+            {
+                "code": exc.code,
+                "detail": exc.message,
+                "field": exc.field,
+                "errors": {exc.field: [exc.message]} if exc.field else {},
+            },
             status=exc.status,
         )
     if isinstance(exc, IntegrityError):
         return Response(
-            {"code": "conflict", "detail": "the change conflicts with the current state",
-             "field": None, "errors": {}},
+            {
+                "code": "conflict",
+                "detail": "the change conflicts with the current state",
+                "field": None,
+                "errors": {},
+            },
             status=status.HTTP_409_CONFLICT,
         )
     if isinstance(exc, Http404):
@@ -44,11 +52,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        errors: Any = (
+            exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        )
         field = _first_field(errors)
         response.data = {
-            "code": "invalid", "detail": "invalid input" + (f": {field}" if field else ""),
-            "field": field, "errors": errors,
+            "code": "invalid",
+            "detail": "invalid input" + (f": {field}" if field else ""),
+            "field": field,
+            "errors": errors,
         }
     elif isinstance(exc, exceptions.APIException):
         codes = exc.get_codes()

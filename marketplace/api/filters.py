@@ -84,16 +84,21 @@ class OfferFilter(django_filters.FilterSet):
     hub = HubCodeFilter(field_name="site__hub")
     tier = django_filters.ChoiceFilter(choices=LocalityTier.choices, method="filter_tier")
     max_price = django_filters.NumberFilter(
-        field_name="price_per_gpu_hour", lookup_expr="lte", max_digits=12, decimal_places=4,
-        min_value=0, max_value=MAX_PRICE)
-    min_gpus = IntegerFilter(field_name="gpu_count", lookup_expr="gte", min_value=1,
-                             max_value=MAX_GPUS)
-    window_start = django_filters.IsoDateTimeFilter(field_name="available_from",
-                                                    lookup_expr="lte")
-    window_end = django_filters.IsoDateTimeFilter(field_name="available_until",
-                                                  lookup_expr="gte")
+        field_name="price_per_gpu_hour",
+        lookup_expr="lte",
+        max_digits=12,
+        decimal_places=4,
+        min_value=0,
+        max_value=MAX_PRICE,
+    )
+    min_gpus = IntegerFilter(
+        field_name="gpu_count", lookup_expr="gte", min_value=1, max_value=MAX_GPUS
+    )
+    window_start = django_filters.IsoDateTimeFilter(field_name="available_from", lookup_expr="lte")
+    window_end = django_filters.IsoDateTimeFilter(field_name="available_until", lookup_expr="gte")
     ordering = django_filters.OrderingFilter(
-        fields=(("price_per_gpu_hour", "price"), ("available_from", "available_from")))
+        fields=(("price_per_gpu_hour", "price"), ("available_from", "available_from"))
+    )
 
     class Meta:
         model = Offer
@@ -122,8 +127,11 @@ class OfferFilter(django_filters.FilterSet):
     def filter_accelerator(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         names = [part for part in (p.strip() for p in value.split(",")) if part]
         if not names:
-            raise ValidationFailed("give at least one accelerator code",
-                                   code="unknown_accelerator", field="accelerator")
+            raise ValidationFailed(
+                "give at least one accelerator code",
+                code="unknown_accelerator",
+                field="accelerator",
+            )
         resolved = accelerators_resolve(names, field="accelerator")
         return queryset.filter(accelerator__in=resolved)
 
@@ -131,8 +139,9 @@ class OfferFilter(django_filters.FilterSet):
         organisation = organisation_of(self.request.user) if self.request else None
         home = organisation.home_site if organisation is not None else None
         if home is None:
-            raise ValidationFailed("tier needs an organisation with a home site",
-                                   code="no_home_site", field="tier")
+            raise ValidationFailed(
+                "tier needs an organisation with a home site", code="no_home_site", field="tier"
+            )
         return queryset.filter(_tier_q(value, home))
 
 
@@ -151,7 +160,8 @@ class ReservationFilter(django_filters.FilterSet):
 
     status = django_filters.ChoiceFilter(choices=Reservation.Status.choices)
     role = django_filters.ChoiceFilter(
-        choices=(("buyer", "Buyer"), ("provider", "Provider")), method="filter_role")
+        choices=(("buyer", "Buyer"), ("provider", "Provider")), method="filter_role"
+    )
 
     class Meta:
         model = Reservation

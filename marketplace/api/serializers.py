@@ -8,6 +8,8 @@ live in ``marketplace.services`` and come back as errors naming the field.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from marketplace.models import (
@@ -25,18 +27,20 @@ from marketplace.services import MAX_GPUS, MAX_HOURS, MAX_PRICE
 from .base import StrictSerializer
 
 
-def price_field(**kwargs: object) -> serializers.DecimalField:
+def price_field(**kwargs: Any) -> serializers.DecimalField:
     """CNY per GPU-hour: positive, at most 4 decimal places, finite."""
-    return serializers.DecimalField(max_digits=12, decimal_places=4, min_value=0,
-                                    max_value=MAX_PRICE, **kwargs)  # type: ignore[arg-type]
+    return serializers.DecimalField(
+        max_digits=12, decimal_places=4, min_value=0, max_value=MAX_PRICE, **kwargs
+    )
 
 
-def amount_field(**kwargs: object) -> serializers.DecimalField:
+def amount_field(**kwargs: Any) -> serializers.DecimalField:
     """A CNY amount: at most 2 decimal places (fen), finite."""
-    return serializers.DecimalField(max_digits=14, decimal_places=2, **kwargs)  # type: ignore[arg-type]
+    return serializers.DecimalField(max_digits=14, decimal_places=2, **kwargs)
 
 
 # --- Reference data -------------------------------------------------------------------------
+
 
 class HubSerializer(serializers.ModelSerializer):
     """A national hub node."""
@@ -50,9 +54,11 @@ class SiteSerializer(serializers.ModelSerializer):
     """A data centre or home location; ``hub`` and ``cluster`` are codes."""
 
     hub: serializers.SlugRelatedField[Hub] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True)
+        slug_field="code", read_only=True
+    )
     cluster: serializers.SlugRelatedField[Cluster] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True, allow_null=True)
+        slug_field="code", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Site
@@ -66,11 +72,20 @@ class AcceleratorSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Accelerator
-        fields = ["id", "code", "vendor", "memory_gb", "bf16_tflops", "interconnect",
-                  "is_domestic", "aliases"]
+        fields = [
+            "id",
+            "code",
+            "vendor",
+            "memory_gb",
+            "bf16_tflops",
+            "interconnect",
+            "is_domestic",
+            "aliases",
+        ]
 
 
 # --- Offers ---------------------------------------------------------------------------------
+
 
 class OfferSerializer(serializers.ModelSerializer):
     """An offer: ``gpu_count`` GPUs of ``accelerator`` at ``site`` over
@@ -79,7 +94,8 @@ class OfferSerializer(serializers.ModelSerializer):
     provider = serializers.UUIDField(source="provider_id", read_only=True)
     provider_name = serializers.CharField(source="provider.name", read_only=True)
     site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True)
+        slug_field="code", read_only=True
+    )
     site_id = serializers.UUIDField(read_only=True)
     hub = serializers.CharField(source="site.hub.code", read_only=True)
     city = serializers.CharField(source="site.city", read_only=True)
@@ -87,10 +103,26 @@ class OfferSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Offer
-        fields = ["id", "provider", "provider_name", "site", "site_id", "hub", "city",
-                  "accelerator", "gpu_count", "gpus_per_node", "interconnect", "available_from",
-                  "available_until", "price_per_gpu_hour", "min_duration_hours", "status",
-                  "created_at", "updated_at"]
+        fields = [
+            "id",
+            "provider",
+            "provider_name",
+            "site",
+            "site_id",
+            "hub",
+            "city",
+            "accelerator",
+            "gpu_count",
+            "gpus_per_node",
+            "interconnect",
+            "available_from",
+            "available_until",
+            "price_per_gpu_hour",
+            "min_duration_hours",
+            "status",
+            "created_at",
+            "updated_at",
+        ]
 
 
 class OfferCreateInputSerializer(StrictSerializer):
@@ -119,28 +151,45 @@ class OfferUpdateInputSerializer(StrictSerializer):
     available_from = serializers.DateTimeField(required=False)
     available_until = serializers.DateTimeField(required=False)
     price_per_gpu_hour = price_field(required=False)
-    min_duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS,
-                                                  required=False)
+    min_duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS, required=False)
 
 
 # --- Demands --------------------------------------------------------------------------------
+
 
 class DemandSerializer(serializers.ModelSerializer):
     """A demand: ``gpu_count`` GPUs for ``duration_hours`` inside
     ``[earliest_start, latest_end)`` (UTC) at most ``max_price_per_gpu_hour`` CNY."""
 
     accelerators: serializers.SlugRelatedField[Accelerator] = serializers.SlugRelatedField(
-        slug_field="code", many=True, read_only=True)
+        slug_field="code", many=True, read_only=True
+    )
     origin_site: serializers.SlugRelatedField[Site] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True)
+        slug_field="code", read_only=True
+    )
     voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
 
     class Meta:
         model = Demand
-        fields = ["id", "status", "accelerators", "min_memory_gb", "min_tflops", "gpu_count",
-                  "duration_hours", "earliest_start", "latest_end", "max_price_per_gpu_hour",
-                  "locality_limit", "single_site", "voucher", "auto_accept", "origin_site",
-                  "unmatched_reason", "created_at"]
+        fields = [
+            "id",
+            "status",
+            "accelerators",
+            "min_memory_gb",
+            "min_tflops",
+            "gpu_count",
+            "duration_hours",
+            "earliest_start",
+            "latest_end",
+            "max_price_per_gpu_hour",
+            "locality_limit",
+            "single_site",
+            "voucher",
+            "auto_accept",
+            "origin_site",
+            "unmatched_reason",
+            "created_at",
+        ]
 
 
 class DemandCreateInputSerializer(StrictSerializer):
@@ -148,25 +197,30 @@ class DemandCreateInputSerializer(StrictSerializer):
     ``min_memory_gb``/``min_tflops``); times UTC; ``max_price_per_gpu_hour`` CNY (≤ 4 places);
     ``voucher``: UUID of one of the caller's vouchers."""
 
-    accelerators = serializers.ListField(child=serializers.CharField(max_length=80),
-                                         max_length=50, default=list)
-    min_memory_gb = serializers.IntegerField(min_value=1, max_value=10_000, required=False,
-                                             allow_null=True)
-    min_tflops = serializers.DecimalField(max_digits=8, decimal_places=1, min_value=0,
-                                          required=False, allow_null=True)
+    accelerators = serializers.ListField(
+        child=serializers.CharField(max_length=80), max_length=50, default=list
+    )
+    min_memory_gb = serializers.IntegerField(
+        min_value=1, max_value=10_000, required=False, allow_null=True
+    )
+    min_tflops = serializers.DecimalField(
+        max_digits=8, decimal_places=1, min_value=0, required=False, allow_null=True
+    )
     gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
     duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS)
     earliest_start = serializers.DateTimeField()
     latest_end = serializers.DateTimeField()
     max_price_per_gpu_hour = price_field()
-    locality_limit = serializers.ChoiceField(choices=LocalityTier.choices,
-                                             default=LocalityTier.NATIONAL)
+    locality_limit = serializers.ChoiceField(
+        choices=LocalityTier.choices, default=LocalityTier.NATIONAL
+    )
     single_site = serializers.BooleanField(default=True)
     voucher = serializers.UUIDField(required=False, allow_null=True)
     auto_accept = serializers.BooleanField(default=True)
 
 
 # --- Quotes ---------------------------------------------------------------------------------
+
 
 class QuoteInputSerializer(StrictSerializer):
     """``gpu_count`` GPUs x ``hours`` on ``offer`` (UUID), optionally paid with ``voucher``."""
@@ -189,6 +243,7 @@ class QuoteSerializer(serializers.Serializer):
 
 # --- Reservations ---------------------------------------------------------------------------
 
+
 class ReservationSerializer(serializers.ModelSerializer):
     """A reservation over ``[start, end)`` (UTC, whole hours) with its bill and split (CNY)."""
 
@@ -199,15 +254,35 @@ class ReservationSerializer(serializers.ModelSerializer):
     voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
     hours = serializers.IntegerField(read_only=True)
     locality_tier = serializers.CharField(
-        read_only=True, help_text="city, metro, region or national: offer site vs home site.")
+        read_only=True, help_text="city, metro, region or national: offer site vs home site."
+    )
     gpu_hours = serializers.IntegerField(read_only=True)
 
     class Meta:
         model = Reservation
-        fields = ["id", "status", "demand", "offer", "buyer", "provider", "start", "end",
-                  "gpu_count", "hours", "gpu_hours", "price_per_gpu_hour", "bill", "voucher",
-                  "voucher_part", "cash_part", "voucher_note", "locality_tier",
-                  "delivered_gpu_hours", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "status",
+            "demand",
+            "offer",
+            "buyer",
+            "provider",
+            "start",
+            "end",
+            "gpu_count",
+            "hours",
+            "gpu_hours",
+            "price_per_gpu_hour",
+            "bill",
+            "voucher",
+            "voucher_part",
+            "cash_part",
+            "voucher_note",
+            "locality_tier",
+            "delivered_gpu_hours",
+            "created_at",
+            "updated_at",
+        ]
 
 
 class UsageInputSerializer(StrictSerializer):

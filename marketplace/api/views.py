@@ -102,16 +102,20 @@ class OfferListCreateApi(PublicListApi):
     @extend_schema(request=OfferCreateInputSerializer, responses={201: OfferSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         if self.organisation is None:
-            self.permission_denied(request, "you do not belong to an organisation",
-                                   "no_organisation")
+            self.permission_denied(
+                request, "you do not belong to an organisation", "no_organisation"
+            )
         data = _valid(OfferCreateInputSerializer, request)
         activate = data.pop("activate")
-        accelerator = services.accelerators_resolve([data.pop("accelerator")],
-                                                    field="accelerator")[0]
-        offer = services.offer_create(provider=self.org, accelerator=accelerator,
-                                      activate=activate, **data)
-        return Response(OfferSerializer(_offer(self, offer.pk)).data,
-                        status=status.HTTP_201_CREATED)
+        accelerator = services.accelerators_resolve([data.pop("accelerator")], field="accelerator")[
+            0
+        ]
+        offer = services.offer_create(
+            provider=self.org, accelerator=accelerator, activate=activate, **data
+        )
+        return Response(
+            OfferSerializer(_offer(self, offer.pk)).data, status=status.HTTP_201_CREATED
+        )
 
 
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
@@ -145,8 +149,9 @@ class OfferDetailApi(OrgMixin, APIView):
             raise NotFound("no such offer", field="offer")
         serializer = OfferUpdateInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        offer = services.offer_update(offer_id=object_id(id, "offer"), provider=self.org,
-                                      **serializer.validated_data)
+        offer = services.offer_update(
+            offer_id=object_id(id, "offer"), provider=self.org, **serializer.validated_data
+        )
         return Response(OfferSerializer(_offer(self, offer.pk)).data)
 
 
@@ -159,8 +164,9 @@ class OfferStatusApi(OrgMixin, APIView):
 
     @extend_schema(request=None, responses={200: OfferSerializer, 409: ERRORS[400], **ERRORS})
     def post(self, request: Request, id: str) -> Response:
-        offer = services.offer_set_status(offer_id=object_id(id, "offer"), provider=self.org,
-                                          status=self.target_status)
+        offer = services.offer_set_status(
+            offer_id=object_id(id, "offer"), provider=self.org, status=self.target_status
+        )
         return Response(OfferSerializer(_offer(self, offer.pk)).data)
 
 
@@ -208,16 +214,21 @@ class DemandListCreateApi(OrgMixin, generics.ListAPIView):
     def get_queryset(self) -> QuerySet:
         return selectors.demand_list(buyer=self.org)
 
-    @extend_schema(request=DemandCreateInputSerializer, parameters=[IDEMPOTENCY_HEADER],
-                   responses={201: DemandSerializer, 422: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=DemandCreateInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: DemandSerializer, 422: ERRORS[400], **ERRORS},
+    )
     @idempotent
     def post(self, request: Request) -> Response:
         data = _valid(DemandCreateInputSerializer, request)
         voucher = _own_voucher(self, data.pop("voucher", None))
-        demand = services.demand_create(buyer=self.org, user=caller(request), voucher=voucher,
-                                        **data)
-        return Response(DemandSerializer(_demand(self, demand.pk)).data,
-                        status=status.HTTP_201_CREATED)
+        demand = services.demand_create(
+            buyer=self.org, user=caller(request), voucher=voucher, **data
+        )
+        return Response(
+            DemandSerializer(_demand(self, demand.pk)).data, status=status.HTTP_201_CREATED
+        )
 
 
 def _demand(view: OrgMixin, demand_id: object) -> Demand:
@@ -256,9 +267,13 @@ class QuoteApi(OrgMixin, APIView):
     @extend_schema(request=QuoteInputSerializer, responses={200: QuoteSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
         data = _valid(QuoteInputSerializer, request)
-        split = services.quote(buyer=self.org, offer=_offer(self, data["offer"]),
-                               gpu_count=data["gpu_count"], hours=data["hours"],
-                               voucher=_own_voucher(self, data.get("voucher")))
+        split = services.quote(
+            buyer=self.org,
+            offer=_offer(self, data["offer"]),
+            gpu_count=data["gpu_count"],
+            hours=data["hours"],
+            voucher=_own_voucher(self, data.get("voucher")),
+        )
         return Response(QuoteSerializer(split).data)
 
 
@@ -299,12 +314,15 @@ class ReservationAcceptApi(OrgMixin, APIView):
     """The buyer accepts a held reservation (``held → confirmed``; 409 otherwise).
     Accepts ``Idempotency-Key``."""
 
-    @extend_schema(request=None, responses={200: ReservationSerializer, 409: ERRORS[400],
-                                            422: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=None,
+        responses={200: ReservationSerializer, 409: ERRORS[400], 422: ERRORS[400], **ERRORS},
+    )
     @idempotent
     def post(self, request: Request, id: str) -> Response:
         reservation = services.reservation_accept(
-            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request))
+            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request)
+        )
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
 
 
@@ -313,12 +331,15 @@ class ReservationCancelApi(OrgMixin, APIView):
     """The buyer cancels before the start; held CNY returns to voucher and wallet, less the
     cancellation fee inside the fee window. 409 once started. Accepts ``Idempotency-Key``."""
 
-    @extend_schema(request=None, responses={200: ReservationSerializer, 409: ERRORS[400],
-                                            422: ERRORS[400], **ERRORS})
+    @extend_schema(
+        request=None,
+        responses={200: ReservationSerializer, 409: ERRORS[400], 422: ERRORS[400], **ERRORS},
+    )
     @idempotent
     def post(self, request: Request, id: str) -> Response:
         reservation = services.reservation_cancel(
-            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request))
+            reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request)
+        )
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
 
 
@@ -327,14 +348,17 @@ class ReservationUsageApi(OrgMixin, APIView):
     """The provider reports delivered GPU-hours of an active reservation, completing it
     (409 unless active; 404 for a reservation it does not sell). Accepts ``Idempotency-Key``."""
 
-    @extend_schema(request=UsageInputSerializer,
-                   responses={200: ReservationSerializer, 409: ERRORS[400], 422: ERRORS[400],
-                              **ERRORS})
+    @extend_schema(
+        request=UsageInputSerializer,
+        responses={200: ReservationSerializer, 409: ERRORS[400], 422: ERRORS[400], **ERRORS},
+    )
     @idempotent
     def post(self, request: Request, id: str) -> Response:
         data = _valid(UsageInputSerializer, request)
         reservation = services.reservation_report_usage(
-            reservation_id=object_id(id, "reservation"), provider=self.org, actor=caller(request),
-            delivered_gpu_hours=data["delivered_gpu_hours"])
+            reservation_id=object_id(id, "reservation"),
+            provider=self.org,
+            actor=caller(request),
+            delivered_gpu_hours=data["delivered_gpu_hours"],
+        )
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
-

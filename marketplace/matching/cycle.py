@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import connection
 from django.utils import timezone
@@ -16,6 +17,7 @@ from marketplace.errors import DomainError
 from marketplace.models import Accelerator, Demand, Hub, MatchingCycle, Offer, Reservation
 from marketplace.services import reservation_create
 from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
+from marketplace.types import ObjectId
 from vouchers.models import CatalogueEntry, Voucher
 from vouchers.services import programme_limits_left, programme_year
 
@@ -23,7 +25,7 @@ from .engine import DemandSnap, OfferSnap, Result, SiteRef, VoucherSnap, solve_g
 
 
 @contextmanager
-def hub_lock(hub_id: object) -> Iterator[bool]:
+def hub_lock(hub_id: ObjectId) -> Iterator[bool]:
     """A PostgreSQL session advisory lock per hub, so one cycle per hub runs at a time across
     all workers. Yields whether it was acquired. On SQLite (one process) it always is."""
     if connection.vendor != "postgresql":
@@ -42,8 +44,13 @@ def hub_lock(hub_id: object) -> Iterator[bool]:
 
 
 def _site_ref(site) -> SiteRef:  # type: ignore[no-untyped-def]
-    return SiteRef(id=str(site.pk), city=site.city, metro=site.metro_area, hub=str(site.hub_id),
-                   cluster=str(site.cluster_id) if site.cluster_id else None)
+    return SiteRef(
+        id=str(site.pk),
+        city=site.city,
+        metro=site.metro_area,
+        hub=str(site.hub_id),
+        cluster=str(site.cluster_id) if site.cluster_id else None,
+    )
 
 
 def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[OfferSnap]]:
@@ -58,8 +65,9 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
     )
     catalogue = list(Accelerator.objects.all())
     related: dict[object, frozenset[str]] = {}
-    for org in Organisation.objects.filter(pk__in={d.buyer_id for d in demands}
-                                           ).prefetch_related("related"):
+    for org in Organisation.objects.filter(pk__in={d.buyer_id for d in demands}).prefetch_related(
+        "related"
+    ):
         related[org.pk] = frozenset(str(r.pk) for r in org.related.all())
     voucher_snaps = _voucher_snaps([d.voucher for d in demands if d.voucher is not None], now)
 
@@ -68,26 +76,40 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
     for order, d in enumerate(demands):
         chosen = [a.code for a in d.accelerators.all()]
         if not chosen:
-            chosen = [a.code for a in catalogue
-                      if (not d.min_memory_gb or (a.memory_gb or 0) >= d.min_memory_gb)
-                      and (not d.min_tflops or (a.bf16_tflops or 0) >= d.min_tflops)]
+            chosen = [
+                a.code
+                for a in catalogue
+                if (not d.min_memory_gb or (a.memory_gb or 0) >= d.min_memory_gb)
+                and (not d.min_tflops or (a.bf16_tflops or 0) >= d.min_tflops)
+            ]
         first, last = max(hour_index_ceil(d.earliest_start), now_h), hour_index(d.latest_end)
         if last - first < d.duration_hours:
             continue  # the window has passed: expired by ``demands_expire``, reason kept
         wanted.update(chosen)
-        snaps.append(DemandSnap(
-            id=str(d.pk), buyer=str(d.buyer_id), related=related.get(d.buyer_id, frozenset()),
-            models=frozenset(chosen), gpu_count=d.gpu_count, duration=d.duration_hours,
-            start=first, end=last,
-            max_price=d.max_price_per_gpu_hour, origin=_site_ref(d.origin_site),
-            limit=d.locality_limit, posted=order,
-            voucher=voucher_snaps.get(str(d.voucher_id)) if d.voucher_id else None,
-        ))
+        snaps.append(
+            DemandSnap(
+                id=str(d.pk),
+                buyer=str(d.buyer_id),
+                related=related.get(d.buyer_id, frozenset()),
+                models=frozenset(chosen),
+                gpu_count=d.gpu_count,
+                duration=d.duration_hours,
+                start=first,
+                end=last,
+                max_price=d.max_price_per_gpu_hour,
+                origin=_site_ref(d.origin_site),
+                limit=d.locality_limit,
+                posted=order,
+                voucher=voucher_snaps.get(str(d.voucher_id)) if d.voucher_id else None,
+            )
+        )
 
     offers = list(
-        Offer.objects.filter(status=Offer.Status.ACTIVE, available_until__gt=from_hour_index(now_h),
-                             accelerator__code__in=wanted)
-        .select_related("site", "accelerator")
+        Offer.objects.filter(
+            status=Offer.Status.ACTIVE,
+            available_until__gt=from_hour_index(now_h),
+            accelerator__code__in=wanted,
+        ).select_related("site", "accelerator")
     )
     offer_snaps: dict[str, OfferSnap] = {}
     for o in offers:
@@ -96,12 +118,19 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
         if end <= start:
             continue
         offer_snaps[str(o.pk)] = OfferSnap(
-            id=str(o.pk), provider=str(o.provider_id), model=o.accelerator.code,
-            site=_site_ref(o.site), price=o.price_per_gpu_hour, gpu_count=o.gpu_count,
-            start=start, end=end, min_duration=o.min_duration_hours,
+            id=str(o.pk),
+            provider=str(o.provider_id),
+            model=o.accelerator.code,
+            site=_site_ref(o.site),
+            price=o.price_per_gpu_hour,
+            gpu_count=o.gpu_count,
+            start=start,
+            end=end,
+            min_duration=o.min_duration_hours,
         )
     for offer_id, r_start, r_end, gpus in Reservation.objects.filter(
-        offer_id__in=list(offer_snaps), status__in=Reservation.CAPACITY_STATUSES,
+        offer_id__in=list(offer_snaps),
+        status__in=Reservation.CAPACITY_STATUSES,
         end__gt=from_hour_index(now_h),
     ).values_list("offer_id", "start", "end", "gpu_count"):
         snap = offer_snaps[str(offer_id)]
@@ -113,8 +142,9 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
 def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherSnap]:
     snaps: dict[str, VoucherSnap] = {}
     unique = {v.pk: v for v in vouchers}
-    balances = dict(Account.objects.filter(voucher_id__in=list(unique)).values_list(
-        "voucher_id", "balance"))
+    balances = dict(
+        Account.objects.filter(voucher_id__in=list(unique)).values_list("voucher_id", "balance")
+    )
     approved: dict[object, set[str]] = defaultdict(set)
     for programme_id, provider_id, year in CatalogueEntry.objects.filter(
         programme_id__in={v.programme_id for v in unique.values()},
@@ -127,8 +157,9 @@ def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherS
         p = v.programme
         budget_left, cap_left = programme_limits_left(p, v.owner, now)
         snaps[str(v.pk)] = VoucherSnap(
-            id=str(v.pk), max_share=p.max_share,
-            available=min(balances.get(v.pk, 0), budget_left, cap_left),
+            id=str(v.pk),
+            max_share=p.max_share,
+            available=min(balances.get(v.pk, Decimal(0)), budget_left, cap_left),
             providers=frozenset(approved[(p.pk, programme_year(p, now))]),
             hubs=frozenset(str(x) for x in p.hubs.values_list("pk", flat=True)),
             clusters=frozenset(str(x) for x in p.clusters.values_list("pk", flat=True)),
@@ -137,7 +168,7 @@ def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherS
     return snaps
 
 
-def matching_cycle_run(hub_id: object, *, now: datetime | None = None) -> MatchingCycle | None:
+def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> MatchingCycle | None:
     """Run one greedy cycle for ``hub_id`` (PRODUCT.md §4). Returns the recorded cycle, or
     ``None`` when another worker holds the hub's lock. Each match is written by
     ``reservation_create`` in its own transaction; a pair refused there (capacity taken by a
@@ -153,17 +184,27 @@ def matching_cycle_run(hub_id: object, *, now: datetime | None = None) -> Matchi
         made = 0
         for match in result.matches:
             try:
-                reservation_create(demand_id=match.demand_id, offer_id=match.offer_id,
-                                   start=from_hour_index(match.start), now=now)
+                reservation_create(
+                    demand_id=match.demand_id,
+                    offer_id=match.offer_id,
+                    start=from_hour_index(match.start),
+                    now=now,
+                )
                 made += 1
             except DomainError as exc:
                 Demand.objects.filter(pk=match.demand_id, status=Demand.Status.OPEN).update(
-                    unmatched_reason=exc.code[:40])
+                    unmatched_reason=exc.code[:40]
+                )
         for demand_id, reason in result.unserved.items():
             Demand.objects.filter(pk=demand_id, status=Demand.Status.OPEN).update(
-                unmatched_reason=reason)
+                unmatched_reason=reason
+            )
         return MatchingCycle.objects.create(
-            hub=hub, policy=hub.matching_policy, started_at=now,
-            seconds=time.perf_counter() - t0, demands_considered=len(demands),
-            offers_considered=len(offers), reservations_made=made,
+            hub=hub,
+            policy=hub.matching_policy,
+            started_at=now,
+            seconds=time.perf_counter() - t0,
+            demands_considered=len(demands),
+            offers_considered=len(offers),
+            reservations_made=made,
         )

@@ -20,8 +20,14 @@ from marketplace.locality import TIERS, tier_between, tier_rank
 FEN = Decimal("0.01")
 
 # Reasons an unserved demand reports, in the order the rules are applied (first blocker wins).
-REASONS = ("no_model", "over_price", "outside_locality", "min_duration", "no_free_window",
-           "self_trade")
+REASONS = (
+    "no_model",
+    "over_price",
+    "outside_locality",
+    "min_duration",
+    "no_free_window",
+    "self_trade",
+)
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,11 @@ class VoucherSnap:
         if not (self.hubs or self.clusters or self.sites):
             return True
         s = offer.site
-        return s.hub in self.hubs or s.id in self.sites or (
-            s.cluster is not None and s.cluster in self.clusters)
+        return (
+            s.hub in self.hubs
+            or s.id in self.sites
+            or (s.cluster is not None and s.cluster in self.clusters)
+        )
 
 
 @dataclass
@@ -143,8 +152,13 @@ def bill_of(gpus: int, hours: int, price: Decimal) -> Decimal:
     return (Decimal(gpus) * hours * price).quantize(FEN, rounding=ROUND_HALF_UP)
 
 
-def voucher_part_of(bill: Decimal, voucher: VoucherSnap | None, offer: OfferSnap,
-                    buyer: str, related: frozenset[str]) -> Decimal:
+def voucher_part_of(
+    bill: Decimal,
+    voucher: VoucherSnap | None,
+    offer: OfferSnap,
+    buyer: str,
+    related: frozenset[str],
+) -> Decimal:
     if voucher is None or offer.provider == buyer or offer.provider in related:
         return Decimal("0.00")
     if not voucher.covers(offer):
@@ -153,8 +167,11 @@ def voucher_part_of(bill: Decimal, voucher: VoucherSnap | None, offer: OfferSnap
     return max(Decimal("0.00"), min(share, voucher.available))
 
 
-def solve_greedy(demands: Iterable[DemandSnap], offers: Iterable[OfferSnap],
-                 on_match: Callable[[Match], None] | None = None) -> Result:
+def solve_greedy(
+    demands: Iterable[DemandSnap],
+    offers: Iterable[OfferSnap],
+    on_match: Callable[[Match], None] | None = None,
+) -> Result:
     """Run one greedy cycle. ``offers`` timelines are updated in place as capacity is taken."""
     by_model: dict[str, list[OfferSnap]] = {}
     by_id: dict[str, OfferSnap] = {}
@@ -179,8 +196,9 @@ def solve_greedy(demands: Iterable[DemandSnap], offers: Iterable[OfferSnap],
     return result
 
 
-def _best_pair(demand: DemandSnap, by_model: dict[str, list[OfferSnap]]
-               ) -> tuple[Match | None, str, int]:
+def _best_pair(
+    demand: DemandSnap, by_model: dict[str, list[OfferSnap]]
+) -> tuple[Match | None, str, int]:
     limit = tier_rank(demand.limit)
     best: dict[int, tuple[tuple, Match]] = {}
     blocked = 0  # index into REASONS of the furthest rule any candidate passed
@@ -193,8 +211,9 @@ def _best_pair(demand: DemandSnap, by_model: dict[str, list[OfferSnap]]
                 blocked = max(blocked, 1)
                 continue
             site = offer.site
-            tier = tier_between(origin.city, origin.metro, origin.hub,
-                                site.city, site.metro, site.hub)
+            tier = tier_between(
+                origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub
+            )
             rank = tier_rank(tier)
             if rank > limit:
                 blocked = max(blocked, 2)
@@ -205,8 +224,7 @@ def _best_pair(demand: DemandSnap, by_model: dict[str, list[OfferSnap]]
             if offer.provider == demand.buyer:
                 blocked = max(blocked, 5)
                 continue
-            start = offer.earliest_fit(demand.gpu_count, demand.duration, demand.start,
-                                       demand.end)
+            start = offer.earliest_fit(demand.gpu_count, demand.duration, demand.start, demand.end)
             if start is None:
                 blocked = max(blocked, 4)
                 continue

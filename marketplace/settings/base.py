@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "accounts",
     "marketplace",
@@ -107,6 +108,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Regional compute market: offers, demands, reservations, compute vouchers.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc served from this site (no CDN: the product must work offline).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery -----------------------------------------------------------------------------
@@ -136,8 +141,10 @@ CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "marketplace.tasks.advance_reservations", "schedule": 60.0},
     "settle-completed": {"task": "marketplace.tasks.settle_completed", "schedule": 300.0},
     "expire-demands": {"task": "marketplace.tasks.expire_demands", "schedule": 300.0},
-    "lapse-expired-vouchers": {"task": "vouchers.tasks.lapse_expired_vouchers",
-                               "schedule": 86400.0},
+    "lapse-expired-vouchers": {
+        "task": "vouchers.tasks.lapse_expired_vouchers",
+        "schedule": 86400.0,
+    },
 }
 
 LOGGING = {

@@ -15,7 +15,7 @@ def anon_client() -> APIClient:
 @pytest.fixture
 def other_client(other_buyer) -> APIClient:  # type: ignore[no-untyped-def]
     client = APIClient()
-    client.force_authenticate(UserFactory(username="other", organisation=other_buyer))
+    client.force_authenticate(UserFactory.create(username="other", organisation=other_buyer))
     return client
 
 
@@ -23,14 +23,14 @@ def other_client(other_buyer) -> APIClient:  # type: ignore[no-untyped-def]
 def orphan_client() -> APIClient:
     """An authenticated user who belongs to no organisation."""
     client = APIClient()
-    client.force_authenticate(UserFactory(username="orphan"))
+    client.force_authenticate(UserFactory.create(username="orphan"))
     return client
 
 
 @pytest.fixture
 def reservation(buyer, offer):  # type: ignore[no-untyped-def]
     """A confirmed reservation: 4 GPUs x 2 h at CNY 10 = CNY 80, paid in cash."""
-    demand = DemandFactory(buyer=buyer)
+    demand = DemandFactory.create(buyer=buyer)
     demand.accelerators.add(offer.accelerator)
     return reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
 
@@ -38,7 +38,7 @@ def reservation(buyer, offer):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def held_reservation(buyer, offer):  # type: ignore[no-untyped-def]
     """A held (not auto-accepted) reservation."""
-    demand = DemandFactory(buyer=buyer, auto_accept=False)
+    demand = DemandFactory.create(buyer=buyer, auto_accept=False)
     return reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
 
 

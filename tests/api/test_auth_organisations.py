@@ -12,8 +12,9 @@ pytestmark = pytest.mark.django_db
 def test_token_for_right_credentials_authenticates_later_calls(anon_client, buyer_user):
     # given a user with a password
     # when they ask for a token
-    response = anon_client.post("/api/v1/auth/token/",
-                                {"username": "buyer", "password": "pw-Secret-123"}, format="json")
+    response = anon_client.post(
+        "/api/v1/auth/token/", {"username": "buyer", "password": "pw-Secret-123"}, format="json"
+    )
     # then a token comes back and works as "Authorization: Token ..."
     assert response.status_code == 200
     token = response.json()["token"]
@@ -22,8 +23,9 @@ def test_token_for_right_credentials_authenticates_later_calls(anon_client, buye
 
 
 def test_token_for_wrong_password_is_400_invalid_credentials(anon_client, buyer_user):
-    response = anon_client.post("/api/v1/auth/token/",
-                                {"username": "buyer", "password": "nope"}, format="json")
+    response = anon_client.post(
+        "/api/v1/auth/token/", {"username": "buyer", "password": "nope"}, format="json"
+    )
     assert error_of(response) == (400, "invalid_credentials", None)
 
 
@@ -33,8 +35,14 @@ def test_token_without_password_names_the_field(anon_client):
 
 
 def test_anonymous_is_401(anon_client):
-    for url in ("/api/v1/organisations/me/", "/api/v1/offers/", "/api/v1/demands/",
-                "/api/v1/wallet/", "/api/v1/ledger/", "/api/v1/hubs/"):
+    for url in (
+        "/api/v1/organisations/me/",
+        "/api/v1/offers/",
+        "/api/v1/demands/",
+        "/api/v1/wallet/",
+        "/api/v1/ledger/",
+        "/api/v1/hubs/",
+    ):
         response = anon_client.get(url)
         assert error_of(response)[:2] == (401, "not_authenticated"), url
 
@@ -43,14 +51,25 @@ def test_register_organisation_makes_caller_its_admin(orphan_client, site):
     # given a user without an organisation and a valid credit code
     code = credit_code()
     # when they register
-    response = orphan_client.post("/api/v1/organisations/", {
-        "name": "New SME", "credit_code": code, "kind": "sme", "home_site": str(site.pk),
-    }, format="json")
+    response = orphan_client.post(
+        "/api/v1/organisations/",
+        {
+            "name": "New SME",
+            "credit_code": code,
+            "kind": "sme",
+            "home_site": str(site.pk),
+        },
+        format="json",
+    )
     # then the organisation is pending, at the home site, with the caller as admin
     assert response.status_code == 201, response.json()
     body = response.json()
     assert (body["name"], body["credit_code"], body["status"], body["home_site"]) == (
-        "New SME", code, "pending", site.code)
+        "New SME",
+        code,
+        "pending",
+        site.code,
+    )
     membership = Membership.objects.get(organisation_id=body["id"])
     assert membership.role == Membership.Role.ADMIN
     assert orphan_client.get("/api/v1/organisations/me/").json()["id"] == body["id"]
@@ -61,8 +80,11 @@ def test_register_with_wrong_check_character_is_400_credit_code(orphan_client):
     good = credit_code()
     bad = good[:17] + ("0" if good[17] != "0" else "1")
     # when registering with it
-    response = orphan_client.post("/api/v1/organisations/", {
-        "name": "Bad Code Ltd", "credit_code": bad, "kind": "sme"}, format="json")
+    response = orphan_client.post(
+        "/api/v1/organisations/",
+        {"name": "Bad Code Ltd", "credit_code": bad, "kind": "sme"},
+        format="json",
+    )
     # then it is refused naming the field and nothing is created
     assert error_of(response) == (400, "invalid_credit_code", "credit_code")
     assert not Organisation.objects.filter(name="Bad Code Ltd").exists()
@@ -70,20 +92,28 @@ def test_register_with_wrong_check_character_is_400_credit_code(orphan_client):
 
 def test_register_twice_is_409(buyer_client, buyer):
     before = Organisation.objects.count()
-    response = buyer_client.post("/api/v1/organisations/", {
-        "name": "Second", "credit_code": credit_code(), "kind": "sme"}, format="json")
+    response = buyer_client.post(
+        "/api/v1/organisations/",
+        {"name": "Second", "credit_code": credit_code(), "kind": "sme"},
+        format="json",
+    )
     assert error_of(response) == (409, "already_member", None)
     assert Organisation.objects.count() == before
 
 
 def test_me_without_organisation_is_403(orphan_client):
     assert error_of(orphan_client.get("/api/v1/organisations/me/")) == (
-        403, "no_organisation", None)
+        403,
+        "no_organisation",
+        None,
+    )
 
 
 def test_register_unknown_field_is_400_naming_it(orphan_client):
-    response = orphan_client.post("/api/v1/organisations/", {
-        "name": "X", "credit_code": credit_code(), "kind": "sme", "status": "approved"},
-        format="json")
+    response = orphan_client.post(
+        "/api/v1/organisations/",
+        {"name": "X", "credit_code": credit_code(), "kind": "sme", "status": "approved"},
+        format="json",
+    )
     assert error_of(response) == (400, "invalid", "status")
     assert not Organisation.objects.filter(name="X").exists()

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _deposit(client, amount: str, key: str):  # type: ignore[no-untyped-def]
-    return client.post("/api/v1/wallet/deposits/", {"amount": amount}, format="json",
-                       HTTP_IDEMPOTENCY_KEY=key)
+    return client.post(
+        "/api/v1/wallet/deposits/", {"amount": amount}, format="json", HTTP_IDEMPOTENCY_KEY=key
+    )
 
 
 def test_same_key_and_body_replays_the_first_deposit(buyer_client, buyer):
@@ -42,8 +43,7 @@ def test_same_key_other_body_is_422_and_moves_nothing(buyer_client, buyer):
 def test_keys_are_per_organisation(buyer_client, other_client, buyer, other_buyer):
     _deposit(buyer_client, "100.00", "shared")
     assert _deposit(other_client, "100.00", "shared").status_code == 201
-    assert organisation_account(other_buyer, Account.Kind.WALLET).balance == Decimal(
-        "100100.00")
+    assert organisation_account(other_buyer, Account.Kind.WALLET).balance == Decimal("100100.00")
 
 
 def test_refused_request_releases_its_key(buyer_client, buyer):
@@ -59,16 +59,22 @@ def test_overlong_key_is_400(buyer_client, buyer):
 
 
 def test_demand_create_replays_and_creates_one_demand(buyer_client, accelerator):
-    body = {"accelerators": ["A100-80G"], "gpu_count": 2, "duration_hours": 2,
-            "earliest_start": next_hour(1).isoformat(), "latest_end": next_hour(10).isoformat(),
-            "max_price_per_gpu_hour": "15"}
+    body = {
+        "accelerators": ["A100-80G"],
+        "gpu_count": 2,
+        "duration_hours": 2,
+        "earliest_start": next_hour(1).isoformat(),
+        "latest_end": next_hour(10).isoformat(),
+        "max_price_per_gpu_hour": "15",
+    }
     first = buyer_client.post("/api/v1/demands/", body, format="json", HTTP_IDEMPOTENCY_KEY="d")
     again = buyer_client.post("/api/v1/demands/", body, format="json", HTTP_IDEMPOTENCY_KEY="d")
     assert first.status_code == again.status_code == 201
     assert again.json()["id"] == first.json()["id"]
     assert Demand.objects.count() == 1
-    other = buyer_client.post("/api/v1/demands/", body | {"gpu_count": 3}, format="json",
-                              HTTP_IDEMPOTENCY_KEY="d")
+    other = buyer_client.post(
+        "/api/v1/demands/", body | {"gpu_count": 3}, format="json", HTTP_IDEMPOTENCY_KEY="d"
+    )
     assert error_of(other)[:2] == (422, "idempotency_key_reused")
     assert Demand.objects.count() == 1
 
@@ -86,8 +92,9 @@ def test_reservation_cancel_replays_instead_of_409(buyer_client, buyer, held_res
 
 def test_same_key_on_another_endpoint_is_422(buyer_client, held_reservation):
     _deposit(buyer_client, "1.00", "x")
-    response = buyer_client.post(f"/api/v1/reservations/{held_reservation.pk}/accept/",
-                                 HTTP_IDEMPOTENCY_KEY="x")
+    response = buyer_client.post(
+        f"/api/v1/reservations/{held_reservation.pk}/accept/", HTTP_IDEMPOTENCY_KEY="x"
+    )
     assert error_of(response)[:2] == (422, "idempotency_key_reused")
     held_reservation.refresh_from_db()
     assert held_reservation.status == "held"

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.django_db
 def test_vouchers_list_and_detail_show_ledger_balance(buyer_client, voucher, reservation):
     body = buyer_client.get("/api/v1/vouchers/").json()
     assert [(v["id"], v["programme"], v["face_value"], v["balance"]) for v in body["results"]] == [
-        (str(voucher.pk), "chengdu-2025", "1000.00", "1000.00")]
+        (str(voucher.pk), "chengdu-2025", "1000.00", "1000.00")
+    ]
     detail = buyer_client.get(f"/api/v1/vouchers/{voucher.pk}/").json()
     assert detail["expires_at"] == voucher.expires_at.isoformat().replace("+00:00", "Z")
 
@@ -26,31 +27,45 @@ def test_another_organisations_voucher_is_404(other_client, voucher):
 
 
 def test_voucher_application_submit_list_detail(buyer_client, other_client, programme):
-    response = buyer_client.post("/api/v1/voucher-applications/", {
-        "programme": str(programme.pk), "amount": "5000.00", "purpose": "LLM fine-tuning"},
-        format="json")
+    response = buyer_client.post(
+        "/api/v1/voucher-applications/",
+        {"programme": str(programme.pk), "amount": "5000.00", "purpose": "LLM fine-tuning"},
+        format="json",
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert (body["status"], body["amount"], body["programme"]) == (
-        "submitted", "5000.00", "chengdu-2025")
+        "submitted",
+        "5000.00",
+        "chengdu-2025",
+    )
     listed = buyer_client.get("/api/v1/voucher-applications/").json()
     assert [a["id"] for a in listed["results"]] == [body["id"]]
     assert buyer_client.get(f"/api/v1/voucher-applications/{body['id']}/").status_code == 200
     assert error_of(other_client.get(f"/api/v1/voucher-applications/{body['id']}/"))[:2] == (
-        404, "not_found")
+        404,
+        "not_found",
+    )
 
 
 @pytest.mark.parametrize("amount", ["12.345", "NaN", "-5"])
 def test_voucher_application_bad_amount_is_400(buyer_client, programme, amount):
-    response = buyer_client.post("/api/v1/voucher-applications/", {
-        "programme": str(programme.pk), "amount": amount}, format="json")
+    response = buyer_client.post(
+        "/api/v1/voucher-applications/",
+        {"programme": str(programme.pk), "amount": amount},
+        format="json",
+    )
     assert error_of(response)[0::2] == (400, "amount")
     assert VoucherApplication.objects.count() == 0
 
 
 def test_wallet_and_deposit(buyer_client, buyer):
     assert buyer_client.get("/api/v1/wallet/").json() == {
-        "currency": "CNY", "balance": "100000.00", "payable": "0.00", "claims": "0.00"}
+        "currency": "CNY",
+        "balance": "100000.00",
+        "payable": "0.00",
+        "claims": "0.00",
+    }
     response = buyer_client.post("/api/v1/wallet/deposits/", {"amount": "250.50"}, format="json")
     assert response.status_code == 201
     assert (response.json()["amount"], response.json()["balance"]) == ("250.50", "100250.50")
@@ -81,7 +96,10 @@ def test_ledger_lists_own_entries_only(buyer_client, other_client, voucher, rese
     holds = buyer_client.get("/api/v1/ledger/", {"reason": "hold"}).json()
     assert holds["count"] == 1
     assert error_of(buyer_client.get("/api/v1/ledger/", {"reason": "gift"})) == (
-        400, "invalid", "reason")
+        400,
+        "invalid",
+        "reason",
+    )
     other = other_client.get("/api/v1/ledger/").json()
     assert [e["reason"] for e in other["results"]] == ["deposit"]
     assert Entry.objects.count() > body["count"]

@@ -19,31 +19,40 @@ def _wallet(org) -> Decimal:  # type: ignore[no-untyped-def]
 
 def test_quote_splits_bill_between_voucher_and_cash(buyer_client, offer, voucher):
     # 4 GPUs x 2 h x CNY 10 = CNY 80; the voucher pays 60 %
-    response = buyer_client.post("/api/v1/quotes/", {
-        "offer": str(offer.pk), "gpu_count": 4, "hours": 2, "voucher": str(voucher.pk)},
-        format="json")
-    assert response.json() == {"bill": "80.00", "voucher_part": "48.00", "cash_part": "32.00",
-                               "voucher_note": ""}
+    response = buyer_client.post(
+        "/api/v1/quotes/",
+        {"offer": str(offer.pk), "gpu_count": 4, "hours": 2, "voucher": str(voucher.pk)},
+        format="json",
+    )
+    assert response.json() == {
+        "bill": "80.00",
+        "voucher_part": "48.00",
+        "cash_part": "32.00",
+        "voucher_note": "",
+    }
 
 
 def test_quote_with_another_organisations_voucher_is_404(other_client, offer, voucher):
-    response = other_client.post("/api/v1/quotes/", {
-        "offer": str(offer.pk), "gpu_count": 1, "hours": 1, "voucher": str(voucher.pk)},
-        format="json")
+    response = other_client.post(
+        "/api/v1/quotes/",
+        {"offer": str(offer.pk), "gpu_count": 1, "hours": 1, "voucher": str(voucher.pk)},
+        format="json",
+    )
     assert error_of(response) == (404, "not_found", "voucher")
 
 
 def test_quote_bad_input_names_the_field(buyer_client, offer):
-    response = buyer_client.post("/api/v1/quotes/", {"offer": str(offer.pk), "gpu_count": 0,
-                                                     "hours": 1}, format="json")
+    response = buyer_client.post(
+        "/api/v1/quotes/", {"offer": str(offer.pk), "gpu_count": 0, "hours": 1}, format="json"
+    )
     assert error_of(response) == (400, "invalid", "gpu_count")
-    response = buyer_client.post("/api/v1/quotes/", {"offer": "nope", "gpu_count": 1,
-                                                     "hours": 1}, format="json")
+    response = buyer_client.post(
+        "/api/v1/quotes/", {"offer": "nope", "gpu_count": 1, "hours": 1}, format="json"
+    )
     assert error_of(response) == (400, "invalid", "offer")
 
 
-def test_buyer_and_provider_see_the_reservation_by_role(buyer_client, provider_client,
-                                                        reservation):
+def test_buyer_and_provider_see_the_reservation_by_role(buyer_client, provider_client, reservation):
     bought = buyer_client.get("/api/v1/reservations/", {"role": "buyer"}).json()
     sold = provider_client.get("/api/v1/reservations/", {"role": "provider"}).json()
     assert [r["id"] for r in bought["results"]] == [str(reservation.pk)]
@@ -52,14 +61,24 @@ def test_buyer_and_provider_see_the_reservation_by_role(buyer_client, provider_c
     assert buyer_client.get("/api/v1/reservations/", {"status": "held"}).json()["count"] == 0
     detail = buyer_client.get(f"/api/v1/reservations/{reservation.pk}/").json()
     assert (detail["status"], detail["bill"], detail["cash_part"], detail["gpu_hours"]) == (
-        "confirmed", "80.00", "80.00", 8)
+        "confirmed",
+        "80.00",
+        "80.00",
+        8,
+    )
 
 
 def test_bad_reservation_filters_are_400(buyer_client):
     assert error_of(buyer_client.get("/api/v1/reservations/", {"role": "owner"})) == (
-        400, "invalid", "role")
+        400,
+        "invalid",
+        "role",
+    )
     assert error_of(buyer_client.get("/api/v1/reservations/", {"status": "lost"})) == (
-        400, "invalid", "status")
+        400,
+        "invalid",
+        "status",
+    )
 
 
 def test_buyer_accepts_held_reservation(buyer_client, held_reservation):
@@ -77,26 +96,33 @@ def test_buyer_cancels_and_gets_money_back(buyer_client, buyer, held_reservation
     assert _wallet(buyer) == Decimal("100000.00")
 
 
-def test_provider_reports_usage_of_active_reservation(provider_client, buyer_client,
-                                                      reservation):
+def test_provider_reports_usage_of_active_reservation(provider_client, buyer_client, reservation):
     # before the start the reservation is not active: 409, nothing changes
     url = f"/api/v1/reservations/{reservation.pk}/usage/"
     assert error_of(provider_client.post(url, {"delivered_gpu_hours": 4}, format="json")) == (
-        409, "illegal_transition", None)
+        409,
+        "illegal_transition",
+        None,
+    )
     reservations_advance(now=reservation.start)
     # the buyer may not report usage
     assert error_of(buyer_client.post(url, {"delivered_gpu_hours": 4}, format="json"))[:2] == (
-        404, "not_found")
+        404,
+        "not_found",
+    )
     # too many hours names the field
     assert error_of(provider_client.post(url, {"delivered_gpu_hours": 9}, format="json")) == (
-        400, "invalid", "delivered_gpu_hours")
+        400,
+        "invalid",
+        "delivered_gpu_hours",
+    )
     response = provider_client.post(url, {"delivered_gpu_hours": 4}, format="json")
-    assert (response.json()["status"], response.json()["delivered_gpu_hours"]) == (
-        "completed", 4)
+    assert (response.json()["status"], response.json()["delivered_gpu_hours"]) == ("completed", 4)
 
 
-def test_another_organisation_gets_404_on_reservation_and_actions(other_client, buyer,
-                                                                  held_reservation):
+def test_another_organisation_gets_404_on_reservation_and_actions(
+    other_client, buyer, held_reservation
+):
     rid = held_reservation.pk
     assert error_of(other_client.get(f"/api/v1/reservations/{rid}/"))[:2] == (404, "not_found")
     for action in ("accept", "cancel"):

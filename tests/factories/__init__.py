@@ -26,7 +26,7 @@ def next_hour(hours_ahead: int = 1):  # type: ignore[no-untyped-def]
     return from_hour_index(hour_index_ceil(timezone.now()) + hours_ahead)
 
 
-class HubFactory(factory.django.DjangoModelFactory):
+class HubFactory(factory.django.DjangoModelFactory[Hub]):
     class Meta:
         model = Hub
         django_get_or_create = ("code",)
@@ -35,7 +35,7 @@ class HubFactory(factory.django.DjangoModelFactory):
     name = factory.LazyAttribute(lambda o: o.code.title())
 
 
-class ClusterFactory(factory.django.DjangoModelFactory):
+class ClusterFactory(factory.django.DjangoModelFactory[Cluster]):
     class Meta:
         model = Cluster
         django_get_or_create = ("code",)
@@ -45,7 +45,7 @@ class ClusterFactory(factory.django.DjangoModelFactory):
     hub = factory.SubFactory(HubFactory)
 
 
-class SiteFactory(factory.django.DjangoModelFactory):
+class SiteFactory(factory.django.DjangoModelFactory[Site]):
     class Meta:
         model = Site
         django_get_or_create = ("code",)
@@ -57,7 +57,7 @@ class SiteFactory(factory.django.DjangoModelFactory):
     hub = factory.SubFactory(HubFactory, code="chengdu-chongqing")
 
 
-class AcceleratorFactory(factory.django.DjangoModelFactory):
+class AcceleratorFactory(factory.django.DjangoModelFactory[Accelerator]):
     class Meta:
         model = Accelerator
         django_get_or_create = ("code",)
@@ -68,7 +68,7 @@ class AcceleratorFactory(factory.django.DjangoModelFactory):
     bf16_tflops = Decimal("312.0")
 
 
-class OrganisationFactory(factory.django.DjangoModelFactory):
+class OrganisationFactory(factory.django.DjangoModelFactory[Organisation]):
     class Meta:
         model = Organisation
 
@@ -83,7 +83,7 @@ class ProviderFactory(OrganisationFactory):
     kind = Organisation.Kind.PROVIDER
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         django_get_or_create = ("username",)
@@ -94,11 +94,14 @@ class UserFactory(factory.django.DjangoModelFactory):
     @factory.post_generation
     def organisation(self, create, extracted, **kwargs):  # type: ignore[no-untyped-def]
         if create and extracted is not None:
-            Membership.objects.create(user=self, organisation=extracted,
-                                      role=Membership.Role.ADMIN)
+            Membership.objects.create(
+                user=self,
+                organisation=extracted,  # type: ignore[misc]
+                role=Membership.Role.ADMIN,
+            )
 
 
-class OfferFactory(factory.django.DjangoModelFactory):
+class OfferFactory(factory.django.DjangoModelFactory[Offer]):
     class Meta:
         model = Offer
 
@@ -114,7 +117,7 @@ class OfferFactory(factory.django.DjangoModelFactory):
     status = Offer.Status.ACTIVE
 
 
-class DemandFactory(factory.django.DjangoModelFactory):
+class DemandFactory(factory.django.DjangoModelFactory[Demand]):
     """A demand row written directly (no service); use ``demand_create`` to test the rules."""
 
     class Meta:
@@ -129,7 +132,7 @@ class DemandFactory(factory.django.DjangoModelFactory):
     max_price_per_gpu_hour = Decimal("20.0000")
 
 
-class ProgrammeFactory(factory.django.DjangoModelFactory):
+class ProgrammeFactory(factory.django.DjangoModelFactory[Programme]):
     class Meta:
         model = Programme
         django_get_or_create = ("code",)
@@ -145,7 +148,7 @@ class ProgrammeFactory(factory.django.DjangoModelFactory):
     validity_months = 12
 
 
-class CatalogueEntryFactory(factory.django.DjangoModelFactory):
+class CatalogueEntryFactory(factory.django.DjangoModelFactory[CatalogueEntry]):
     class Meta:
         model = CatalogueEntry
 

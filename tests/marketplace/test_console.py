@@ -26,36 +26,42 @@ PASSWORD = "pw-Secret-123"  # tests.factories.UserFactory's password
 def console(provider_user) -> Client:  # type: ignore[no-untyped-def]
     """A browser logged in to the console through its own log-in form."""
     client = Client()
-    response = client.post("/console/login/?next=/console/",
-                           {"username": provider_user.username, "password": PASSWORD})
+    response = client.post(
+        "/console/login/?next=/console/", {"username": provider_user.username, "password": PASSWORD}
+    )
     assert response.status_code == 302 and response["Location"] == "/console/"
     return client
 
 
 @pytest.fixture
 def other_offer(site, accelerator) -> Offer:  # type: ignore[no-untyped-def]
-    other = ProviderFactory(name="Other Provider", home_site=site)
-    own_site = SiteFactory(code="other-dc", provider=other)
-    return OfferFactory(provider=other, site=own_site, accelerator=accelerator, gpu_count=16)
+    other = ProviderFactory.create(name="Other Provider", home_site=site)
+    own_site = SiteFactory.create(code="other-dc", provider=other)
+    return OfferFactory.create(provider=other, site=own_site, accelerator=accelerator, gpu_count=16)
 
 
 def _offer_form(site: Site, accelerator_id: object, **overrides: object) -> dict[str, object]:
     start, end = next_hour(0), next_hour(24 * 30)
     data: dict[str, object] = {
-        "site": str(site.pk), "accelerator": str(accelerator_id), "gpu_count": "32",
-        "gpus_per_node": "8", "interconnect": "NVLink",
+        "site": str(site.pk),
+        "accelerator": str(accelerator_id),
+        "gpu_count": "32",
+        "gpus_per_node": "8",
+        "interconnect": "NVLink",
         "available_from_0": start.strftime("%Y-%m-%d"),
         "available_from_1": start.strftime("%H:%M:%S"),
         "available_until_0": end.strftime("%Y-%m-%d"),
         "available_until_1": end.strftime("%H:%M:%S"),
-        "price_per_gpu_hour": "12.5000", "min_duration_hours": "1",
+        "price_per_gpu_hour": "12.5000",
+        "min_duration_hours": "1",
     }
     data.update(overrides)
     return data
 
 
-def test_provider_without_staff_flag_logs_in_and_sees_own_offers(console, provider_user, offer,
-                                                                 other_offer):
+def test_provider_without_staff_flag_logs_in_and_sees_own_offers(
+    console, provider_user, offer, other_offer
+):
     assert not provider_user.is_staff
     # the index lists the provider's models
     index = console.get("/console/")
@@ -75,8 +81,10 @@ def test_other_providers_objects_are_not_reachable(console, other_offer):
     response = console.get(f"/console/marketplace/offer/{other_offer.pk}/change/")
     assert response.status_code == 302 and response["Location"] == "/console/"
     # and a post to it changes nothing
-    console.post(f"/console/marketplace/offer/{other_offer.pk}/change/",
-                 _offer_form(other_offer.site, other_offer.accelerator_id, gpu_count="1"))
+    console.post(
+        f"/console/marketplace/offer/{other_offer.pk}/change/",
+        _offer_form(other_offer.site, other_offer.accelerator_id, gpu_count="1"),
+    )
     other_offer.refresh_from_db()
     assert other_offer.gpu_count == 16
     # nor are its sites listed
@@ -90,20 +98,25 @@ def test_provider_creates_an_offer_through_the_add_form(console, provider, site,
     # then an active offer of its own exists, made by the service
     assert response.status_code == 302, response.context["adminform"].form.errors
     created = Offer.objects.get()
-    assert (created.provider_id, created.site_id, created.gpu_count,
-            str(created.price_per_gpu_hour), created.status) == (
-        provider.pk, site.pk, 32, "12.5000", Offer.Status.ACTIVE)
+    assert (
+        created.provider_id,
+        created.site_id,
+        created.gpu_count,
+        str(created.price_per_gpu_hour),
+        created.status,
+    ) == (provider.pk, site.pk, 32, "12.5000", Offer.Status.ACTIVE)
 
 
 def test_site_choices_are_own_and_reference_sites(console, provider, site, other_offer):
-    own = SiteFactory(code="own-dc", provider=provider)
+    own = SiteFactory.create(code="own-dc", provider=provider)
     response = console.get("/console/marketplace/offer/add/")
     choices = set(response.context["adminform"].form.fields["site"].queryset)
     assert own in choices and site in choices
     assert other_offer.site not in choices
     # and posting another provider's site is refused, nothing created
-    response = console.post("/console/marketplace/offer/add/",
-                            _offer_form(other_offer.site, other_offer.accelerator_id))
+    response = console.post(
+        "/console/marketplace/offer/add/", _offer_form(other_offer.site, other_offer.accelerator_id)
+    )
     assert response.status_code == 200
     assert "site" in response.context["adminform"].form.errors
     assert not Offer.objects.filter(provider=provider).exists()
@@ -112,44 +125,53 @@ def test_site_choices_are_own_and_reference_sites(console, provider, site, other
 def test_service_refusal_is_a_form_error(console, provider, site, accelerator):
     # a window that is already over is refused by offer_create (code window_in_past)
     past_start, past_end = next_hour(-48), next_hour(-24)
-    response = console.post("/console/marketplace/offer/add/", _offer_form(
-        site, accelerator.pk,
-        available_from_0=past_start.strftime("%Y-%m-%d"),
-        available_from_1=past_start.strftime("%H:%M:%S"),
-        available_until_0=past_end.strftime("%Y-%m-%d"),
-        available_until_1=past_end.strftime("%H:%M:%S"),
-    ))
+    response = console.post(
+        "/console/marketplace/offer/add/",
+        _offer_form(
+            site,
+            accelerator.pk,
+            available_from_0=past_start.strftime("%Y-%m-%d"),
+            available_from_1=past_start.strftime("%H:%M:%S"),
+            available_until_0=past_end.strftime("%Y-%m-%d"),
+            available_until_1=past_end.strftime("%H:%M:%S"),
+        ),
+    )
     assert response.status_code == 200
-    assert response.context["adminform"].form.errors == {
-        "available_until": ["window already over"]}
+    assert response.context["adminform"].form.errors == {"available_until": ["window already over"]}
     assert not Offer.objects.exists()
 
 
 def test_capacity_below_reserved_is_refused_on_edit(console, buyer, offer):
     # given 4 GPUs reserved on the provider's 8-GPU offer
-    demand = DemandFactory(buyer=buyer, gpu_count=4)
+    demand = DemandFactory.create(buyer=buyer, gpu_count=4)
     reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
     # when the provider lowers the capacity to 2
-    response = console.post(f"/console/marketplace/offer/{offer.pk}/change/",
-                            _offer_form(offer.site, offer.accelerator_id, gpu_count="2"))
+    response = console.post(
+        f"/console/marketplace/offer/{offer.pk}/change/",
+        _offer_form(offer.site, offer.accelerator_id, gpu_count="2"),
+    )
     # then the form says why and the offer keeps its capacity
     assert response.status_code == 200
     assert response.context["adminform"].form.errors == {
-        "gpu_count": ["capacity below what is already reserved"]}
+        "gpu_count": ["capacity below what is already reserved"]
+    }
     offer.refresh_from_db()
     assert offer.gpu_count == 8
     # while 6 is accepted through offer_update
-    response = console.post(f"/console/marketplace/offer/{offer.pk}/change/",
-                            _offer_form(offer.site, offer.accelerator_id, gpu_count="6"))
+    response = console.post(
+        f"/console/marketplace/offer/{offer.pk}/change/",
+        _offer_form(offer.site, offer.accelerator_id, gpu_count="6"),
+    )
     assert response.status_code == 302
     offer.refresh_from_db()
     assert offer.gpu_count == 6
 
 
 def test_reservations_are_listed_read_only(console, buyer, offer):
-    demand = DemandFactory(buyer=buyer, gpu_count=2)
-    reservation = reservation_create(demand_id=demand.pk, offer_id=offer.pk,
-                                     start=demand.earliest_start)
+    demand = DemandFactory.create(buyer=buyer, gpu_count=2)
+    reservation = reservation_create(
+        demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start
+    )
     response = console.get("/console/marketplace/reservation/")
     assert list(response.context["cl"].result_list) == [reservation]
     page = console.get(f"/console/marketplace/reservation/{reservation.pk}/change/")
@@ -157,31 +179,44 @@ def test_reservations_are_listed_read_only(console, buyer, offer):
     assert not page.context["has_change_permission"]
     assert console.get("/console/marketplace/reservation/add/").status_code == 403
     # a post does not change it
-    console.post(f"/console/marketplace/reservation/{reservation.pk}/change/",
-                 {"status": "cancelled", "gpu_count": "1"})
+    console.post(
+        f"/console/marketplace/reservation/{reservation.pk}/change/",
+        {"status": "cancelled", "gpu_count": "1"},
+    )
     reservation.refresh_from_db()
     assert (reservation.status, reservation.gpu_count) == (Reservation.Status.CONFIRMED, 2)
 
 
 def test_offer_status_actions_call_the_service(console, offer):
-    response = console.post("/console/marketplace/offer/",
-                            {"action": "pause_offers", "_selected_action": [str(offer.pk)]},
-                            follow=True)
+    response = console.post(
+        "/console/marketplace/offer/",
+        {"action": "pause_offers", "_selected_action": [str(offer.pk)]},
+        follow=True,
+    )
     offer.refresh_from_db()
     assert offer.status == Offer.Status.PAUSED
     # an illegal transition (paused -> paused) is an error message, not a 500
-    response = console.post("/console/marketplace/offer/",
-                            {"action": "pause_offers", "_selected_action": [str(offer.pk)]},
-                            follow=True)
+    response = console.post(
+        "/console/marketplace/offer/",
+        {"action": "pause_offers", "_selected_action": [str(offer.pk)]},
+        follow=True,
+    )
     assert response.status_code == 200
     assert [m.level_tag for m in response.context["messages"]] == ["error"]
 
 
 def test_provider_registers_a_site_of_its_own(console, provider, site):
-    response = console.post("/console/marketplace/site/add/", {
-        "code": "provider-dc-1", "name": "Provider DC 1", "city": "Chengdu",
-        "metro_area": "Chengdu", "hub": str(site.hub_id), "cluster": "",
-    })
+    response = console.post(
+        "/console/marketplace/site/add/",
+        {
+            "code": "provider-dc-1",
+            "name": "Provider DC 1",
+            "city": "Chengdu",
+            "metro_area": "Chengdu",
+            "hub": str(site.hub_id),
+            "cluster": "",
+        },
+    )
     assert response.status_code == 302
     assert Site.objects.get(code="provider-dc-1").provider_id == provider.pk
 
@@ -189,17 +224,22 @@ def test_provider_registers_a_site_of_its_own(console, provider, site):
 def test_sme_user_gets_no_access(buyer_user, offer):
     client = Client()
     # the log-in form refuses an SME's user
-    response = client.post("/console/login/", {"username": buyer_user.username,
-                                               "password": PASSWORD})
+    response = client.post(
+        "/console/login/", {"username": buyer_user.username, "password": PASSWORD}
+    )
     assert response.status_code == 200
     assert "_auth_user_id" not in client.session
     # and a session made elsewhere does not open the console either
     client.force_login(buyer_user)
-    for url in ("/console/", "/console/marketplace/offer/",
-                f"/console/marketplace/offer/{offer.pk}/change/"):
+    for url in (
+        "/console/",
+        "/console/marketplace/offer/",
+        f"/console/marketplace/offer/{offer.pk}/change/",
+    ):
         response = client.get(url)
-        assert response.status_code == 302 and response["Location"].startswith(
-            "/console/login/"), url
+        assert response.status_code == 302 and response["Location"].startswith("/console/login/"), (
+            url
+        )
 
 
 def test_suspended_provider_gets_no_access(provider, provider_user, offer):
@@ -210,7 +250,7 @@ def test_suspended_provider_gets_no_access(provider, provider_user, offer):
 
 
 def test_operator_admin_user_without_organisation_gets_no_access():
-    staff = UserFactory(username="staffer", is_staff=True)
+    staff = UserFactory.create(username="staffer", is_staff=True)
     client = Client()
     client.force_login(staff)
     response = client.get("/console/")
@@ -218,11 +258,18 @@ def test_operator_admin_user_without_organisation_gets_no_access():
 
 
 def test_site_form_checks_code_and_cluster(console, provider, site):
-    other_hub_cluster = ClusterFactory(code="elsewhere", hub=HubFactory(code="gansu"))
-    response = console.post("/console/marketplace/site/add/", {
-        "code": site.code, "name": "Copy", "city": "Chengdu", "metro_area": "Chengdu",
-        "hub": str(site.hub_id), "cluster": str(other_hub_cluster.pk),
-    })
+    other_hub_cluster = ClusterFactory.create(code="elsewhere", hub=HubFactory.create(code="gansu"))
+    response = console.post(
+        "/console/marketplace/site/add/",
+        {
+            "code": site.code,
+            "name": "Copy",
+            "city": "Chengdu",
+            "metro_area": "Chengdu",
+            "hub": str(site.hub_id),
+            "cluster": str(other_hub_cluster.pk),
+        },
+    )
     assert response.status_code == 200
     assert set(response.context["adminform"].form.errors) == {"code", "cluster"}
     assert not Site.objects.filter(provider=provider).exists()

@@ -19,19 +19,55 @@ CHONGQING = SiteRef("s-cq", "Chongqing", "Chongqing", "cc")
 QINGYANG = SiteRef("s-qy", "Qingyang", "Qingyang", "gansu")
 
 
-def offer(id: str, site: SiteRef = CHENGDU, price: str = "10", gpus: int = 8,
-          start: int = 0, end: int = 48, provider: str = "p1", model: str = "A100") -> OfferSnap:
-    return OfferSnap(id=id, provider=provider, model=model, site=site, price=Decimal(price),
-                     gpu_count=gpus, start=start, end=end)
+def offer(
+    id: str,
+    site: SiteRef = CHENGDU,
+    price: str = "10",
+    gpus: int = 8,
+    start: int = 0,
+    end: int = 48,
+    provider: str = "p1",
+    model: str = "A100",
+) -> OfferSnap:
+    return OfferSnap(
+        id=id,
+        provider=provider,
+        model=model,
+        site=site,
+        price=Decimal(price),
+        gpu_count=gpus,
+        start=start,
+        end=end,
+    )
 
 
-def demand(id: str, gpus: int = 4, duration: int = 2, start: int = 0, end: int = 48,
-           price: str = "20", limit: str = "national", posted: int = 0,
-           voucher: VoucherSnap | None = None, origin: SiteRef = CHENGDU) -> DemandSnap:
-    return DemandSnap(id=id, buyer="b1", related=frozenset(), models=frozenset({"A100"}),
-                      gpu_count=gpus, duration=duration, start=start, end=end,
-                      max_price=Decimal(price), origin=origin, limit=limit, posted=posted,
-                      voucher=voucher)
+def demand(
+    id: str,
+    gpus: int = 4,
+    duration: int = 2,
+    start: int = 0,
+    end: int = 48,
+    price: str = "20",
+    limit: str = "national",
+    posted: int = 0,
+    voucher: VoucherSnap | None = None,
+    origin: SiteRef = CHENGDU,
+) -> DemandSnap:
+    return DemandSnap(
+        id=id,
+        buyer="b1",
+        related=frozenset(),
+        models=frozenset({"A100"}),
+        gpu_count=gpus,
+        duration=duration,
+        start=start,
+        end=end,
+        max_price=Decimal(price),
+        origin=origin,
+        limit=limit,
+        posted=posted,
+        voucher=voucher,
+    )
 
 
 def test_nearest_tier_wins_over_a_cheaper_remote_offer():
@@ -42,10 +78,13 @@ def test_nearest_tier_wins_over_a_cheaper_remote_offer():
 def test_unserved_locally_docks_to_another_hub_within_the_limit():
     local = offer("local", CHENGDU, gpus=4)
     remote = offer("remote", QINGYANG)
-    result = solve_greedy([demand("a", end=2, posted=0), demand("b", end=2, posted=1)],
-                          [local, remote])
+    result = solve_greedy(
+        [demand("a", end=2, posted=0), demand("b", end=2, posted=1)], [local, remote]
+    )
     assert [(m.demand_id, m.offer_id, m.tier) for m in result.matches] == [
-        ("a", "local", "city"), ("b", "remote", "national")]
+        ("a", "local", "city"),
+        ("b", "remote", "national"),
+    ]
 
 
 def test_region_limit_blocks_docking_and_reports_locality():
@@ -55,8 +94,10 @@ def test_region_limit_blocks_docking_and_reports_locality():
 
 
 def test_price_time_priority_gives_scarce_capacity_to_the_higher_limit():
-    result = solve_greedy([demand("early", price="12", posted=0),
-                           demand("rich", price="15", posted=1)], [offer("o", gpus=4, end=2)])
+    result = solve_greedy(
+        [demand("early", price="12", posted=0), demand("rich", price="15", posted=1)],
+        [offer("o", gpus=4, end=2)],
+    )
     assert [m.demand_id for m in result.matches] == ["rich"]
     assert result.unserved == {"early": "no_free_window"}
 
@@ -79,15 +120,23 @@ def test_earliest_fit_skips_a_full_hour():
 
 @settings(max_examples=200, deadline=None)
 @given(
-    demands=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 6), st.integers(0, 20),
-                               st.integers(10, 30)), min_size=1, max_size=12),
-    offers=st.lists(st.tuples(st.integers(1, 8), st.integers(0, 10), st.integers(12, 30)),
-                    min_size=1, max_size=4),
+    demands=st.lists(
+        st.tuples(st.integers(1, 8), st.integers(1, 6), st.integers(0, 20), st.integers(10, 30)),
+        min_size=1,
+        max_size=12,
+    ),
+    offers=st.lists(
+        st.tuples(st.integers(1, 8), st.integers(0, 10), st.integers(12, 30)),
+        min_size=1,
+        max_size=4,
+    ),
 )
 def test_no_offer_is_ever_overbooked_and_windows_hold(demands, offers):
     snaps = [offer(f"o{i}", gpus=g, start=s, end=e) for i, (g, s, e) in enumerate(offers)]
-    ds = [demand(f"d{i}", gpus=g, duration=dur, start=s, end=s + w, posted=i)
-          for i, (g, dur, s, w) in enumerate(demands)]
+    ds = [
+        demand(f"d{i}", gpus=g, duration=dur, start=s, end=s + w, posted=i)
+        for i, (g, dur, s, w) in enumerate(demands)
+    ]
     result = solve_greedy(ds, [OfferSnap(**{**o.__dict__, "used": []}) for o in snaps])
     by_id = {d.id: d for d in ds}
     load: dict[tuple[str, int], int] = {}

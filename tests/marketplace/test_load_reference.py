@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -24,17 +25,20 @@ def _load() -> str:
     return out.getvalue()
 
 
-def _snapshot() -> dict[str, list[object]]:
+def _snapshot() -> dict[str, list[Any]]:
     return {
         "hubs": sorted(Hub.objects.values_list("pk", "code", "is_west")),
         "clusters": sorted(Cluster.objects.values_list("pk", "code", "hub_id")),
-        "sites": sorted(Site.objects.values_list("pk", "code", "city", "metro_area", "hub_id",
-                                                 "cluster_id")),
-        "latencies": sorted(HubLatency.objects.values_list("pk", "from_hub_id", "to_hub_id",
-                                                           "latency_ms")),
+        "sites": sorted(
+            Site.objects.values_list("pk", "code", "city", "metro_area", "hub_id", "cluster_id")
+        ),
+        "latencies": sorted(
+            HubLatency.objects.values_list("pk", "from_hub_id", "to_hub_id", "latency_ms")
+        ),
         "accelerators": sorted(Accelerator.objects.values_list("pk", "code", "bf16_tflops")),
-        "programmes": sorted(Programme.objects.values_list("pk", "code", "annual_budget",
-                                                           "effective_from")),
+        "programmes": sorted(
+            Programme.objects.values_list("pk", "code", "annual_budget", "effective_from")
+        ),
         "accounts": sorted(Account.objects.values_list("pk", "kind", "balance")),
         "transactions": sorted(Transaction.objects.values_list("pk", flat=True)),
     }
@@ -46,21 +50,51 @@ def test_loads_hubs_clusters_sites_catalogue_and_programmes():
     # then there are the 8 hubs and 10 clusters, four of the hubs western
     assert Hub.objects.count() == 8
     assert set(Hub.objects.filter(is_west=True).values_list("code", flat=True)) == {
-        "inner-mongolia", "guizhou", "gansu", "ningxia"}
+        "inner-mongolia",
+        "guizhou",
+        "gansu",
+        "ningxia",
+    }
     assert Cluster.objects.count() == 10
     assert Cluster.objects.get(code="tianfu").hub.code == "chengdu-chongqing"
     # reference sites in at least 20 cities, none owned by a provider
     assert Site.objects.values("city").distinct().count() >= 20
     assert not Site.objects.filter(provider__isnull=False).exists()
     tianfu = Site.objects.get(code="chengdu-tianfu")
-    assert (tianfu.city, tianfu.metro_area, tianfu.hub.code, tianfu.cluster.code) == (
-        "Chengdu", "Chengdu", "chengdu-chongqing", "tianfu")
+    assert (
+        tianfu.city,
+        tianfu.metro_area,
+        tianfu.hub.code,
+        tianfu.cluster.code if tianfu.cluster else None,
+    ) == ("Chengdu", "Chengdu", "chengdu-chongqing", "tianfu")
     assert Site.objects.get(code="deyang").metro_area == "Chengdu"
     cities = set(Site.objects.values_list("city", flat=True))
-    assert {"Beijing", "Tianjin", "Zhangjiakou", "Langfang", "Shanghai", "Suzhou", "Hangzhou",
-            "Wuhu", "Nanjing", "Guangzhou", "Shenzhen", "Shaoguan", "Foshan", "Chengdu",
-            "Deyang", "Meishan", "Chongqing", "Hohhot", "Ulanqab", "Guiyang", "Qingyang",
-            "Lanzhou", "Zhongwei", "Yinchuan"} <= cities
+    assert {
+        "Beijing",
+        "Tianjin",
+        "Zhangjiakou",
+        "Langfang",
+        "Shanghai",
+        "Suzhou",
+        "Hangzhou",
+        "Wuhu",
+        "Nanjing",
+        "Guangzhou",
+        "Shenzhen",
+        "Shaoguan",
+        "Foshan",
+        "Chengdu",
+        "Deyang",
+        "Meishan",
+        "Chongqing",
+        "Hohhot",
+        "Ulanqab",
+        "Guiyang",
+        "Qingyang",
+        "Lanzhou",
+        "Zhongwei",
+        "Yinchuan",
+    } <= cities
     # every cluster hosts at least one site of its own hub
     for cluster in Cluster.objects.all():
         assert Site.objects.filter(cluster=cluster, hub=cluster.hub_id).exists(), cluster.code
@@ -69,10 +103,10 @@ def test_loads_hubs_clusters_sites_catalogue_and_programmes():
     assert set(reference.REQUIRED_ACCELERATOR_CODES) <= codes
     assert {"G1", "G2", "G3"} <= codes
     g2 = Accelerator.objects.get(code="G2")
-    assert (g2.vendor, g2.memory_gb, g2.bf16_tflops) == ("undisclosed (Alibaba trace)", None,
-                                                         None)
+    assert (g2.vendor, g2.memory_gb, g2.bf16_tflops) == ("undisclosed (Alibaba trace)", None, None)
     assert list(Accelerator.objects.filter(is_domestic=True).values_list("code", flat=True)) == [
-        "Ascend910B-64G"]
+        "Ascend910B-64G"
+    ]
     # six programmes, each budget account funded exactly once with its annual budget
     assert set(Programme.objects.values_list("code", flat=True)) == PROGRAMME_CODES
     for programme in Programme.objects.all():
@@ -119,8 +153,10 @@ def test_hub_latency_average_and_max_match_product_spec():
     assert stats["max"] == Decimal("17.1")
     # symmetric
     for row in HubLatency.objects.all():
-        assert HubLatency.objects.get(from_hub=row.to_hub_id,
-                                      to_hub=row.from_hub_id).latency_ms == row.latency_ms
+        assert (
+            HubLatency.objects.get(from_hub=row.to_hub_id, to_hub=row.from_hub_id).latency_ms
+            == row.latency_ms
+        )
     # the shipped constants agree with the table
     values = [ms for _, _, ms in reference.HUB_LATENCY_MS]
     assert sum(values) / len(values) == reference.HUB_LATENCY_AVERAGE_MS
@@ -133,23 +169,36 @@ def test_aliases_resolve_to_catalogue_codes():
     aliases = [a.lower() for row in reference.ACCELERATORS for a in row["aliases"]]
     codes = [row["code"].lower() for row in reference.ACCELERATORS]
     assert len(set(aliases + codes)) == len(aliases) + len(codes)
-    resolved = {name: accelerators_resolve([name])[0].code for name in
-                ("NVIDIA H100 80GB", "h100", "V100M16", "V100M32", "T4", "P100", "A10", "G2")}
-    assert resolved == {"NVIDIA H100 80GB": "H100-SXM5-80G", "h100": "H100-SXM5-80G",
-                        "V100M16": "V100-16G", "V100M32": "V100-32G", "T4": "T4",
-                        "P100": "P100", "A10": "A10", "G2": "G2"}
+    resolved = {
+        name: accelerators_resolve([name])[0].code
+        for name in ("NVIDIA H100 80GB", "h100", "V100M16", "V100M32", "T4", "P100", "A10", "G2")
+    }
+    assert resolved == {
+        "NVIDIA H100 80GB": "H100-SXM5-80G",
+        "h100": "H100-SXM5-80G",
+        "V100M16": "V100-16G",
+        "V100M32": "V100-32G",
+        "T4": "T4",
+        "P100": "P100",
+        "A10": "A10",
+        "G2": "G2",
+    }
 
 
 def test_programme_region_scopes():
     _load()
     chengdu_2023 = Programme.objects.get(code="chengdu-2023")
-    assert set(chengdu_2023.sites.values_list("code", flat=True)) == {"chengdu-tianfu",
-                                                                        "chengdu-pidu"}
+    assert set(chengdu_2023.sites.values_list("code", flat=True)) == {
+        "chengdu-tianfu",
+        "chengdu-pidu",
+    }
     assert not chengdu_2023.hubs.exists()
     chengdu_2025 = Programme.objects.get(code="chengdu-2025")
     assert list(chengdu_2025.hubs.values_list("code", flat=True)) == ["chengdu-chongqing"]
     assert (chengdu_2025.max_share, chengdu_2025.buyer_annual_cap) == (
-        Decimal("0.6000"), Decimal("5000000.00"))
+        Decimal("0.6000"),
+        Decimal("5000000.00"),
+    )
     qingyang = Programme.objects.get(code="qingyang")
     assert (qingyang.min_voucher_amount, qingyang.validity_months) == (Decimal("5000.00"), 12)
     assert chengdu_2025.effective_from.month == 1 and chengdu_2025.effective_from.day == 1

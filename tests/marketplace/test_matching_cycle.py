@@ -12,14 +12,21 @@ pytestmark = pytest.mark.django_db
 
 def test_cycle_books_locally_then_docks_to_another_hub(buyer, offer, provider, accelerator):
     # given a local offer of 8 GPUs and an offer in another hub, and two 8-GPU demands
-    gansu = HubFactory(code="gansu")
-    qingyang = SiteFactory(code="qingyang-dc", city="Qingyang", metro_area="Qingyang", hub=gansu)
-    remote = OfferFactory(provider=provider, site=qingyang, accelerator=accelerator)
-    first = DemandFactory(buyer=buyer, gpu_count=8, max_price_per_gpu_hour="30")
+    gansu = HubFactory.create(code="gansu")
+    qingyang = SiteFactory.create(
+        code="qingyang-dc", city="Qingyang", metro_area="Qingyang", hub=gansu
+    )
+    remote = OfferFactory.create(provider=provider, site=qingyang, accelerator=accelerator)
+    first = DemandFactory.create(buyer=buyer, gpu_count=8, max_price_per_gpu_hour="30")
     first.latest_end = first.earliest_start + (first.latest_end - first.earliest_start) / 12
     first.save()
-    second = DemandFactory(buyer=buyer, gpu_count=8, earliest_start=first.earliest_start,
-                           latest_end=first.latest_end, max_price_per_gpu_hour="20")
+    second = DemandFactory.create(
+        buyer=buyer,
+        gpu_count=8,
+        earliest_start=first.earliest_start,
+        latest_end=first.latest_end,
+        max_price_per_gpu_hour="20",
+    )
     # when the buyer's hub runs a cycle
     cycle = matching_cycle_run(buyer.home_site.hub_id)
     # then the higher bid is served locally and the other docks to Gansu as an inter-hub trade
@@ -30,12 +37,16 @@ def test_cycle_books_locally_then_docks_to_another_hub(buyer, offer, provider, a
     assert (docked.offer, docked.locality_tier) == (remote, "national")
     trade = InterHubTrade.objects.get()
     assert (trade.reservation, trade.exporting_hub, trade.importing_hub, trade.gpu_hours) == (
-        docked, gansu, buyer.home_site.hub, 16)
+        docked,
+        gansu,
+        buyer.home_site.hub,
+        16,
+    )
     assert ledger_audit() == []
 
 
 def test_unmatched_demand_keeps_its_reason(buyer, offer):
-    demand = DemandFactory(buyer=buyer, max_price_per_gpu_hour="1")
+    demand = DemandFactory.create(buyer=buyer, max_price_per_gpu_hour="1")
     demand.accelerators.add(offer.accelerator)
     matching_cycle_run(buyer.home_site.hub_id)
     demand.refresh_from_db()
@@ -45,8 +56,9 @@ def test_unmatched_demand_keeps_its_reason(buyer, offer):
 
 def test_wallet_short_drops_the_pair_and_keeps_the_demand_open(buyer, offer, other_buyer):
     # given a buyer with no money in the wallet (everything withdrawn into a big booking)
-    poor = DemandFactory(buyer=other_buyer, gpu_count=8, duration_hours=24,
-                         max_price_per_gpu_hour="2000")
+    poor = DemandFactory.create(
+        buyer=other_buyer, gpu_count=8, duration_hours=24, max_price_per_gpu_hour="2000"
+    )
     offer.price_per_gpu_hour = 1000
     offer.save()
     matching_cycle_run(buyer.home_site.hub_id)

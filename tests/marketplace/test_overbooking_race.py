@@ -1,7 +1,8 @@
 """Two threads race for the last capacity of an offer on PostgreSQL: exactly one wins."""
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+from uuid import UUID
 
 import pytest
 from django.db import connection
@@ -16,13 +17,18 @@ from tests.factories import DemandFactory
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_cannot_overbook_the_last_gpus(buyer, other_buyer, offer):
     # given an 8-GPU offer and two demands of 6 GPUs for overlapping hours
-    a = DemandFactory(buyer=buyer, gpu_count=6, duration_hours=3)
-    b = DemandFactory(buyer=other_buyer, gpu_count=6, duration_hours=3,
-                      earliest_start=a.earliest_start, latest_end=a.latest_end)
+    a = DemandFactory.create(buyer=buyer, gpu_count=6, duration_hours=3)
+    b = DemandFactory.create(
+        buyer=other_buyer,
+        gpu_count=6,
+        duration_hours=3,
+        earliest_start=a.earliest_start,
+        latest_end=a.latest_end,
+    )
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
 
-    def book(demand_id: object, start: object) -> None:
+    def book(demand_id: UUID, start: datetime) -> None:
         try:
             barrier.wait()
             reservation_create(demand_id=demand_id, offer_id=offer.pk, start=start)

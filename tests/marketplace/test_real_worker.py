@@ -34,10 +34,26 @@ def worker_queue():  # type: ignore[no-untyped-def]
         "CELERY_TASK_DEFAULT_QUEUE": queue,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "-P", "solo",
-         "-Q", queue, "--without-heartbeat", "--without-gossip", "--without-mingle",
-         "-l", "WARNING"],
-        env=env, cwd=settings.BASE_DIR, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "marketplace",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            queue,
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+        ],
+        env=env,
+        cwd=settings.BASE_DIR,
+        start_new_session=True,
     )
     old = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue)
     celery_app.conf.task_always_eager = False
@@ -60,9 +76,14 @@ def test_posted_demand_becomes_a_reservation_in_a_real_worker(worker_queue, buye
     start = next_hour(2)
     # when the buyer posts a demand (matching is enqueued on commit)
     demand = demand_create(
-        buyer=buyer, accelerators=["A100-80G"], gpu_count=2, duration_hours=3,
-        earliest_start=start, latest_end=start + timedelta(hours=12),
-        max_price_per_gpu_hour=Decimal("12.5"), locality_limit="city",
+        buyer=buyer,
+        accelerators=["A100-80G"],
+        gpu_count=2,
+        duration_hours=3,
+        earliest_start=start,
+        latest_end=start + timedelta(hours=12),
+        max_price_per_gpu_hour=Decimal("12.5"),
+        locality_limit="city",
     )
     # then, within a bounded wait, the worker has booked it
     deadline = time.monotonic() + 60
@@ -72,6 +93,5 @@ def test_posted_demand_becomes_a_reservation_in_a_real_worker(worker_queue, buye
         time.sleep(0.25)
     assert worker_queue.poll() is None, "worker exited early"
     reservation = Reservation.objects.get(demand=demand)
-    assert (reservation.offer_id, reservation.start, reservation.gpu_count) == (
-        offer.pk, start, 2)
+    assert (reservation.offer_id, reservation.start, reservation.gpu_count) == (offer.pk, start, 2)
     assert reservation.bill == Decimal("60.00")

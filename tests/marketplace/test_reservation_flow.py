@@ -27,13 +27,16 @@ def _balance(account: Account) -> Decimal:
 
 def test_hold_splits_bill_between_voucher_and_wallet(buyer, offer, voucher):
     # given a demand for 4 GPUs × 2 h at ¥10/GPU-hour paid with a ¥1,000 voucher (60 % share)
-    demand = DemandFactory(buyer=buyer, voucher=voucher)
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
     demand.accelerators.add(offer.accelerator)
     # when it is booked
     r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
     # then the ¥80 bill is ¥48 voucher + ¥32 cash, all in escrow, and the demand is reserved
-    assert (r.bill, r.voucher_part, r.cash_part) == (Decimal("80.00"), Decimal("48.00"),
-                                                     Decimal("32.00"))
+    assert (r.bill, r.voucher_part, r.cash_part) == (
+        Decimal("80.00"),
+        Decimal("48.00"),
+        Decimal("32.00"),
+    )
     assert r.status == Reservation.Status.CONFIRMED
     assert _balance(voucher_account(voucher.pk)) == Decimal("952.00")
     assert _balance(organisation_account(buyer, Account.Kind.WALLET)) == Decimal("99968.00")
@@ -43,7 +46,7 @@ def test_hold_splits_bill_between_voucher_and_wallet(buyer, offer, voucher):
 
 
 def test_partial_delivery_refunds_in_proportion(buyer, offer, voucher, provider):
-    demand = DemandFactory(buyer=buyer, voucher=voucher, gpu_count=1, duration_hours=3)
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher, gpu_count=1, duration_hours=3)
     r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
     assert (r.voucher_part, r.cash_part) == (Decimal("18.00"), Decimal("12.00"))
     reservations_advance(now=r.start)
@@ -61,7 +64,7 @@ def test_partial_delivery_refunds_in_proportion(buyer, offer, voucher, provider)
 
 def test_cancel_before_start_returns_everything_outside_fee_window(buyer, offer, settings):
     settings.CANCEL_FEE_WINDOW = settings.CANCEL_FEE_WINDOW * 0
-    demand = DemandFactory(buyer=buyer)
+    demand = DemandFactory.create(buyer=buyer)
     r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
     reservation_cancel(reservation_id=r.pk, buyer=buyer)
     assert _balance(organisation_account(buyer, Account.Kind.WALLET)) == Decimal("100000.00")

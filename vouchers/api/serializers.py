@@ -14,9 +14,22 @@ class ProgrammeSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Programme
-        fields = ["id", "code", "name", "issuer_city", "effective_from", "effective_until",
-                  "annual_budget", "max_share", "buyer_annual_cap", "min_voucher_amount",
-                  "validity_months", "redemption_mode", "statement_period", "time_zone"]
+        fields = [
+            "id",
+            "code",
+            "name",
+            "issuer_city",
+            "effective_from",
+            "effective_until",
+            "annual_budget",
+            "max_share",
+            "buyer_annual_cap",
+            "min_voucher_amount",
+            "validity_months",
+            "redemption_mode",
+            "statement_period",
+            "time_zone",
+        ]
 
 
 class VoucherSerializer(serializers.ModelSerializer):
@@ -24,15 +37,25 @@ class VoucherSerializer(serializers.ModelSerializer):
     ``expires_at`` is the end of its last valid day (Asia/Shanghai) as UTC."""
 
     programme: serializers.SlugRelatedField[Programme] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True)
+        slug_field="code", read_only=True
+    )
     programme_name = serializers.CharField(source="programme.name", read_only=True)
-    balance = serializers.DecimalField(source="current_balance", max_digits=16,
-                                       decimal_places=2, read_only=True)
+    balance = serializers.DecimalField(
+        source="current_balance", max_digits=16, decimal_places=2, read_only=True
+    )
 
     class Meta:
         model = Voucher
-        fields = ["id", "programme", "programme_name", "face_value", "balance", "issued_at",
-                  "expires_at", "status"]
+        fields = [
+            "id",
+            "programme",
+            "programme_name",
+            "face_value",
+            "balance",
+            "issued_at",
+            "expires_at",
+            "status",
+        ]
 
 
 class VoucherApplicationInputSerializer(StrictSerializer):
@@ -47,9 +70,18 @@ class VoucherApplicationSerializer(serializers.ModelSerializer):
     """A voucher application and its decision."""
 
     programme: serializers.SlugRelatedField[Programme] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True)
+        slug_field="code", read_only=True
+    )
 
     class Meta:
         model = VoucherApplication
-        fields = ["id", "programme", "amount", "purpose", "status", "decision_note",
-                  "created_at", "decided_at"]
+        fields = [
+            "id",
+            "programme",
+            "amount",
+            "purpose",
+            "status",
+            "decision_note",
+            "created_at",
+            "decided_at",
+        ]

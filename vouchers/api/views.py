@@ -82,14 +82,17 @@ class VoucherApplicationListCreateApi(OrgMixin, generics.ListAPIView):
     def get_queryset(self) -> QuerySet:
         return selectors.voucher_application_list(buyer=self.org)
 
-    @extend_schema(request=VoucherApplicationInputSerializer,
-                   responses={201: VoucherApplicationSerializer, **ERRORS})
+    @extend_schema(
+        request=VoucherApplicationInputSerializer,
+        responses={201: VoucherApplicationSerializer, **ERRORS},
+    )
     def post(self, request: Request) -> Response:
         serializer = VoucherApplicationInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         application = voucher_application_submit(buyer=self.org, **serializer.validated_data)
-        return Response(VoucherApplicationSerializer(application).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            VoucherApplicationSerializer(application).data, status=status.HTTP_201_CREATED
+        )
 
 
 @extend_schema(parameters=[ID_PATH])

@@ -22,7 +22,6 @@ from accounts.services import organisation_register, organisation_set_status
 from ledger.audit import ledger_audit
 from marketplace import demo
 from marketplace.errors import DomainError
-from marketplace.money import quantize_money
 from marketplace.models import (
     Accelerator,
     Demand,
@@ -32,6 +31,7 @@ from marketplace.models import (
     Reservation,
     Site,
 )
+from marketplace.money import quantize_money
 from marketplace.services import (
     demand_create,
     offer_create,
@@ -60,10 +60,17 @@ class Command(BaseCommand):
     help = "Run the marketplace on the real Alibaba GPU trace and print a report."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--demands", type=int, default=2000,
-                            help="GPU tasks of the trace to replay (default 2000)")
-        parser.add_argument("--fresh", action="store_true",
-                            help="empty the database first (SQLite demo database only)")
+        parser.add_argument(
+            "--demands",
+            type=int,
+            default=2000,
+            help="GPU tasks of the trace to replay (default 2000)",
+        )
+        parser.add_argument(
+            "--fresh",
+            action="store_true",
+            help="empty the database first (SQLite demo database only)",
+        )
         parser.add_argument("--report", default="demo-report.json")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -78,7 +85,8 @@ class Command(BaseCommand):
             raise CommandError("demo data already present: run with --fresh")
         self.stdout.write("Building the market from the Alibaba GPU fleet…")
         calendar_start = (timezone.now() + timedelta(days=1)).replace(
-            hour=0, minute=0, second=0, microsecond=0)
+            hour=0, minute=0, second=0, microsecond=0
+        )
         providers = self._providers(calendar_start)
         smes = self._smes(providers)
         self._replay(smes, calendar_start, options["demands"])
@@ -100,21 +108,31 @@ class Command(BaseCommand):
         user = User.objects.create_user(username=username, password=DEMO_PASSWORD)
         home = self._site_in(city)
         code = make_credit_code(f"91{demo.DIVISION[city]}MA{seq:07d}")
-        org = organisation_register(user=user, name=name, credit_code=code, kind=kind,
-                                    home_site=home)
-        return organisation_set_status(organisation_id=org.pk,
-                                       status=Organisation.Status.APPROVED)
+        org = organisation_register(
+            user=user, name=name, credit_code=code, kind=kind, home_site=home
+        )
+        return organisation_set_status(organisation_id=org.pk, status=Organisation.Status.APPROVED)
 
     def _providers(self, calendar_start: datetime) -> list[Organisation]:
         prices = demo.reference_prices()
         providers = []
         for i, (city, name, _factor, _models) in enumerate(demo.PROVIDERS):
-            org = self._org("provider-demo" if i == 0 else f"provider-{i}", name, city,
-                            Organisation.Kind.PROVIDER, 100 + i)
+            org = self._org(
+                "provider-demo" if i == 0 else f"provider-{i}",
+                name,
+                city,
+                Organisation.Kind.PROVIDER,
+                100 + i,
+            )
             ref = self._site_in(city)
             Site.objects.create(
-                code=f"{ref.code}-p{i}", name=f"{name} DC", city=ref.city,
-                metro_area=ref.metro_area, hub=ref.hub, cluster=ref.cluster, provider=org,
+                code=f"{ref.code}-p{i}",
+                name=f"{name} DC",
+                city=ref.city,
+                metro_area=ref.metro_area,
+                hub=ref.hub,
+                cluster=ref.cluster,
+                provider=org,
             )
             providers.append(org)
         catalogue = {a.code: a for a in Accelerator.objects.all()}
@@ -123,9 +141,13 @@ class Command(BaseCommand):
             org = providers[group.provider_index]
             factor = demo.PROVIDERS[group.provider_index][2]
             offer_create(
-                provider=org, site=org.sites.get(), accelerator=catalogue[group.model],
-                gpu_count=group.gpu_count, gpus_per_node=group.gpus_per_node,
-                available_from=calendar_start, available_until=until,
+                provider=org,
+                site=org.sites.get(),
+                accelerator=catalogue[group.model],
+                gpu_count=group.gpu_count,
+                gpus_per_node=group.gpus_per_node,
+                available_from=calendar_start,
+                available_until=until,
                 price_per_gpu_hour=(prices[group.model] * factor).quantize(Decimal("0.0001")),
                 min_duration_hours=1,
             )
@@ -135,22 +157,30 @@ class Command(BaseCommand):
                 if site_in_region(programme, org.sites.get()):
                     for y in (year, year + 1):
                         CatalogueEntry.objects.get_or_create(
-                            programme=programme, provider=org, year=y,
-                            defaults={"status": CatalogueEntry.Status.APPROVED})
+                            programme=programme,
+                            provider=org,
+                            year=y,
+                            defaults={"status": CatalogueEntry.Status.APPROVED},
+                        )
         return providers
 
     def _smes(self, providers: list[Organisation]) -> list[Organisation]:
         smes = []
         for i, (city, name, programme_code, face) in enumerate(demo.SMES):
-            org = self._org("sme-demo" if i == 0 else f"sme-{i}", name, city,
-                            Organisation.Kind.SME, 200 + i)
+            org = self._org(
+                "sme-demo" if i == 0 else f"sme-{i}", name, city, Organisation.Kind.SME, 200 + i
+            )
             # one buyer is short of cash, so "funds short" shows in the report
-            wallet_deposit(organisation=org, amount=Decimal("3000.00") if i == 7
-                           else Decimal("2000000.00"), memo="demo funding")
+            wallet_deposit(
+                organisation=org,
+                amount=Decimal("3000.00") if i == 7 else Decimal("2000000.00"),
+                memo="demo funding",
+            )
             programme = Programme.objects.filter(code=programme_code).first()
             if programme is not None and face > 0:
-                application = voucher_application_submit(buyer=org, programme=programme,
-                                                          amount=face, purpose="demo")
+                application = voucher_application_submit(
+                    buyer=org, programme=programme, amount=face, purpose="demo"
+                )
                 voucher_application_approve(application_id=application.pk)
             smes.append(org)
         if not User.objects.filter(username="operator").exists():
@@ -168,7 +198,7 @@ class Command(BaseCommand):
             slot = int((task.arrival - calendar_start).total_seconds() // 3600) // SLOT_HOURS
             slots.setdefault(slot, []).append(task)
         last_slot = max(slots) if slots else 0
-        rejected = Counter()
+        rejected: Counter[str] = Counter()
         with tqdm(total=len(tasks), desc="replaying trace", unit="demand") as bar:
             for slot in range(last_slot + 1):
                 cycle_at = calendar_start + timedelta(hours=(slot + 1) * SLOT_HOURS)
@@ -180,11 +210,14 @@ class Command(BaseCommand):
                     limit_price = max(prices[m] for m in models) * demo.MARKUPS[(h >> 8) % 4]
                     try:
                         demand_create(
-                            buyer=buyer, accelerators=task.models, voucher=vouchers.get(buyer.pk),
-                            gpu_count=task.gpu_count, duration_hours=task.duration_hours,
+                            buyer=buyer,
+                            accelerators=task.models,
+                            voucher=vouchers.get(buyer.pk),
+                            gpu_count=task.gpu_count,
+                            duration_hours=task.duration_hours,
                             earliest_start=start,
-                            latest_end=start + timedelta(hours=task.duration_hours
-                                                         + demo.SLACK_HOURS),
+                            latest_end=start
+                            + timedelta(hours=task.duration_hours + demo.SLACK_HOURS),
                             max_price_per_gpu_hour=limit_price.quantize(Decimal("0.0001")),
                             locality_limit=demo.LIMITS[(h >> 16) % len(demo.LIMITS)],
                             enqueue_matching=False,
@@ -206,11 +239,15 @@ class Command(BaseCommand):
         match_all_hubs.delay(iso)
         expire_unaccepted.delay(iso)
         advance_reservations.delay(iso)
-        for i, r in enumerate(Reservation.objects.filter(status=Reservation.Status.ACTIVE)
-                              .select_related("provider").order_by("id")):
+        for i, r in enumerate(
+            Reservation.objects.filter(status=Reservation.Status.ACTIVE)
+            .select_related("provider")
+            .order_by("id")
+        ):
             if i % 25 == 0 and r.gpu_hours > 1:
-                reservation_report_usage(reservation_id=r.pk, provider=r.provider,
-                                         delivered_gpu_hours=r.gpu_hours // 2)
+                reservation_report_usage(
+                    reservation_id=r.pk, provider=r.provider, delivered_gpu_hours=r.gpu_hours // 2
+                )
         settle_completed.delay()
 
     # --- report -------------------------------------------------------------------------
@@ -220,33 +257,46 @@ class Command(BaseCommand):
         billed = settled.aggregate(bill=Sum("bill"))
         from ledger.models import Entry, Transaction
 
-        refunds = quantize_money(Entry.objects.filter(
-            transaction__reason=Transaction.Reason.SETTLEMENT, account__kind__in=["wallet",
-                                                                                  "voucher"]
-        ).aggregate(s=Sum("amount"))["s"] or Decimal(0))
-        claims = quantize_money(ReimbursementClaim.objects.aggregate(s=Sum("amount"))["s"] or 0)
-        charged = quantize_money(billed["bill"] or 0) - refunds
+        refunds = quantize_money(
+            Entry.objects.filter(
+                transaction__reason=Transaction.Reason.SETTLEMENT,
+                account__kind__in=["wallet", "voucher"],
+            ).aggregate(s=Sum("amount"))["s"]
+            or Decimal(0)
+        )
+        claims = quantize_money(
+            ReimbursementClaim.objects.aggregate(s=Sum("amount"))["s"] or Decimal(0)
+        )
+        charged = quantize_money(billed["bill"] or Decimal(0)) - refunds
         voucher_paid = claims
         cash_paid = charged - voucher_paid
         unserved = Counter(
-            Demand.objects.exclude(status__in=[Demand.Status.RESERVED, Demand.Status.MATCHED])
-            .values_list("unmatched_reason", flat=True))
-        trades = InterHubTrade.objects.values("exporting_hub__code", "importing_hub__code"
-                                              ).annotate(n=Count("id"), gpu_hours=Sum("gpu_hours"),
-                                                         value=Sum("value")).order_by(
-                                                             "exporting_hub__code",
-                                                             "importing_hub__code")
+            Demand.objects.exclude(
+                status__in=[Demand.Status.RESERVED, Demand.Status.MATCHED]
+            ).values_list("unmatched_reason", flat=True)
+        )
+        trades = (
+            InterHubTrade.objects.values("exporting_hub__code", "importing_hub__code")
+            .annotate(n=Count("id"), gpu_hours=Sum("gpu_hours"), value=Sum("value"))
+            .order_by("exporting_hub__code", "importing_hub__code")
+        )
         budget = []
         for p in Programme.objects.order_by("code"):
-            issued = quantize_money(p.vouchers.aggregate(s=Sum("face_value"))["s"] or 0)
-            redeemed = quantize_money(p.claims.aggregate(s=Sum("amount"))["s"] or 0)
-            budget.append({"programme": p.code, "issued": str(issued),
-                           "redeemed": str(redeemed),
-                           "budget_left": str(p.accounts.get(kind="programme").balance)})
+            issued = quantize_money(p.vouchers.aggregate(s=Sum("face_value"))["s"] or Decimal(0))
+            redeemed = quantize_money(p.claims.aggregate(s=Sum("amount"))["s"] or Decimal(0))
+            budget.append(
+                {
+                    "programme": p.code,
+                    "issued": str(issued),
+                    "redeemed": str(redeemed),
+                    "budget_left": str(p.accounts.get(kind="programme").balance),
+                }
+            )
         cycles = MatchingCycle.objects.aggregate(n=Count("id"), s=Sum("seconds"))
-        gpu_hours = sum(r.delivered_gpu_hours if r.delivered_gpu_hours is not None
-                        else r.gpu_hours for r in settled.only("start", "end", "gpu_count",
-                                                               "delivered_gpu_hours"))
+        gpu_hours = sum(
+            r.delivered_gpu_hours if r.delivered_gpu_hours is not None else r.gpu_hours
+            for r in settled.only("start", "end", "gpu_count", "delivered_gpu_hours")
+        )
         problems = ledger_audit()
         posted = Demand.objects.count()
         served = Demand.objects.filter(status=Demand.Status.RESERVED).count()
@@ -266,13 +316,18 @@ class Command(BaseCommand):
             "refunded_undelivered": str(refunds),
             "budget_by_programme": budget,
             "inter_hub_trades": InterHubTrade.objects.count(),
-            "inter_hub_matrix": [{"exporting": t["exporting_hub__code"],
-                                  "importing": t["importing_hub__code"], "trades": t["n"],
-                                  "gpu_hours": t["gpu_hours"],
-                                  "value": str(quantize_money(t["value"]))}
-                                 for t in trades],
+            "inter_hub_matrix": [
+                {
+                    "exporting": t["exporting_hub__code"],
+                    "importing": t["importing_hub__code"],
+                    "trades": t["n"],
+                    "gpu_hours": t["gpu_hours"],
+                    "value": str(quantize_money(t["value"] or Decimal(0))),
+                }
+                for t in trades
+            ],
             "matching_cycles": cycles["n"],
-            "seconds_per_cycle": round((cycles["s"] or 0) / max(1, cycles["n"] or 1), 4),
+            "seconds_per_cycle": round((cycles["s"] or Decimal(0)) / max(1, cycles["n"] or 1), 4),
             "ledger_audit_ok": not problems,
             "ledger_audit_problems": problems[:20],
             "usd_cny_rate": str(demo.USD_CNY),
@@ -286,8 +341,10 @@ class Command(BaseCommand):
         w = self.stdout.write
         w("")
         w("Suanli Exchange — demo on the Alibaba GPU trace")
-        w(f"  demands posted        {r['demands_posted']:>10}   (refused at entry: "
-          f"{r['demands_rejected_at_entry'] or 'none'})")
+        w(
+            f"  demands posted        {r['demands_posted']:>10}   (refused at entry: "
+            f"{r['demands_rejected_at_entry'] or 'none'})"
+        )
         w(f"  demands served        {r['demands_served']:>10}")
         w(f"  demands unserved      {r['demands_unserved']:>10}   {r['unserved_by_reason']}")
         w(f"  offers / GPUs         {r['offers']:>10} / {r['gpus_offered']}")
@@ -297,17 +354,25 @@ class Command(BaseCommand):
         w(f"    cash part           {r['cash_total']:>14}")
         w(f"    refunded undelivered{r['refunded_undelivered']:>14}")
         for b in r["budget_by_programme"]:
-            w(f"  programme {b['programme']:<14} issued {b['issued']:>12}  redeemed "
-              f"{b['redeemed']:>11}  budget left {b['budget_left']}")
+            w(
+                f"  programme {b['programme']:<14} issued {b['issued']:>12}  redeemed "
+                f"{b['redeemed']:>11}  budget left {b['budget_left']}"
+            )
         w(f"  inter-hub trades      {r['inter_hub_trades']:>10}")
         for t in r["inter_hub_matrix"]:
-            w(f"    {t['exporting']:>22} → {t['importing']:<22} {t['trades']:>4} trades "
-              f"{t['gpu_hours']:>6} GPU-h  ¥{t['value']}")
-        w(f"  matching cycles       {r['matching_cycles']:>10}   "
-          f"{r['seconds_per_cycle']} s per cycle")
+            w(
+                f"    {t['exporting']:>22} → {t['importing']:<22} {t['trades']:>4} trades "
+                f"{t['gpu_hours']:>6} GPU-h  ¥{t['value']}"
+            )
+        w(
+            f"  matching cycles       {r['matching_cycles']:>10}   "
+            f"{r['seconds_per_cycle']} s per cycle"
+        )
         w(f"  ledger audit          {'clean' if r['ledger_audit_ok'] else 'FAILED'}")
         w(f"  took                  {r['seconds_total']} s   (report: {path})")
         w("")
-        w(f"Log in at http://127.0.0.1:8000/ — SME: sme-demo / {DEMO_PASSWORD}; provider "
-          f"console /console/: provider-demo / {DEMO_PASSWORD}; operator /admin/: operator / "
-          f"{DEMO_PASSWORD}")
+        w(
+            f"Log in at http://127.0.0.1:8000/ — SME: sme-demo / {DEMO_PASSWORD}; provider "
+            f"console /console/: provider-demo / {DEMO_PASSWORD}; operator /admin/: operator / "
+            f"{DEMO_PASSWORD}"
+        )

@@ -24,8 +24,12 @@ from vouchers.services import programme_fund
 
 
 def _upsert(
-    model: type[models.Model], lookup: dict[str, Any], values: dict[str, Any],
-    counter: Counter[str], *, create_only: dict[str, Any] | None = None,
+    model: type[models.Model],
+    lookup: dict[str, Any],
+    values: dict[str, Any],
+    counter: Counter[str],
+    *,
+    create_only: dict[str, Any] | None = None,
 ) -> models.Model:
     """``update_or_create`` that saves only when a value differs, and counts what it did.
 
@@ -66,22 +70,26 @@ def load_reference(*, today: date | None = None) -> dict[str, Counter[str]]:
     tz = ZoneInfo(getattr(settings, "PROGRAMME_TIME_ZONE", "Asia/Shanghai"))
     today = today or datetime.now(tz).date()
     stats: dict[str, Counter[str]] = {
-        kind: Counter() for kind in
-        ("hubs", "clusters", "sites", "latencies", "accelerators", "programmes")
+        kind: Counter()
+        for kind in ("hubs", "clusters", "sites", "latencies", "accelerators", "programmes")
     }
     with transaction.atomic():
         hubs: dict[str, Hub] = {}
         for row in reference.HUBS:
             values = {k: v for k, v in row.items() if k != "code"}
-            hubs[row["code"]] = _upsert(Hub, {"code": row["code"]}, values,  # type: ignore[assignment]
-                                        stats["hubs"])
+            hubs[row["code"]] = _upsert(
+                Hub,
+                {"code": row["code"]},
+                values,  # type: ignore[assignment]
+                stats["hubs"],
+            )
 
         clusters: dict[str, Cluster] = {}
         for row in reference.CLUSTERS:
-            values = {"name": row["name"], "name_zh": row["name_zh"],
-                      "hub_id": hubs[row["hub"]].pk}
+            values = {"name": row["name"], "name_zh": row["name_zh"], "hub_id": hubs[row["hub"]].pk}
             clusters[row["code"]] = _upsert(  # type: ignore[assignment]
-                Cluster, {"code": row["code"]}, values, stats["clusters"])
+                Cluster, {"code": row["code"]}, values, stats["clusters"]
+            )
 
         sites: dict[str, Site] = {}
         for row in reference.SITES:
@@ -92,21 +100,37 @@ def load_reference(*, today: date | None = None) -> dict[str, Counter[str]]:
                 sites[row["code"]] = existing
                 continue
             cluster = clusters[row["cluster"]].pk if row["cluster"] else None
-            values = {"name": row["name"], "city": row["city"], "metro_area": row["metro_area"],
-                      "hub_id": hubs[row["hub"]].pk, "cluster_id": cluster, "provider_id": None}
+            values = {
+                "name": row["name"],
+                "city": row["city"],
+                "metro_area": row["metro_area"],
+                "hub_id": hubs[row["hub"]].pk,
+                "cluster_id": cluster,
+                "provider_id": None,
+            }
             sites[row["code"]] = _upsert(  # type: ignore[assignment]
-                Site, {"code": row["code"]}, values, stats["sites"])
+                Site, {"code": row["code"]}, values, stats["sites"]
+            )
 
         for a, b, ms in reference.HUB_LATENCY_MS:
             for src, dst in ((a, b), (b, a)):
-                _upsert(HubLatency, {"from_hub_id": hubs[src].pk, "to_hub_id": hubs[dst].pk},
-                        {"latency_ms": ms}, stats["latencies"])
+                _upsert(
+                    HubLatency,
+                    {"from_hub_id": hubs[src].pk, "to_hub_id": hubs[dst].pk},
+                    {"latency_ms": ms},
+                    stats["latencies"],
+                )
 
         for row in reference.ACCELERATORS:
-            values = {"vendor": row["vendor"], "memory_gb": row["memory_gb"],
-                      "bf16_tflops": row["bf16_tflops"], "interconnect": row["interconnect"],
-                      "is_domestic": row["is_domestic"], "aliases": list(row["aliases"]),
-                      "note": row.get("note", "")}
+            values = {
+                "vendor": row["vendor"],
+                "memory_gb": row["memory_gb"],
+                "bf16_tflops": row["bf16_tflops"],
+                "interconnect": row["interconnect"],
+                "is_domestic": row["is_domestic"],
+                "aliases": list(row["aliases"]),
+                "note": row.get("note", ""),
+            }
             _upsert(Accelerator, {"code": row["code"]}, values, stats["accelerators"])
 
         for row in reference.PROGRAMMES:
@@ -114,14 +138,19 @@ def load_reference(*, today: date | None = None) -> dict[str, Counter[str]]:
             values = {k: v for k, v in row.items() if k != "code" and k not in scope}
             counter: Counter[str] = Counter()
             programme: Programme = _upsert(  # type: ignore[assignment]
-                Programme, {"code": row["code"]}, values, counter,
+                Programme,
+                {"code": row["code"]},
+                values,
+                counter,
                 create_only={"effective_from": today.replace(month=1, day=1)},
             )
-            scope_changed = any([
-                _set_m2m(programme.hubs, [hubs[c] for c in row["hubs"]]),
-                _set_m2m(programme.clusters, [clusters[c] for c in row["clusters"]]),
-                _set_m2m(programme.sites, [sites[c] for c in row["sites"]]),
-            ])
+            scope_changed = any(
+                [
+                    _set_m2m(programme.hubs, [hubs[c] for c in row["hubs"]]),
+                    _set_m2m(programme.clusters, [clusters[c] for c in row["clusters"]]),
+                    _set_m2m(programme.sites, [sites[c] for c in row["sites"]]),
+                ]
+            )
             if scope_changed and counter["unchanged"]:
                 counter = Counter(updated=1)
             stats["programmes"].update(counter)
@@ -144,8 +173,10 @@ def summary(stats: dict[str, Counter[str]]) -> str:
 
 
 class Command(BaseCommand):
-    help = "Load the shipped reference data (hubs, clusters, sites, latencies, accelerators, " \
-           "voucher programmes). Safe to run again."
+    help = (
+        "Load the shipped reference data (hubs, clusters, sites, latencies, accelerators, "
+        "voucher programmes). Safe to run again."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.stdout.write(summary(load_reference()))

@@ -1,0 +1,42 @@
+# Suanli Exchange — the two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SERVE  ?= 1
+DEMANDS ?= 2000
+
+.PHONY: run test install services lint check clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## The demo on the real Alibaba trace on the embedded default (SQLite, in-process Celery),
+## then the site on http://127.0.0.1:8000 (SERVE=0 stops after the report).
+run: install
+	env -u DATABASE_URL -u REDIS_URL DJANGO_SETTINGS_MODULE=marketplace.settings.local \
+		$(PY) manage.py demo --fresh --demands $(DEMANDS)
+	@if [ "$(SERVE)" != "0" ]; then \
+		env -u DATABASE_URL -u REDIS_URL DJANGO_SETTINGS_MODULE=marketplace.settings.local \
+		$(PY) manage.py runserver 127.0.0.1:8000 --noreload; fi
+
+## The whole suite against the local PostgreSQL and Redis, after the static checks.
+test: install services check
+	$(PY) -m pytest
+
+services:
+	./scripts/ensure-services.sh
+
+check: install
+	DJANGO_SETTINGS_MODULE=marketplace.settings.test $(PY) manage.py makemigrations --check --dry-run
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+clean:
+	rm -rf $(VENV) db.sqlite3 demo-report.json .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""Small shared type aliases."""
+
+import uuid
+
+ObjectId = uuid.UUID | str  # a primary key as the ORM accepts it
