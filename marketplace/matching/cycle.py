@@ -14,7 +14,15 @@ from django.utils import timezone
 from accounts.models import Organisation
 from ledger.models import Account
 from marketplace.errors import DomainError
-from marketplace.models import Accelerator, Demand, Hub, MatchingCycle, Offer, Reservation
+from marketplace.models import (
+    Accelerator,
+    Demand,
+    Hub,
+    HubLatency,
+    MatchingCycle,
+    Offer,
+    Reservation,
+)
 from marketplace.services import reservation_create
 from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
 from marketplace.types import ObjectId
@@ -109,10 +117,12 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
             status=Offer.Status.ACTIVE,
             available_until__gt=from_hour_index(now_h),
             accelerator__code__in=wanted,
-        ).select_related("site", "accelerator")
+        )
+        .select_related("site", "accelerator")
+        .order_by("created_at", "id")
     )
     offer_snaps: dict[str, OfferSnap] = {}
-    for o in offers:
+    for listed, o in enumerate(offers):
         start = max(hour_index(o.available_from), now_h)
         end = hour_index(o.available_until)
         if end <= start:
@@ -127,6 +137,7 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
             start=start,
             end=end,
             min_duration=o.min_duration_hours,
+            listed=listed,
         )
     for offer_id, r_start, r_end, gpus in Reservation.objects.filter(
         offer_id__in=list(offer_snaps),
@@ -180,7 +191,11 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
             return None
         t0 = time.perf_counter()
         demands, offers = snapshot_load(hub, now)
-        result: Result = solve_greedy(demands, offers)
+        latency = {
+            (str(a), str(b)): float(ms)
+            for a, b, ms in HubLatency.objects.values_list("from_hub_id", "to_hub_id", "latency_ms")
+        }
+        result: Result = solve_greedy(demands, offers, latency=latency)
         made = 0
         for match in result.matches:
             try:

@@ -11,7 +11,7 @@ the pair with the lowest cost to the buyer after the voucher wins, then the earl
 offer id. Capacity taken by a match is removed from the offer's timeline before the next demand.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
@@ -54,6 +54,7 @@ class OfferSnap:
     end: int
     min_duration: int = 1
     used: list[int] = field(default_factory=list)
+    listed: int = 0  # listing order (smaller = listed earlier): the last tie-breaker
 
     def __post_init__(self) -> None:
         if not self.used:
@@ -171,17 +172,22 @@ def solve_greedy(
     demands: Iterable[DemandSnap],
     offers: Iterable[OfferSnap],
     on_match: Callable[[Match], None] | None = None,
+    latency: Mapping[tuple[str, str], float] | None = None,
 ) -> Result:
-    """Run one greedy cycle. ``offers`` timelines are updated in place as capacity is taken."""
+    """Run one greedy cycle. ``offers`` timelines are updated in place as capacity is taken.
+
+    ``latency`` maps ``(hub, hub)`` to milliseconds: across hubs, among offers of equal cost to
+    the buyer the lower-latency hub wins (docking "other hubs by latency", §4.3).
+    """
     by_model: dict[str, list[OfferSnap]] = {}
     by_id: dict[str, OfferSnap] = {}
-    for offer in sorted(offers, key=lambda o: o.id):
+    for offer in sorted(offers, key=lambda o: (o.listed, o.id)):
         by_model.setdefault(offer.model, []).append(offer)
         by_id[offer.id] = offer
     result = Result(matches=[], unserved={})
     ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
     for demand in ordered:
-        match, reason, considered = _best_pair(demand, by_model)
+        match, reason, considered = _best_pair(demand, by_model, latency or {})
         result.pairs_considered += considered
         if match is None:
             result.unserved[demand.id] = reason
@@ -197,10 +203,12 @@ def solve_greedy(
 
 
 def _best_pair(
-    demand: DemandSnap, by_model: dict[str, list[OfferSnap]]
+    demand: DemandSnap,
+    by_model: dict[str, list[OfferSnap]],
+    latency: Mapping[tuple[str, str], float],
 ) -> tuple[Match | None, str, int]:
     limit = tier_rank(demand.limit)
-    best: dict[int, tuple[tuple, Match]] = {}
+    best: dict[int, tuple[tuple[Decimal, float, int, int, str], Match]] = {}
     blocked = 0  # index into REASONS of the furthest rule any candidate passed
     considered = 0
     origin = demand.origin
@@ -230,7 +238,8 @@ def _best_pair(
                 continue
             bill = bill_of(demand.gpu_count, demand.duration, offer.price)
             vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
-            key = (bill - vpart, start, offer.id)
+            distance = latency.get((origin.hub, site.hub), 0.0) if rank == 3 else 0.0
+            key = (bill - vpart, distance, start, offer.listed, offer.id)
             current = best.get(rank)
             if current is None or key < current[0]:
                 best[rank] = (key, Match(demand.id, offer.id, start, TIERS[rank], bill, vpart))

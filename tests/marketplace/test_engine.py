@@ -152,3 +152,23 @@ def test_no_offer_is_ever_overbooked_and_windows_hold(demands, offers):
     # deterministic: the same snapshot gives the same result
     again = solve_greedy(ds, [OfferSnap(**{**o.__dict__, "used": []}) for o in snaps])
     assert again.matches == result.matches
+
+
+def test_docking_prefers_the_lower_latency_hub_at_equal_cost():
+    far = offer("a-far", SiteRef("s-zw", "Zhongwei", "Zhongwei", "ningxia"))
+    near = offer("b-near", QINGYANG)
+    latency = {("cc", "gansu"): 9.0, ("cc", "ningxia"): 12.0}
+    result = solve_greedy([demand("d")], [far, near], latency=latency)
+    assert [m.offer_id for m in result.matches] == ["b-near"]
+    latency = {("cc", "gansu"): 14.0, ("cc", "ningxia"): 12.0}
+    result = solve_greedy([demand("d")], [far, near], latency=latency)
+    assert [m.offer_id for m in result.matches] == ["a-far"]
+
+
+def test_ties_go_to_the_offer_listed_first_not_to_the_id():
+    first = offer("zzz", DEYANG)
+    first.listed = 0
+    second = offer("aaa", DEYANG)
+    second.listed = 1
+    result = solve_greedy([demand("d")], [second, first])
+    assert [m.offer_id for m in result.matches] == ["zzz"]
