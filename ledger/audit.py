@@ -69,6 +69,11 @@ def ledger_audit() -> list[str]:
         if claim.amount > claim.reservation.voucher_part:
             problems.append(f"claim {claim.pk} exceeds the reservation's voucher part")
 
+    for account in Account.objects.filter(
+        kind=Account.Kind.VOUCHER, voucher__status="expired", balance__gt=0
+    ):
+        problems.append(f"expired voucher {account.voucher_id} still holds {account.balance}")
+
     for account in Account.objects.filter(kind=Account.Kind.VOUCHER).select_related("voucher"):
         if account.voucher is not None and account.balance > account.voucher.face_value:
             problems.append(f"voucher {account.voucher_id} balance above face value")

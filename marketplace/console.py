@@ -221,7 +221,7 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
         "available_until",
         "status",
     )
-    list_filter = ("status", "accelerator", "site")
+    list_filter = ("status", "accelerator", ("site", admin.RelatedOnlyFieldListFilter))
     search_fields = ("site__code", "site__city", "accelerator__code")
     list_select_related = ("site", "accelerator")
     readonly_fields = ("status", "peak_reserved", "created_at", "updated_at")

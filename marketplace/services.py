@@ -24,7 +24,7 @@ from ledger.services import (
     voucher_account,
 )
 from vouchers.models import Programme, ReimbursementClaim, Voucher
-from vouchers.services import Split, voucher_split
+from vouchers.services import Split, voucher_refund_account, voucher_split
 
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from .locality import tier_between, tier_rank
@@ -151,8 +151,14 @@ def _offer_check(offer: Offer) -> None:
     site = offer.site
     if site.provider_id is not None and site.provider_id != offer.provider_id:
         raise NotFound("no such site", field="site")
-    if not offer.provider.is_provider:
+    _provider_check(offer.provider)
+
+
+def _provider_check(provider: Organisation) -> None:
+    if not provider.is_provider:
         raise PermissionDenied("only providers list offers", code="not_a_provider")
+    if provider.status != Organisation.Status.APPROVED:
+        raise PermissionDenied("organisation is not approved", code="organisation_not_approved")
 
 
 @transaction.atomic
@@ -226,6 +232,8 @@ def _offer_locked(offer_id: ObjectId, provider: Organisation) -> Offer:
 def offer_set_status(*, offer_id: ObjectId, provider: Organisation, status: str) -> Offer:
     """Move an offer along ``draft → active ⇄ paused → withdrawn`` (§3); else ``Conflict``."""
     offer = _offer_locked(offer_id, provider)
+    if status == Offer.Status.ACTIVE:
+        _provider_check(offer.provider)
     if status not in Offer.TRANSITIONS[offer.status]:
         raise Conflict(f"cannot go from {offer.status} to {status}", code="illegal_transition")
     offer.status = status
@@ -243,6 +251,13 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
     demand.max_price_per_gpu_hour = _money_input(
         demand.max_price_per_gpu_hour, "max_price_per_gpu_hour", places=4
     )
+    for name in ("earliest_start", "latest_end"):
+        if not is_whole_hour(getattr(demand, name)):
+            raise ValidationFailed(
+                "must be a whole UTC hour (reservations use whole-hour intervals)",
+                code="not_whole_hour",
+                field=name,
+            )
     if demand.latest_end <= demand.earliest_start:
         raise ValidationFailed(
             "must be after earliest_start", code="window_invalid", field="latest_end"
@@ -524,6 +539,10 @@ def _pair_check(
 ) -> None:
     if offer.status != Offer.Status.ACTIVE:
         raise Conflict(f"offer is {offer.status}", code="offer_not_active")
+    if offer.provider.status != Organisation.Status.APPROVED:
+        raise Conflict("provider is not approved", code="provider_not_approved")
+    if demand.buyer.status != Organisation.Status.APPROVED:
+        raise Conflict("buyer is not approved", code="organisation_not_approved")
     if offer.provider_id == demand.buyer_id:
         raise ValidationFailed("an organisation cannot trade with itself", code="self_trade")
     if not is_whole_hour(start) or start < now:
@@ -566,13 +585,28 @@ def _reservation_locked(
 
 
 def reservation_accept(
-    *, reservation_id: ObjectId, buyer: Organisation, actor: User | None = None
+    *,
+    reservation_id: ObjectId,
+    buyer: Organisation,
+    actor: User | None = None,
+    now: datetime | None = None,
 ) -> Reservation:
-    """The buyer accepts a ``held`` reservation (``held → confirmed``); else ``Conflict``."""
+    """The buyer accepts a ``held`` reservation (``held → confirmed``) within ``ACCEPT_TTL`` of
+    the match. Raises ``Conflict(code="accept_ttl_passed")`` after the TTL (the reservation is
+    expired and its hold released on the spot) and ``Conflict`` for any other state."""
     with transaction.atomic(durable=True):
         reservation = _reservation_locked(reservation_id, buyer=buyer)
-        _transition(reservation, Reservation.Status.CONFIRMED, actor, "accepted")
-        Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.RESERVED)
+        late = (
+            reservation.status == Reservation.Status.HELD
+            and reservation.created_at <= (now or timezone.now()) - settings.ACCEPT_TTL
+        )
+        if late:
+            _expire_held(reservation)
+        else:
+            _transition(reservation, Reservation.Status.CONFIRMED, actor, "accepted")
+            Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.RESERVED)
+    if late:
+        raise Conflict("the time to accept has passed", code="accept_ttl_passed")
     return reservation
 
 
@@ -585,7 +619,7 @@ def _release(reservation: Reservation, fee: Decimal, reason: str) -> None:
     ]
     if reservation.voucher_part:
         assert reservation.voucher_id is not None
-        legs.append((voucher_account(reservation.voucher_id), reservation.voucher_part))
+        legs.append((voucher_refund_account(reservation.voucher_id), reservation.voucher_part))
     legs.append(
         (organisation_account(reservation.buyer, Account.Kind.WALLET), reservation.cash_part - fee)
     )
@@ -652,11 +686,16 @@ def reservations_expire_unaccepted(*, now: datetime | None = None) -> int:
             )
             if reservation is None:
                 continue
-            _transition(reservation, Reservation.Status.EXPIRED, note="accept TTL passed")
-            _release(reservation, ZERO, Transaction.Reason.RELEASE)
-            Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.OPEN)
+            _expire_held(reservation)
             count += 1
     return count
+
+
+def _expire_held(reservation: Reservation) -> None:
+    """``held → expired``: release the hold; the demand is open again for the next cycle."""
+    _transition(reservation, Reservation.Status.EXPIRED, note="accept TTL passed")
+    _release(reservation, ZERO, Transaction.Reason.RELEASE)
+    Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.OPEN)
 
 
 def reservations_advance(*, now: datetime | None = None) -> tuple[int, int]:
@@ -756,7 +795,7 @@ def reservation_settle(*, reservation_id: ObjectId) -> Reservation:
         ]
         if r.voucher_id:
             legs += [
-                (voucher_account(r.voucher_id), refund_v),
+                (voucher_refund_account(r.voucher_id), refund_v),
                 (organisation_account(r.provider, Account.Kind.CLAIMS), paid_v),
             ]
         transaction_post(

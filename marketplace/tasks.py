@@ -61,8 +61,7 @@ def settle_completed() -> int:
     for rid in Reservation.objects.filter(status=Reservation.Status.COMPLETED).values_list(
         "pk", flat=True
     ):
-        settle_reservation(str(rid))
-        settled += 1
+        settled += settle_reservation(str(rid))
     return settled
 
 

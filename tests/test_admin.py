@@ -18,7 +18,7 @@ from marketplace.models import Offer, Reservation
 from marketplace.services import reservation_create
 from tests.factories import DemandFactory, OrganisationFactory
 from vouchers.models import CatalogueEntry, Programme, Voucher, VoucherApplication
-from vouchers.services import voucher_application_submit
+from vouchers.services import voucher_application_submit, voucher_issue
 
 pytestmark = pytest.mark.django_db
 
@@ -127,9 +127,11 @@ def test_approve_application_action_issues_a_voucher(operator_client, buyer, pro
 
 
 def test_refused_action_shows_an_error_and_changes_nothing(operator_client, buyer, programme):
-    # given an application over the buyer's annual cap (¥5 M in the Chengdu 2025 programme)
+    # given a buyer ¥1,000 short of the annual cap (¥5 M in the Chengdu 2025 programme) and an
+    # application for ¥1,000.01
+    voucher_issue(programme=programme, owner=buyer, face_value=Decimal("4999000.00"))
     application = voucher_application_submit(
-        buyer=buyer, programme=programme, amount=Decimal("5000000.01")
+        buyer=buyer, programme=programme, amount=Decimal("1000.01")
     )
     # when the operator tries to approve it
     response = operator_client.post(

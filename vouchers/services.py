@@ -20,7 +20,7 @@ from marketplace.errors import Conflict, Unprocessable, ValidationFailed
 from marketplace.money import ZERO, floor_money, quantize_money
 from marketplace.types import ObjectId
 
-from .models import CatalogueEntry, Programme, Voucher, VoucherApplication
+from .models import CatalogueEntry, Programme, ReimbursementClaim, Voucher, VoucherApplication
 
 
 def programme_year(programme: Programme, at: datetime) -> int:
@@ -31,6 +31,15 @@ def programme_year(programme: Programme, at: datetime) -> int:
 def _year_bounds(programme: Programme, year: int) -> tuple[datetime, datetime]:
     tz = ZoneInfo(programme.time_zone)
     return (datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz))
+
+
+def programme_in_effect(programme: Programme, at: datetime) -> bool:
+    """Whether ``at`` falls in the programme's effective window (dates in its time zone,
+    ``effective_until`` inclusive; none = open-ended)."""
+    day = at.astimezone(ZoneInfo(programme.time_zone)).date()
+    if day < programme.effective_from:
+        return False
+    return programme.effective_until is None or day <= programme.effective_until
 
 
 def programme_fund(programme: Programme) -> None:
@@ -66,14 +75,29 @@ def voucher_application_submit(
 ) -> VoucherApplication:
     """A buyer applies for a voucher of ``amount`` CNY.
 
-    Raises ``ValidationFailed`` (field ``amount``) below the programme's minimum voucher amount,
-    and ``PermissionDenied``-like ``ValidationFailed`` when the organisation is not a buyer.
+    Raises ``ValidationFailed`` (field ``amount``) for an amount that is not positive CNY to the
+    fen, below the programme's minimum voucher amount or above its per-buyer annual cap;
+    ``ValidationFailed(code="programme_not_in_effect")`` outside the programme's effective
+    window; ``ValidationFailed(code="not_a_buyer")`` when the organisation is not a buyer.
     """
-    amount = Decimal(amount)
+    try:
+        amount = Decimal(str(amount))
+    except (ArithmeticError, ValueError) as exc:
+        raise ValidationFailed("not a decimal number", field="amount") from exc
     if not buyer.is_buyer:
         raise ValidationFailed("only SMEs (buyers) can apply for vouchers", code="not_a_buyer")
-    if amount <= 0 or amount != quantize_money(amount):
+    if not amount.is_finite() or amount <= 0 or amount != quantize_money(amount):
         raise ValidationFailed("amount must be positive CNY to the fen", field="amount")
+    if amount > programme.buyer_annual_cap:
+        raise ValidationFailed(
+            f"above the programme's per-buyer annual cap ¥{programme.buyer_annual_cap}",
+            code="buyer_cap_exceeded",
+            field="amount",
+        )
+    if not programme_in_effect(programme, timezone.now()):
+        raise ValidationFailed(
+            "the programme is not in effect", code="programme_not_in_effect", field="programme"
+        )
     if amount < programme.min_voucher_amount:
         raise ValidationFailed(
             f"below the programme's minimum voucher amount ¥{programme.min_voucher_amount}",
@@ -138,6 +162,10 @@ def voucher_issue(
     (else ``Unprocessable(code="buyer_cap_exceeded")``).
     """
     now = now or timezone.now()
+    if not programme_in_effect(programme, now):
+        raise ValidationFailed(
+            "the programme is not in effect", code="programme_not_in_effect", field="programme"
+        )
     programme = Programme.objects.select_for_update().get(pk=programme.pk)
     face_value = quantize_money(Decimal(face_value))
     if face_value < programme.min_voucher_amount:
@@ -211,6 +239,8 @@ def voucher_ineligibility(
         return "voucher_not_owned"
     if voucher.status != Voucher.Status.ACTIVE or at >= voucher.expires_at:
         return "voucher_expired"
+    if not programme_in_effect(programme, at):
+        return "programme_not_in_effect"
     if buyer.pk == provider.pk or buyer.related.filter(pk=provider.pk).exists():
         return "related_party"
     year = programme_year(programme, at)
@@ -241,19 +271,31 @@ def programme_limits_left(
     programme: Programme, buyer: Organisation, at: datetime
 ) -> tuple[Decimal, Decimal]:
     """``(budget left, buyer's cap left)`` for redemptions in ``at``'s programme year, in CNY:
-    the annual budget and the per-buyer cap less voucher parts already held or redeemed."""
+    the annual budget and the per-buyer cap less voucher parts still held (live reservations)
+    and voucher parts actually redeemed (reimbursement claims of settled ones, i.e. after any
+    refund of undelivered hours)."""
     from marketplace.models import Reservation
 
     lo, hi = _year_bounds(programme, programme_year(programme, at))
-    used = Reservation.objects.filter(
+    held = Reservation.objects.filter(
         voucher__programme=programme,
-        status__in=Reservation.CAPACITY_STATUSES,
+        status__in=("held", "confirmed", "active", "completed"),
         created_at__gte=lo,
         created_at__lt=hi,
     )
-    budget_used = used.aggregate(s=Sum("voucher_part"))["s"] or ZERO
-    buyer_used = used.filter(buyer=buyer).aggregate(s=Sum("voucher_part"))["s"] or ZERO
-    return programme.annual_budget - budget_used, programme.buyer_annual_cap - buyer_used
+    redeemed = ReimbursementClaim.objects.filter(
+        programme=programme, reservation__created_at__gte=lo, reservation__created_at__lt=hi
+    )
+    budget_used = (held.aggregate(s=Sum("voucher_part"))["s"] or ZERO) + (
+        redeemed.aggregate(s=Sum("amount"))["s"] or ZERO
+    )
+    buyer_used = (held.filter(buyer=buyer).aggregate(s=Sum("voucher_part"))["s"] or ZERO) + (
+        redeemed.filter(reservation__buyer=buyer).aggregate(s=Sum("amount"))["s"] or ZERO
+    )
+    return (
+        quantize_money(programme.annual_budget - budget_used),
+        quantize_money(programme.buyer_annual_cap - buyer_used),
+    )
 
 
 def voucher_split(
@@ -316,3 +358,14 @@ def catalogue_entry_approve(*, entry_id: ObjectId) -> CatalogueEntry:
         entry.status = CatalogueEntry.Status.APPROVED
         entry.save(update_fields=["status"])
     return entry
+
+
+def voucher_refund_account(voucher_id: ObjectId) -> Account:
+    """Where value returned to a voucher goes: the voucher's own account, or — once its unused
+    balance has lapsed — straight back to the programme budget (§5.6: unused balance after expiry
+    lapses back). A voucher past ``expires_at`` but not yet lapsed keeps it; the daily lapse job
+    sweeps it then."""
+    voucher = Voucher.objects.only("status", "programme_id").get(pk=voucher_id)
+    if voucher.status == Voucher.Status.EXPIRED:
+        return programme_account(voucher.programme_id)
+    return voucher_account(voucher_id)

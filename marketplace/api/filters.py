@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.selectors import organisation_of
+from marketplace.api.fields import is_naive_iso
 from marketplace.errors import ValidationFailed
 from marketplace.models import Demand, Hub, LocalityTier, Offer, Reservation, Site
 from marketplace.services import MAX_GPUS, MAX_PRICE, accelerators_resolve
@@ -106,6 +107,10 @@ class OfferFilter(django_filters.FilterSet):
 
     def is_valid(self) -> bool:
         valid = super().is_valid()
+        for name in ("window_start", "window_end"):
+            if name in self.form.cleaned_data and is_naive_iso(self.data.get(name)):
+                self.form.add_error(name, "must include a time zone offset, e.g. Z")
+                valid = False
         if valid:
             start = self.form.cleaned_data.get("window_start")
             end = self.form.cleaned_data.get("window_end")

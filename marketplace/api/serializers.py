@@ -25,6 +25,7 @@ from marketplace.models import (
 from marketplace.services import MAX_GPUS, MAX_HOURS, MAX_PRICE
 
 from .base import StrictSerializer
+from .fields import AwareDateTimeField
 
 
 def price_field(**kwargs: Any) -> serializers.DecimalField:
@@ -135,8 +136,8 @@ class OfferCreateInputSerializer(StrictSerializer):
     gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
     gpus_per_node = serializers.IntegerField(min_value=1, max_value=64, default=8)
     interconnect = serializers.CharField(max_length=40, allow_blank=True, default="")
-    available_from = serializers.DateTimeField()
-    available_until = serializers.DateTimeField()
+    available_from = AwareDateTimeField()
+    available_until = AwareDateTimeField()
     price_per_gpu_hour = price_field()
     min_duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS, default=1)
     activate = serializers.BooleanField(default=True)
@@ -148,8 +149,8 @@ class OfferUpdateInputSerializer(StrictSerializer):
     gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS, required=False)
     gpus_per_node = serializers.IntegerField(min_value=1, max_value=64, required=False)
     interconnect = serializers.CharField(max_length=40, allow_blank=True, required=False)
-    available_from = serializers.DateTimeField(required=False)
-    available_until = serializers.DateTimeField(required=False)
+    available_from = AwareDateTimeField(required=False)
+    available_until = AwareDateTimeField(required=False)
     price_per_gpu_hour = price_field(required=False)
     min_duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS, required=False)
 
@@ -208,8 +209,8 @@ class DemandCreateInputSerializer(StrictSerializer):
     )
     gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
     duration_hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS)
-    earliest_start = serializers.DateTimeField()
-    latest_end = serializers.DateTimeField()
+    earliest_start = AwareDateTimeField()
+    latest_end = AwareDateTimeField()
     max_price_per_gpu_hour = price_field()
     locality_limit = serializers.ChoiceField(
         choices=LocalityTier.choices, default=LocalityTier.NATIONAL

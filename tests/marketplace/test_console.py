@@ -2,6 +2,7 @@
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 
 from accounts.models import Organisation
 from marketplace.models import Offer, Reservation, Site
@@ -273,3 +274,17 @@ def test_site_form_checks_code_and_cluster(console, provider, site):
     assert response.status_code == 200
     assert set(response.context["adminform"].form.errors) == {"code", "cluster"}
     assert not Site.objects.filter(provider=provider).exists()
+
+
+def test_changelist_filters_do_not_reveal_other_providers_sites(console, offer, other_offer):
+    # given another provider's offer at a private site of its own
+    private = SiteFactory.create(
+        code="rival-private-dc", name="Rival Private DC", provider=other_offer.provider
+    )
+    other_offer.site = private
+    other_offer.save()
+    # when our provider opens the offer list with its filters
+    page = console.get(reverse("console:marketplace_offer_changelist")).content.decode()
+    # then only sites our provider's own offers use appear in the site filter
+    assert "Rival Private DC" not in page
+    assert offer.site.name in page

@@ -1,0 +1,47 @@
+"""Input fields and parsers that refuse what DRF would otherwise guess at."""
+
+from datetime import datetime
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 instant with an explicit offset (``Z`` or ``+08:00``), returned in UTC.
+
+    A naive time is refused (code ``naive_datetime``) instead of being read as UTC silently.
+    """
+
+    default_error_messages = {
+        **serializers.DateTimeField.default_error_messages,
+        "naive_datetime": "must include a time zone offset, e.g. 2026-12-01T08:00:00Z",
+    }
+
+    def to_internal_value(self, value: Any) -> datetime:
+        if isinstance(value, str):
+            parsed = parse_datetime(value.strip())
+            if parsed is not None and parsed.tzinfo is None:
+                self.fail("naive_datetime")
+        return super().to_internal_value(value)
+
+
+def is_naive_iso(raw: str | None) -> bool:
+    """Whether a query-string time parses as ISO 8601 but has no offset."""
+    if not raw:
+        return False
+    parsed = parse_datetime(raw.strip())
+    return parsed is not None and parsed.tzinfo is None
+
+
+class SafeJSONParser(JSONParser):
+    """DRF's JSON parser, also refusing bodies nested too deeply for Python's recursion limit
+    (a 400 ``parse_error`` instead of a 500)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError("JSON parse error - nested too deeply") from exc
