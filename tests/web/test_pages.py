@@ -366,3 +366,17 @@ def test_user_without_organisation_is_sent_to_signup():
     client = Client()
     client.force_login(UserFactory.create(username="lonely"))
     assert client.get("/dashboard/")["Location"] == "/signup/"
+
+
+def test_every_string_of_the_catalogue_is_translated():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    po = Path(settings.BASE_DIR, "locale", "zh_Hans", "LC_MESSAGES", "django.po").read_text()
+    blocks = po.split("\n\n")[1:]
+    assert len(blocks) > 200
+    assert 'msgstr ""\n' not in po.split("\n\n", 1)[1] + "\n"
+    assert "#, fuzzy" not in po
+    mo = Path(settings.BASE_DIR, "locale", "zh_Hans", "LC_MESSAGES", "django.mo")
+    assert mo.stat().st_size > 5000
