@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import Count, F, QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate, TruncMonth
 
 from accounts.models import Organisation
@@ -318,26 +318,18 @@ def gpu_hours_by_hub_day(*, since: datetime) -> tuple[list[str], list[str], dict
             created_at__gte=since, status__in=Reservation.CAPACITY_STATUSES
         )
         .annotate(day=TruncDate("created_at", tzinfo=SHANGHAI))
-        .values("day", "offer__site__hub__name")
-        .annotate(
-            gh=Sum(
-                F("gpu_count")
-                * (F("end") - F("start"))
-            )
-        )
+        .values_list("day", "offer__site__hub__name", "gpu_count", "start", "end")
         .order_by("day")
     )
     cells: dict[tuple[str, str], int] = defaultdict(int)
     days: list[str] = []
     hubs: set[str] = set()
-    for r in rows:
-        day = r["day"].strftime("%Y-%m-%d")
+    for day_value, hub, gpus, start, end in rows.iterator(chunk_size=5000):
+        day = day_value.strftime("%Y-%m-%d")
         if day not in days:
             days.append(day)
-        hub = r["offer__site__hub__name"]
         hubs.add(hub)
-        gh = r["gh"]
-        cells[(day, hub)] += int(gh.total_seconds() // 3600) if hasattr(gh, "total_seconds") else int(gh)
+        cells[(day, hub)] += gpus * int((end - start).total_seconds() // 3600)
     return days, sorted(hubs), dict(cells)
 
 
