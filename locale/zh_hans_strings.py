@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (a translation table: one English string per line)
 """English → Simplified Chinese for every msgid of the project's own catalogue.
 
 ``make messages`` regenerates ``locale/zh_Hans/LC_MESSAGES/django.po`` from the sources, fills

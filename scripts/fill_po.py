@@ -8,11 +8,14 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PO = ROOT / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po"
 sys.path.insert(0, str(ROOT / "locale"))
 from zh_hans_strings import ZH  # noqa: E402
+
+TABLE: dict[str, Any] = ZH
 
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
@@ -27,9 +30,7 @@ def _quote(text: str) -> str:
 
 def main() -> int:
     head, *blocks = PO.read_text(encoding="utf-8").split("\n\n")
-    head = head.replace('"Language: \\n"', '"Language: zh_Hans\\n"').replace(
-        "#, fuzzy\n", ""
-    )
+    head = head.replace('"Language: \\n"', '"Language: zh_Hans\\n"').replace("#, fuzzy\n", "")
     head = re.sub(
         r'"Plural-Forms: .*?\\n"', lambda _m: '"Plural-Forms: nplurals=1; plural=0;\\n"', head
     )
@@ -43,7 +44,7 @@ def main() -> int:
         assert msgid_m is not None, block
         msgid = _join(msgid_m.group(1))
         plural_m = re.search(r"^msgid_plural ((?:\".*\"\n?)+)", block, re.M)
-        value = ZH.get(msgid)
+        value = TABLE.get(msgid)
         if value is None:
             missing.append(msgid)
             continue
@@ -52,7 +53,7 @@ def main() -> int:
             lines.append(f"msgid_plural {_quote(_join(plural_m.group(1)))}")
             lines.append(f"msgstr[0] {_quote(value[0] if isinstance(value, list) else value)}")
         else:
-            lines.append(f"msgstr {_quote(value)}")
+            lines.append(f"msgstr {_quote(value if isinstance(value, str) else value[0])}")
         out.append("\n".join(lines))
     PO.write_text("\n\n".join(out) + "\n", encoding="utf-8")
     for msgid in missing:

@@ -67,8 +67,14 @@ def bar_chart(
             if h > 0:
                 base -= h
                 chart.bars.append(
-                    Bar(round(x, 1), round(base, 1), round(bar_w, 1), round(h, 1), css,
-                        f"{lab} · {name}: {values[i]:,} {unit}".strip())
+                    Bar(
+                        round(x, 1),
+                        round(base, 1),
+                        round(bar_w, 1),
+                        round(h, 1),
+                        css,
+                        f"{lab} · {name}: {values[i]:,} {unit}".strip(),
+                    )
                 )
         chart.label_x.append((round(x + bar_w / 2, 1), lab))
     for k in range(5):

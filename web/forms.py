@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organisation, User
 from marketplace.errors import DomainError
-from marketplace.models import Accelerator, Hub, LocalityTier, Site
+from marketplace.models import Accelerator, Hub, Site
 from vouchers.models import Programme, Voucher
 
 DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
@@ -25,7 +25,9 @@ TIER_CHOICES = [
 ]
 
 
-def add_domain_error(form: forms.Form, exc: DomainError, aliases: dict[str, str] | None = None) -> None:
+def add_domain_error(
+    form: forms.BaseForm, exc: DomainError, aliases: dict[str, str] | None = None
+) -> None:
     """Attach a service's refusal to the field it names (or to the form), with its code."""
     field = (aliases or {}).get(exc.field or "", exc.field)
     target = field if field in form.fields else None
@@ -95,17 +97,19 @@ class DemandForm(forms.Form):
         label=_("Latest end"), widget=DATETIME_INPUT, input_formats=DATETIME_FORMATS
     )
     max_price_per_gpu_hour = forms.DecimalField(
-        label=_("Maximum price per GPU-hour (¥)"), min_value=Decimal("0.0001"), decimal_places=4,
+        label=_("Maximum price per GPU-hour (¥)"),
+        min_value=Decimal("0.0001"),
+        decimal_places=4,
         max_digits=12,
     )
     locality_limit = forms.ChoiceField(
         label=_("How far from your home site"), choices=TIER_CHOICES, initial="national"
     )
-    single_site = forms.BooleanField(
-        label=_("All GPUs at one site"), required=False, initial=True
-    )
+    single_site = forms.BooleanField(label=_("All GPUs at one site"), required=False, initial=True)
     voucher = forms.ModelChoiceField(
-        label=_("Pay with voucher"), queryset=Voucher.objects.none(), required=False,
+        label=_("Pay with voucher"),
+        queryset=Voucher.objects.none(),
+        required=False,
         empty_label=_("no voucher"),
     )
     auto_accept = forms.BooleanField(
@@ -142,27 +146,40 @@ class OfferSearchForm(forms.Form):
     """Offer search filters; a bad value is a form error (the page answers 400), never ignored."""
 
     accelerator = forms.ModelChoiceField(
-        label=_("Accelerator"), queryset=Accelerator.objects.order_by("code"),
-        to_field_name="code", required=False, empty_label=_("any"),
+        label=_("Accelerator"),
+        queryset=Accelerator.objects.order_by("code"),
+        to_field_name="code",
+        required=False,
+        empty_label=_("any"),
     )
     hub = forms.ModelChoiceField(
-        label=_("Hub"), queryset=Hub.objects.order_by("code"), to_field_name="code",
-        required=False, empty_label=_("any"),
+        label=_("Hub"),
+        queryset=Hub.objects.order_by("code"),
+        to_field_name="code",
+        required=False,
+        empty_label=_("any"),
     )
     tier = forms.ChoiceField(
         label=_("Within"), choices=[("", _("any distance")), *TIER_CHOICES[:3]], required=False
     )
     max_price = forms.DecimalField(
-        label=_("Maximum price per GPU-hour (¥)"), required=False, min_value=Decimal("0"),
-        max_digits=12, decimal_places=4,
+        label=_("Maximum price per GPU-hour (¥)"),
+        required=False,
+        min_value=Decimal("0"),
+        max_digits=12,
+        decimal_places=4,
     )
     min_gpus = forms.IntegerField(label=_("At least GPUs"), required=False, min_value=1)
     start = forms.DateTimeField(
-        label=_("Available from"), required=False, widget=DATETIME_INPUT,
+        label=_("Available from"),
+        required=False,
+        widget=DATETIME_INPUT,
         input_formats=DATETIME_FORMATS,
     )
     end = forms.DateTimeField(
-        label=_("Available until"), required=False, widget=DATETIME_INPUT,
+        label=_("Available until"),
+        required=False,
+        widget=DATETIME_INPUT,
         input_formats=DATETIME_FORMATS,
     )
     sort = forms.ChoiceField(

@@ -49,9 +49,7 @@ def open_demands(*, buyer: Organisation) -> QuerySet[Demand]:
 def current_reservations(*, buyer: Organisation) -> QuerySet[Reservation]:
     """The buyer's upcoming and active reservations (held, confirmed, active), by start."""
     return (
-        _reservations()
-        .filter(buyer=buyer, status__in=CURRENT_RESERVATION)
-        .order_by("start", "id")
+        _reservations().filter(buyer=buyer, status__in=CURRENT_RESERVATION).order_by("start", "id")
     )
 
 
@@ -191,9 +189,7 @@ def provider_usage(*, provider: Organisation) -> QuerySet[Reservation]:
 def provider_payouts(*, provider: Organisation) -> QuerySet[Entry]:
     """Entries on the provider's payable account (settlements, fees, payouts), newest first."""
     return (
-        Entry.objects.filter(
-            account__organisation=provider, account__kind=Account.Kind.PAYABLE
-        )
+        Entry.objects.filter(account__organisation=provider, account__kind=Account.Kind.PAYABLE)
         .select_related("transaction", "transaction__reservation")
         .order_by("-transaction__created_at", "-id")
     )
@@ -245,7 +241,9 @@ def provider_utilisation(
             per[offer_id][index] += gpus
             peak[offer_id][int(hour.timestamp() // 3600)] += gpus
             hour += timedelta(hours=1)
-    labels = [(day_from + timedelta(days=i)).astimezone(SHANGHAI).strftime("%m-%d") for i in range(days)]
+    labels = [
+        (day_from + timedelta(days=i)).astimezone(SHANGHAI).strftime("%m-%d") for i in range(days)
+    ]
     return [
         Utilisation(
             offer=o,
@@ -310,13 +308,13 @@ def vouchers_by_status() -> list[tuple[str, int, Decimal]]:
     return [(r["status"], r["n"], r["s"]) for r in rows.order_by("status")]
 
 
-def gpu_hours_by_hub_day(*, since: datetime) -> tuple[list[str], list[str], dict[tuple[str, str], int]]:
+def gpu_hours_by_hub_day(
+    *, since: datetime
+) -> tuple[list[str], list[str], dict[tuple[str, str], int]]:
     """GPU-hours matched (reservations created since ``since`` that hold or used capacity),
     by the offer's hub and the creation day in Asia/Shanghai: ``(days, hub names, cells)``."""
     rows = (
-        Reservation.objects.filter(
-            created_at__gte=since, status__in=Reservation.CAPACITY_STATUSES
-        )
+        Reservation.objects.filter(created_at__gte=since, status__in=Reservation.CAPACITY_STATUSES)
         .annotate(day=TruncDate("created_at", tzinfo=SHANGHAI))
         .values_list("day", "offer__site__hub__name", "gpu_count", "start", "end")
         .order_by("day")
@@ -348,9 +346,7 @@ def trade_matrix() -> tuple[list[Hub], dict[tuple[Any, Any], tuple[int, Decimal]
 def unserved_by_reason() -> list[tuple[str, int]]:
     """Open or expired demands that carry an unmatched reason, counted by reason."""
     rows = (
-        Demand.objects.filter(
-            status__in=(Demand.Status.OPEN, Demand.Status.EXPIRED)
-        )
+        Demand.objects.filter(status__in=(Demand.Status.OPEN, Demand.Status.EXPIRED))
         .exclude(unmatched_reason="")
         .values("unmatched_reason")
         .annotate(n=Count("id"))
@@ -362,5 +358,3 @@ def unserved_by_reason() -> list[tuple[str, int]]:
 def demand_counts(*, organisation: Organisation) -> dict[str, int]:
     rows = Demand.objects.filter(buyer=organisation).values("status").annotate(n=Count("id"))
     return {r["status"]: r["n"] for r in rows.order_by()}
-
-

@@ -170,7 +170,7 @@ def deposit(request: HttpRequest, org: Organisation) -> HttpResponse:
     else:
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, error)
+                messages.error(request, str(error))
     return redirect("web:dashboard")
 
 
@@ -217,7 +217,9 @@ def _quote_context(org: Organisation, form: DemandQuoteForm) -> dict[str, Any]:
     if not form.is_valid():
         return {"quote_form": form}
     data = form.cleaned_data
-    if not (data.get("gpu_count") and data.get("duration_hours") and data.get("max_price_per_gpu_hour")):
+    if not (
+        data.get("gpu_count") and data.get("duration_hours") and data.get("max_price_per_gpu_hour")
+    ):
         return {"incomplete": True}
     offer = selectors.quote_candidate(
         buyer=org,
@@ -260,7 +262,9 @@ def demand_new(request: HttpRequest, org: Organisation) -> HttpResponse:
         elif form.is_valid():
             try:
                 demand = services.demand_create(
-                    buyer=org, user=request.user, **form.service_fields()  # type: ignore[arg-type]
+                    buyer=org,
+                    user=request.user,  # type: ignore[arg-type]
+                    **form.service_fields(),
                 )
             except DomainError as exc:
                 add_domain_error(form, exc)
@@ -291,7 +295,7 @@ def _explain(demand: Any) -> Any:
         return None
     try:
         return fn(demand)
-    except Exception:  # noqa: BLE001 - an explanation must never break the page
+    except Exception:
         return None
 
 
@@ -307,7 +311,9 @@ def demand_detail(request: HttpRequest, org: Organisation, demand_id: str) -> Ht
         "reason": label(demand.unmatched_reason) if demand.unmatched_reason else "",
         "explanation": _explain(demand) if demand.status == "open" else None,
     }
-    template = "web/_demand_status.html" if request.headers.get("HX-Request") else "web/demand_detail.html"
+    template = (
+        "web/_demand_status.html" if request.headers.get("HX-Request") else "web/demand_detail.html"
+    )
     return render(request, template, context)
 
 
@@ -344,7 +350,9 @@ def _reservation(org: Organisation, reservation_id: str) -> Any:
 
 
 @buyer_page
-def reservation_detail(request: HttpRequest, org: Organisation, reservation_id: str) -> HttpResponse:
+def reservation_detail(
+    request: HttpRequest, org: Organisation, reservation_id: str
+) -> HttpResponse:
     reservation = _reservation(org, reservation_id)
     delivered = reservation.delivered_gpu_hours
     refund = None
@@ -363,14 +371,18 @@ def reservation_detail(request: HttpRequest, org: Organisation, reservation_id: 
 
 
 @buyer_page
-def reservation_cancel(request: HttpRequest, org: Organisation, reservation_id: str) -> HttpResponse:
+def reservation_cancel(
+    request: HttpRequest, org: Organisation, reservation_id: str
+) -> HttpResponse:
     """GET: the fee that cancelling now would cost (``cancellation_fee``), to confirm.
     POST: ``reservation_cancel``."""
     reservation = _reservation(org, reservation_id)
     if request.method == "POST":
         try:
             services.reservation_cancel(
-                reservation_id=reservation.pk, buyer=org, actor=request.user  # type: ignore[arg-type]
+                reservation_id=reservation.pk,
+                buyer=org,
+                actor=request.user,  # type: ignore[arg-type]
             )
         except DomainError as exc:
             messages.error(request, exc.message)
@@ -389,11 +401,15 @@ def reservation_cancel(request: HttpRequest, org: Organisation, reservation_id: 
 
 @require_POST
 @buyer_page
-def reservation_accept(request: HttpRequest, org: Organisation, reservation_id: str) -> HttpResponse:
+def reservation_accept(
+    request: HttpRequest, org: Organisation, reservation_id: str
+) -> HttpResponse:
     reservation = _reservation(org, reservation_id)
     try:
         services.reservation_accept(
-            reservation_id=reservation.pk, buyer=org, actor=request.user  # type: ignore[arg-type]
+            reservation_id=reservation.pk,
+            buyer=org,
+            actor=request.user,  # type: ignore[arg-type]
         )
     except DomainError as exc:
         messages.error(request, exc.message)
@@ -447,18 +463,30 @@ def statement_csv(request: HttpRequest, org: Organisation) -> HttpResponse:
     response["Content-Disposition"] = 'attachment; filename="statement.csv"'
     response.write("\ufeff")
     writer = csv.writer(response)
-    writer.writerow(["time_asia_shanghai", "transaction", "reason", "account", "voucher",
-                     "reservation", "amount_cny", "memo"])
+    writer.writerow(
+        [
+            "time_asia_shanghai",
+            "transaction",
+            "reason",
+            "account",
+            "voucher",
+            "reservation",
+            "amount_cny",
+            "memo",
+        ]
+    )
     for entry in selectors.statement(organisation=org).iterator(chunk_size=2000):
         txn = entry.transaction
-        writer.writerow([
-            timezone.localtime(txn.created_at, SHANGHAI).isoformat(timespec="seconds"),
-            txn.pk,
-            txn.reason,
-            entry.account.kind,
-            entry.account.voucher_id or "",
-            txn.reservation_id or "",
-            f"{entry.amount:.2f}",
-            txn.memo,
-        ])
+        writer.writerow(
+            [
+                timezone.localtime(txn.created_at, SHANGHAI).isoformat(timespec="seconds"),
+                txn.pk,
+                txn.reason,
+                entry.account.kind,
+                entry.account.voucher_id or "",
+                txn.reservation_id or "",
+                f"{entry.amount:.2f}",
+                txn.memo,
+            ]
+        )
     return response

@@ -77,7 +77,13 @@ def _admin_action(page: Page, url: str, pk: object, action: str) -> None:
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_sme_journey_in_a_real_browser(
-    browser, live_server, worker_queue, site, provider, accelerator, programme  # noqa: F811
+    browser,
+    live_server,
+    worker_queue,  # noqa: F811 - the fixture imported above
+    site,
+    provider,
+    accelerator,
+    programme,
 ):
     UserFactory.create(username="provider", organisation=provider)
     User.objects.create_superuser("operator", "op@suanli.example", "pw-Secret-123")

@@ -209,9 +209,7 @@ def test_refused_demand_shows_the_service_message_and_creates_nothing(web, buyer
     response = web.post("/demands/new/", {**data, "action": "post"})
     assert response.status_code == 400
     # the same message and field as the API (marketplace.services.demand_check)
-    assert response.context["form"].errors["duration_hours"] == [
-        "window cannot hold the duration"
-    ]
+    assert response.context["form"].errors["duration_hours"] == ["window cannot hold the duration"]
     assert not Demand.objects.filter(buyer=buyer).exists()
 
 
@@ -305,7 +303,12 @@ def test_statement_csv(web, buyer, offer, voucher):
     assert rows[0][0] == "time_asia_shanghai"
     amounts = sorted(Decimal(row[6]) for row in rows[1:])
     # the hold (−¥48 voucher, −¥32 wallet), the voucher issue (+¥1,000), the deposit
-    assert amounts == [Decimal("-48.00"), Decimal("-32.00"), Decimal("1000.00"), Decimal("100000.00")]
+    assert amounts == [
+        Decimal("-48.00"),
+        Decimal("-32.00"),
+        Decimal("1000.00"),
+        Decimal("100000.00"),
+    ]
     assert rows[1][0].endswith("+08:00")
 
 
