@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services lint check clean
+.PHONY: run test install services lint check clean messages
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -37,6 +37,15 @@ check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+
+## Regenerate the zh-hans catalogue from the sources, fill it from locale/zh_hans_strings.py
+## (fails on any untranslated string) and compile the committed .mo (needs gettext).
+messages: install
+	rm -f locale/zh_Hans/LC_MESSAGES/django.po
+	DJANGO_SETTINGS_MODULE=marketplace.settings.test $(PY) manage.py makemessages -l zh_Hans \
+		-i '.venv/*' -i 'tests/*' -i 'staticfiles/*' -i 'locale/*' -i 'scripts/*' --no-location
+	$(PY) scripts/fill_po.py
+	msgfmt --check-format -o locale/zh_Hans/LC_MESSAGES/django.mo locale/zh_Hans/LC_MESSAGES/django.po
 
 clean:
 	rm -rf $(VENV) db.sqlite3 demo-report.json .pytest_cache .mypy_cache .ruff_cache

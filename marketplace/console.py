@@ -13,6 +13,7 @@ are read-only here.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -22,9 +23,11 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from accounts.models import Organisation
 from accounts.selectors import organisation_of
+from vouchers.models import ReimbursementClaim
 
 from .admin_utils import run_service_action
 from .errors import DomainError
@@ -319,3 +322,111 @@ class ConsoleReservationAdmin(ProviderScopedAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
+
+
+# --- Reimbursement claims, usage, payouts, utilisation (read-only) ----------------------------
+
+
+@admin.register(ReimbursementClaim, site=console_site)
+class ConsoleClaimAdmin(ProviderScopedAdmin):
+    """The provider's reimbursement claims on programmes (voucher parts of settled
+    reservations): read-only; operators issue statements and mark them paid."""
+
+    list_display = ("created_at", "programme", "reservation", "amount", "status", "paid_at")
+    list_filter = ("status", "programme")
+    list_select_related = ("programme", "reservation")
+    actions = None
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+def _console_page(template: str, build: Any) -> Any:
+    """A read-only console page: the provider's rows from ``build(organisation, request)``."""
+
+    def view(request: HttpRequest) -> TemplateResponse:
+        organisation = console_organisation(request)
+        assert organisation is not None  # admin_view lets no one else in
+        context = {**console_site.each_context(request), **build(organisation, request)}
+        return TemplateResponse(request, template, context)
+
+    return console_site.admin_view(view)
+
+
+def _usage(organisation: Organisation, request: HttpRequest) -> dict[str, Any]:
+    from web.selectors import provider_usage
+
+    return {"title": "Usage reports", "rows": provider_usage(provider=organisation)[:500]}
+
+
+def _payouts(organisation: Organisation, request: HttpRequest) -> dict[str, Any]:
+    from ledger.selectors import organisation_balances
+    from web.selectors import provider_payouts
+
+    balances = organisation_balances(organisation=organisation)
+    return {
+        "title": "Payouts",
+        "rows": provider_payouts(provider=organisation)[:500],
+        "payable": balances["payable"],
+        "claims": balances["claims"],
+    }
+
+
+def _utilisation(organisation: Organisation, request: HttpRequest) -> dict[str, Any]:
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone
+
+    from web.charts import bar_chart
+    from web.selectors import provider_utilisation
+
+    days = 14
+    today = timezone.localtime(timezone.now(), ZoneInfo("Asia/Shanghai")).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    rows = provider_utilisation(provider=organisation, day_from=today, days=days)
+    charts = [
+        (
+            u,
+            bar_chart(
+                f"{u.offer.accelerator.code} @ {u.offer.site.code}",
+                u.days,
+                [
+                    ("reserved GPU-hours", "s0", u.reserved_gpu_hours),
+                    (
+                        "free GPU-hours",
+                        "s2",
+                        [Decimal(u.capacity_gpu_hours) - v for v in u.reserved_gpu_hours],
+                    ),
+                ],
+                unit="GPU-hours",
+            ),
+        )
+        for u in rows
+    ]
+    return {"title": "Utilisation per offer", "charts": charts, "days": days}
+
+
+def _console_urls(original: Any) -> Any:
+    def get_urls() -> list[Any]:
+        from django.urls import path
+
+        return [
+            path("usage/", _console_page("console/usage.html", _usage), name="usage"),
+            path("payouts/", _console_page("console/payouts.html", _payouts), name="payouts"),
+            path(
+                "utilisation/",
+                _console_page("console/utilisation.html", _utilisation),
+                name="utilisation",
+            ),
+            *original(),
+        ]
+
+    return get_urls
+
+
+console_site.get_urls = _console_urls(console_site.get_urls)  # type: ignore[method-assign]
+console_site.index_template = "console/index.html"

@@ -1,0 +1,360 @@
+"""Reads for the web UI, the provider console pages and the operator dashboard.
+
+Each returns rows with what its page shows already joined, so a page costs a fixed number of
+queries whatever the row count. Amounts CNY (``Decimal``), GPU-hours integers, times UTC.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import TruncDate, TruncMonth
+
+from accounts.models import Organisation
+from ledger.models import Account, Entry
+from marketplace.locality import tier_between, tier_rank
+from marketplace.models import Demand, Hub, InterHubTrade, Offer, Reservation, ReservationEvent
+from marketplace.selectors import offer_search
+from vouchers.models import Programme, ReimbursementClaim, Voucher
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+ZERO = Decimal("0.00")
+OPEN_DEMAND = (Demand.Status.OPEN, Demand.Status.MATCHED)
+CURRENT_RESERVATION = (
+    Reservation.Status.HELD,
+    Reservation.Status.CONFIRMED,
+    Reservation.Status.ACTIVE,
+)
+
+
+def _reservations() -> QuerySet[Reservation]:
+    return Reservation.objects.select_related(
+        "offer__site__hub", "offer__accelerator", "provider", "voucher__programme"
+    )
+
+
+def open_demands(*, buyer: Organisation) -> QuerySet[Demand]:
+    """The buyer's demands still waiting (open or matched), newest first."""
+    return (
+        Demand.objects.filter(buyer=buyer, status__in=OPEN_DEMAND)
+        .prefetch_related("accelerators")
+        .order_by("-created_at", "-id")
+    )
+
+
+def current_reservations(*, buyer: Organisation) -> QuerySet[Reservation]:
+    """The buyer's upcoming and active reservations (held, confirmed, active), by start."""
+    return (
+        _reservations().filter(buyer=buyer, status__in=CURRENT_RESERVATION).order_by("start", "id")
+    )
+
+
+def buyer_reservations(*, buyer: Organisation) -> QuerySet[Reservation]:
+    """All the buyer's reservations, newest start first."""
+    return _reservations().filter(buyer=buyer).order_by("-start", "-id")
+
+
+def buyer_reservation_get(*, buyer: Organisation, reservation_id: Any) -> Reservation | None:
+    """One of the buyer's reservations with offer, site, provider and voucher joined."""
+    from marketplace.selectors import as_uuid
+
+    pk = as_uuid(reservation_id)
+    return None if pk is None else _reservations().filter(buyer=buyer, pk=pk).first()
+
+
+def reservation_events(reservation: Reservation) -> QuerySet[ReservationEvent]:
+    return reservation.events.order_by("at", "id")
+
+
+def spend_by_month(*, buyer: Organisation) -> list[tuple[str, Decimal, Decimal]]:
+    """``[(YYYY-MM, voucher part, cash part)]`` of the buyer's reservations that hold or used
+    capacity, by start month in Asia/Shanghai, oldest first (CNY)."""
+    rows = (
+        Reservation.objects.filter(buyer=buyer, status__in=Reservation.CAPACITY_STATUSES)
+        .annotate(month=TruncMonth("start", tzinfo=SHANGHAI))
+        .values("month")
+        .annotate(voucher=Sum("voucher_part"), cash=Sum("cash_part"))
+        .order_by("month")
+    )
+    return [(r["month"].strftime("%Y-%m"), r["voucher"], r["cash"]) for r in rows]
+
+
+def statement(*, organisation: Organisation) -> QuerySet[Entry]:
+    """The organisation's ledger entries (wallet, payable, claims, its vouchers), newest first."""
+    from ledger.selectors import entry_list
+
+    return entry_list(organisation=organisation).select_related("account__voucher__programme")
+
+
+# --- Offer search --------------------------------------------------------------------------
+
+SORTS = {
+    "price": ("price_per_gpu_hour", "created_at", "id"),
+    "-price": ("-price_per_gpu_hour", "created_at", "id"),
+    "gpus": ("-gpu_count", "price_per_gpu_hour", "id"),
+    "start": ("available_from", "price_per_gpu_hour", "id"),
+}
+
+
+def offers_filtered(
+    *,
+    home: Any | None,
+    accelerator: Any = None,
+    hub: Any = None,
+    tier: str = "",
+    max_price: Decimal | None = None,
+    min_gpus: int | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    sort: str = "price",
+) -> QuerySet[Offer]:
+    """Active offers matching every given filter (already validated), sorted by ``sort``.
+
+    ``tier`` keeps offers within that locality tier of ``home`` (a site): ``city`` same city,
+    ``metro`` same metro area, ``region`` same hub, ``national`` any.
+    """
+    qs = offer_search()
+    if accelerator is not None:
+        qs = qs.filter(accelerator=accelerator)
+    if hub is not None:
+        qs = qs.filter(site__hub=hub)
+    if tier and home is not None:
+        if tier == "city":
+            qs = qs.filter(site__hub_id=home.hub_id, site__city=home.city)
+        elif tier == "metro":
+            qs = qs.filter(site__hub_id=home.hub_id, site__metro_area=home.metro_area)
+        elif tier == "region":
+            qs = qs.filter(site__hub_id=home.hub_id)
+    if max_price is not None:
+        qs = qs.filter(price_per_gpu_hour__lte=max_price)
+    if min_gpus is not None:
+        qs = qs.filter(gpu_count__gte=min_gpus)
+    if start is not None:
+        qs = qs.filter(available_from__lte=start, available_until__gt=start)
+    if end is not None:
+        qs = qs.filter(available_until__gte=end, available_from__lt=end)
+    return qs.order_by(*SORTS[sort])
+
+
+def quote_candidate(
+    *,
+    buyer: Organisation,
+    accelerators: list[Any],
+    gpu_count: int,
+    max_price: Decimal,
+    locality_limit: str,
+) -> Offer | None:
+    """The cheapest active offer a demand with these fields could be matched to, ignoring
+    time-shaped capacity: an acceptable model, price within the limit, enough GPUs, within
+    the locality limit from the buyer's home site, not the buyer's own. The live quote on the
+    demand form prices the demand on it; the matcher may still choose another."""
+    home = buyer.home_site
+    qs = offer_search().filter(price_per_gpu_hour__lte=max_price, gpu_count__gte=gpu_count)
+    qs = qs.exclude(provider=buyer)
+    if accelerators:
+        qs = qs.filter(accelerator__in=accelerators)
+    limit = tier_rank(locality_limit)
+    for offer in qs.order_by("price_per_gpu_hour", "created_at", "id")[:200]:
+        if home is None:
+            return offer
+        site = offer.site
+        tier = tier_between(
+            home.city, home.metro_area, home.hub_id, site.city, site.metro_area, site.hub_id
+        )
+        if tier_rank(tier) <= limit:
+            return offer
+    return None
+
+
+# --- Provider console ----------------------------------------------------------------------
+
+
+def provider_usage(*, provider: Organisation) -> QuerySet[Reservation]:
+    """Reservations on the provider's capacity that have delivered (completed or settled), with
+    booked vs delivered GPU-hours; newest end first."""
+    return (
+        Reservation.objects.filter(
+            provider=provider,
+            status__in=(Reservation.Status.COMPLETED, Reservation.Status.SETTLED),
+        )
+        .select_related("buyer", "offer__site", "offer__accelerator")
+        .order_by("-end", "-id")
+    )
+
+
+def provider_payouts(*, provider: Organisation) -> QuerySet[Entry]:
+    """Entries on the provider's payable account (settlements, fees, payouts), newest first."""
+    return (
+        Entry.objects.filter(account__organisation=provider, account__kind=Account.Kind.PAYABLE)
+        .select_related("transaction", "transaction__reservation")
+        .order_by("-transaction__created_at", "-id")
+    )
+
+
+def provider_claims(*, provider: Organisation) -> QuerySet[ReimbursementClaim]:
+    """The provider's reimbursement claims on programmes, newest first."""
+    return (
+        ReimbursementClaim.objects.filter(provider=provider)
+        .select_related("programme", "reservation")
+        .order_by("-created_at", "-id")
+    )
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    offer: Offer
+    days: list[str]
+    reserved_gpu_hours: list[Decimal]
+    capacity_gpu_hours: int
+    peak_reserved: int
+
+
+def provider_utilisation(
+    *, provider: Organisation, day_from: datetime, days: int
+) -> list[Utilisation]:
+    """Per offer, reserved GPU-hours on each of ``days`` days (Asia/Shanghai) from ``day_from``
+    (a Shanghai midnight), against the offer's daily capacity (``gpu_count × 24``). Two
+    queries: offers and the reservations overlapping the period."""
+    from datetime import timedelta
+
+    end = day_from + timedelta(days=days)
+    offers = list(
+        Offer.objects.filter(provider=provider)
+        .select_related("site", "accelerator")
+        .order_by("created_at", "id")
+    )
+    per: dict[Any, list[Decimal]] = {o.pk: [Decimal(0)] * days for o in offers}
+    peak: dict[Any, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for offer_id, start, stop, gpus in Reservation.objects.filter(
+        offer__provider=provider,
+        status__in=Reservation.CAPACITY_STATUSES,
+        start__lt=end,
+        end__gt=day_from,
+    ).values_list("offer_id", "start", "end", "gpu_count"):
+        hour = max(start, day_from)
+        while hour < min(stop, end):
+            index = int((hour - day_from).total_seconds() // 86400)
+            per[offer_id][index] += gpus
+            peak[offer_id][int(hour.timestamp() // 3600)] += gpus
+            hour += timedelta(hours=1)
+    labels = [
+        (day_from + timedelta(days=i)).astimezone(SHANGHAI).strftime("%m-%d") for i in range(days)
+    ]
+    return [
+        Utilisation(
+            offer=o,
+            days=labels,
+            reserved_gpu_hours=per[o.pk],
+            capacity_gpu_hours=o.gpu_count * 24,
+            peak_reserved=max(peak[o.pk].values(), default=0),
+        )
+        for o in offers
+    ]
+
+
+# --- Operator dashboard --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgrammeBudget:
+    programme: Programme
+    issued: Decimal
+    held: Decimal
+    redeemed: Decimal
+    left: Decimal
+
+
+def programme_budgets() -> list[ProgrammeBudget]:
+    """Per programme, in CNY: face value of vouchers issued, voucher parts currently held in
+    escrow (held/confirmed/active/completed reservations), redeemed (settled reservations'
+    reimbursement claims) and budget left (the programme budget account's balance)."""
+    programmes = list(Programme.objects.order_by("code"))
+    issued = dict(
+        Voucher.objects.values_list("programme_id").annotate(s=Sum("face_value")).order_by()
+    )
+    held = dict(
+        Reservation.objects.filter(
+            status__in=("held", "confirmed", "active", "completed"), voucher__isnull=False
+        )
+        .values_list("voucher__programme_id")
+        .annotate(s=Sum("voucher_part"))
+        .order_by()
+    )
+    redeemed = dict(
+        ReimbursementClaim.objects.values_list("programme_id").annotate(s=Sum("amount")).order_by()
+    )
+    left = dict(
+        Account.objects.filter(kind=Account.Kind.PROGRAMME).values_list("programme_id", "balance")
+    )
+    return [
+        ProgrammeBudget(
+            p,
+            issued.get(p.pk) or ZERO,
+            held.get(p.pk) or ZERO,
+            redeemed.get(p.pk) or ZERO,
+            left.get(p.pk, ZERO),
+        )
+        for p in programmes
+    ]
+
+
+def vouchers_by_status() -> list[tuple[str, int, Decimal]]:
+    """``[(status, count, face value CNY)]`` of all vouchers."""
+    rows = Voucher.objects.values("status").annotate(n=Count("id"), s=Sum("face_value"))
+    return [(r["status"], r["n"], r["s"]) for r in rows.order_by("status")]
+
+
+def gpu_hours_by_hub_day(
+    *, since: datetime
+) -> tuple[list[str], list[str], dict[tuple[str, str], int]]:
+    """GPU-hours matched (reservations created since ``since`` that hold or used capacity),
+    by the offer's hub and the creation day in Asia/Shanghai: ``(days, hub names, cells)``."""
+    rows = (
+        Reservation.objects.filter(created_at__gte=since, status__in=Reservation.CAPACITY_STATUSES)
+        .annotate(day=TruncDate("created_at", tzinfo=SHANGHAI))
+        .values_list("day", "offer__site__hub__name", "gpu_count", "start", "end")
+        .order_by("day")
+    )
+    cells: dict[tuple[str, str], int] = defaultdict(int)
+    days: list[str] = []
+    hubs: set[str] = set()
+    for day_value, hub, gpus, start, end in rows.iterator(chunk_size=5000):
+        day = day_value.strftime("%Y-%m-%d")
+        if day not in days:
+            days.append(day)
+        hubs.add(hub)
+        cells[(day, hub)] += gpus * int((end - start).total_seconds() // 3600)
+    return days, sorted(hubs), dict(cells)
+
+
+def trade_matrix() -> tuple[list[Hub], dict[tuple[Any, Any], tuple[int, Decimal]]]:
+    """Inter-hub trades summed by (exporting hub, importing hub): ``(GPU-hours, value CNY)``."""
+    hubs = list(Hub.objects.order_by("code"))
+    cells = {
+        (r["exporting_hub"], r["importing_hub"]): (r["gh"], r["v"])
+        for r in InterHubTrade.objects.values("exporting_hub", "importing_hub")
+        .annotate(gh=Sum("gpu_hours"), v=Sum("value"))
+        .order_by()
+    }
+    return hubs, cells
+
+
+def unserved_by_reason() -> list[tuple[str, int]]:
+    """Open or expired demands that carry an unmatched reason, counted by reason."""
+    rows = (
+        Demand.objects.filter(status__in=(Demand.Status.OPEN, Demand.Status.EXPIRED))
+        .exclude(unmatched_reason="")
+        .values("unmatched_reason")
+        .annotate(n=Count("id"))
+        .order_by("-n", "unmatched_reason")
+    )
+    return [(r["unmatched_reason"], r["n"]) for r in rows]
+
+
+def demand_counts(*, organisation: Organisation) -> dict[str, int]:
+    rows = Demand.objects.filter(buyer=organisation).values("status").annotate(n=Count("id"))
+    return {r["status"]: r["n"] for r in rows.order_by()}
