@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services lint check clean messages
+.PHONY: run test install services browser check clean messages
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -26,11 +26,14 @@ run: install
 		$(PY) manage.py runserver 127.0.0.1:8000 --noreload; fi
 
 ## The whole suite against the local PostgreSQL and Redis, after the static checks.
-test: install services check
+test: install services browser check
 	$(PY) -m pytest
 
 services:
 	./scripts/ensure-services.sh
+
+browser:
+	./scripts/ensure-chromium.sh
 
 check: install
 	DJANGO_SETTINGS_MODULE=marketplace.settings.test $(PY) manage.py makemigrations --check --dry-run
