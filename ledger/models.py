@@ -56,6 +56,12 @@ class Account(models.Model):
             models.CheckConstraint(
                 condition=Q(allow_negative=True) | Q(balance__gte=0), name="account_nonneg"
             ),
+            # Only the outside world may go negative: flipping the flag on a wallet, voucher or
+            # programme account by hand cannot open the way to a negative balance.
+            models.CheckConstraint(
+                condition=Q(allow_negative=False) | Q(kind="world"),
+                name="account_negative_only_world",
+            ),
             models.UniqueConstraint(
                 fields=["kind", "organisation"],
                 condition=Q(kind__in=["wallet", "payable", "claims"]),
@@ -91,7 +97,7 @@ class Transaction(models.Model):
         REFUND = "refund", "Undelivered hours refunded"
         CANCEL_FEE = "cancel_fee", "Cancellation fee"
         VOUCHER_LAPSE = "voucher_lapse", "Expired voucher balance lapsed"
-        CLAIM_PAID = "claim_paid", "Reimbursement claim paid"
+        CLAIM_PAID = "claim_paid", "Reimbursement statement paid"
         PAYOUT = "payout", "Provider payout"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -131,17 +137,103 @@ class Entry(models.Model):
         return f"{self.account_id} {self.amount:+}"
 
 
+class Hold(models.Model):
+    """The two-phase payment hold of one reservation (§5.3, §5.4).
+
+    ``pending`` while the money sits in escrow, then ``posted`` (settled) or ``voided``
+    (released on cancel, expiry or provider failure) — each at most once, by a conditional
+    UPDATE on the status. ``voucher_part`` left the voucher and ``cash_paid`` left the wallet
+    (the cash part in ``point_of_sale`` mode, the whole bill in ``reimbursement`` mode);
+    ``refunded_*`` count what went back, and CHECK constraints keep each refund within what
+    that part paid, also under concurrency.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        POSTED = "posted", "Posted (settled)"
+        VOIDED = "voided", "Voided (released)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    reservation = models.OneToOneField(
+        "marketplace.Reservation", on_delete=models.PROTECT, related_name="hold"
+    )
+    mode = models.CharField(max_length=20, default="point_of_sale")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    voucher_part = models.DecimalField(max_digits=14, decimal_places=2)
+    cash_paid = models.DecimalField(max_digits=14, decimal_places=2)
+    refunded_voucher = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    refunded_cash = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(voucher_part__gte=0) & Q(cash_paid__gte=0), name="hold_parts_nn"
+            ),
+            models.CheckConstraint(
+                condition=Q(refunded_voucher__gte=0)
+                & Q(refunded_voucher__lte=models.F("voucher_part")),
+                name="hold_voucher_refund_le_paid",
+            ),
+            models.CheckConstraint(
+                condition=Q(refunded_cash__gte=0) & Q(refunded_cash__lte=models.F("cash_paid")),
+                name="hold_cash_refund_le_paid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="pending", closed_at__isnull=True)
+                | (~Q(status="pending") & Q(closed_at__isnull=False)),
+                name="hold_closed_once",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.reservation_id} ({self.status})"
+
+
+class Refund(models.Model):
+    """Value returned to the buyer from one reservation's hold: ``voucher_amount`` to the
+    voucher (or its programme once the voucher lapsed) and ``cash_amount`` to the wallet, CNY."""
+
+    class Kind(models.TextChoices):
+        CANCELLATION = "cancellation", "Cancelled by the buyer"
+        EXPIRY = "expiry", "Not accepted in time"
+        PROVIDER_FAILURE = "provider_failure", "Provider could not deliver"
+        EARLY_COMPLETION = "early_completion", "Ended early"
+        PARTIAL_DELIVERY = "partial_delivery", "Delivered in part"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    hold = models.ForeignKey(Hold, on_delete=models.PROTECT, related_name="refunds")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    voucher_amount = models.DecimalField(max_digits=14, decimal_places=2)
+    cash_amount = models.DecimalField(max_digits=14, decimal_places=2)
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(voucher_amount__gte=0) & Q(cash_amount__gte=0), name="refund_nn"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund {self.kind} {self.voucher_amount}+{self.cash_amount}"
+
+
 class IdempotencyKey(models.Model):
     """A client's ``Idempotency-Key`` for one write (PRODUCT.md §6.1), stored durably.
 
-    ``owner`` is ``org:<uuid>`` (or ``user:<uuid>`` for a caller without an organisation);
+    ``owner`` is ``org:<uuid>/user:<uuid>`` (``user:<uuid>`` for a caller without an
+    organisation): a key is scoped to the caller's organisation and user;
     ``fingerprint`` is the SHA-256 of method, path and canonical JSON body. ``status_code`` and
     ``response_body`` are empty while the first request is in flight, then hold its response,
     which a retry with the same key and body replays.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.CharField(max_length=64)
+    owner = models.CharField(max_length=100)
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -149,6 +241,7 @@ class IdempotencyKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        indexes = [models.Index(fields=["created_at"])]
         constraints = [
             models.UniqueConstraint(fields=["owner", "key"], name="uniq_idempotency_key"),
         ]

@@ -16,15 +16,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Organisation, User
-from ledger.models import Account, Transaction
+from ledger.holds import POINT_OF_SALE, REIMBURSEMENT, hold_place, hold_post, hold_void
+from ledger.models import Account, Hold, Refund, Transaction
 from ledger.services import (
     organisation_account,
     system_account,
     transaction_post,
-    voucher_account,
 )
 from vouchers.models import Programme, ReimbursementClaim, Voucher
-from vouchers.services import Split, voucher_refund_account, voucher_split
+from vouchers.services import Split, voucher_split
 
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from .locality import tier_between, tier_rank
@@ -37,7 +37,7 @@ from .models import (
     ReservationEvent,
     Site,
 )
-from .money import ZERO, bill_amount, quantize_money, split_proportionally
+from .money import ZERO, bill_amount, quantize_money
 from .timeutil import HOUR, hour_index, hour_index_ceil, is_whole_hour
 from .types import ObjectId
 
@@ -485,7 +485,13 @@ def reservation_create(
                 Voucher.objects.select_for_update().select_related("programme").get(pk=voucher.pk)
             )
         split = voucher_split(
-            voucher, bill=bill, buyer=demand.buyer, provider=offer.provider, site=offer.site, at=now
+            voucher,
+            bill=bill,
+            buyer=demand.buyer,
+            provider=offer.provider,
+            site=offer.site,
+            at=now,
+            accelerator=offer.accelerator,
         )
         status = Reservation.Status.HELD
         reservation = Reservation.objects.create(
@@ -505,16 +511,9 @@ def reservation_create(
             locality_tier=tier,
             status=status,
         )
-        legs = [(system_account(Account.Kind.ESCROW), bill)]
-        if split.voucher_part:
-            legs.append((voucher_account(voucher.pk), -split.voucher_part))  # type: ignore[union-attr]
-        legs.append((organisation_account(demand.buyer, Account.Kind.WALLET), -split.cash_part))
-        transaction_post(
-            Transaction.Reason.HOLD,
-            legs,
-            reservation=reservation,
-            voucher=reservation.voucher,
-            memo="hold at match",
+        hold_place(
+            reservation,
+            mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
         )
         _event(reservation, "", status, note=f"matched at tier {tier}")
         if offer.site.hub_id != demand.origin_site.hub_id:
@@ -611,26 +610,10 @@ def reservation_accept(
 
 
 def _release(reservation: Reservation, fee: Decimal, reason: str) -> None:
-    """Return the held parts to voucher and wallet, less ``fee`` CNY taken from the cash part
-    for the provider (cancellation fee: vouchers pay for compute, not penalties)."""
-    fee = min(fee, reservation.cash_part)
-    legs = [
-        (system_account(Account.Kind.ESCROW), -(reservation.voucher_part + reservation.cash_part))
-    ]
-    if reservation.voucher_part:
-        assert reservation.voucher_id is not None
-        legs.append((voucher_refund_account(reservation.voucher_id), reservation.voucher_part))
-    legs.append(
-        (organisation_account(reservation.buyer, Account.Kind.WALLET), reservation.cash_part - fee)
-    )
-    legs.append((organisation_account(reservation.provider, Account.Kind.PAYABLE), fee))
-    transaction_post(
-        reason,
-        legs,
-        reservation=reservation,
-        voucher=reservation.voucher,
-        memo=f"release ({reason})",
-    )
+    """Void the reservation's payment hold: the held parts return to voucher and wallet, less
+    ``fee`` CNY taken from the cash part for the provider (``ledger.holds.hold_void``; vouchers
+    pay for compute, not penalties). ``reason`` is the ``ledger.models.Refund.Kind``."""
+    hold_void(reservation, kind=reason, fee=fee)
 
 
 def cancellation_fee(reservation: Reservation, now: datetime) -> Decimal:
@@ -662,7 +645,7 @@ def reservation_cancel(
         _transition(
             reservation, Reservation.Status.CANCELLED, actor, f"cancelled by buyer, fee {fee}"
         )
-        _release(reservation, fee, Transaction.Reason.RELEASE)
+        _release(reservation, fee, Refund.Kind.CANCELLATION)
         Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.CANCELLED)
     return reservation
 
@@ -694,7 +677,7 @@ def reservations_expire_unaccepted(*, now: datetime | None = None) -> int:
 def _expire_held(reservation: Reservation) -> None:
     """``held → expired``: release the hold; the demand is open again for the next cycle."""
     _transition(reservation, Reservation.Status.EXPIRED, note="accept TTL passed")
-    _release(reservation, ZERO, Transaction.Reason.RELEASE)
+    _release(reservation, ZERO, Refund.Kind.EXPIRY)
     Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.OPEN)
 
 
@@ -784,31 +767,14 @@ def reservation_settle(*, reservation_id: ObjectId) -> Reservation:
         billable = (
             r.bill if delivered == r.gpu_hours else bill_amount(1, delivered, r.price_per_gpu_hour)
         )
-        refund_v, refund_c = split_proportionally(r.bill - billable, r.voucher_part, r.cash_part)
-        paid_v, paid_c = r.voucher_part - refund_v, r.cash_part - refund_c
-        fee = min(quantize_money(billable * settings.PLATFORM_FEE_RATE), paid_c)
-        legs = [
-            (system_account(Account.Kind.ESCROW), -r.bill),
-            (organisation_account(r.buyer, Account.Kind.WALLET), refund_c),
-            (organisation_account(r.provider, Account.Kind.PAYABLE), paid_c - fee),
-            (system_account(Account.Kind.FEES), fee),
-        ]
-        if r.voucher_id:
-            legs += [
-                (voucher_refund_account(r.voucher_id), refund_v),
-                (organisation_account(r.provider, Account.Kind.CLAIMS), paid_v),
-            ]
-        transaction_post(
-            Transaction.Reason.SETTLEMENT,
-            legs,
-            reservation=r,
-            voucher=r.voucher,
-            memo=f"settled {delivered} GPU-hours",
-        )
+        _, paid_v = hold_post(r, billable=billable)
         if paid_v > 0 and r.voucher is not None:
+            mode = Hold.objects.filter(reservation=r).values_list("mode", flat=True).get()
             ReimbursementClaim.objects.create(
                 programme_id=r.voucher.programme_id,
                 provider_id=r.provider_id,
+                claimant_id=r.buyer_id if mode == REIMBURSEMENT else r.provider_id,
+                mode=mode,
                 reservation=r,
                 voucher=r.voucher,
                 amount=paid_v,
@@ -824,5 +790,5 @@ def reservation_fail(
     with transaction.atomic(durable=True):
         reservation = _reservation_locked(reservation_id, provider=provider)
         _transition(reservation, Reservation.Status.FAILED, actor, "provider failed")
-        _release(reservation, ZERO, Transaction.Reason.RELEASE)
+        _release(reservation, ZERO, Refund.Kind.PROVIDER_FAILURE)
     return reservation

@@ -9,6 +9,12 @@ import uuid
 from django.db import models
 from django.db.models import Q
 
+BILL_CATEGORIES = ("gpu_time", "storage", "network", "software")
+
+
+def default_eligible_categories() -> list[str]:
+    return ["gpu_time"]
+
 
 class Programme(models.Model):
     """A city's compute-voucher programme, as data (issuer, budget, share, caps, region)."""
@@ -34,8 +40,18 @@ class Programme(models.Model):
     redemption_mode = models.CharField(
         max_length=20, choices=RedemptionMode.choices, default=RedemptionMode.POINT_OF_SALE
     )
-    statement_period = models.CharField(max_length=10, default="monthly")
+
+    class StatementPeriod(models.TextChoices):
+        MONTHLY = "monthly", "Monthly"
+        QUARTERLY = "quarterly", "Quarterly"
+
+    statement_period = models.CharField(
+        max_length=10, choices=StatementPeriod.choices, default=StatementPeriod.MONTHLY
+    )
     time_zone = models.CharField(max_length=40, default="Asia/Shanghai")
+    # Bill line categories the voucher may pay for (the eligible base of §5.4); a programme that
+    # funds compute only leaves storage and network lines to cash (Beijing).
+    eligible_categories = models.JSONField(default=default_eligible_categories, blank=True)
 
     class Meta:
         ordering = ["code"]
@@ -51,6 +67,33 @@ class Programme(models.Model):
         return self.name
 
 
+class ShareTier(models.Model):
+    """A higher ``max_share`` where a programme defines one (§5.6), as data: it applies when
+    every condition set on it holds — the accelerator is domestic (``domestic_accelerator``),
+    the accelerator is one of ``accelerators``, the buyer is one of ``buyers`` (e.g. certified
+    startups). The split uses the largest share among the programme's own and matching tiers.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    programme = models.ForeignKey(Programme, on_delete=models.CASCADE, related_name="tiers")
+    name = models.CharField(max_length=80)
+    max_share = models.DecimalField(max_digits=5, decimal_places=4)
+    domestic_accelerator = models.BooleanField(null=True, blank=True)
+    accelerators = models.ManyToManyField("marketplace.Accelerator", blank=True, related_name="+")
+    buyers = models.ManyToManyField("accounts.Organisation", blank=True, related_name="+")
+
+    class Meta:
+        ordering = ["programme", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_share__gt=0) & Q(max_share__lte=1), name="tier_share_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.programme.code}: {self.name} ({self.max_share})"
+
+
 class CatalogueEntry(models.Model):
     """A provider admitted to a programme's catalogue for one year (§5.6)."""
 
@@ -58,6 +101,13 @@ class CatalogueEntry(models.Model):
         PROPOSED = "proposed", "Proposed"
         APPROVED = "approved", "Approved"
         SUSPENDED = "suspended", "Suspended"
+
+    # proposed → approved ⇄ suspended; a suspended provider may be reinstated for the year.
+    TRANSITIONS: dict[str, set[str]] = {
+        "proposed": {"approved", "suspended"},
+        "approved": {"suspended"},
+        "suspended": {"approved"},
+    }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     programme = models.ForeignKey(Programme, on_delete=models.CASCADE, related_name="catalogue")
@@ -139,8 +189,59 @@ class Voucher(models.Model):
         return f"voucher {self.id} ({self.programme.code})"
 
 
+class Statement(models.Model):
+    """A reimbursement statement: every claim of one provider on one programme made in one
+    period ``[period_start, period_end)`` (dates in the programme's time zone), with its total in
+    CNY. Issued once per (programme, provider, period); marking it paid posts one ledger
+    transaction (§5.6)."""
+
+    class Status(models.TextChoices):
+        ISSUED = "issued", "Issued"
+        PAID = "paid", "Paid"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    programme = models.ForeignKey(Programme, on_delete=models.PROTECT, related_name="statements")
+    provider = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="statements"
+    )
+    period_start = models.DateField()
+    period_end = models.DateField()
+    total = models.DecimalField(max_digits=16, decimal_places=2)
+    claim_count = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ISSUED)
+    issued_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    transaction = models.OneToOneField(
+        "ledger.Transaction", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-period_start", "programme", "provider"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["programme", "provider", "period_start"], name="uniq_statement_period"
+            ),
+            models.CheckConstraint(condition=Q(total__gte=0), name="statement_total_nn"),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=models.F("period_start")), name="statement_period"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="issued") | Q(transaction__isnull=False) | Q(total=0),
+                name="statement_paid_has_transaction",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"statement {self.programme.code} {self.period_start}–{self.period_end}"
+
+
 class ReimbursementClaim(models.Model):
-    """A provider's claim on a programme for the voucher part of one settled reservation."""
+    """A claim on a programme for the voucher part of one settled reservation (§5.5).
+
+    ``claimant`` is the provider in ``point_of_sale`` mode (it deducted the voucher part) and
+    the buyer in ``reimbursement`` mode (it paid in full and is repaid); ``provider`` is always
+    the seller, so statements are per programme, provider and period either way.
+    """
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -154,8 +255,19 @@ class ReimbursementClaim(models.Model):
     reservation = models.OneToOneField(
         "marketplace.Reservation", on_delete=models.PROTECT, related_name="reimbursement_claim"
     )
+    claimant = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="claims_made"
+    )
+    mode = models.CharField(
+        max_length=20,
+        choices=Programme.RedemptionMode.choices,
+        default=Programme.RedemptionMode.POINT_OF_SALE,
+    )
     voucher = models.ForeignKey(Voucher, on_delete=models.PROTECT, related_name="claims")
     amount = models.DecimalField(max_digits=14, decimal_places=2)
+    statement = models.ForeignKey(
+        Statement, null=True, blank=True, on_delete=models.PROTECT, related_name="claims"
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(auto_now_add=True)
     paid_at = models.DateTimeField(null=True, blank=True)

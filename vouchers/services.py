@@ -4,6 +4,7 @@ Lock order everywhere: programme row, then voucher row, then ledger accounts (by
 """
 
 import calendar
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -15,12 +16,25 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from ledger.models import Account, Transaction
-from ledger.services import programme_account, system_account, transaction_post, voucher_account
+from ledger.services import (
+    organisation_account,
+    programme_account,
+    system_account,
+    transaction_post,
+    voucher_account,
+)
 from marketplace.errors import Conflict, Unprocessable, ValidationFailed
 from marketplace.money import ZERO, floor_money, quantize_money
 from marketplace.types import ObjectId
 
-from .models import CatalogueEntry, Programme, ReimbursementClaim, Voucher, VoucherApplication
+from .models import (
+    CatalogueEntry,
+    Programme,
+    ReimbursementClaim,
+    Statement,
+    Voucher,
+    VoucherApplication,
+)
 
 
 def programme_year(programme: Programme, at: datetime) -> int:
@@ -157,7 +171,8 @@ def voucher_issue(
     """Issue a voucher of ``face_value`` CNY to ``owner``, reserving programme budget (§5.6).
 
     Under the programme row lock: the programme's budget account must cover the face value
-    (else ``Unprocessable(code="programme_budget_exhausted")``) and the buyer's vouchers issued
+    (else ``Unprocessable(code="programme_budget_exhausted")``), the programme must be in effect
+    (``ValidationFailed(code="programme_not_in_effect")``) and the buyer's vouchers issued
     in this calendar year (Asia/Shanghai) plus this one must not pass ``buyer_annual_cap``
     (else ``Unprocessable(code="buyer_cap_exceeded")``).
     """
@@ -224,9 +239,59 @@ class Split:
 
 def split_bill(bill: Decimal, max_share: Decimal, *limits: Decimal, note: str = "") -> Split:
     """``voucher_part = min(floor_fen(bill × max_share), *limits)``; cash is the rest (§5.4)."""
-    voucher = min([floor_money(bill * max_share), *[max(ZERO, x) for x in limits]])
+    return split_lines([BillLine("gpu_time", bill)], max_share, *limits, note=note)
+
+
+@dataclass(frozen=True)
+class BillLine:
+    """One line of a bill: ``category`` (``vouchers.models.BILL_CATEGORIES``) and ``amount``
+    CNY (already rounded to the fen by the pricing function)."""
+
+    category: str
+    amount: Decimal
+
+
+def split_lines(
+    lines: Sequence[BillLine],
+    max_share: Decimal,
+    *limits: Decimal,
+    eligible: Collection[str] = ("gpu_time",),
+    note: str = "",
+) -> Split:
+    """Split a bill of several lines (§5.4): the voucher pays at most ``max_share`` of the
+    *eligible base* — the lines whose category the programme funds — floored to the fen, and
+    never more than any of ``limits`` (voucher balance, budget left, buyer's cap left).
+
+    Beijing (20 %, compute only) on ¥80,000 of GPU time and ¥20,000 of storage: base ¥80,000,
+    voucher part ≤ ¥16,000, cash the remaining ¥84,000.
+    """
+    bill = sum((line.amount for line in lines), ZERO)
+    base = sum((line.amount for line in lines if line.category in eligible), ZERO)
+    voucher = min([floor_money(base * max_share), *[max(ZERO, x) for x in limits]])
     voucher = max(ZERO, voucher)
     return Split(bill=bill, voucher_part=voucher, cash_part=bill - voucher, note=note)
+
+
+def programme_share(
+    programme: Programme, *, buyer: Organisation, accelerator: object | None = None
+) -> Decimal:
+    """The ``max_share`` that applies: the programme's own or the largest of its matching
+    tiers (``ShareTier``: domestic accelerators, listed accelerators, listed buyers)."""
+    share = programme.max_share
+    for tier in programme.tiers.prefetch_related("accelerators", "buyers"):
+        if tier.domestic_accelerator is not None and (
+            accelerator is None
+            or bool(getattr(accelerator, "is_domestic", False)) != tier.domestic_accelerator
+        ):
+            continue
+        accelerators = {a.pk for a in tier.accelerators.all()}
+        if accelerators and getattr(accelerator, "pk", None) not in accelerators:
+            continue
+        buyers = {b.pk for b in tier.buyers.all()}
+        if buyers and buyer.pk not in buyers:
+            continue
+        share = max(share, tier.max_share)
+    return share
 
 
 def voucher_ineligibility(
@@ -306,19 +371,36 @@ def voucher_split(
     provider: Organisation,
     site: object,
     at: datetime,
+    accelerator: object | None = None,
+    lines: Sequence[BillLine] | None = None,
 ) -> Split:
     """The voucher/cash split of ``bill`` CNY (§5.4), reading current balances (no locks).
 
-    Services that hold funds call this after locking the programme and voucher rows.
+    ``lines`` default to one ``gpu_time`` line of the whole bill; the voucher pays only for
+    the categories its programme funds. ``accelerator`` selects a share tier. The voucher part
+    is zero, with the reason in ``Split.note``, when the voucher is not usable here
+    (``voucher_ineligibility``). Services that hold funds call this after locking the programme
+    and voucher rows.
     """
+    lines = list(lines) if lines is not None else [BillLine("gpu_time", bill)]
+    if sum((line.amount for line in lines), ZERO) != bill:
+        raise ValueError("bill lines must add up to the bill")
     if voucher is None:
         return Split(bill=bill, voucher_part=ZERO, cash_part=bill)
     reason = voucher_ineligibility(voucher, buyer=buyer, provider=provider, site=site, at=at)
     if reason:
         return Split(bill=bill, voucher_part=ZERO, cash_part=bill, note=reason)
+    programme = voucher.programme
     balance = voucher_account(voucher.pk).balance
-    budget_left, cap_left = programme_limits_left(voucher.programme, buyer, at)
-    return split_bill(bill, voucher.programme.max_share, balance, budget_left, cap_left)
+    budget_left, cap_left = programme_limits_left(programme, buyer, at)
+    return split_lines(
+        lines,
+        programme_share(programme, buyer=buyer, accelerator=accelerator),
+        balance,
+        budget_left,
+        cap_left,
+        eligible=programme.eligible_categories or (),
+    )
 
 
 @transaction.atomic
@@ -351,11 +433,34 @@ def vouchers_lapse_expired(*, now: datetime | None = None) -> int:
     return count
 
 
-def catalogue_entry_approve(*, entry_id: ObjectId) -> CatalogueEntry:
-    """Approve a provider's catalogue entry (``proposed``/``suspended`` → ``approved``)."""
+def catalogue_entry_propose(
+    *, programme: Programme, provider: Organisation, year: int
+) -> CatalogueEntry:
+    """Propose ``provider`` for ``programme``'s catalogue of ``year`` (status ``proposed``).
+
+    Raises ``ValidationFailed(code="not_a_provider")`` for a buyer-only organisation and
+    ``Conflict(code="already_in_catalogue")`` when an entry for that year exists.
+    """
+    if not provider.is_provider:
+        raise ValidationFailed("only providers enter catalogues", code="not_a_provider")
+    with transaction.atomic():
+        entry, created = CatalogueEntry.objects.get_or_create(
+            programme=programme, provider=provider, year=year
+        )
+    if not created:
+        raise Conflict(f"already {entry.status} for {year}", code="already_in_catalogue")
+    return entry
+
+
+def _catalogue_entry_move(entry_id: ObjectId, status: str) -> CatalogueEntry:
     with transaction.atomic():
         entry = CatalogueEntry.objects.select_for_update().get(pk=entry_id)
-        entry.status = CatalogueEntry.Status.APPROVED
+        if status not in CatalogueEntry.TRANSITIONS[entry.status]:
+            raise Conflict(
+                f"catalogue entry is {entry.status}, cannot become {status}",
+                code="illegal_transition",
+            )
+        entry.status = status
         entry.save(update_fields=["status"])
     return entry
 
@@ -369,3 +474,148 @@ def voucher_refund_account(voucher_id: ObjectId) -> Account:
     if voucher.status == Voucher.Status.EXPIRED:
         return programme_account(voucher.programme_id)
     return voucher_account(voucher_id)
+
+
+def catalogue_entry_approve(*, entry_id: ObjectId) -> CatalogueEntry:
+    """Approve a provider for its year (``proposed``/``suspended`` → ``approved``); only then
+    can its capacity be paid with the programme's vouchers. ``Conflict`` otherwise."""
+    return _catalogue_entry_move(entry_id, CatalogueEntry.Status.APPROVED)
+
+
+def catalogue_entry_suspend(*, entry_id: ObjectId) -> CatalogueEntry:
+    """Suspend a provider (``proposed``/``approved`` → ``suspended``): new holds get no voucher
+    part; holds already made keep theirs. ``Conflict`` otherwise."""
+    return _catalogue_entry_move(entry_id, CatalogueEntry.Status.SUSPENDED)
+
+
+# --- Reimbursement statements ----------------------------------------------------------------
+
+
+def statement_period_bounds(programme: Programme, day: date) -> tuple[date, date]:
+    """The statement period ``[start, end)`` holding ``day`` (monthly or quarterly)."""
+    months = 3 if programme.statement_period == Programme.StatementPeriod.QUARTERLY else 1
+    first_month = (day.month - 1) // months * months + 1
+    start = date(day.year, first_month, 1)
+    end_month0 = first_month - 1 + months
+    end = date(day.year + end_month0 // 12, end_month0 % 12 + 1, 1)
+    return start, end
+
+
+def _local_midnight(programme: Programme, day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(programme.time_zone))
+
+
+def statement_issue(
+    *,
+    programme_id: ObjectId,
+    provider_id: ObjectId,
+    period_start: date,
+    now: datetime | None = None,
+) -> Statement:
+    """Issue the reimbursement statement of one programme, provider and period (§5.6).
+
+    The period is the one holding ``period_start`` (``statement_period_bounds``); it must be
+    over in the programme's time zone (else ``Conflict(code="period_not_over")``), so no claim
+    can join it later. Every claim of the provider on the programme settled in the period is
+    listed; ``total`` is their sum (CNY). Issuing the same period again returns the same
+    statement with the same total (reproducible).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        programme = Programme.objects.select_for_update().get(pk=programme_id)
+        start, end = statement_period_bounds(programme, period_start)
+        if _local_midnight(programme, end) > now:
+            raise Conflict("the statement period is not over yet", code="period_not_over")
+        existing = Statement.objects.filter(
+            programme=programme, provider__pk=provider_id, period_start=start
+        ).first()
+        if existing is not None:
+            return existing
+        claims = list(
+            ReimbursementClaim.objects.select_for_update()
+            .filter(
+                programme=programme,
+                provider__pk=provider_id,
+                statement__isnull=True,
+                created_at__gte=_local_midnight(programme, start),
+                created_at__lt=_local_midnight(programme, end),
+            )
+            .order_by("pk")
+        )
+        statement = Statement.objects.create(
+            programme=programme,
+            provider_id=provider_id,
+            period_start=start,
+            period_end=end,
+            total=sum((c.amount for c in claims), ZERO),
+            claim_count=len(claims),
+        )
+        ReimbursementClaim.objects.filter(pk__in=[c.pk for c in claims]).update(statement=statement)
+    return statement
+
+
+def statements_issue_due(*, now: datetime | None = None) -> int:
+    """Issue every statement whose period is over and that has unlisted claims (beat task).
+    Safe to run twice. Returns the number of statements issued."""
+    now = now or timezone.now()
+    issued = 0
+    pending = (
+        ReimbursementClaim.objects.filter(statement__isnull=True)
+        .values_list("programme_id", "provider_id", "created_at")
+        .order_by("programme_id", "provider_id", "created_at")
+    )
+    programmes = {p.pk: p for p in Programme.objects.all()}
+    seen: set[tuple[object, object, date]] = set()
+    for programme_id, provider_id, created_at in pending:
+        programme = programmes[programme_id]
+        local_day = created_at.astimezone(ZoneInfo(programme.time_zone)).date()
+        start, end = statement_period_bounds(programme, local_day)
+        key = (programme_id, provider_id, start)
+        if key in seen or _local_midnight(programme, end) > now:
+            continue
+        seen.add(key)
+        statement_issue(
+            programme_id=programme_id, provider_id=provider_id, period_start=start, now=now
+        )
+        issued += 1
+    return issued
+
+
+def statement_mark_paid(*, statement_id: ObjectId, now: datetime | None = None) -> Statement:
+    """The operator marks a statement paid: one CLAIM_PAID ledger transaction moves each
+    claim's amount out of its claimant's claims account — to the provider's payable
+    (``point_of_sale``) or back to the buyer's wallet (``reimbursement``) — and the claims
+    become ``paid``. Exactly once: a second call (or a racing one) is a ``Conflict``
+    (``already_paid``) and posts nothing.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        statement = Statement.objects.select_for_update().get(pk=statement_id)
+        if statement.status != Statement.Status.ISSUED:
+            raise Conflict("statement already paid", code="already_paid")
+        claims = list(statement.claims.select_related("claimant").order_by("pk"))
+        by_account: dict[object, tuple[Account, Decimal]] = {}
+
+        def add(account: Account, amount: Decimal) -> None:
+            _, before = by_account.get(account.pk, (account, ZERO))
+            by_account[account.pk] = (account, before + amount)
+
+        for claim in claims:
+            add(organisation_account(claim.claimant, Account.Kind.CLAIMS), -claim.amount)
+            kind = (
+                Account.Kind.WALLET
+                if claim.mode == Programme.RedemptionMode.REIMBURSEMENT
+                else Account.Kind.PAYABLE
+            )
+            add(organisation_account(claim.claimant, kind), claim.amount)
+        txn = transaction_post(
+            Transaction.Reason.CLAIM_PAID,
+            list(by_account.values()),
+            memo=f"statement {statement.programme_id} {statement.period_start} paid",
+        )
+        statement.status = Statement.Status.PAID
+        statement.paid_at = now
+        statement.transaction = txn
+        statement.save(update_fields=["status", "paid_at", "transaction"])
+        statement.claims.update(status=ReimbursementClaim.Status.PAID, paid_at=now)
+    return statement
