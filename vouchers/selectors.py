@@ -1,5 +1,8 @@
 """Voucher reads: programmes, a buyer's vouchers (with ledger balance) and applications."""
 
+import csv
+import io
+
 from django.db.models import DecimalField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
@@ -7,7 +10,18 @@ from accounts.models import Organisation
 from ledger.models import Account
 from marketplace.selectors import as_uuid
 
-from .models import Programme, Voucher, VoucherApplication
+from .models import Programme, ReimbursementClaim, Statement, Voucher, VoucherApplication
+
+STATEMENT_CSV_COLUMNS = (
+    "claim",
+    "reservation",
+    "settled_at_utc",
+    "claimant_credit_code",
+    "claimant",
+    "mode",
+    "voucher",
+    "amount_cny",
+)
 
 
 def programme_list() -> QuerySet[Programme]:
@@ -60,3 +74,32 @@ def voucher_application_get(
 ) -> VoucherApplication | None:
     pk = as_uuid(application_id)
     return None if pk is None else voucher_application_list(buyer=buyer).filter(pk=pk).first()
+
+
+def statement_claims(*, statement: Statement) -> QuerySet[ReimbursementClaim]:
+    """The claims a statement lists, in a stable order (creation time, then id)."""
+    return statement.claims.select_related("claimant").order_by("created_at", "id")
+
+
+def statement_csv(*, statement: Statement) -> str:
+    """The statement as CSV (UTF-8 text): one row per claim (``STATEMENT_CSV_COLUMNS``, amounts
+    CNY to the fen, times UTC ISO 8601), then a ``total`` row. The same statement always gives
+    the same bytes."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(STATEMENT_CSV_COLUMNS)
+    for claim in statement_claims(statement=statement):
+        writer.writerow(
+            [
+                claim.pk,
+                claim.reservation_id,
+                claim.created_at.isoformat(),
+                claim.claimant.credit_code,
+                claim.claimant.name,
+                claim.mode,
+                claim.voucher_id,
+                f"{claim.amount:.2f}",
+            ]
+        )
+    writer.writerow(["total", "", "", "", "", "", "", f"{statement.total:.2f}"])
+    return out.getvalue()

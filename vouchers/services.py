@@ -272,6 +272,31 @@ def split_lines(
     return Split(bill=bill, voucher_part=voucher, cash_part=bill - voucher, note=note)
 
 
+def voucher_part_check(
+    voucher: Voucher,
+    voucher_part: Decimal,
+    *,
+    buyer: Organisation,
+    accelerator: object | None = None,
+    lines: Sequence[BillLine],
+) -> None:
+    """Refuse a voucher part above ``floor_fen(eligible base × share)`` of its programme (§5.4):
+    ``Unprocessable(code="voucher_share_exceeded", field="voucher_part")``. Chengdu 2025 on a
+    ¥100,000 bill allows ¥60,000.00; ¥60,000.01 is refused. Every hold passes through it."""
+    programme = voucher.programme
+    base = sum(
+        (line.amount for line in lines if line.category in (programme.eligible_categories or ())),
+        ZERO,
+    )
+    allowed = floor_money(base * programme_share(programme, buyer=buyer, accelerator=accelerator))
+    if voucher_part > allowed:
+        raise Unprocessable(
+            f"voucher part ¥{voucher_part} exceeds ¥{allowed} allowed by {programme.code}",
+            code="voucher_share_exceeded",
+            field="voucher_part",
+        )
+
+
 def programme_share(
     programme: Programme, *, buyer: Organisation, accelerator: object | None = None
 ) -> Decimal:
@@ -393,7 +418,7 @@ def voucher_split(
     programme = voucher.programme
     balance = voucher_account(voucher.pk).balance
     budget_left, cap_left = programme_limits_left(programme, buyer, at)
-    return split_lines(
+    split = split_lines(
         lines,
         programme_share(programme, buyer=buyer, accelerator=accelerator),
         balance,
@@ -401,6 +426,10 @@ def voucher_split(
         cap_left,
         eligible=programme.eligible_categories or (),
     )
+    voucher_part_check(
+        voucher, split.voucher_part, buyer=buyer, accelerator=accelerator, lines=lines
+    )
+    return split
 
 
 @transaction.atomic
