@@ -3,6 +3,7 @@ a negative wallet, voucher or programme balance even for raw SQL, ledger rows ar
 and no money table has a float column."""
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.apps import apps
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db
 CHECK_VIOLATION = "23514"
 
 
-def _raw_update(sql: str, params: list[object]) -> str:
+def _raw_update(sql: str, params: list[Any]) -> str:
     """Run one raw statement in a savepoint; return the SQLSTATE it failed with."""
     with pytest.raises(IntegrityError) as refused, transaction.atomic(), connection.cursor() as c:
         c.execute(sql, params)
