@@ -1,6 +1,7 @@
 """Ledger writes: every money movement is one balanced transaction (§5.2)."""
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -109,3 +110,18 @@ def balances(accounts: Iterable[Account]) -> dict[object, Decimal]:
     """Cached balances of ``accounts`` by primary key, read fresh from the database."""
     ids = [a.pk for a in accounts]
     return dict(Account.objects.filter(pk__in=ids).values_list("pk", "balance"))
+
+
+def idempotency_keys_prune(*, now: datetime | None = None) -> int:
+    """Delete stored ``Idempotency-Key`` responses older than ``IDEMPOTENCY_KEY_TTL`` (at least
+    7 days, PRODUCT.md §6.1). Safe to run twice. Returns the number deleted."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from .models import IdempotencyKey
+
+    ttl = max(settings.IDEMPOTENCY_KEY_TTL, timedelta(days=7))
+    deleted, _ = IdempotencyKey.objects.filter(
+        created_at__lt=(now or timezone.now()) - ttl
+    ).delete()
+    return deleted

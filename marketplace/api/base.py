@@ -114,8 +114,11 @@ def _fingerprint(request: Request) -> str:
 
 
 def _owner(view: APIView, request: Request) -> str:
+    """The key's scope: the caller's organisation *and* user, so two people of one company
+    never replay each other's responses and a key means nothing outside its organisation."""
     organisation = getattr(view, "organisation", None)
-    return f"org:{organisation.pk}" if organisation is not None else f"user:{request.user.pk}"
+    user = f"user:{request.user.pk}"
+    return f"org:{organisation.pk}/{user}" if organisation is not None else user
 
 
 Handler = Callable[..., Response]
@@ -129,7 +132,9 @@ def idempotent(handler: Handler) -> Handler:
     and the same method, path and body replays the stored response (header
     ``Idempotent-Replayed: true``); another body is a 422 ``idempotency_key_reused``; a retry
     while the first is still running is a 409 ``idempotency_key_in_progress``. A refused or
-    failed request writes nothing (services are atomic), so its key is released for a retry.
+    failed request (4xx, 5xx) stores nothing (services are atomic), so its key is released for
+    a retry. Keys are scoped to the caller's organisation and user and kept at least
+    ``IDEMPOTENCY_KEY_TTL`` (7 days; ``ledger.services.idempotency_keys_prune``).
     """
 
     @wraps(handler)
@@ -163,6 +168,9 @@ def idempotent(handler: Handler) -> Handler:
                     code="idempotency_key_in_progress",
                     field="Idempotency-Key",
                 ) from None
+            # Authentication and the organisation were checked again by ``initial`` on this
+            # request; check the view's permissions again too before replaying.
+            view.check_permissions(request)
             replay = Response(first.response_body, status=first.status_code)
             replay["Idempotent-Replayed"] = "true"
             return replay

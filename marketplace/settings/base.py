@@ -159,6 +159,8 @@ CANCEL_FEE_WINDOW = timedelta(hours=env.int("CANCEL_FEE_WINDOW_HOURS", default=2
 CANCEL_FEE_RATE = Decimal(env("CANCEL_FEE_RATE", default="0.10"))
 PLATFORM_FEE_RATE = Decimal(env("PLATFORM_FEE_RATE", default="0.00"))
 PROGRAMME_TIME_ZONE = "Asia/Shanghai"
+# Stored Idempotency-Key responses are kept at least this long (never less than 7 days).
+IDEMPOTENCY_KEY_TTL = timedelta(days=env.int("IDEMPOTENCY_KEY_TTL_DAYS", default=7))
 
 CELERY_BEAT_SCHEDULE = {
     "matching-cycle": {"task": "marketplace.tasks.match_all_hubs", "schedule": MATCH_INTERVAL},
@@ -168,6 +170,11 @@ CELERY_BEAT_SCHEDULE = {
     "expire-demands": {"task": "marketplace.tasks.expire_demands", "schedule": 300.0},
     "lapse-expired-vouchers": {
         "task": "vouchers.tasks.lapse_expired_vouchers",
+        "schedule": 86400.0,
+    },
+    "issue-statements": {"task": "vouchers.tasks.issue_statements", "schedule": 86400.0},
+    "prune-idempotency-keys": {
+        "task": "ledger.tasks.prune_idempotency_keys",
         "schedule": 86400.0,
     },
 }
