@@ -13,15 +13,27 @@ from typing import Any
 from django.contrib import admin
 from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from ledger.models import Account
 from marketplace.admin_utils import ReadOnlyAdminMixin, run_service_action
 
-from .models import CatalogueEntry, Programme, ReimbursementClaim, Voucher, VoucherApplication
+from .models import (
+    CatalogueEntry,
+    Programme,
+    ReimbursementClaim,
+    ShareTier,
+    Statement,
+    Voucher,
+    VoucherApplication,
+)
+from .selectors import statement_csv
 from .services import (
     catalogue_entry_approve,
+    catalogue_entry_suspend,
     programme_fund,
+    statement_mark_paid,
+    statements_issue_due,
     voucher_application_approve,
     voucher_application_reject,
 )
@@ -37,6 +49,15 @@ class CatalogueEntryInline(admin.TabularInline):
     fields = ("provider", "year", "status")
     readonly_fields = ("status",)
     autocomplete_fields = ("provider",)
+
+
+class ShareTierInline(admin.TabularInline):
+    """Higher shares where the programme defines them (domestic accelerators, startups)."""
+
+    model = ShareTier
+    extra = 0
+    fields = ("name", "max_share", "domestic_accelerator", "accelerators", "buyers")
+    autocomplete_fields = ("buyers",)
 
 
 @admin.register(Programme)
@@ -58,7 +79,7 @@ class ProgrammeAdmin(admin.ModelAdmin):
     list_filter = ("issuer_city", "redemption_mode")
     search_fields = ("code", "name", "issuer_city")
     filter_horizontal = ("hubs", "clusters", "sites")
-    inlines = (CatalogueEntryInline,)
+    inlines = (CatalogueEntryInline, ShareTierInline)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Programme]:
         return (
@@ -96,7 +117,17 @@ class CatalogueEntryAdmin(admin.ModelAdmin):
     list_select_related = ("provider", "programme")
     readonly_fields = ("status",)
     autocomplete_fields = ("provider",)
-    actions = ("approve_entries",)
+    actions = ("approve_entries", "suspend_entries")
+
+    @admin.action(description="Suspend selected catalogue entries")
+    def suspend_entries(self, request: HttpRequest, queryset: QuerySet[CatalogueEntry]) -> None:
+        run_service_action(
+            self,
+            request,
+            queryset,
+            lambda entry: catalogue_entry_suspend(entry_id=entry.pk),
+            "suspended",
+        )
 
     @admin.action(description="Approve selected catalogue entries")
     def approve_entries(self, request: HttpRequest, queryset: QuerySet[CatalogueEntry]) -> None:
@@ -209,3 +240,45 @@ class ReimbursementClaimAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("id", "provider__name", "reservation__id")
     list_select_related = ("provider", "programme", "reservation")
     date_hierarchy = "created_at"
+
+
+@admin.register(Statement)
+class StatementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Reimbursement statements (§5.6): issued by the daily task (or the action), marked paid by
+    an operator (one ledger transaction), downloadable as CSV."""
+
+    list_display = (
+        "programme",
+        "provider",
+        "period_start",
+        "period_end",
+        "claim_count",
+        "total",
+        "status",
+        "paid_at",
+    )
+    list_filter = ("status", "programme")
+    search_fields = ("provider__name", "provider__credit_code", "programme__code")
+    list_select_related = ("programme", "provider")
+    actions = ("issue_due", "mark_paid", "download_csv")
+
+    @admin.action(description="Issue every statement whose period is over")
+    def issue_due(self, request: HttpRequest, queryset: QuerySet[Statement]) -> None:
+        self.message_user(request, f"{statements_issue_due()} statements issued")
+
+    @admin.action(description="Mark selected statements paid (posts the ledger transaction)")
+    def mark_paid(self, request: HttpRequest, queryset: QuerySet[Statement]) -> None:
+        run_service_action(
+            self,
+            request,
+            queryset,
+            lambda statement: statement_mark_paid(statement_id=statement.pk),
+            "marked paid",
+        )
+
+    @admin.action(description="Download selected statements as CSV")
+    def download_csv(self, request: HttpRequest, queryset: QuerySet[Statement]) -> HttpResponse:
+        body = "".join(statement_csv(statement=s) for s in queryset.order_by("period_start", "pk"))
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="statements.csv"'
+        return response

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
@@ -78,7 +79,7 @@ def test_last_programme_budget(site):
     buyers = [OrganisationFactory.create(home_site=site) for _ in range(N)]
     outcomes = run_at_once(
         [
-            lambda b=b: voucher_issue(programme=programme, owner=b, face_value=Decimal("100.00"))
+            partial(voucher_issue, programme=programme, owner=b, face_value=Decimal("100.00"))
             for b in buyers
         ]
     )
@@ -115,9 +116,7 @@ def test_last_voucher_balance(buyer, offer, programme):
     ]
     outcomes = run_at_once(
         [
-            lambda d=d: reservation_create(
-                demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start
-            )
+            partial(reservation_create, demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start)
             for d in demands
         ]
     )
@@ -135,8 +134,11 @@ def test_last_gpus_of_an_offer(buyer, offer):
     demands = [DemandFactory.create(buyer=buyer, gpu_count=1) for _ in range(N)]
     outcomes = run_at_once(
         [
-            lambda d=d: reservation_create(
-                demand_id=d.pk, offer_id=offer.pk, start=demands[0].earliest_start
+            partial(
+                reservation_create,
+                demand_id=d.pk,
+                offer_id=offer.pk,
+                start=demands[0].earliest_start,
             )
             for d in demands
         ]

@@ -1,0 +1,43 @@
+"""Operators mark statements paid and download them as CSV from the admin (§6.4)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from ledger.audit import ledger_audit
+from ledger.models import Transaction
+from marketplace.services import reservation_create, reservation_settle, reservations_advance
+from tests.factories import DemandFactory, UserFactory
+from vouchers.models import Statement
+from vouchers.services import statement_issue
+
+pytestmark = pytest.mark.django_db
+
+
+def test_operator_marks_a_statement_paid_once_and_downloads_it(
+    client, buyer, provider, offer, voucher, programme
+):
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    reservations_advance(now=r.start)
+    reservations_advance(now=r.end)
+    reservation_settle(reservation_id=r.pk)
+    statement = statement_issue(
+        programme_id=programme.pk,
+        provider_id=provider.pk,
+        period_start=timezone.now().date(),
+        now=timezone.now() + timedelta(days=95),
+    )
+    operator = UserFactory.create(username="op", is_staff=True, is_superuser=True)
+    client.force_login(operator)
+    url = "/admin/vouchers/statement/"
+    csv = client.post(url, {"action": "download_csv", "_selected_action": [statement.pk]})
+    assert csv.status_code == 200
+    assert csv["Content-Type"].startswith("text/csv")
+    assert csv.content.decode().splitlines()[-1].endswith(",48.00")
+    for _ in range(2):
+        client.post(url, {"action": "mark_paid", "_selected_action": [statement.pk]})
+    assert Statement.objects.get().status == "paid"
+    assert Transaction.objects.filter(reason="claim_paid").count() == 1
+    assert ledger_audit() == []
