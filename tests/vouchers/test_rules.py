@@ -180,10 +180,10 @@ def test_a_programme_pays_only_inside_its_effective_window(buyer, offer, program
     programme.save()
     voucher.refresh_from_db()
     s = split(voucher, buyer, offer, Decimal("80.00"))
-    assert s.note == "programme_not_effective"
-    with pytest.raises(Unprocessable) as refused:
+    assert s.note == "programme_not_in_effect"
+    with pytest.raises(ValidationFailed) as refused:
         voucher_issue(programme=programme, owner=buyer, face_value=Decimal("10.00"))
-    assert refused.value.code == "programme_not_effective"
+    assert refused.value.code == "programme_not_in_effect"
 
 
 @pytest.mark.parametrize(
