@@ -51,13 +51,16 @@ class CatalogueEntryInline(admin.TabularInline):
     autocomplete_fields = ("provider",)
 
 
-class ShareTierInline(admin.TabularInline):
-    """Higher shares where the programme defines them (domestic accelerators, startups)."""
+@admin.register(ShareTier)
+class ShareTierAdmin(admin.ModelAdmin):
+    """Higher shares where a programme defines them (domestic accelerators, startups): data,
+    so a new city's tiers need no code."""
 
-    model = ShareTier
-    extra = 0
-    fields = ("name", "max_share", "domestic_accelerator", "accelerators", "buyers")
+    list_display = ("programme", "name", "max_share", "domestic_accelerator")
+    list_filter = ("programme",)
+    fields = ("programme", "name", "max_share", "domestic_accelerator", "accelerators", "buyers")
     autocomplete_fields = ("buyers",)
+    filter_horizontal = ("accelerators",)
 
 
 @admin.register(Programme)
@@ -79,7 +82,7 @@ class ProgrammeAdmin(admin.ModelAdmin):
     list_filter = ("issuer_city", "redemption_mode")
     search_fields = ("code", "name", "issuer_city")
     filter_horizontal = ("hubs", "clusters", "sites")
-    inlines = (CatalogueEntryInline, ShareTierInline)
+    inlines = (CatalogueEntryInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Programme]:
         return (
