@@ -35,7 +35,6 @@ from .models import Account, Hold, Refund, Transaction
 from .services import (
     Leg,
     organisation_account,
-    programme_account,
     system_account,
     transaction_post,
     voucher_account,
@@ -102,11 +101,11 @@ def _count_refund(hold: Hold, voucher_amount: Decimal, cash_amount: Decimal) -> 
 
 
 def voucher_refund_account(voucher: "Voucher") -> Account:
-    """Where value returning to ``voucher`` goes: the voucher, or its programme's budget when
-    the voucher has lapsed already (its unused balance went back once; this follows it)."""
-    if voucher.status == "expired":
-        return programme_account(voucher.programme_id)
-    return voucher_account(voucher.pk)
+    """Where value returning to ``voucher`` goes (``vouchers.services.voucher_refund_account``):
+    the voucher, or its programme's budget once the voucher has lapsed."""
+    from vouchers.services import voucher_refund_account as refund_account
+
+    return refund_account(voucher.pk)
 
 
 def cancellation_fee_legs(reservation: "Reservation", fee: Decimal) -> list[Leg]:
