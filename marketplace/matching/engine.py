@@ -78,6 +78,36 @@ class OfferSnap:
                 return run_start
         return None
 
+    def latest_fit(self, gpus: int, duration: int, lo: int, hi: int) -> int | None:
+        """Latest start ``s`` with ``lo ≤ s`` and ``s + duration ≤ hi`` such that every hour of
+        ``[s, s + duration)`` has ``gpus`` free GPUs; ``None`` if there is none."""
+        lo, hi = max(lo, self.start), min(hi, self.end)
+        if hi - lo < duration or gpus > self.gpu_count:
+            return None
+        limit = self.gpu_count - gpus
+        run_end = hi
+        used, base = self.used, self.start
+        for h in range(hi - 1, lo - 1, -1):
+            if used[h - base] > limit:
+                run_end = h
+                if run_end - lo < duration:
+                    return None
+            elif run_end - h >= duration:
+                return h
+        return None
+
+    def free_at(self, hour: int) -> int:
+        """GPUs free in ``hour`` (0 outside the offer's window)."""
+        if not self.start <= hour < self.end:
+            return 0
+        return self.gpu_count - self.used[hour - self.start]
+
+    def leftover(self, gpus: int, start: int, duration: int) -> int:
+        """The fewest GPUs left free in ``[start, start + duration)`` after taking ``gpus``:
+        0 is a perfect fit, a small positive number a sliver (anti-fragmentation score)."""
+        base = self.start
+        return self.gpu_count - gpus - max(self.used[start - base : start - base + duration])
+
     def take(self, gpus: int, start: int, duration: int) -> None:
         for h in range(start - self.start, start - self.start + duration):
             self.used[h] += gpus
@@ -146,6 +176,15 @@ class Result:
     matches: list[Match]
     unserved: dict[str, str]  # demand id → first blocking reason
     pairs_considered: int = 0
+    policy: str = "greedy"
+    # Solver facts for ``optimal`` (status, columns, rows, objective, fallback used, seconds).
+    solver: dict[str, object] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)  # demand id → GPU-hours served
+
+    @property
+    def gpu_hours(self) -> int:
+        """Served GPU-hours (the primary objective of both policies)."""
+        return sum(self.served.values())
 
 
 def bill_of(gpus: int, hours: int, price: Decimal) -> Decimal:
@@ -197,6 +236,7 @@ def solve_greedy(
         if demand.voucher is not None and match.voucher_part:
             demand.voucher.available -= match.voucher_part
         result.matches.append(match)
+        result.served[demand.id] = demand.gpu_count * demand.duration
         if on_match is not None:
             on_match(match)
     return result
