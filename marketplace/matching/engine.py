@@ -218,11 +218,15 @@ def solve_greedy(
     ``latency`` maps ``(hub, hub)`` to milliseconds: across hubs, among offers of equal cost to
     the buyer the lower-latency hub wins (docking "other hubs by latency", §4.3).
     """
-    by_model: dict[str, list[OfferSnap]] = {}
+    # Offers grouped by model and site (one locality tier and latency per demand and group),
+    # each group sorted by price: whole groups beyond the demand's limit, and the dear tail
+    # of a group, are skipped without looking at each offer.
+    groups: dict[str, dict[str, list[OfferSnap]]] = {}
     by_id: dict[str, OfferSnap] = {}
-    for offer in sorted(offers, key=lambda o: (o.listed, o.id)):
-        by_model.setdefault(offer.model, []).append(offer)
+    for offer in sorted(offers, key=lambda o: (o.price, o.listed, o.id)):
+        groups.setdefault(offer.model, {}).setdefault(offer.site.id, []).append(offer)
         by_id[offer.id] = offer
+    by_model = {model: list(sites.values()) for model, sites in groups.items()}
     result = Result(matches=[], unserved={})
     ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
     for demand in ordered:
@@ -244,45 +248,58 @@ def solve_greedy(
 
 def _best_pair(
     demand: DemandSnap,
-    by_model: dict[str, list[OfferSnap]],
+    by_model: dict[str, list[list[OfferSnap]]],
     latency: Mapping[tuple[str, str], float],
 ) -> tuple[Match | None, str, int]:
+    """The best feasible pair of ``demand`` in its nearest tier that has one, else the
+    furthest rule any offer passed. ``considered`` counts every offer of an acceptable model
+    (the candidate pairs), also those skipped in bulk."""
     limit = tier_rank(demand.limit)
-    best: dict[int, tuple[tuple[Decimal, float, int, int, str], Match]] = {}
     blocked = 0  # index into REASONS of the furthest rule any candidate passed
     considered = 0
     origin = demand.origin
+    by_rank: list[list[tuple[list[OfferSnap], float]]] = [[], [], [], []]
     for model in sorted(demand.models):
-        for offer in by_model.get(model, ()):
-            considered += 1
-            if offer.price > demand.max_price:
-                blocked = max(blocked, 1)
-                continue
-            site = offer.site
-            tier = tier_between(
-                origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub
+        for group in by_model.get(model, ()):
+            considered += len(group)
+            site = group[0].site
+            rank = tier_rank(
+                tier_between(origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub)
             )
-            rank = tier_rank(tier)
             if rank > limit:
-                blocked = max(blocked, 2)
+                blocked = max(blocked, 1 if group[0].price > demand.max_price else 2)
                 continue
-            if offer.min_duration > demand.duration:
-                blocked = max(blocked, 3)
-                continue
-            if offer.provider == demand.buyer:
-                blocked = max(blocked, 5)
-                continue
-            start = offer.earliest_fit(demand.gpu_count, demand.duration, demand.start, demand.end)
-            if start is None:
-                blocked = max(blocked, 4)
-                continue
-            bill = bill_of(demand.gpu_count, demand.duration, offer.price)
-            vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
             distance = latency.get((origin.hub, site.hub), 0.0) if rank == 3 else 0.0
-            key = (bill - vpart, distance, start, offer.listed, offer.id)
-            current = best.get(rank)
-            if current is None or key < current[0]:
-                best[rank] = (key, Match(demand.id, offer.id, start, TIERS[rank], bill, vpart))
-    if best:
-        return best[min(best)][1], "", considered
+            by_rank[rank].append((group, distance))
+    plain = demand.voucher is None  # cost ∝ price: the first fit in price order is the cheapest
+    for rank, rank_groups in enumerate(by_rank):
+        best: tuple[tuple[Decimal, float, int, int, str], Match] | None = None
+        for group, distance in rank_groups:
+            found_price: Decimal | None = None
+            for offer in group:
+                if offer.price > demand.max_price:
+                    blocked = max(blocked, 1)
+                    break
+                if plain and found_price is not None and offer.price > found_price:
+                    break
+                if offer.min_duration > demand.duration:
+                    blocked = max(blocked, 3)
+                    continue
+                if offer.provider == demand.buyer:
+                    blocked = max(blocked, 5)
+                    continue
+                start = offer.earliest_fit(
+                    demand.gpu_count, demand.duration, demand.start, demand.end
+                )
+                if start is None:
+                    blocked = max(blocked, 4)
+                    continue
+                found_price = offer.price
+                bill = bill_of(demand.gpu_count, demand.duration, offer.price)
+                vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
+                key = (bill - vpart, distance, start, offer.listed, offer.id)
+                if best is None or key < best[0]:
+                    best = (key, Match(demand.id, offer.id, start, TIERS[rank], bill, vpart))
+        if best is not None:
+            return best[1], "", considered
     return None, REASONS[blocked], considered

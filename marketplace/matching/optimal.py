@@ -162,7 +162,21 @@ def _prune(cands: list[Candidate], keep: int, forced: tuple[str, int] | None) ->
     chosen = set(offers[:keep])
     kept = [c for c in cands if c.offer.id in chosen]
     if forced is not None and not any((c.offer.id, c.start) == forced for c in kept):
-        kept += [c for c in cands if (c.offer.id, c.start) == forced]
+        # greedy's start on a timeline it had already filled in part: add it as a column
+        same = next(c for c in cands if c.offer.id == forced[0])
+        d, o, start = same.demand, same.offer, forced[1]
+        kept.append(
+            Candidate(
+                d,
+                o,
+                start,
+                same.rank,
+                same.bill,
+                same.voucher_part,
+                same.distance,
+                o.leftover(d.gpu_count, start, d.duration),
+            )
+        )
     return kept
 
 
