@@ -52,13 +52,14 @@ def main() -> None:
             OptimalSettings(time_limit=TIME_LIMIT),
         )
         t_optimal = time.perf_counter() - t
-        bound = solve_optimal(
+        relaxed = solve_optimal(
             copy.deepcopy(demands),
             copy.deepcopy(offers),
             lat,
             OptimalSettings(time_limit=600, relax=True),
         ).solver.get("lp_bound_gpu_hours", 0.0)
-        bound = math.floor(float(bound) + 1)  # the secondary terms are worth < 1 GPU-hour
+        assert isinstance(relaxed, float)
+        bound = math.floor(relaxed + 1)  # the secondary terms are worth < 1 GPU-hour
         pairs = greedy.pairs_considered
         rows.append((n, pairs, t_greedy, t_optimal))
         print(
