@@ -72,10 +72,11 @@ def main() -> None:
         if optimal.solver.get("fallback"):
             print(f"{'':>8} optimal fell back to greedy: {optimal.solver['fallback']}")
     sizes = [float(r[0]) for r in rows]
+    pair_counts = [float(r[1]) for r in rows]
     print(
         f"log-log slope of time over demands: greedy {slope(sizes, [r[2] for r in rows]):.2f}, "
         f"optimal {slope(sizes, [r[3] for r in rows]):.2f}; "
-        f"greedy over candidate pairs {slope([float(r[1]) for r in rows], [r[2] for r in rows]):.2f}"
+        f"greedy over candidate pairs {slope(pair_counts, [r[2] for r in rows]):.2f}"
     )
     print(
         "LP bound: the relaxation of the same programme (same pruned candidate columns: "
