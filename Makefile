@@ -52,3 +52,7 @@ messages: install
 
 clean:
 	rm -rf $(VENV) db.sqlite3 demo-report.json .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmarks (not part of `make test`); numbers are printed as tables.
+bench-engine: install
+	cd bench && ../$(PY) engine.py

@@ -16,6 +16,7 @@ class Hub(models.Model):
 
     class Policy(models.TextChoices):
         GREEDY = "greedy", "Greedy (price-time priority)"
+        OPTIMAL = "optimal", "Optimal (batch MILP, HiGHS)"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     code = models.SlugField(max_length=40, unique=True)
@@ -23,6 +24,11 @@ class Hub(models.Model):
     name_zh = models.CharField(max_length=100, blank=True)
     is_west = models.BooleanField(default=False, help_text="West (computing) vs East (data) hub.")
     matching_policy = models.CharField(max_length=10, choices=Policy.choices, default="greedy")
+    matching_time_limit = models.PositiveIntegerField(
+        default=10,
+        help_text="Seconds the optimal policy may spend solving one cycle before it keeps the "
+        "best answer found (the greedy result at worst).",
+    )
 
     class Meta:
         ordering = ["code"]

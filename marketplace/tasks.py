@@ -2,8 +2,10 @@
 calls one service and is safe to run twice."""
 
 from datetime import datetime
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 from django.utils import timezone
 
 from marketplace.matching.cycle import matching_cycle_run
@@ -21,12 +23,29 @@ def _now(at: str | None) -> datetime:
     return datetime.fromisoformat(at) if at else timezone.now()
 
 
-def hub_queue(hub_id: object) -> str:
-    """The matching queue of a hub: one partition per hub (PRODUCT.md §4)."""
-    return f"match.{hub_id}"
+def hub_queue(hub_code: str) -> str:
+    """The matching queue of a hub, ``<MATCH_QUEUE_PREFIX>.<hub code>`` (e.g. ``match.gansu``):
+    one partition per hub (PRODUCT.md §4). Workers subscribe with ``-Q match.gansu,…``."""
+    return f"{getattr(settings, 'MATCH_QUEUE_PREFIX', 'match')}.{hub_code}"
 
 
-@shared_task(name="marketplace.tasks.match_hub")
+class HubRoutedTask(Task):  # type: ignore[misc]
+    """Sends each ``match_hub`` call to its hub's queue when ``MATCH_HUB_QUEUES`` is on (an
+    explicit ``queue=`` wins). Off, every task goes to the default queue as before; the
+    per-hub advisory lock in ``matching_cycle_run`` keeps one cycle per hub either way."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        if "queue" not in options and getattr(settings, "MATCH_HUB_QUEUES", False):
+            hub_id = args[0] if args else (kwargs or {}).get("hub_id")
+            code = None
+            if hub_id is not None:
+                code = Hub.objects.filter(pk=str(hub_id)).values_list("code", flat=True).first()
+            if code is not None:
+                options["queue"] = hub_queue(code)
+        return super().apply_async(args, kwargs, **options)
+
+
+@shared_task(name="marketplace.tasks.match_hub", base=HubRoutedTask)
 def match_hub(hub_id: str, at: str | None = None) -> int:
     """Run one matching cycle for the hub; returns reservations made (0 if the hub is busy)."""
     cycle = matching_cycle_run(hub_id, now=_now(at))

@@ -290,3 +290,39 @@ class UsageInputSerializer(StrictSerializer):
     """GPU-hours the provider delivered (0 … the reservation's GPU-hours)."""
 
     delivered_gpu_hours = serializers.IntegerField(min_value=0, max_value=MAX_GPUS * MAX_HOURS)
+
+
+# --- Matching: "why no match" and the inter-hub trade matrix (appended by issue 4) ----------
+
+
+class NearMissSerializer(serializers.Serializer):
+    """An offer that nearly fits: ``over_limit_by`` (CNY per GPU-hour) for the cheapest offer
+    over the limit; ``start``/``end`` (UTC) and ``inside_window`` for the earliest fit."""
+
+    offer = serializers.UUIDField()
+    site = serializers.CharField()
+    tier = serializers.CharField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=12, decimal_places=4)
+    over_limit_by = serializers.DecimalField(max_digits=12, decimal_places=4, required=False)
+    start = serializers.DateTimeField(required=False)
+    end = serializers.DateTimeField(required=False)
+    inside_window = serializers.BooleanField(required=False)
+
+
+class NearMissesSerializer(serializers.Serializer):
+    cheapest_over_limit = NearMissSerializer(allow_null=True)
+    earliest_fit = NearMissSerializer(allow_null=True)
+
+
+class DemandExplainSerializer(serializers.Serializer):
+    """Active offers counted by the first rule blocking each (``blocked``: model, price,
+    locality, self_trade, window, capacity, fragmentation, voucher, funds), those that fit, and
+    the near misses (``marketplace.matching.explain``)."""
+
+    demand = serializers.UUIDField()
+    status = serializers.CharField()
+    unmatched_reason = serializers.CharField()
+    offers_considered = serializers.IntegerField()
+    blocked = serializers.DictField(child=serializers.IntegerField())
+    fits = serializers.IntegerField()
+    near_misses = NearMissesSerializer()

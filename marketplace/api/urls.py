@@ -24,6 +24,7 @@ urlpatterns = [
     path("demands/", market.DemandListCreateApi.as_view(), name="demands"),
     path("demands/<str:id>/", market.DemandDetailApi.as_view(), name="demand-detail"),
     path("demands/<str:id>/cancel/", market.DemandCancelApi.as_view(), name="demand-cancel"),
+    path("demands/<str:id>/explain/", market.DemandExplainApi.as_view(), name="demand-explain"),
     path("quotes/", market.QuoteApi.as_view(), name="quotes"),
     path("reservations/", market.ReservationListApi.as_view(), name="reservations"),
     path(

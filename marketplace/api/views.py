@@ -10,6 +10,7 @@ the input breaks (funds, reused Idempotency-Key).
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
 from rest_framework.request import Request
@@ -17,7 +18,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace import selectors, services
-from marketplace.errors import NotFound
+from marketplace.errors import Conflict, NotFound
+from marketplace.matching.explain import demand_explain
 from marketplace.models import Demand, Offer, Reservation
 from vouchers.models import Voucher
 from vouchers.selectors import voucher_get
@@ -35,6 +37,7 @@ from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, S
 from .serializers import (
     AcceleratorSerializer,
     DemandCreateInputSerializer,
+    DemandExplainSerializer,
     DemandSerializer,
     HubSerializer,
     OfferCreateInputSerializer,
@@ -362,3 +365,21 @@ class ReservationUsageApi(OrgMixin, APIView):
             delivered_gpu_hours=data["delivered_gpu_hours"],
         )
         return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+
+
+# --- Matching: "why no match" (appended by issue 4) ----------------------------------------
+
+
+@extend_schema(parameters=[ID_PATH])
+class DemandExplainApi(OrgMixin, APIView):
+    """Why one of the caller's open demands is not matched: every active offer counted by the
+    first rule that blocks it, and the nearest misses (404 for anyone else's demand, 409 once
+    the demand is no longer open)."""
+
+    @extend_schema(responses={200: DemandExplainSerializer, 409: ERRORS[400], **ERRORS})
+    def get(self, request: Request, id: str) -> Response:
+        demand = _demand(self, id)
+        if demand.status != Demand.Status.OPEN:
+            raise Conflict(f"demand is {demand.status}", code="demand_not_open", field="demand")
+        data = demand_explain(demand, now=timezone.now())
+        return Response(DemandExplainSerializer(data).data)

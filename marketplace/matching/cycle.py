@@ -30,6 +30,7 @@ from vouchers.models import CatalogueEntry, Voucher
 from vouchers.services import programme_limits_left, programme_year
 
 from .engine import DemandSnap, OfferSnap, Result, SiteRef, VoucherSnap, solve_greedy
+from .optimal import OptimalSettings, solve_optimal
 
 
 @contextmanager
@@ -179,9 +180,22 @@ def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherS
     return snaps
 
 
+def engine_solve(
+    policy: str,
+    demands: list[DemandSnap],
+    offers: list[OfferSnap],
+    latency: dict[tuple[str, str], float],
+    time_limit: float = 10.0,
+) -> Result:
+    """The engine for a hub's ``policy`` (``greedy`` or ``optimal``) on a loaded snapshot."""
+    if policy == Hub.Policy.OPTIMAL:
+        return solve_optimal(demands, offers, latency, OptimalSettings(time_limit=time_limit))
+    return solve_greedy(demands, offers, latency=latency)
+
+
 def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> MatchingCycle | None:
-    """Run one greedy cycle for ``hub_id`` (PRODUCT.md §4). Returns the recorded cycle, or
-    ``None`` when another worker holds the hub's lock. Each match is written by
+    """Run one cycle of the hub's policy for ``hub_id`` (PRODUCT.md §4). Returns the recorded
+    cycle, or ``None`` when another worker holds the hub's lock. Each match is written by
     ``reservation_create`` in its own transaction; a pair refused there (capacity taken by a
     person meanwhile, funds short) is dropped and the demand stays open with the reason."""
     now = now or timezone.now()
@@ -195,7 +209,9 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
             (str(a), str(b)): float(ms)
             for a, b, ms in HubLatency.objects.values_list("from_hub_id", "to_hub_id", "latency_ms")
         }
-        result: Result = solve_greedy(demands, offers, latency=latency)
+        result = engine_solve(
+            hub.matching_policy, demands, offers, latency, hub.matching_time_limit
+        )
         made = 0
         for match in result.matches:
             try:

@@ -78,6 +78,36 @@ class OfferSnap:
                 return run_start
         return None
 
+    def latest_fit(self, gpus: int, duration: int, lo: int, hi: int) -> int | None:
+        """Latest start ``s`` with ``lo ≤ s`` and ``s + duration ≤ hi`` such that every hour of
+        ``[s, s + duration)`` has ``gpus`` free GPUs; ``None`` if there is none."""
+        lo, hi = max(lo, self.start), min(hi, self.end)
+        if hi - lo < duration or gpus > self.gpu_count:
+            return None
+        limit = self.gpu_count - gpus
+        run_end = hi
+        used, base = self.used, self.start
+        for h in range(hi - 1, lo - 1, -1):
+            if used[h - base] > limit:
+                run_end = h
+                if run_end - lo < duration:
+                    return None
+            elif run_end - h >= duration:
+                return h
+        return None
+
+    def free_at(self, hour: int) -> int:
+        """GPUs free in ``hour`` (0 outside the offer's window)."""
+        if not self.start <= hour < self.end:
+            return 0
+        return self.gpu_count - self.used[hour - self.start]
+
+    def leftover(self, gpus: int, start: int, duration: int) -> int:
+        """The fewest GPUs left free in ``[start, start + duration)`` after taking ``gpus``:
+        0 is a perfect fit, a small positive number a sliver (anti-fragmentation score)."""
+        base = self.start
+        return self.gpu_count - gpus - max(self.used[start - base : start - base + duration])
+
     def take(self, gpus: int, start: int, duration: int) -> None:
         for h in range(start - self.start, start - self.start + duration):
             self.used[h] += gpus
@@ -146,6 +176,15 @@ class Result:
     matches: list[Match]
     unserved: dict[str, str]  # demand id → first blocking reason
     pairs_considered: int = 0
+    policy: str = "greedy"
+    # Solver facts for ``optimal`` (status, columns, rows, objective, fallback used, seconds).
+    solver: dict[str, object] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)  # demand id → GPU-hours served
+
+    @property
+    def gpu_hours(self) -> int:
+        """Served GPU-hours (the primary objective of both policies)."""
+        return sum(self.served.values())
 
 
 def bill_of(gpus: int, hours: int, price: Decimal) -> Decimal:
@@ -179,11 +218,15 @@ def solve_greedy(
     ``latency`` maps ``(hub, hub)`` to milliseconds: across hubs, among offers of equal cost to
     the buyer the lower-latency hub wins (docking "other hubs by latency", §4.3).
     """
-    by_model: dict[str, list[OfferSnap]] = {}
+    # Offers grouped by model and site (one locality tier and latency per demand and group),
+    # each group sorted by price: whole groups beyond the demand's limit, and the dear tail
+    # of a group, are skipped without looking at each offer.
+    groups: dict[str, dict[str, list[OfferSnap]]] = {}
     by_id: dict[str, OfferSnap] = {}
-    for offer in sorted(offers, key=lambda o: (o.listed, o.id)):
-        by_model.setdefault(offer.model, []).append(offer)
+    for offer in sorted(offers, key=lambda o: (o.price, o.listed, o.id)):
+        groups.setdefault(offer.model, {}).setdefault(offer.site.id, []).append(offer)
         by_id[offer.id] = offer
+    by_model = {model: list(sites.values()) for model, sites in groups.items()}
     result = Result(matches=[], unserved={})
     ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
     for demand in ordered:
@@ -197,6 +240,7 @@ def solve_greedy(
         if demand.voucher is not None and match.voucher_part:
             demand.voucher.available -= match.voucher_part
         result.matches.append(match)
+        result.served[demand.id] = demand.gpu_count * demand.duration
         if on_match is not None:
             on_match(match)
     return result
@@ -204,45 +248,58 @@ def solve_greedy(
 
 def _best_pair(
     demand: DemandSnap,
-    by_model: dict[str, list[OfferSnap]],
+    by_model: dict[str, list[list[OfferSnap]]],
     latency: Mapping[tuple[str, str], float],
 ) -> tuple[Match | None, str, int]:
+    """The best feasible pair of ``demand`` in its nearest tier that has one, else the
+    furthest rule any offer passed. ``considered`` counts every offer of an acceptable model
+    (the candidate pairs), also those skipped in bulk."""
     limit = tier_rank(demand.limit)
-    best: dict[int, tuple[tuple[Decimal, float, int, int, str], Match]] = {}
     blocked = 0  # index into REASONS of the furthest rule any candidate passed
     considered = 0
     origin = demand.origin
+    by_rank: list[list[tuple[list[OfferSnap], float]]] = [[], [], [], []]
     for model in sorted(demand.models):
-        for offer in by_model.get(model, ()):
-            considered += 1
-            if offer.price > demand.max_price:
-                blocked = max(blocked, 1)
-                continue
-            site = offer.site
-            tier = tier_between(
-                origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub
+        for group in by_model.get(model, ()):
+            considered += len(group)
+            site = group[0].site
+            rank = tier_rank(
+                tier_between(origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub)
             )
-            rank = tier_rank(tier)
             if rank > limit:
-                blocked = max(blocked, 2)
+                blocked = max(blocked, 1 if group[0].price > demand.max_price else 2)
                 continue
-            if offer.min_duration > demand.duration:
-                blocked = max(blocked, 3)
-                continue
-            if offer.provider == demand.buyer:
-                blocked = max(blocked, 5)
-                continue
-            start = offer.earliest_fit(demand.gpu_count, demand.duration, demand.start, demand.end)
-            if start is None:
-                blocked = max(blocked, 4)
-                continue
-            bill = bill_of(demand.gpu_count, demand.duration, offer.price)
-            vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
             distance = latency.get((origin.hub, site.hub), 0.0) if rank == 3 else 0.0
-            key = (bill - vpart, distance, start, offer.listed, offer.id)
-            current = best.get(rank)
-            if current is None or key < current[0]:
-                best[rank] = (key, Match(demand.id, offer.id, start, TIERS[rank], bill, vpart))
-    if best:
-        return best[min(best)][1], "", considered
+            by_rank[rank].append((group, distance))
+    plain = demand.voucher is None  # cost ∝ price: the first fit in price order is the cheapest
+    for rank, rank_groups in enumerate(by_rank):
+        best: tuple[tuple[Decimal, float, int, int, str], Match] | None = None
+        for group, distance in rank_groups:
+            found_price: Decimal | None = None
+            for offer in group:
+                if offer.price > demand.max_price:
+                    blocked = max(blocked, 1)
+                    break
+                if plain and found_price is not None and offer.price > found_price:
+                    break
+                if offer.min_duration > demand.duration:
+                    blocked = max(blocked, 3)
+                    continue
+                if offer.provider == demand.buyer:
+                    blocked = max(blocked, 5)
+                    continue
+                start = offer.earliest_fit(
+                    demand.gpu_count, demand.duration, demand.start, demand.end
+                )
+                if start is None:
+                    blocked = max(blocked, 4)
+                    continue
+                found_price = offer.price
+                bill = bill_of(demand.gpu_count, demand.duration, offer.price)
+                vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
+                key = (bill - vpart, distance, start, offer.listed, offer.id)
+                if best is None or key < best[0]:
+                    best = (key, Match(demand.id, offer.id, start, TIERS[rank], bill, vpart))
+        if best is not None:
+            return best[1], "", considered
     return None, REASONS[blocked], considered

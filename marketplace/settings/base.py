@@ -154,6 +154,9 @@ CELERY_TIMEZONE = "UTC"
 
 # --- Market rules (PRODUCT.md; "(default)" values are configuration) ---------------------
 MATCH_INTERVAL = env.int("MATCH_INTERVAL", default=10)  # seconds between matching cycles
+# One matching queue per hub (``match.<hub code>``); workers then subscribe with -Q per hub.
+MATCH_HUB_QUEUES = env.bool("MATCH_HUB_QUEUES", default=False)
+MATCH_QUEUE_PREFIX = env("MATCH_QUEUE_PREFIX", default="match")
 ACCEPT_TTL = timedelta(minutes=env.int("ACCEPT_TTL_MINUTES", default=15))
 CANCEL_FEE_WINDOW = timedelta(hours=env.int("CANCEL_FEE_WINDOW_HOURS", default=24))
 CANCEL_FEE_RATE = Decimal(env("CANCEL_FEE_RATE", default="0.10"))

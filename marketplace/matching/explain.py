@@ -1,0 +1,238 @@
+"""Why a demand is not matched (PRODUCT.md §4, "asked why"): every active offer is counted under
+the first rule that blocks it for this demand, and the nearest misses are named.
+
+``explain`` works on plain data (the engine's snapshot types); ``demand_explain`` loads that
+data for one demand from the database and calls it.
+
+Rules, in the order they are applied (the first that blocks an offer counts it):
+
+* ``model`` — the offer's accelerator is not one the demand accepts;
+* ``price`` — the offer's price per GPU-hour is over the demand's limit;
+* ``locality`` — the offer's site is beyond the demand's locality limit;
+* ``self_trade`` — the offer is the buyer's own, or a related organisation's;
+* ``window`` — the offer's availability and the demand's window overlap by less than the
+  duration, or the offer's minimum duration is longer than the demand's;
+* ``capacity`` — the offer has fewer GPUs than the demand, or fewer free GPU-hours in the
+  overlap than the demand needs;
+* ``fragmentation`` — enough free GPU-hours in the overlap, but no run of ``duration`` hours
+  with ``gpu_count`` GPUs free at once (the capacity is cut into pieces);
+* ``voucher`` — the pair fits, the demand's voucher does not apply to this offer, and the cash
+  wallet cannot pay the whole bill (it could have with the voucher's share);
+* ``funds`` — the pair fits, and the wallet cannot pay the cash part even with the voucher.
+
+Offers passing every rule are counted as ``fits`` (they would be booked by the next cycle).
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from marketplace.locality import TIERS, tier_between, tier_rank
+
+from .engine import FEN, DemandSnap, OfferSnap, bill_of, voucher_part_of
+
+RULES = (
+    "model",
+    "price",
+    "locality",
+    "self_trade",
+    "window",
+    "capacity",
+    "fragmentation",
+    "voucher",
+    "funds",
+)
+
+
+@dataclass
+class NearMiss:
+    offer_id: str
+    tier: str
+    price: Decimal
+    start: int | None = None  # hour index, for a window near miss
+
+
+@dataclass
+class Explanation:
+    demand_id: str
+    offers: int
+    blocked: dict[str, int]
+    fits: int
+    cheapest_over_limit: NearMiss | None = None
+    earliest_fit: NearMiss | None = None
+    first_rule: dict[str, str] = field(default_factory=dict)  # offer id → rule ("" = fits)
+
+
+def _max_free_run_start(offer: OfferSnap, gpus: int, duration: int, lo: int) -> int | None:
+    """Earliest start ≥ ``lo`` at which the offer holds ``gpus`` GPUs for ``duration`` hours,
+    up to the end of its availability (ignoring the demand's latest end)."""
+    return offer.earliest_fit(gpus, duration, lo, offer.end)
+
+
+def explain(demand: DemandSnap, offers: list[OfferSnap], wallet: Decimal) -> Explanation:
+    """Count ``offers`` by the first rule (``RULES``) blocking each for ``demand``, given the
+    buyer's cash ``wallet`` balance (CNY). Near misses: the cheapest offer blocked only by
+    price, and the earliest start (hour index) at which an offer passing model, price,
+    locality and ownership would hold the whole demand, even past the demand's window."""
+    blocked = dict.fromkeys(RULES, 0)
+    result = Explanation(demand.id, len(offers), blocked, 0)
+    limit = tier_rank(demand.limit)
+    origin = demand.origin
+    gpu_hours = demand.gpu_count * demand.duration
+    for offer in sorted(offers, key=lambda o: (o.listed, o.id)):
+        site = offer.site
+        rank = tier_rank(
+            tier_between(origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub)
+        )
+        rule = ""
+        if offer.model not in demand.models:
+            rule = "model"
+        elif offer.price > demand.max_price:
+            rule = "price"
+            best = result.cheapest_over_limit
+            if best is None or offer.price < best.price:
+                result.cheapest_over_limit = NearMiss(offer.id, TIERS[rank], offer.price)
+        elif rank > limit:
+            rule = "locality"
+        elif offer.provider == demand.buyer or offer.provider in demand.related:
+            rule = "self_trade"
+        else:
+            if offer.gpu_count >= demand.gpu_count and offer.min_duration <= demand.duration:
+                start = _max_free_run_start(offer, demand.gpu_count, demand.duration, demand.start)
+                best = result.earliest_fit
+                if start is not None and (best is None or best.start is None or start < best.start):
+                    result.earliest_fit = NearMiss(offer.id, TIERS[rank], offer.price, start)
+            lo, hi = max(demand.start, offer.start), min(demand.end, offer.end)
+            if offer.min_duration > demand.duration or hi - lo < demand.duration:
+                rule = "window"
+            elif offer.gpu_count < demand.gpu_count or (
+                sum(offer.free_at(h) for h in range(lo, hi)) < gpu_hours
+            ):
+                rule = "capacity"
+            elif offer.earliest_fit(demand.gpu_count, demand.duration, lo, hi) is None:
+                rule = "fragmentation"
+            else:
+                bill = bill_of(demand.gpu_count, demand.duration, offer.price)
+                voucher = demand.voucher
+                vpart = voucher_part_of(bill, voucher, offer, demand.buyer, demand.related)
+                if wallet < bill - vpart:
+                    rule = "funds"
+                    if voucher is not None and not voucher.covers(offer):
+                        share = (bill * voucher.max_share).quantize(FEN, rounding=ROUND_DOWN)
+                        if wallet >= bill - min(share, voucher.available):
+                            rule = "voucher"
+        result.first_rule[offer.id] = rule
+        if rule:
+            blocked[rule] += 1
+        else:
+            result.fits += 1
+    return result
+
+
+# --- Loading one demand's explanation from the database ----------------------------------
+
+
+def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
+    """The explanation of ``demand`` (a ``Demand`` row) against every active offer, as the
+    API's JSON shape: counts per rule, ``fits``, and the two near misses with their offer,
+    site, tier, price (CNY per GPU-hour) and times (UTC). Reads only."""
+    from accounts.models import Organisation
+    from ledger.selectors import organisation_balances
+    from marketplace.models import Accelerator, Offer, Reservation
+    from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
+
+    from .cycle import _site_ref, _voucher_snaps
+
+    now_h = hour_index_ceil(now)
+    chosen = [a.code for a in demand.accelerators.all()]
+    if not chosen:
+        chosen = [
+            a.code
+            for a in Accelerator.objects.all()
+            if (not demand.min_memory_gb or (a.memory_gb or 0) >= demand.min_memory_gb)
+            and (not demand.min_tflops or (a.bf16_tflops or 0) >= demand.min_tflops)
+        ]
+    buyer = Organisation.objects.prefetch_related("related").get(pk=demand.buyer_id)
+    vouchers = _voucher_snaps([demand.voucher] if demand.voucher_id else [], now)
+    snap = DemandSnap(
+        id=str(demand.pk),
+        buyer=str(demand.buyer_id),
+        related=frozenset(str(r.pk) for r in buyer.related.all()),
+        models=frozenset(chosen),
+        gpu_count=demand.gpu_count,
+        duration=demand.duration_hours,
+        start=max(hour_index_ceil(demand.earliest_start), now_h),
+        end=hour_index(demand.latest_end),
+        max_price=demand.max_price_per_gpu_hour,
+        origin=_site_ref(demand.origin_site),
+        limit=demand.locality_limit,
+        posted=0,
+        voucher=vouchers.get(str(demand.voucher_id)) if demand.voucher_id else None,
+    )
+    rows = list(
+        Offer.objects.filter(status=Offer.Status.ACTIVE, available_until__gt=from_hour_index(now_h))
+        .select_related("site", "accelerator")
+        .order_by("created_at", "id")
+    )
+    offers: dict[str, OfferSnap] = {}
+    sites = {}
+    for listed, o in enumerate(rows):
+        start = max(hour_index(o.available_from), now_h)
+        end = hour_index(o.available_until)
+        if end <= start:
+            continue
+        sites[str(o.pk)] = o.site.code
+        offers[str(o.pk)] = OfferSnap(
+            id=str(o.pk),
+            provider=str(o.provider_id),
+            model=o.accelerator.code,
+            site=_site_ref(o.site),
+            price=o.price_per_gpu_hour,
+            gpu_count=o.gpu_count,
+            start=start,
+            end=end,
+            min_duration=o.min_duration_hours,
+            listed=listed,
+        )
+    for offer_id, r_start, r_end, gpus in Reservation.objects.filter(
+        offer_id__in=list(offers),
+        status__in=Reservation.CAPACITY_STATUSES,
+        end__gt=from_hour_index(now_h),
+    ).values_list("offer_id", "start", "end", "gpu_count"):
+        snap_o = offers[str(offer_id)]
+        lo, hi = max(hour_index(r_start), snap_o.start), min(hour_index(r_end), snap_o.end)
+        for h in range(lo, hi):
+            snap_o.used[h - snap_o.start] += gpus
+    wallet = organisation_balances(organisation=buyer)["wallet"]
+    result = explain(snap, list(offers.values()), wallet)
+
+    def near(miss: NearMiss | None) -> dict[str, Any] | None:
+        if miss is None:
+            return None
+        shown: dict[str, Any] = {
+            "offer": miss.offer_id,
+            "site": sites[miss.offer_id],
+            "tier": miss.tier,
+            "price_per_gpu_hour": f"{miss.price:.4f}",
+        }
+        if miss.start is not None:
+            shown["start"] = from_hour_index(miss.start)
+            shown["end"] = from_hour_index(miss.start + snap.duration)
+            shown["inside_window"] = miss.start + snap.duration <= snap.end
+        else:
+            shown["over_limit_by"] = f"{miss.price - snap.max_price:.4f}"
+        return shown
+
+    return {
+        "demand": str(demand.pk),
+        "status": demand.status,
+        "unmatched_reason": demand.unmatched_reason,
+        "offers_considered": result.offers,
+        "blocked": result.blocked,
+        "fits": result.fits,
+        "near_misses": {
+            "cheapest_over_limit": near(result.cheapest_over_limit),
+            "earliest_fit": near(result.earliest_fit),
+        },
+    }

@@ -1,0 +1,142 @@
+"""``GET /api/v1/demands/{id}/explain/``: why a demand is not matched, counted over every
+active offer by the first rule that blocks it, with the near misses."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from marketplace.models import Demand
+from marketplace.services import reservation_create
+from tests.api.conftest import error_of
+from tests.factories import (
+    AcceleratorFactory,
+    DemandFactory,
+    HubFactory,
+    OfferFactory,
+    SiteFactory,
+    next_hour,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def market(buyer, other_buyer, provider, site, accelerator):  # type: ignore[no-untyped-def]
+    """One offer blocked by each rule for the buyer's demand (4 × A100 for 3 h in 6 h)."""
+    t0 = next_hour(1)
+    window = {"available_from": next_hour(0), "available_until": next_hour(24 * 7)}
+    gansu = HubFactory.create(code="gansu")
+    qingyang = SiteFactory.create(code="qy", city="Qingyang", metro_area="Qingyang", hub=gansu)
+    deyang = SiteFactory.create(code="dy", city="Deyang", metro_area="Chengdu", hub=site.hub)
+
+    def listed(**kw):  # type: ignore[no-untyped-def]
+        fields = {"provider": provider, "site": site, "accelerator": accelerator, **window, **kw}
+        return OfferFactory.create(**fields)
+
+    offers = {
+        "model": listed(accelerator=AcceleratorFactory.create(code="H800")),
+        "price": listed(price_per_gpu_hour=Decimal("15")),
+        "price-dearer": listed(price_per_gpu_hour=Decimal("20"), site=deyang),
+        "locality": listed(site=qingyang),
+        "self_trade": listed(provider=buyer),
+        "window": listed(available_from=t0 + timedelta(hours=30)),
+        "capacity": listed(gpu_count=2),
+        "fragmentation": listed(),
+    }
+    # 6 of the 8 GPUs of the last offer are booked in hours 2–3 of the window: 36 free
+    # GPU-hours remain, but no 3 hours in a row with 4 GPUs free
+    other = DemandFactory.create(
+        buyer=other_buyer,
+        gpu_count=6,
+        duration_hours=2,
+        earliest_start=t0 + timedelta(hours=2),
+        latest_end=t0 + timedelta(hours=4),
+    )
+    reservation_create(
+        demand_id=other.pk, offer_id=offers["fragmentation"].pk, start=t0 + timedelta(hours=2)
+    )
+    demand = DemandFactory.create(
+        buyer=buyer,
+        gpu_count=4,
+        duration_hours=3,
+        earliest_start=t0,
+        latest_end=t0 + timedelta(hours=6),
+        max_price_per_gpu_hour=Decimal("12"),
+        locality_limit="metro",
+        unmatched_reason="no_free_window",
+    )
+    demand.accelerators.add(accelerator)
+    return demand, offers, t0
+
+
+def test_explain_counts_each_offer_under_its_first_blocking_rule(buyer_client, market):
+    demand, offers, t0 = market
+    response = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["blocked"] == {
+        "model": 1,
+        "price": 2,
+        "locality": 1,
+        "self_trade": 1,
+        "window": 1,
+        "capacity": 1,
+        "fragmentation": 1,
+        "voucher": 0,
+        "funds": 0,
+    }
+    assert (body["offers_considered"], body["fits"]) == (8, 0)
+    assert (body["status"], body["unmatched_reason"]) == ("open", "no_free_window")
+    # near misses: the cheapest offer over the limit, and the earliest start that would hold
+    # the whole demand (just past its window, once the booking on the fragmented offer ends)
+    assert body["near_misses"]["cheapest_over_limit"] == {
+        "offer": str(offers["price"].pk),
+        "site": "chengdu-tianfu",
+        "tier": "city",
+        "price_per_gpu_hour": "15.0000",
+        "over_limit_by": "3.0000",
+    }
+    earliest = body["near_misses"]["earliest_fit"]
+    assert earliest["offer"] == str(offers["fragmentation"].pk)
+    assert earliest["start"] == (t0 + timedelta(hours=4)).isoformat().replace("+00:00", "Z")
+    assert earliest["end"] == (t0 + timedelta(hours=7)).isoformat().replace("+00:00", "Z")
+    assert earliest["inside_window"] is False
+    demand.refresh_from_db()
+    assert (demand.status, demand.unmatched_reason) == ("open", "no_free_window")
+
+
+def test_an_offer_that_fits_is_counted_as_fits(buyer_client, buyer, offer):
+    demand = DemandFactory.create(buyer=buyer)
+    demand.accelerators.add(offer.accelerator)
+    body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    assert (body["fits"], sum(body["blocked"].values())) == (1, 0)
+    assert body["near_misses"]["cheapest_over_limit"] is None
+    assert body["near_misses"]["earliest_fit"]["inside_window"] is True
+
+
+def test_explain_of_another_organisations_demand_is_404(other_client, market):
+    demand = market[0]
+    assert error_of(other_client.get(f"/api/v1/demands/{demand.pk}/explain/")) == (
+        404,
+        "not_found",
+        "demand",
+    )
+
+
+def test_explain_needs_authentication_and_a_valid_id(anon_client, buyer_client, market):
+    demand = market[0]
+    assert anon_client.get(f"/api/v1/demands/{demand.pk}/explain/").status_code == 401
+    assert error_of(buyer_client.get("/api/v1/demands/not-a-uuid/explain/"))[:2] == (
+        404,
+        "not_found",
+    )
+
+
+def test_explain_of_a_matched_demand_is_409_and_changes_nothing(buyer_client, buyer, offer):  # type: ignore[no-untyped-def]
+    demand = DemandFactory.create(buyer=buyer)
+    demand.accelerators.add(offer.accelerator)
+    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    response = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/")
+    assert error_of(response) == (409, "demand_not_open", "demand")
+    assert Demand.objects.get(pk=demand.pk).status == Demand.Status.RESERVED

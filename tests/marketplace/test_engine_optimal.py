@@ -1,0 +1,280 @@
+"""Policy ``optimal`` on plain data: hand-made instances with known optimal answers, and the
+invariants both policies keep on random instances. No database."""
+
+import copy
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from marketplace.locality import tier_between, tier_rank
+from marketplace.matching.engine import (
+    DemandSnap,
+    OfferSnap,
+    Result,
+    SiteRef,
+    VoucherSnap,
+    solve_greedy,
+)
+from marketplace.matching.optimal import OptimalSettings, solve_optimal
+
+CHENGDU = SiteRef("s-cd", "Chengdu", "Chengdu", "cc")
+DEYANG = SiteRef("s-dy", "Deyang", "Chengdu", "cc")
+CHONGQING = SiteRef("s-cq", "Chongqing", "Chongqing", "cc")
+QINGYANG = SiteRef("s-qy", "Qingyang", "Qingyang", "gansu")
+GUIYANG = SiteRef("s-gy", "Guiyang", "Guiyang", "guizhou")
+SITES = [CHENGDU, DEYANG, CHONGQING, QINGYANG, GUIYANG]
+LATENCY = {("cc", "gansu"): 12.0, ("cc", "guizhou"): 8.0}
+
+
+def offer(
+    id: str,
+    gpus: int = 8,
+    price: str = "10",
+    site: SiteRef = CHENGDU,
+    start: int = 0,
+    end: int = 48,
+    provider: str = "p1",
+    listed: int = 0,
+) -> OfferSnap:
+    return OfferSnap(
+        id=id,
+        provider=provider,
+        model="A100",
+        site=site,
+        price=Decimal(price),
+        gpu_count=gpus,
+        start=start,
+        end=end,
+        listed=listed,
+    )
+
+
+def demand(
+    id: str,
+    gpus: int = 4,
+    duration: int = 4,
+    start: int = 0,
+    end: int = 48,
+    price: str = "20",
+    limit: str = "national",
+    posted: int = 0,
+    origin: SiteRef = CHENGDU,
+    voucher: VoucherSnap | None = None,
+) -> DemandSnap:
+    return DemandSnap(
+        id=id,
+        buyer="b1",
+        related=frozenset(),
+        models=frozenset({"A100"}),
+        gpu_count=gpus,
+        duration=duration,
+        start=start,
+        end=end,
+        max_price=Decimal(price),
+        origin=origin,
+        limit=limit,
+        posted=posted,
+        voucher=voucher,
+    )
+
+
+def picks(result: Result) -> list[tuple[str, str, int]]:
+    return sorted((m.demand_id, m.offer_id, m.start) for m in result.matches)
+
+
+def both(demands: list[DemandSnap], offers: list[OfferSnap]) -> tuple[Result, Result]:
+    greedy = solve_greedy(copy.deepcopy(demands), copy.deepcopy(offers), latency=LATENCY)
+    optimal = solve_optimal(copy.deepcopy(demands), copy.deepcopy(offers), latency=LATENCY)
+    return greedy, optimal
+
+
+def test_fragmentation_trap_across_offers_is_solved():
+    # given a cheap 8-GPU offer and a dearer 4-GPU one, both only for hours [0, 4), and a
+    # well-paying 4-GPU demand posted before an 8-GPU one
+    offers = [offer("big", 8, "10", end=4), offer("small", 4, "11", end=4, listed=1)]
+    demands = [demand("d4", 4, price="30"), demand("d8", 8, price="20", posted=1)]
+    greedy, optimal = both(demands, offers)
+    # then greedy puts the 4 GPUs on the big offer and strands the 8-GPU gang …
+    assert picks(greedy) == [("d4", "big", 0)]
+    assert greedy.unserved == {"d8": "no_free_window"}
+    # … and the optimum serves both: 48 GPU-hours instead of 16
+    assert picks(optimal) == [("d4", "small", 0), ("d8", "big", 0)]
+    assert (greedy.gpu_hours, optimal.gpu_hours) == (16, 48)
+    assert optimal.unserved == {}
+    assert optimal.solver["status"] == "Optimal"
+
+
+def test_time_window_trap_is_solved_by_a_later_start():
+    # given one 8-GPU offer over [0, 8); a flexible demand and one that must run in [0, 4)
+    offers = [offer("o", 8, end=8)]
+    demands = [
+        demand("flexible", 8, 4, start=0, end=8, price="30"),
+        demand("tight", 8, 4, start=0, end=4, price="20", posted=1),
+    ]
+    greedy, optimal = both(demands, offers)
+    assert picks(greedy) == [("flexible", "o", 0)]
+    assert picks(optimal) == [("flexible", "o", 4), ("tight", "o", 0)]
+
+
+def test_tight_fit_keeps_the_large_block_whole():
+    # given two offers at the same price: 8 GPUs (listed first) and 5 GPUs
+    offers = [offer("eight", 8), offer("five", 5, listed=1)]
+    greedy, optimal = both([demand("d", 4)], offers)
+    # then greedy takes the first listed; optimal leaves a 1-GPU sliver on the 5 and keeps 8 whole
+    assert picks(greedy) == [("d", "eight", 0)]
+    assert picks(optimal) == [("d", "five", 0)]
+
+
+def test_nearest_tier_wins_at_equal_service_even_if_dearer():
+    offers = [offer("remote", price="5", site=QINGYANG), offer("metro", price="9", site=DEYANG)]
+    _, optimal = both([demand("d")], offers)
+    assert [(m.offer_id, m.tier) for m in optimal.matches] == [("metro", "metro")]
+
+
+def test_docking_moves_outward_only_what_the_hub_cannot_serve():
+    # given one local offer that holds one demand for the whole window, and two remote hubs
+    offers = [
+        offer("local", 4, "10", end=4),
+        offer("gansu", 4, "10", site=QINGYANG, end=4, listed=1),
+        offer("guizhou", 4, "10", site=GUIYANG, end=4, listed=2),
+    ]
+    demands = [
+        demand("national", 4, price="30", limit="national"),
+        demand("city-only", 4, price="20", limit="city", posted=1),
+    ]
+    greedy, optimal = both(demands, offers)
+    # then greedy gives the local offer to the higher bid and the city-only demand starves,
+    assert picks(greedy) == [("national", "local", 0)]
+    # while the optimum keeps the city-only demand local and docks the other at the
+    # lower-latency hub (Guizhou, 8 ms, before Gansu, 12 ms)
+    assert picks(optimal) == [("city-only", "local", 0), ("national", "guizhou", 0)]
+    assert {m.demand_id: m.tier for m in optimal.matches} == {
+        "city-only": "city",
+        "national": "national",
+    }
+
+
+def test_cheaper_after_voucher_wins_within_a_tier():
+    voucher = VoucherSnap(
+        id="v", max_share=Decimal("0.5"), available=Decimal("1000"), providers=frozenset({"p2"})
+    )
+    offers = [offer("cash", price="8"), offer("voucher", price="12", provider="p2", listed=1)]
+    _, optimal = both([demand("d", voucher=voucher)], offers)
+    [match] = optimal.matches
+    assert (match.offer_id, match.bill, match.voucher_part) == (
+        "voucher",
+        Decimal("192.00"),
+        Decimal("96.00"),
+    )
+
+
+def test_unserved_demands_keep_their_first_blocking_reason():
+    offers = [offer("o", 4, "10")]
+    demands = [
+        demand("too-cheap", 4, price="5"),
+        demand("too-big", 8),
+        demand("far", 4, origin=QINGYANG, limit="region"),
+    ]
+    _, optimal = both(demands, offers)
+    assert optimal.unserved == {
+        "too-cheap": "over_price",
+        "too-big": "no_free_window",
+        "far": "outside_locality",
+    }
+
+
+def test_same_snapshot_same_answer():
+    offers = [offer(f"o{i}", 4 + i % 5, str(9 + i % 3), listed=i, end=24) for i in range(6)]
+    demands = [
+        demand(f"d{i}", 1 + i % 6, 2 + i % 5, start=i % 4, end=24, posted=i) for i in range(25)
+    ]
+    first = solve_optimal(copy.deepcopy(demands), copy.deepcopy(offers))
+    second = solve_optimal(copy.deepcopy(demands), copy.deepcopy(offers))
+    assert picks(first) == picks(second)
+    assert first.gpu_hours == second.gpu_hours
+
+
+def test_the_time_limit_is_a_setting_and_greedy_is_the_fallback():
+    offers = [offer(f"o{i}", 8, listed=i, end=24) for i in range(4)]
+    demands = [demand(f"d{i}", 3, 5, end=24, posted=i) for i in range(30)]
+    greedy = solve_greedy(copy.deepcopy(demands), copy.deepcopy(offers))
+    # a node limit of zero: no branching, the answer is at least the greedy start
+    result = solve_optimal(demands, offers, settings=OptimalSettings(time_limit=5, node_limit=0))
+    assert result.gpu_hours >= greedy.gpu_hours
+    assert result.policy == "optimal"
+
+
+# --- Invariants on random instances (both policies) -----------------------------------------
+
+offers_st = st.lists(
+    st.tuples(
+        st.integers(1, 8),  # gpus
+        st.integers(5, 15),  # price
+        st.sampled_from(SITES),
+        st.integers(0, 6),  # start
+        st.integers(4, 16),  # length
+        st.integers(0, 3),  # already used GPUs in every hour
+    ),
+    min_size=1,
+    max_size=6,
+)
+demands_st = st.lists(
+    st.tuples(
+        st.integers(1, 8),  # gpus
+        st.integers(1, 6),  # duration
+        st.integers(0, 8),  # window start
+        st.integers(0, 8),  # window slack
+        st.integers(5, 15),  # limit price
+        st.sampled_from(SITES),
+        st.sampled_from(["city", "metro", "region", "national"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def build(raw_offers: list, raw_demands: list) -> tuple[list[DemandSnap], list[OfferSnap]]:
+    offers = []
+    for i, (gpus, price, site, start, length, used) in enumerate(raw_offers):
+        o = offer(f"o{i}", gpus, str(price), site, start, start + length, listed=i)
+        o.used = [min(used, gpus)] * length
+        offers.append(o)
+    demands = [
+        demand(f"d{i}", g, dur, s, s + dur + slack, str(p), limit, i, origin)
+        for i, (g, dur, s, slack, p, origin, limit) in enumerate(raw_demands)
+    ]
+    return demands, offers
+
+
+def check_invariants(result: Result, demands: list[DemandSnap], offers: list[OfferSnap]) -> None:
+    by_offer = {o.id: o for o in offers}
+    by_demand = {d.id: d for d in demands}
+    load: dict[tuple[str, int], int] = {}
+    assert len({m.demand_id for m in result.matches}) == len(result.matches)
+    for m in result.matches:
+        d, o = by_demand[m.demand_id], by_offer[m.offer_id]
+        assert o.price <= d.max_price
+        tier = tier_between(
+            d.origin.city, d.origin.metro, d.origin.hub, o.site.city, o.site.metro, o.site.hub
+        )
+        assert tier_rank(tier) <= tier_rank(d.limit)
+        assert d.start <= m.start and m.start + d.duration <= d.end
+        assert o.start <= m.start and m.start + d.duration <= o.end
+        for h in range(m.start, m.start + d.duration):
+            load[(o.id, h)] = load.get((o.id, h), 0) + d.gpu_count
+    for (oid, h), gpus in load.items():
+        o = by_offer[oid]
+        assert o.used[h - o.start] + gpus <= o.gpu_count
+    assert set(result.unserved) | {m.demand_id for m in result.matches} == set(by_demand)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(offers_st, demands_st)
+def test_both_policies_keep_capacity_price_locality_and_windows(raw_offers, raw_demands):
+    demands, offers = build(raw_offers, raw_demands)
+    greedy = solve_greedy(copy.deepcopy(demands), copy.deepcopy(offers))
+    optimal = solve_optimal(copy.deepcopy(demands), copy.deepcopy(offers))
+    check_invariants(greedy, demands, offers)
+    check_invariants(optimal, demands, offers)
+    assert optimal.gpu_hours >= greedy.gpu_hours
