@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError as MalformedId
 from django.db import transaction
 from django.utils import timezone
 
@@ -224,7 +225,7 @@ def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -
 def _offer_locked(offer_id: ObjectId, provider: Organisation) -> Offer:
     try:
         return Offer.objects.select_for_update().get(pk=offer_id, provider=provider)
-    except (Offer.DoesNotExist, ValueError) as exc:
+    except (Offer.DoesNotExist, ValueError, MalformedId) as exc:  # a bad id is not there
         raise NotFound("no such offer", field="offer") from exc
 
 
@@ -339,7 +340,7 @@ def demand_cancel(*, demand_id: ObjectId, buyer: Organisation) -> Demand:
     the demand is not open (a matched demand is cancelled through its reservation)."""
     try:
         demand = Demand.objects.select_for_update().get(pk=demand_id, buyer=buyer)
-    except (Demand.DoesNotExist, ValueError) as exc:
+    except (Demand.DoesNotExist, ValueError, MalformedId) as exc:  # a bad id is not there
         raise NotFound("no such demand", field="demand") from exc
     if demand.status != Demand.Status.OPEN:
         raise Conflict(f"demand is {demand.status}", code="illegal_transition")
@@ -579,7 +580,7 @@ def _reservation_locked(
         qs = qs.filter(provider=provider)
     try:
         return qs.get(pk=reservation_id)
-    except (Reservation.DoesNotExist, ValueError) as exc:
+    except (Reservation.DoesNotExist, ValueError, MalformedId) as exc:  # a bad id is not there
         raise NotFound("no such reservation", field="reservation") from exc
 
 
