@@ -2,17 +2,25 @@
 ``DomainError`` from a service becomes an error on the field it names (same message as the API).
 """
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from accounts.models import Organisation, User
+from marketplace.api.serializers import price_field
 from marketplace.errors import DomainError
 from marketplace.models import Accelerator, Hub, Site
+from marketplace.selectors import as_uuid
+from marketplace.services import MAX_GPUS, MAX_HOURS, accelerators_resolve
 from vouchers.models import Programme, Voucher
+
+from .errors import domain_message
 
 DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]
@@ -31,7 +39,110 @@ def add_domain_error(
     """Attach a service's refusal to the field it names (or to the form), with its code."""
     field = (aliases or {}).get(exc.field or "", exc.field)
     target = field if field in form.fields else None
-    form.add_error(target, forms.ValidationError(exc.message, code=exc.code))
+    form.add_error(target, forms.ValidationError(domain_message(exc), code=exc.code))
+
+
+# --- Fields that defer to the API's parsing and the services' rules --------------------------
+
+
+class ApiField(forms.Field):
+    """A form field parsed by the API's own serializer field, so a bad value gets the API's
+    message (and DRF's translation of it), e.g. "A valid number is required." for ``NaN``."""
+
+    def __init__(self, api_field: serializers.Field, **kwargs: Any) -> None:
+        self.api_field = api_field
+        kwargs.setdefault("widget", forms.TextInput(attrs={"inputmode": "decimal"}))
+        super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> Any:
+        if value in self.empty_values:
+            return None
+        try:
+            return self.api_field.run_validation(value.strip() if isinstance(value, str) else value)
+        except DrfValidationError as exc:
+            detail = exc.detail if isinstance(exc.detail, list) else [exc.detail]
+            raise forms.ValidationError([str(d) for d in detail]) from exc
+
+
+class AcceleratorsField(forms.MultipleChoiceField):
+    """Accelerator names resolved by ``marketplace.services.accelerators_resolve`` (codes or
+    aliases): an unknown name gets the service's message, as through the API. Cleans to the
+    catalogue codes."""
+
+    widget = forms.CheckboxSelectMultiple
+
+    def valid_value(self, value: str) -> bool:
+        return True  # the service decides, below
+
+    def clean(self, value: Any) -> list[str]:
+        names = super().clean(value)
+        try:
+            return [a.code for a in accelerators_resolve(names)]
+        except DomainError as exc:
+            raise forms.ValidationError(domain_message(exc), code=exc.code) from exc
+
+
+class AcceleratorField(forms.ChoiceField):
+    """One accelerator name resolved like ``AcceleratorsField``; cleans to the ``Accelerator``."""
+
+    def valid_value(self, value: str) -> bool:
+        return True
+
+    def clean(self, value: Any) -> Accelerator | None:
+        name = super().clean(value)
+        if not name:
+            return None
+        try:
+            return accelerators_resolve([name], field="accelerator")[0]
+        except DomainError as exc:
+            raise forms.ValidationError(domain_message(exc), code=exc.code) from exc
+
+
+def accelerator_choices() -> list[tuple[str, str]]:
+    return [
+        (code, code) for code in Accelerator.objects.order_by("code").values_list("code", flat=True)
+    ]
+
+
+class UUIDModelChoiceField(forms.ModelChoiceField):
+    """A choice by UUID primary key: a malformed id is the ordinary "not one of the choices"
+    error, not Django's raw "… is not a valid UUID"."""
+
+    def to_python(self, value: Any) -> Any:
+        if value not in self.empty_values and as_uuid(value) is None:
+            raise forms.ValidationError(
+                self.error_messages["invalid_choice"], code="invalid_choice"
+            )
+        return super().to_python(value)
+
+
+FIRST_YEAR, LAST_YEAR = 2000, 2100
+
+
+class BoundedDateTimeField(forms.DateTimeField):
+    """A local date and time (Asia/Shanghai on the UI's pages) between the years 2000 and 2100:
+    a far-off date is a form error, never an overflow deeper down (SQLite, time zone maths)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", DATETIME_INPUT)
+        kwargs.setdefault("input_formats", DATETIME_FORMATS)
+        super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> datetime | None:
+        try:
+            result = super().to_python(value)
+        except OverflowError as exc:
+            raise self._out_of_range() from exc
+        if result is not None and not FIRST_YEAR <= result.year < LAST_YEAR:
+            raise self._out_of_range()
+        return result
+
+    def _out_of_range(self) -> forms.ValidationError:
+        return forms.ValidationError(
+            _("Enter a date between %(first)s and %(last)s."),
+            code="out_of_range",
+            params={"first": FIRST_YEAR, "last": LAST_YEAR},
+        )
 
 
 class SignupForm(UserCreationForm):
@@ -54,7 +165,7 @@ class SignupForm(UserCreationForm):
         ],
         initial=Organisation.Kind.SME,
     )
-    home_site = forms.ModelChoiceField(
+    home_site = UUIDModelChoiceField(
         label=_("Home site"),
         queryset=Site.objects.filter(provider__isnull=True).select_related("hub"),
         help_text=_("Where you use compute from: locality is counted from here."),
@@ -77,36 +188,39 @@ class SignupForm(UserCreationForm):
 class DemandForm(forms.Form):
     """The fields of ``marketplace.services.demand_create``; times in Asia/Shanghai."""
 
-    accelerators = forms.ModelMultipleChoiceField(
+    form_token = forms.UUIDField(widget=forms.HiddenInput, required=False)
+    accelerators = AcceleratorsField(
         label=_("Acceptable accelerator models"),
-        queryset=Accelerator.objects.order_by("code"),
-        to_field_name="code",
         required=False,
-        widget=forms.CheckboxSelectMultiple,
         help_text=_("None ticked: any model with the minimum memory below."),
     )
-    min_memory_gb = forms.IntegerField(
-        label=_("Minimum memory (GB)"), required=False, min_value=1, max_value=10_000
+    min_memory_gb = ApiField(
+        serializers.IntegerField(min_value=1, max_value=10_000),
+        label=_("Minimum memory (GB)"),
+        required=False,
+        widget=forms.NumberInput,
     )
-    gpu_count = forms.IntegerField(label=_("GPUs"), min_value=1, initial=1)
-    duration_hours = forms.IntegerField(label=_("Duration (hours)"), min_value=1, initial=1)
-    earliest_start = forms.DateTimeField(
-        label=_("Earliest start"), widget=DATETIME_INPUT, input_formats=DATETIME_FORMATS
+    gpu_count = ApiField(
+        serializers.IntegerField(min_value=1, max_value=MAX_GPUS),
+        label=_("GPUs"),
+        initial=1,
+        widget=forms.NumberInput,
     )
-    latest_end = forms.DateTimeField(
-        label=_("Latest end"), widget=DATETIME_INPUT, input_formats=DATETIME_FORMATS
+    duration_hours = ApiField(
+        serializers.IntegerField(min_value=1, max_value=MAX_HOURS),
+        label=_("Duration (hours)"),
+        initial=1,
+        widget=forms.NumberInput,
     )
-    max_price_per_gpu_hour = forms.DecimalField(
-        label=_("Maximum price per GPU-hour (¥)"),
-        min_value=Decimal("0.0001"),
-        decimal_places=4,
-        max_digits=12,
-    )
+    earliest_start = BoundedDateTimeField(label=_("Earliest start"))
+    latest_end = BoundedDateTimeField(label=_("Latest end"))
+    # The API's price field (0 ≤ price ≤ 100000, ≤ 4 places), then the service's rules.
+    max_price_per_gpu_hour = ApiField(price_field(), label=_("Maximum price per GPU-hour (¥)"))
     locality_limit = forms.ChoiceField(
         label=_("How far from your home site"), choices=TIER_CHOICES, initial="national"
     )
     single_site = forms.BooleanField(label=_("All GPUs at one site"), required=False, initial=True)
-    voucher = forms.ModelChoiceField(
+    voucher = UUIDModelChoiceField(
         label=_("Pay with voucher"),
         queryset=Voucher.objects.none(),
         required=False,
@@ -118,6 +232,7 @@ class DemandForm(forms.Form):
 
     def __init__(self, *args: Any, buyer: Organisation, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["accelerators"].choices = accelerator_choices  # type: ignore[attr-defined]
         self.fields["voucher"].queryset = (  # type: ignore[attr-defined]
             Voucher.objects.filter(owner=buyer, status=Voucher.Status.ACTIVE)
             .select_related("programme")
@@ -129,7 +244,8 @@ class DemandForm(forms.Form):
 
     def service_fields(self) -> dict[str, Any]:
         data = dict(self.cleaned_data)
-        data["accelerators"] = [a.code for a in data.get("accelerators") or []]
+        data.pop("form_token", None)
+        data["accelerators"] = list(data.get("accelerators") or [])
         return data
 
 
@@ -145,13 +261,7 @@ class DemandQuoteForm(DemandForm):
 class OfferSearchForm(forms.Form):
     """Offer search filters; a bad value is a form error (the page answers 400), never ignored."""
 
-    accelerator = forms.ModelChoiceField(
-        label=_("Accelerator"),
-        queryset=Accelerator.objects.order_by("code"),
-        to_field_name="code",
-        required=False,
-        empty_label=_("any"),
-    )
+    accelerator = AcceleratorField(label=_("Accelerator"), required=False)
     hub = forms.ModelChoiceField(
         label=_("Hub"),
         queryset=Hub.objects.order_by("code"),
@@ -170,18 +280,8 @@ class OfferSearchForm(forms.Form):
         decimal_places=4,
     )
     min_gpus = forms.IntegerField(label=_("At least GPUs"), required=False, min_value=1)
-    start = forms.DateTimeField(
-        label=_("Available from"),
-        required=False,
-        widget=DATETIME_INPUT,
-        input_formats=DATETIME_FORMATS,
-    )
-    end = forms.DateTimeField(
-        label=_("Available until"),
-        required=False,
-        widget=DATETIME_INPUT,
-        input_formats=DATETIME_FORMATS,
-    )
+    start = BoundedDateTimeField(label=_("Available from"), required=False)
+    end = BoundedDateTimeField(label=_("Available until"), required=False)
     sort = forms.ChoiceField(
         label=_("Sort by"),
         choices=[
@@ -193,6 +293,13 @@ class OfferSearchForm(forms.Form):
         required=False,
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["accelerator"].choices = lambda: [  # type: ignore[attr-defined]
+            ("", _("any")),
+            *accelerator_choices(),
+        ]
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         start, end = data.get("start"), data.get("end")
@@ -202,7 +309,7 @@ class OfferSearchForm(forms.Form):
 
 
 class VoucherApplicationForm(forms.Form):
-    programme = forms.ModelChoiceField(
+    programme = UUIDModelChoiceField(
         label=_("Programme"), queryset=Programme.objects.order_by("code")
     )
     amount = forms.DecimalField(

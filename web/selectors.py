@@ -156,7 +156,7 @@ def quote_candidate(
     qs = offer_search().filter(price_per_gpu_hour__lte=max_price, gpu_count__gte=gpu_count)
     qs = qs.exclude(provider=buyer)
     if accelerators:
-        qs = qs.filter(accelerator__in=accelerators)
+        qs = qs.filter(accelerator__code__in=accelerators)
     limit = tier_rank(locality_limit)
     for offer in qs.order_by("price_per_gpu_hour", "created_at", "id")[:200]:
         if home is None:
@@ -358,3 +358,33 @@ def unserved_by_reason() -> list[tuple[str, int]]:
 def demand_counts(*, organisation: Organisation) -> dict[str, int]:
     rows = Demand.objects.filter(buyer=organisation).values("status").annotate(n=Count("id"))
     return {r["status"]: r["n"] for r in rows.order_by()}
+
+
+@dataclass(frozen=True)
+class ReservationMoney:
+    """What a reservation's ledger transactions charged and gave back, CNY: the cancellation
+    fee taken from the cash part, and the refunds to the voucher and to the wallet."""
+
+    fee: Decimal
+    refund_voucher: Decimal
+    refund_cash: Decimal
+
+    @property
+    def any(self) -> bool:
+        return bool(self.fee or self.refund_voucher or self.refund_cash)
+
+
+def reservation_money(reservation: Reservation) -> ReservationMoney:
+    """The fee charged and the refunds of ``reservation`` from its ledger (two queries): the
+    ``cancel_fee`` transactions' amount leaving escrow and the hold's ``Refund`` rows."""
+    from ledger.models import Refund, Transaction
+
+    fee = Entry.objects.filter(
+        transaction__reservation=reservation,
+        transaction__reason=Transaction.Reason.CANCEL_FEE,
+        amount__gt=0,
+    ).aggregate(s=Sum("amount"))["s"]
+    refunds = Refund.objects.filter(hold__reservation=reservation).aggregate(
+        v=Sum("voucher_amount"), c=Sum("cash_amount")
+    )
+    return ReservationMoney(fee or ZERO, refunds["v"] or ZERO, refunds["c"] or ZERO)
