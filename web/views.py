@@ -7,6 +7,7 @@ work without JavaScript; htmx only refreshes the live quote and the demand statu
 """
 
 import csv
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -17,7 +18,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -27,15 +28,19 @@ from django.views.decorators.http import require_POST
 from accounts.models import Organisation
 from accounts.selectors import organisation_of
 from accounts.services import organisation_register
+from ledger.models import IdempotencyKey
 from ledger.selectors import organisation_balances
 from marketplace import selectors as market
 from marketplace import services
 from marketplace.errors import DomainError
+from marketplace.models import Demand
+from marketplace.selectors import as_uuid
 from vouchers import selectors as voucher_selectors
 from vouchers.services import voucher_application_submit
 
 from . import selectors
 from .charts import bar_chart
+from .errors import domain_message
 from .forms import (
     DemandForm,
     DemandQuoteForm,
@@ -65,7 +70,8 @@ def shanghai_time(view: View) -> View:
 
 
 def buyer_page(view: View) -> View:
-    """Logged in, acting for an organisation: passes it as ``org``; else the sign-up page."""
+    """Logged in, acting for a buyer organisation (SME or both): passes it as ``org``; without
+    an organisation the sign-up page, a provider-only organisation the provider console."""
 
     @login_required
     @shanghai_time
@@ -75,6 +81,9 @@ def buyer_page(view: View) -> View:
         if organisation is None:
             messages.info(request, _("Register your organisation first."))
             return redirect("web:signup")
+        if not organisation.is_buyer:
+            messages.info(request, _("Your organisation is a provider: this is your console."))
+            return redirect("console:index")
         return view(request, organisation, *args, **kwargs)
 
     return wrapped
@@ -164,7 +173,7 @@ def deposit(request: HttpRequest, org: Organisation) -> HttpResponse:
         try:
             services.wallet_deposit(organisation=org, amount=form.cleaned_data["amount"])
         except DomainError as exc:
-            messages.error(request, exc.message)
+            messages.error(request, domain_message(exc))
         else:
             messages.success(request, _("Wallet funded."))
     else:
@@ -217,10 +226,22 @@ def _quote_context(org: Organisation, form: DemandQuoteForm) -> dict[str, Any]:
     if not form.is_valid():
         return {"quote_form": form}
     data = form.cleaned_data
-    if not (
-        data.get("gpu_count") and data.get("duration_hours") and data.get("max_price_per_gpu_hour")
-    ):
+    needed = ("gpu_count", "duration_hours", "max_price_per_gpu_hour", "earliest_start")
+    if not all(data.get(name) for name in (*needed, "latest_end")):
         return {"incomplete": True}
+    # The rules posting applies (``demand_check``): never price a demand posting refuses.
+    probe = Demand(
+        gpu_count=data["gpu_count"],
+        duration_hours=data["duration_hours"],
+        earliest_start=data["earliest_start"],
+        latest_end=data["latest_end"],
+        max_price_per_gpu_hour=data["max_price_per_gpu_hour"],
+        locality_limit=data.get("locality_limit") or "national",
+    )
+    try:
+        services.demand_check(probe, now=timezone.now())
+    except DomainError as exc:
+        return {"error": exc, "message": domain_message(exc)}
     offer = selectors.quote_candidate(
         buyer=org,
         accelerators=list(data.get("accelerators") or []),
@@ -239,20 +260,54 @@ def _quote_context(org: Organisation, form: DemandQuoteForm) -> dict[str, Any]:
             voucher=data.get("voucher"),
         )
     except DomainError as exc:
-        return {"error": exc}
+        return {"error": exc, "message": domain_message(exc)}
     return {"offer": offer, "split": split, "note": label(split.note) if split.note else ""}
+
+
+DEMAND_FORM_KEY = "web:demand-new"
+
+
+def _form_token_claim(
+    request: HttpRequest, org: Organisation, token: uuid.UUID
+) -> tuple[IdempotencyKey | None, HttpResponse | None]:
+    """Claim the demand form's one-time token (an ``IdempotencyKey`` of the organisation and
+    user, the same store the API's ``Idempotency-Key`` uses). Returns ``(claim, None)`` for the
+    first post, or ``(None, redirect)`` for a repeat: to the demand the first post created, or
+    to the dashboard while the first post is still running."""
+    owner = f"org:{org.pk}/user:{request.user.pk}"
+    key = f"{DEMAND_FORM_KEY}:{token}"
+    try:
+        with transaction.atomic():
+            claim = IdempotencyKey.objects.create(
+                owner=owner, key=key, fingerprint=DEMAND_FORM_KEY
+            )
+        return claim, None
+    except IntegrityError:
+        first = IdempotencyKey.objects.filter(owner=owner, key=key).first()
+    demand_id = (first.response_body or {}).get("demand") if first is not None else None
+    if demand_id:
+        messages.info(request, _("This demand was already posted."))
+        return None, redirect("web:demand", demand_id=demand_id)
+    messages.info(request, _("This demand is being posted; it appears in your open demands."))
+    return None, redirect("web:dashboard")
 
 
 @buyer_page
 def demand_new(request: HttpRequest, org: Organisation) -> HttpResponse:
     """The demand form. Without JavaScript the "Show quote" button posts the form back with
-    the quote; "Post demand" calls ``demand_create``."""
-    initial = {}
+    the quote; "Post demand" calls ``demand_create``. The form carries a one-time token, so a
+    second submit of the same form (double click, reload) leads to the demand the first one
+    created instead of posting it twice."""
+    initial: dict[str, Any] = {}
     if request.method != "POST":
         start = timezone.localtime(timezone.now() + timedelta(hours=2), SHANGHAI).replace(
             minute=0, second=0, microsecond=0
         )
-        initial = {"earliest_start": start, "latest_end": start + timedelta(hours=24)}
+        initial = {
+            "earliest_start": start,
+            "latest_end": start + timedelta(hours=24),
+            "form_token": uuid.uuid4(),
+        }
     form = DemandForm(request.POST or None, buyer=org, initial=initial)
     context: dict[str, Any] = {"form": form, "org": org}
     status = 200
@@ -260,15 +315,29 @@ def demand_new(request: HttpRequest, org: Organisation) -> HttpResponse:
         if request.POST.get("action") == "quote":
             context["quote"] = _quote_context(org, DemandQuoteForm(request.POST, buyer=org))
         elif form.is_valid():
+            claim = None
+            token = form.cleaned_data.get("form_token")
+            if token is not None:
+                claim, repeat = _form_token_claim(request, org, token)
+                if repeat is not None:
+                    return repeat
             try:
                 demand = services.demand_create(
                     buyer=org,
                     user=request.user,  # type: ignore[arg-type]
                     **form.service_fields(),
                 )
-            except DomainError as exc:
+            except BaseException as exc:
+                if claim is not None:  # refused: the same form may be corrected and sent again
+                    IdempotencyKey.objects.filter(pk=claim.pk).delete()
+                if not isinstance(exc, DomainError):
+                    raise
                 add_domain_error(form, exc)
             else:
+                if claim is not None:
+                    IdempotencyKey.objects.filter(pk=claim.pk).update(
+                        status_code=302, response_body={"demand": str(demand.pk)}
+                    )
                 messages.success(request, _("Demand posted. Matching runs within seconds."))
                 return redirect("web:demand", demand_id=demand.pk)
         if form.errors:
@@ -320,15 +389,18 @@ def demand_detail(request: HttpRequest, org: Organisation, demand_id: str) -> Ht
 @require_POST
 @buyer_page
 def demand_cancel(request: HttpRequest, org: Organisation, demand_id: str) -> HttpResponse:
+    pk = as_uuid(demand_id)
+    if pk is None:
+        raise Http404
     try:
-        services.demand_cancel(demand_id=demand_id, buyer=org)
+        services.demand_cancel(demand_id=pk, buyer=org)
     except DomainError as exc:
         if exc.status == 404:
             raise Http404 from exc
-        messages.error(request, exc.message)
+        messages.error(request, domain_message(exc))
     else:
         messages.success(request, _("Demand cancelled."))
-    return redirect("web:demand", demand_id=demand_id)
+    return redirect("web:demand", demand_id=pk)
 
 
 # --- Reservations --------------------------------------------------------------------------
@@ -364,10 +436,15 @@ def reservation_detail(
         "r": reservation,
         "events": selectors.reservation_events(reservation),
         "refund": refund,
-        "can_cancel": reservation.status in ("held", "confirmed")
-        and reservation.start > timezone.now(),
+        "money": selectors.reservation_money(reservation),
+        "can_cancel": _can_cancel(reservation),
     }
     return render(request, "web/reservation_detail.html", context)
+
+
+def _can_cancel(reservation: Any) -> bool:
+    """Whether the buyer may still cancel (``reservation_cancel``'s own rules decide at POST)."""
+    return reservation.status in ("held", "confirmed") and reservation.start > timezone.now()
 
 
 @buyer_page
@@ -385,10 +462,13 @@ def reservation_cancel(
                 actor=request.user,  # type: ignore[arg-type]
             )
         except DomainError as exc:
-            messages.error(request, exc.message)
+            messages.error(request, domain_message(exc))
         else:
             messages.success(request, _("Reservation cancelled."))
         return redirect("web:reservation", reservation_id=reservation.pk)
+    if not _can_cancel(reservation):
+        # Already cancelled (or started, settled, …): say so, offer nothing to confirm.
+        return render(request, "web/reservation_cancel.html", {"r": reservation, "closed": True})
     fee = services.cancellation_fee(reservation, timezone.now())
     context = {
         "r": reservation,
@@ -412,7 +492,7 @@ def reservation_accept(
             actor=request.user,  # type: ignore[arg-type]
         )
     except DomainError as exc:
-        messages.error(request, exc.message)
+        messages.error(request, domain_message(exc))
     else:
         messages.success(request, _("Reservation accepted."))
     return redirect("web:reservation", reservation_id=reservation.pk)
