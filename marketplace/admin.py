@@ -181,7 +181,7 @@ class ReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     )
     list_filter = ("status", "locality_tier", "offer__site__hub")
     search_fields = ("id", "buyer__name", "provider__name", "offer__site__code")
-    list_select_related = ("buyer", "provider", "offer")
+    list_select_related = ("buyer", "provider", "offer__site", "offer__accelerator")
     date_hierarchy = "start"
     inlines = (ReservationEventInline,)
 

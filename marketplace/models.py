@@ -171,7 +171,9 @@ class Offer(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.gpu_count}× {self.accelerator_id} @ {self.site_id}"
+        """``8× A100-80G @ Tianfu DC (Chengdu)``; lists showing offers select ``accelerator``
+        and ``site`` with them."""
+        return f"{self.gpu_count}× {self.accelerator.code} @ {self.site}"
 
 
 class LocalityTier(models.TextChoices):
