@@ -24,6 +24,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organisation
 from accounts.selectors import organisation_of
@@ -75,15 +77,15 @@ class ConsoleAuthenticationForm(AuthenticationForm):
         super().confirm_login_allowed(user)
         if _provider_of(user) is None:
             raise ValidationError(
-                "This account does not act for an active provider organisation.",
+                _("This account does not act for an active provider organisation."),
                 code="not_a_provider",
             )
 
 
 class ProviderConsoleSite(AdminSite):
-    site_header = "Suanli Exchange — provider console"
-    site_title = "Provider console"
-    index_title = "Your capacity"
+    site_header = _("Suanli Exchange — provider console")
+    site_title = _("Provider console")
+    index_title = _("Your capacity")
     login_form = ConsoleAuthenticationForm
 
     def has_permission(self, request: HttpRequest) -> bool:
@@ -153,7 +155,7 @@ class ConsoleSiteForm(forms.ModelForm):
         data = self.cleaned_data
         hub, cluster = data.get("hub"), data.get("cluster")
         if hub is not None and cluster is not None and cluster.hub_id != hub.pk:
-            self.add_error("cluster", "This cluster belongs to another hub.")
+            self.add_error("cluster", _("This cluster belongs to another hub."))
         return data
 
 
@@ -205,7 +207,9 @@ class ConsoleOfferForm(forms.ModelForm):
                     offer_id=self.instance.pk, provider=self.provider, **values
                 )
         except DomainError as exc:
-            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+            from web.errors import domain_message
+
+            self.add_error(exc.field if exc.field in self.fields else None, domain_message(exc))
 
 
 @admin.register(Offer, site=console_site)
@@ -251,18 +255,37 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
     def save_model(self, request: HttpRequest, obj: Offer, form: Any, change: bool) -> None:
         """Nothing to do: the form's validation already saved through the service."""
 
-    @admin.display(description="offer")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        # ``Offer.__str__`` names the model and the site (autocomplete, filters, messages).
+        return super().get_queryset(request).select_related("site", "accelerator")
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The change list with each listed offer's peak reserved GPUs computed for the whole
+        page in one query (``web.selectors.offers_peak_reserved``), not one per row."""
+        from web.selectors import offers_peak_reserved
+
+        changelist = super().get_changelist_instance(request)
+        offers = list(changelist.result_list)
+        peaks = offers_peak_reserved([o.pk for o in offers])
+        for offer in offers:
+            offer._peak_reserved = peaks[offer.pk]  # type: ignore[attr-defined]
+        return changelist
+
+    @admin.display(description=_("offer"))
     def label(self, obj: Offer) -> str:
         return f"{obj.gpu_count} x {obj.accelerator.code} @ {obj.site.code}"
 
-    @admin.display(description="peak reserved / capacity (GPUs)")
+    @admin.display(description=_("peak reserved / capacity (GPUs)"))
     def peak_reserved(self, obj: Offer) -> str:
         if obj.pk is None:
             return "—"
-        return f"{offer_peak_reserved(obj)} / {obj.gpu_count}"
+        peak = getattr(obj, "_peak_reserved", None)
+        if peak is None:  # the change form: one offer
+            peak = offer_peak_reserved(obj)
+        return f"{peak} / {obj.gpu_count}"
 
     def _set_status(
-        self, request: HttpRequest, queryset: QuerySet[Offer], status: str, verb: str
+        self, request: HttpRequest, queryset: QuerySet[Offer], status: str, verb: Any
     ) -> None:
         organisation = console_organisation(request)
         assert organisation is not None  # the site lets no one else in
@@ -271,20 +294,20 @@ class ConsoleOfferAdmin(ProviderScopedAdmin):
             request,
             queryset,
             lambda offer: offer_set_status(offer_id=offer.pk, provider=organisation, status=status),
-            verb,
+            str(verb),
         )
 
-    @admin.action(description="Activate selected offers")
+    @admin.action(description=_("Activate selected offers"))
     def activate_offers(self, request: HttpRequest, queryset: QuerySet[Offer]) -> None:
-        self._set_status(request, queryset, Offer.Status.ACTIVE, "activated")
+        self._set_status(request, queryset, Offer.Status.ACTIVE, _("activated"))
 
-    @admin.action(description="Pause selected offers")
+    @admin.action(description=_("Pause selected offers"))
     def pause_offers(self, request: HttpRequest, queryset: QuerySet[Offer]) -> None:
-        self._set_status(request, queryset, Offer.Status.PAUSED, "paused")
+        self._set_status(request, queryset, Offer.Status.PAUSED, _("paused"))
 
-    @admin.action(description="Withdraw selected offers")
+    @admin.action(description=_("Withdraw selected offers"))
     def withdraw_offers(self, request: HttpRequest, queryset: QuerySet[Offer]) -> None:
-        self._set_status(request, queryset, Offer.Status.WITHDRAWN, "withdrawn")
+        self._set_status(request, queryset, Offer.Status.WITHDRAWN, _("withdrawn"))
 
 
 # --- Reservations ----------------------------------------------------------------------------
@@ -313,7 +336,7 @@ class ConsoleReservationAdmin(ProviderScopedAdmin):
     date_hierarchy = "start"
     actions = None
 
-    @admin.display(description="offer")
+    @admin.display(description=_("offer"))
     def offer_summary(self, obj: Reservation) -> str:
         return f"{obj.offer.accelerator.code} @ {obj.offer.site.code}"
 
@@ -359,7 +382,7 @@ def _console_page(template: str, build: Any) -> Any:
 def _usage(organisation: Organisation, request: HttpRequest) -> dict[str, Any]:
     from web.selectors import provider_usage
 
-    return {"title": "Usage reports", "rows": provider_usage(provider=organisation)[:500]}
+    return {"title": _("Usage reports"), "rows": provider_usage(provider=organisation)[:500]}
 
 
 def _payouts(organisation: Organisation, request: HttpRequest) -> dict[str, Any]:
@@ -368,7 +391,7 @@ def _payouts(organisation: Organisation, request: HttpRequest) -> dict[str, Any]
 
     balances = organisation_balances(organisation=organisation)
     return {
-        "title": "Payouts",
+        "title": _("Payouts"),
         "rows": provider_payouts(provider=organisation)[:500],
         "payable": balances["payable"],
         "claims": balances["claims"],
@@ -395,19 +418,19 @@ def _utilisation(organisation: Organisation, request: HttpRequest) -> dict[str, 
                 f"{u.offer.accelerator.code} @ {u.offer.site.code}",
                 u.days,
                 [
-                    ("reserved GPU-hours", "s0", u.reserved_gpu_hours),
+                    (gettext("reserved GPU-hours"), "s0", u.reserved_gpu_hours),
                     (
-                        "free GPU-hours",
+                        gettext("free GPU-hours"),
                         "s2",
                         [Decimal(u.capacity_gpu_hours) - v for v in u.reserved_gpu_hours],
                     ),
                 ],
-                unit="GPU-hours",
+                unit=gettext("GPU-hours"),
             ),
         )
         for u in rows
     ]
-    return {"title": "Utilisation per offer", "charts": charts, "days": days}
+    return {"title": _("Utilisation per offer"), "charts": charts, "days": days}
 
 
 def _console_urls(original: Any) -> Any:

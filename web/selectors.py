@@ -388,3 +388,25 @@ def reservation_money(reservation: Reservation) -> ReservationMoney:
         v=Sum("voucher_amount"), c=Sum("cash_amount")
     )
     return ReservationMoney(fee or ZERO, refunds["v"] or ZERO, refunds["c"] or ZERO)
+
+
+def offers_peak_reserved(offer_ids: list[Any]) -> dict[Any, int]:
+    """Per offer id, the most GPUs reserved at any hour over all time (as
+    ``marketplace.services.offer_peak_reserved`` without a window), for a page of offers in one
+    query: the capacity-holding reservations of all of them, swept per offer."""
+    from marketplace.timeutil import hour_index
+
+    deltas: dict[Any, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for offer_id, start, end, gpus in Reservation.objects.filter(
+        offer_id__in=offer_ids, status__in=Reservation.CAPACITY_STATUSES
+    ).values_list("offer_id", "start", "end", "gpu_count"):
+        deltas[offer_id][hour_index(start)] += gpus
+        deltas[offer_id][hour_index(end)] -= gpus
+    peaks: dict[Any, int] = {}
+    for offer_id in offer_ids:
+        peak = running = 0
+        for hour in sorted(deltas[offer_id]):
+            running += deltas[offer_id][hour]
+            peak = max(peak, running)
+        peaks[offer_id] = peak
+    return peaks
