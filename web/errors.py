@@ -220,9 +220,10 @@ _ACCOUNTS: dict[str, Promise] = {
 
 
 def _value(name: str, raw: str) -> Any:
+    if (get_language() or "en").startswith("en"):
+        return raw  # English keeps the service's own words (statuses, field names)
     if name in ("status", "to"):
-        # English keeps the service's status word, other languages the status label.
-        return raw if (get_language() or "en").startswith("en") else label(raw)
+        return label(raw)
     if name == "what":
         return NOUNS.get(raw, raw)
     if name == "field":

@@ -278,9 +278,7 @@ def _form_token_claim(
     key = f"{DEMAND_FORM_KEY}:{token}"
     try:
         with transaction.atomic():
-            claim = IdempotencyKey.objects.create(
-                owner=owner, key=key, fingerprint=DEMAND_FORM_KEY
-            )
+            claim = IdempotencyKey.objects.create(owner=owner, key=key, fingerprint=DEMAND_FORM_KEY)
         return claim, None
     except IntegrityError:
         first = IdempotencyKey.objects.filter(owner=owner, key=key).first()
