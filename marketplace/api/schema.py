@@ -33,11 +33,28 @@ EXAMPLE = {
 }
 
 
+def _tighten_decimals(node: Any) -> None:
+    """drf-spectacular's decimal pattern ``^-?\\d{0,N}(?:\\.\\d{0,M})?$`` also matches "" and
+    "-"; every decimal this API *takes* is a non-negative amount, so require a digit and no sign."""
+    if isinstance(node, dict):
+        pattern = node.get("pattern")
+        if node.get("format") == "decimal" and isinstance(pattern, str):
+            node["pattern"] = pattern.replace("^-?\\d{0,", "^\\d{1,")
+        for value in node.values():
+            _tighten_decimals(value)
+    elif isinstance(node, list):
+        for value in node:
+            _tighten_decimals(value)
+
+
 def postprocess_problem_responses(
     result: dict[str, Any], generator: Any, request: Any, public: bool
 ) -> dict[str, Any]:
     """A drf-spectacular ``POSTPROCESSING_HOOKS`` entry (see the module docstring)."""
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    for name, component in schemas.items():
+        if name.endswith("Request"):  # inputs only (COMPONENT_SPLIT_REQUEST); outputs may be < 0
+            _tighten_decimals(component)
     if "Problem" in schemas:
         schemas["Problem"]["example"] = EXAMPLE
     for path_item in result.get("paths", {}).values():
