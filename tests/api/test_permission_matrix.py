@@ -209,7 +209,7 @@ def _api_routes() -> set[tuple[str, str]]:
             if isinstance(pattern, URLResolver):
                 walk(pattern.url_patterns, route)
             elif isinstance(pattern, URLPattern) and route.startswith(API_PREFIX):
-                view = getattr(pattern.callback, "view_class", None) or pattern.callback.cls
+                view = getattr(pattern.callback, "view_class", None) or pattern.callback.cls  # type: ignore[attr-defined]
                 for method in HTTP_METHODS:
                     if hasattr(view, method):
                         found.add((str(pattern.name), method))
