@@ -25,7 +25,7 @@ EXAMPLES = 100
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
 
-# ``positive_data_rejection`` also accepts a 400 for schema-valid data: the rules that depend on
+# ``positive_data_acceptance`` also accepts a 400 for schema-valid data: the rules that depend on
 # data or on the clock (an unknown hub or accelerator code, a window in the past or shorter than
 # the duration, a zero price) cannot all be said in OpenAPI. Every such 400 is still checked
 # for its problem-details shape by the other checks, and the structural rules (types, bounds,
@@ -33,7 +33,7 @@ ALL_CHECKS = CHECKS.get_all()
 CONFIG = SchemathesisConfig.from_dict(
     {
         "checks": {
-            "positive_data_rejection": {
+            "positive_data_acceptance": {
                 "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429"]
             }
         }
