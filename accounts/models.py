@@ -84,3 +84,28 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.organisation}"
+
+
+class ApiToken(models.Model):
+    """An API token of a user, stored hashed.
+
+    The secret (``sx_`` + 43 URL-safe characters, 256 random bits) is shown once, when created;
+    only its SHA-256 digest is stored, with the first characters (``prefix``) to tell tokens
+    apart in lists. A plain hash (not a password hash) is enough for a random 256-bit secret.
+    Revoking sets ``revoked_at``; a revoked token no longer authenticates.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

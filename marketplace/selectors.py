@@ -6,12 +6,17 @@ their related rows joined or prefetched so lists cost a fixed number of queries.
 """
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.db.models import Q, QuerySet
 
 from accounts.models import Organisation
 
-from .models import Accelerator, Demand, Hub, Offer, Reservation, Site
+from .models import Accelerator, Demand, Hub, Offer, Reservation, ReservationEvent, Site
+
+if TYPE_CHECKING:
+    from ledger.models import Entry
+    from vouchers.models import ReimbursementClaim
 
 
 def as_uuid(value: object) -> uuid.UUID | None:
@@ -93,3 +98,52 @@ def reservation_get(*, organisation: Organisation, reservation_id: object) -> Re
     """One reservation the organisation buys or sells, or ``None``."""
     pk = as_uuid(reservation_id)
     return None if pk is None else reservation_list(organisation=organisation).filter(pk=pk).first()
+
+
+# --- The provider's side (provider API) -----------------------------------------------------
+
+
+def provider_site_list(*, provider: Organisation) -> QuerySet[Site]:
+    """The provider's own data centres, by code, with hub and cluster."""
+    return site_list().filter(provider=provider)
+
+
+def provider_usage_report_list(*, provider: Organisation) -> "QuerySet[ReservationEvent]":
+    """Completions of reservations the provider sells, newest first: each carries the
+    GPU-hours delivered (reported by the provider, or the full amount when the reservation ran
+    to its end). One row per reservation; reservation and offer joined."""
+    return (
+        ReservationEvent.objects.filter(
+            reservation__provider=provider, to_status=Reservation.Status.COMPLETED
+        )
+        .select_related("reservation")
+        .order_by("-at", "-id")
+    )
+
+
+def provider_payout_list(*, provider: Organisation) -> "QuerySet[Entry]":
+    """Payouts from the provider's payable account (CNY), newest first: the ledger entries of
+    ``payout`` transactions on it, with their transaction joined."""
+    from ledger.models import Account, Entry, Transaction
+
+    return (
+        Entry.objects.filter(
+            account__organisation=provider,
+            account__kind=Account.Kind.PAYABLE,
+            transaction__reason=Transaction.Reason.PAYOUT,
+        )
+        .select_related("transaction")
+        .order_by("-transaction__created_at", "-id")
+    )
+
+
+def provider_claim_list(*, provider: Organisation) -> "QuerySet[ReimbursementClaim]":
+    """The provider's reimbursement claims on voucher programmes (§5.5), newest first, with
+    their programme joined."""
+    from vouchers.models import ReimbursementClaim
+
+    return (
+        ReimbursementClaim.objects.filter(provider=provider)
+        .select_related("programme")
+        .order_by("-created_at", "-id")
+    )

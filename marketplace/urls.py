@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from marketplace.console import console_site
 
@@ -11,5 +11,11 @@ urlpatterns = [
     path("console/", console_site.urls),
     path("api/v1/", include("marketplace.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+# Errors under /api/ are problem details (JSON), never HTML pages (marketplace.api.errors).
+handler400 = "marketplace.api.errors.handler400"
+handler403 = "marketplace.api.errors.handler403"
+handler404 = "marketplace.api.errors.handler404"
+handler500 = "marketplace.api.errors.handler500"

@@ -4,24 +4,37 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from accounts.models import Organisation
+from accounts.models import ApiToken, Organisation
 from marketplace.api.base import StrictSerializer
 from marketplace.models import Site
 
 
 class TokenInputSerializer(StrictSerializer):
-    """Username and password of an existing user."""
+    """Username and password of an existing user; ``name`` labels the token in lists."""
 
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(
         max_length=256, trim_whitespace=False, style={"input_type": "password"}
     )
+    name = serializers.CharField(max_length=100, allow_blank=True, default="")
 
 
-class TokenSerializer(serializers.Serializer):
-    """The API token: send it as ``Authorization: Token <token>``."""
+class TokenInfoSerializer(serializers.ModelSerializer):
+    """A token without its secret: ``prefix`` is its first 10 characters."""
 
-    token = serializers.CharField()
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "prefix", "created_at", "last_used_at"]
+
+
+class TokenSerializer(TokenInfoSerializer):
+    """A new API token. ``token`` is the secret, shown only in this response: send it as
+    ``Authorization: Token <token>``."""
+
+    token = serializers.CharField(read_only=True)
+
+    class Meta(TokenInfoSerializer.Meta):
+        fields = ["token", *TokenInfoSerializer.Meta.fields]
 
 
 class OrganisationRegisterInputSerializer(StrictSerializer):

@@ -28,7 +28,7 @@ ID_PATH = OpenApiParameter(
 )
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
     OpenApiParameter.HEADER,
     required=False,
     description="Up to 255 printable characters. The same key and body replay the first "
@@ -37,18 +37,32 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 )
 
 
-class ErrorSerializer(serializers.Serializer):
-    """The one error shape of the API."""
+class ProblemSerializer(serializers.Serializer):
+    """The one error shape of the API: RFC 9457 problem details (``application/problem+json``)
+    with this API's ``code``, ``field`` and ``errors`` members (see ``marketplace.api.errors``)."""
 
-    code = serializers.CharField(help_text="Stable machine-readable code.")
-    detail = serializers.CharField()
-    field = serializers.CharField(allow_null=True, help_text="The input at fault, if any.")
+    type = serializers.CharField(help_text="URN naming the problem: `urn:suanli:problem:<code>`.")
+    title = serializers.CharField(help_text="The HTTP reason phrase of `status`.")
+    status = serializers.IntegerField(help_text="The HTTP status code.")
+    detail = serializers.CharField(help_text="Human-readable explanation of this occurrence.")
+    code = serializers.CharField(
+        help_text="Stable machine-readable code, e.g. `invalid`, `not_found`, `illegal_transition`."
+    )
+    field = serializers.CharField(allow_null=True, help_text="The first input at fault, if any.")
     errors = serializers.DictField(  # type: ignore[assignment]  # a field, not .errors
-        child=serializers.ListField(child=serializers.CharField())
+        child=serializers.JSONField(),
+        help_text="Every input at fault, by name, with its messages.",
     )
 
 
-ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
+ErrorSerializer = ProblemSerializer  # the name views used before problem details
+
+ERRORS = {
+    400: ProblemSerializer,
+    401: ProblemSerializer,
+    403: ProblemSerializer,
+    404: ProblemSerializer,
+}
 
 
 class StrictSerializer(serializers.Serializer):

@@ -22,17 +22,26 @@ class AwareDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value: Any) -> datetime:
         if isinstance(value, str):
-            parsed = parse_datetime(value.strip())
+            parsed = _parse(value)
             if parsed is not None and parsed.tzinfo is None:
                 self.fail("naive_datetime")
         return super().to_internal_value(value)
+
+
+def _parse(raw: str) -> datetime | None:
+    """``parse_datetime``, but an impossible date (30 February, month 13) is ``None`` (left to
+    the field's own "invalid" error) instead of a ``ValueError`` that would be a 500."""
+    try:
+        return parse_datetime(raw.strip())
+    except ValueError:
+        return None
 
 
 def is_naive_iso(raw: str | None) -> bool:
     """Whether a query-string time parses as ISO 8601 but has no offset."""
     if not raw:
         return False
-    parsed = parse_datetime(raw.strip())
+    parsed = _parse(raw)
     return parsed is not None and parsed.tzinfo is None
 
 

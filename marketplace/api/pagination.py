@@ -28,3 +28,17 @@ class StrictPageNumberPagination(PageNumberPagination):
         if raw is not None and (not raw.isdigit() or int(raw) < 1):
             raise ValidationError({"page": ["must be a positive integer"]})
         return super().paginate_queryset(queryset, request, view)
+
+    def get_schema_operation_parameters(self, view):  # type: ignore[no-untyped-def]
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+            elif parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": self.page_size,
+                }
+        return parameters

@@ -7,10 +7,13 @@ from accounts.api import views as accounts
 from ledger.api import views as ledger
 from vouchers.api import views as vouchers
 
+from . import provider
 from . import views as market
 
 urlpatterns = [
     path("auth/token/", accounts.TokenObtainApi.as_view(), name="auth-token"),
+    path("auth/tokens/", accounts.TokenListApi.as_view(), name="auth-tokens"),
+    path("auth/tokens/<str:id>/", accounts.TokenRevokeApi.as_view(), name="auth-token-revoke"),
     path("organisations/", accounts.OrganisationRegisterApi.as_view(), name="organisations"),
     path("organisations/me/", accounts.OrganisationMeApi.as_view(), name="organisation-me"),
     path("hubs/", market.HubListApi.as_view(), name="hubs"),
@@ -44,6 +47,18 @@ urlpatterns = [
         "reservations/<str:id>/usage/",
         market.ReservationUsageApi.as_view(),
         name="reservation-usage",
+    ),
+    path("provider/sites/", provider.ProviderSiteListApi.as_view(), name="provider-sites"),
+    path(
+        "provider/usage-reports/",
+        provider.UsageReportListApi.as_view(),
+        name="provider-usage-reports",
+    ),
+    path("provider/payouts/", provider.PayoutListApi.as_view(), name="provider-payouts"),
+    path(
+        "provider/reimbursement-claims/",
+        provider.ReimbursementClaimListApi.as_view(),
+        name="provider-reimbursement-claims",
     ),
     path("programmes/", vouchers.ProgrammeListApi.as_view(), name="programmes"),
     path("programmes/<str:id>/", vouchers.ProgrammeDetailApi.as_view(), name="programme-detail"),

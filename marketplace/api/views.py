@@ -17,8 +17,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import Organisation
 from marketplace import selectors, services
-from marketplace.errors import Conflict, NotFound
+from marketplace.errors import Conflict, NotFound, PermissionDenied
 from marketplace.matching.explain import demand_explain
 from marketplace.models import Demand, Offer, Reservation
 from vouchers.models import Voucher
@@ -108,6 +109,7 @@ class OfferListCreateApi(PublicListApi):
             self.permission_denied(
                 request, "you do not belong to an organisation", "no_organisation"
             )
+        _require_provider(self.org)
         data = _valid(OfferCreateInputSerializer, request)
         activate = data.pop("activate")
         accelerator = services.accelerators_resolve([data.pop("accelerator")], field="accelerator")[
@@ -119,6 +121,19 @@ class OfferListCreateApi(PublicListApi):
         return Response(
             OfferSerializer(_offer(self, offer.pk)).data, status=status.HTTP_201_CREATED
         )
+
+
+def _require_provider(organisation: Organisation) -> None:
+    """Provider actions refuse a buyer-only organisation up front (403 ``not_a_provider``),
+    before any id in the request is looked at."""
+    if not organisation.is_provider:
+        raise PermissionDenied("only providers can do this", code="not_a_provider")
+
+
+def _require_buyer(organisation: Organisation) -> None:
+    """Buyer actions refuse a provider-only organisation up front (403 ``not_a_buyer``)."""
+    if not organisation.is_buyer:
+        raise PermissionDenied("only buyers can do this", code="not_a_buyer")
 
 
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
@@ -224,6 +239,7 @@ class DemandListCreateApi(OrgMixin, generics.ListAPIView):
     )
     @idempotent
     def post(self, request: Request) -> Response:
+        _require_buyer(self.org)
         data = _valid(DemandCreateInputSerializer, request)
         voucher = _own_voucher(self, data.pop("voucher", None))
         demand = services.demand_create(
@@ -269,6 +285,7 @@ class QuoteApi(OrgMixin, APIView):
 
     @extend_schema(request=QuoteInputSerializer, responses={200: QuoteSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
+        _require_buyer(self.org)
         data = _valid(QuoteInputSerializer, request)
         split = services.quote(
             buyer=self.org,

@@ -28,7 +28,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -111,7 +110,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.tokens.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -126,7 +125,21 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "marketplace.api.errors.exception_handler",
     "COERCE_DECIMAL_TO_STRING": True,
+    "DEFAULT_THROTTLE_CLASSES": [
+        "accounts.throttling.WriteUserRateThrottle",
+        "accounts.throttling.WriteIPRateThrottle",
+    ],
 }
+
+# Rate limits (accounts.throttling): writes per user and per IP, token requests per IP.
+API_RATES = {
+    "write_user": env("API_RATE_WRITE_USER", default="120/min"),
+    "write_ip": env("API_RATE_WRITE_IP", default="600/min"),
+    "login_ip": env("API_RATE_LOGIN_IP", default="30/min"),
+}
+# Login lock-out: this many wrong passwords for a username lock it for this long.
+LOGIN_MAX_FAILURES = env.int("LOGIN_MAX_FAILURES", default=5)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=900)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Suanli Exchange API",
@@ -137,10 +150,32 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "OfferStatusEnum": "marketplace.models.Offer.Status",
+        "DemandStatusEnum": "marketplace.models.Demand.Status",
+        "ReservationStatusEnum": "marketplace.models.Reservation.Status",
+        "LocalityTierEnum": "marketplace.models.LocalityTier",
+        "OrganisationKindEnum": "accounts.models.Organisation.Kind",
+        "OrganisationStatusEnum": "accounts.models.Organisation.Status",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.api.schema.postprocess_problem_responses",
+    ],
+}
+
+# --- Cache (throttling, login lock-out): Redis when REDIS_URL is set, else local memory ----
+REDIS_URL = env("REDIS_URL", default="")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
 }
 
 # --- Celery -----------------------------------------------------------------------------
-REDIS_URL = env("REDIS_URL", default="")
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL

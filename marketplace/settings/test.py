@@ -16,3 +16,11 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 SECRET_KEY = "test-only-not-secret"  # noqa: S105
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # Parallel runs share this Redis: keep each test database's keys apart.
+        "KEY_PREFIX": DATABASES["default"]["TEST"]["NAME"],
+    }
+}

@@ -16,7 +16,7 @@ def test_token_for_right_credentials_authenticates_later_calls(anon_client, buye
         "/api/v1/auth/token/", {"username": "buyer", "password": "pw-Secret-123"}, format="json"
     )
     # then a token comes back and works as "Authorization: Token ..."
-    assert response.status_code == 200
+    assert response.status_code == 201
     token = response.json()["token"]
     anon_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert anon_client.get("/api/v1/organisations/me/").json()["name"] == "Buyer SME"
