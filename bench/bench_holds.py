@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -221,7 +221,9 @@ def counting_statements() -> Iterator[list[str]]:
 
     seen: list[str] = []
 
-    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+    def wrapper(
+        execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
         seen.append(sql)
         return execute(sql, params, many, context)
 
@@ -283,9 +285,7 @@ def pgbench(clients: int, seconds: int, scale: int) -> float:
     """TPC-B (pgbench's built-in) transactions per second with ``clients`` clients."""
     env = {**os.environ, "PGHOST": HOST, "PGPORT": PORT, "PGUSER": USER}
     cmd = ["pgbench", "-n", "-c", str(clients), "-j", str(clients), "-T", str(seconds)]
-    run = subprocess.run(  # noqa: S603 -- fixed argument list, no shell
-        [*cmd, PGBENCH_DB], env=env, check=True, capture_output=True, text=True
-    )
+    run = subprocess.run([*cmd, PGBENCH_DB], env=env, check=True, capture_output=True, text=True)
     match = re.search(r"tps = ([0-9.]+)", run.stdout)
     if match is None:
         raise SystemExit(f"cannot read pgbench output:\n{run.stdout}\n{run.stderr}")
@@ -294,8 +294,8 @@ def pgbench(clients: int, seconds: int, scale: int) -> float:
 
 def pgbench_init(scale: int) -> None:
     env = {**os.environ, "PGHOST": HOST, "PGPORT": PORT, "PGUSER": USER}
-    subprocess.run(  # noqa: S603 -- fixed argument list, no shell
-        ["pgbench", "-i", "-q", "-s", str(scale), PGBENCH_DB],  # noqa: S607
+    subprocess.run(
+        ["pgbench", "-i", "-q", "-s", str(scale), PGBENCH_DB],
         env=env,
         check=True,
         capture_output=True,
