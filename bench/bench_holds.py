@@ -6,7 +6,7 @@ at least 10 % of pgbench's TPC-B rate measured in the same run on the same serve
 
 What it does, in one run:
 
-1. creates its own database (``suanli_bench``), migrates it and builds a market: providers with
+1. creates its own database (``suanli_bench_holds``), migrates it and builds a market: providers with
    one large offer each (ample capacity over a long window), buyers with funded wallets, two
    voucher programmes with every provider approved in their catalogues, one voucher per buyer,
    and open demands (one per hold to make, spread over the window's hours);
@@ -15,7 +15,7 @@ What it does, in one run:
    programmes' rows, the escrow account and the tables);
 3. counts the SQL statements each hold sends (``connection.execute_wrapper``) — the round
    trips are those plus the ``COMMIT``;
-4. runs ``pgbench -i`` and ``pgbench -c N -j N -T 20`` (TPC-B) against ``suanli_pgbench`` on the
+4. runs ``pgbench -i`` and ``pgbench -c N -j N -T 20`` (TPC-B) against ``suanli_pgbench_holds`` on the
    same server, for one client and for ``--clients``;
 5. prints the table with the ratios, checks ``ledger_audit`` and drops both databases.
 
@@ -42,8 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BENCH_DB = "suanli_bench"
-PGBENCH_DB = "suanli_pgbench"
+BENCH_DB = "suanli_bench_holds"
+PGBENCH_DB = "suanli_pgbench_holds"
 HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = os.environ.get("PGPORT", "5432")
 USER = os.environ.get("PGUSER", "postgres")
