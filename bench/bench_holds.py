@@ -6,17 +6,17 @@ at least 10 % of pgbench's TPC-B rate measured in the same run on the same serve
 
 What it does, in one run:
 
-1. creates its own database (``suanli_bench_holds``), migrates it and builds a market: providers with
-   one large offer each (ample capacity over a long window), buyers with funded wallets, two
-   voucher programmes with every provider approved in their catalogues, one voucher per buyer,
-   and open demands (one per hold to make, spread over the window's hours);
+1. creates its own database (``suanli_bench_holds``), migrates it and builds a market:
+   providers with one large offer each (ample capacity over a long window), buyers with funded
+   wallets, two voucher programmes with every provider approved in their catalogues, one voucher
+   per buyer, and open demands (one per hold to make, spread over the window's hours);
 2. times holds through ``reservation_create`` — without and with a voucher, one client, then
    ``--clients`` processes at once (each on its own buyers and offers, all sharing the two
    programmes' rows, the escrow account and the tables);
 3. counts the SQL statements each hold sends (``connection.execute_wrapper``) — the round
    trips are those plus the ``COMMIT``;
-4. runs ``pgbench -i`` and ``pgbench -c N -j N -T 20`` (TPC-B) against ``suanli_pgbench_holds`` on the
-   same server, for one client and for ``--clients``;
+4. runs ``pgbench -i`` and ``pgbench -c N -j N -T 20`` (TPC-B) against
+   ``suanli_pgbench_holds`` on the same server, for one client and for ``--clients``;
 5. prints the table with the ratios, checks ``ledger_audit`` and drops both databases.
 
 Run: ``make bench-holds`` (or ``.venv/bin/python bench/bench_holds.py --help``). Needs the
