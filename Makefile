@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services browser check clean messages
+.PHONY: run test install services browser check clean messages bench-holds
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -49,6 +49,13 @@ messages: install
 		-i '.venv/*' -i 'tests/*' -i 'staticfiles/*' -i 'locale/*' -i 'scripts/*' --no-location
 	$(PY) scripts/fill_po.py
 	msgfmt --check-format -o locale/zh_Hans/LC_MESSAGES/django.mo locale/zh_Hans/LC_MESSAGES/django.po
+
+## Reservation holds/s through the service layer next to pgbench TPC-B on the local PostgreSQL
+## (own databases suanli_bench_holds and suanli_pgbench_holds, dropped afterwards). Not part of `make test`.
+BENCH_CLIENTS ?= 2
+BENCH_HOLDS ?= 200
+bench-holds: install services
+	$(PY) bench/bench_holds.py --clients $(BENCH_CLIENTS) --holds $(BENCH_HOLDS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 demo-report.json .pytest_cache .mypy_cache .ruff_cache

@@ -19,6 +19,7 @@ refund goes to the voucher, or straight back to its programme when the voucher h
 lapsed, so an expired voucher's balance lapses exactly once.
 """
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -34,10 +35,10 @@ from marketplace.money import ZERO, quantize_money, split_proportionally
 from .models import Account, Hold, Refund, Transaction
 from .services import (
     Leg,
+    hold_accounts,
     organisation_account,
     system_account,
     transaction_post,
-    voucher_account,
 )
 
 if TYPE_CHECKING:
@@ -48,12 +49,19 @@ POINT_OF_SALE = "point_of_sale"
 REIMBURSEMENT = "reimbursement"
 
 
-def hold_place(reservation: "Reservation", *, mode: str = POINT_OF_SALE) -> Hold:
+def hold_place(
+    reservation: "Reservation",
+    *,
+    mode: str = POINT_OF_SALE,
+    before_hot: Callable[[], None] | None = None,
+) -> Hold:
     """Open the pending hold of a just-created reservation and post its HOLD transaction.
 
     Moves ``reservation.voucher_part`` from the voucher and the cash paid (the cash part, or the
     whole bill in ``reimbursement`` mode) from the buyer's wallet into escrow. Raises
     ``Unprocessable(code="insufficient_funds")`` when the wallet or voucher cannot cover it.
+    The buyer's and the voucher's balances change first; ``before_hot`` (the caller's programme
+    lock and limit check) runs next, and the shared escrow row changes last.
     """
     voucher_part = reservation.voucher_part
     if not voucher_part:
@@ -62,17 +70,20 @@ def hold_place(reservation: "Reservation", *, mode: str = POINT_OF_SALE) -> Hold
     hold = Hold.objects.create(
         reservation=reservation, mode=mode, voucher_part=voucher_part, cash_paid=cash_paid
     )
-    legs: list[Leg] = [(system_account(Account.Kind.ESCROW), voucher_part + cash_paid)]
-    if voucher_part:
-        assert reservation.voucher_id is not None
-        legs.append((voucher_account(reservation.voucher_id), -voucher_part))
-    legs.append((organisation_account(reservation.buyer, Account.Kind.WALLET), -cash_paid))
+    escrow, wallet, voucher = hold_accounts(
+        reservation.buyer_id, reservation.voucher_id if voucher_part else None
+    )
+    legs: list[Leg] = [(escrow, voucher_part + cash_paid)]
+    if voucher is not None:
+        legs.append((voucher, -voucher_part))
+    legs.append((wallet, -cash_paid))
     transaction_post(
         Transaction.Reason.HOLD,
         legs,
         reservation=reservation,
         voucher=reservation.voucher,
         memo=f"hold ({mode})",
+        before_hot=before_hot,
     )
     return hold
 

@@ -1,12 +1,13 @@
 """Ledger writes: every money movement is one balanced transaction (§5.2)."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, connection
-from django.db.models import F
+from django.db.models import F, Q
+from django.utils import timezone
 
 from accounts.models import Organisation
 from marketplace.errors import Unprocessable
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from vouchers.models import Voucher
 
 SYSTEM_KINDS = (Account.Kind.ESCROW, Account.Kind.FEES, Account.Kind.WORLD)
+# Accounts many transactions touch at once (shared hot rows): their balances change last, just
+# before COMMIT, so their row locks are held as briefly as possible. Every posting uses the same
+# order — other accounts by pk, then these by pk — so two postings cannot deadlock.
+HOT_KINDS = frozenset({*SYSTEM_KINDS, Account.Kind.PROGRAMME})
 
 
 def system_account(kind: str) -> Account:
@@ -53,7 +58,34 @@ def voucher_account(voucher_id: ObjectId) -> Account:
     return account
 
 
+def hold_accounts(
+    buyer_id: ObjectId, voucher_id: ObjectId | None = None
+) -> tuple[Account, Account, Account | None]:
+    """``(escrow, buyer's wallet, voucher account or None)`` read in one query; any that does not
+    exist yet is created (``system_account``/``organisation_account``/``voucher_account``)."""
+    query = Q(kind=Account.Kind.ESCROW) | Q(kind=Account.Kind.WALLET, organisation_id=buyer_id)
+    if voucher_id is not None:
+        query |= Q(kind=Account.Kind.VOUCHER, voucher_id=voucher_id)
+    found: dict[tuple[str, object], Account] = {
+        (a.kind, a.organisation_id or a.voucher_id): a for a in Account.objects.filter(query)
+    }
+    escrow = found.get((Account.Kind.ESCROW, None)) or system_account(Account.Kind.ESCROW)
+    wallet = found.get((Account.Kind.WALLET, buyer_id))
+    if wallet is None:
+        wallet, _ = Account.objects.get_or_create(
+            kind=Account.Kind.WALLET, organisation_id=buyer_id
+        )
+    voucher = None
+    if voucher_id is not None:
+        voucher = found.get((Account.Kind.VOUCHER, voucher_id)) or voucher_account(voucher_id)
+    return escrow, wallet, voucher
+
+
 Leg = tuple[Account, Decimal]
+
+
+def _posting_order(leg: "Leg") -> tuple[bool, str]:
+    return (leg[0].kind in HOT_KINDS, str(leg[0].pk))
 
 
 def transaction_post(
@@ -63,33 +95,85 @@ def transaction_post(
     reservation: "Reservation | None" = None,
     voucher: "Voucher | None" = None,
     memo: str = "",
+    before_hot: "Callable[[], None] | None" = None,
 ) -> Transaction | None:
     """Post one balanced transaction. ``legs`` are ``(account, amount CNY)``; zero legs are
     dropped; the amounts must sum to zero. Returns ``None`` when every leg is zero.
 
-    Must run inside the caller's atomic block. Balances change with ``F()`` in a fixed account
-    order, so the database's CHECK constraint refuses a negative wallet, voucher, escrow or
-    programme balance; that surfaces as ``Unprocessable(code="insufficient_funds")``.
+    Must run inside the caller's atomic block. Balances change by conditional updates
+    (``balance = balance + x``; the database's CHECK constraint refuses a negative wallet,
+    voucher, escrow or programme balance, which surfaces as
+    ``Unprocessable(code="insufficient_funds")``) in one fixed order: the accounts of the
+    parties by pk, then the shared hot accounts (``HOT_KINDS``: escrow, fees, world, programme
+    budgets) by pk, last. On PostgreSQL the transaction row, its entries and the first balance
+    change go in one statement, so a two-leg posting is two round trips. ``before_hot`` runs
+    between the two groups (a hold locks and checks its programme there: ``ledger.holds``).
     """
     legs = [(a, Decimal(x)) for a, x in legs if Decimal(x) != 0]
     if not legs:
         return None
     if sum(x for _, x in legs) != 0:
         raise ValueError(f"unbalanced transaction {reason}: {legs}")
-    txn = Transaction.objects.create(
-        reason=reason, reservation=reservation, voucher=voucher, memo=memo[:200]
-    )
-    Entry.objects.bulk_create(Entry(transaction=txn, account=a, amount=x) for a, x in legs)
-    for account, amount in sorted(legs, key=lambda leg: str(leg[0].pk)):
+    ordered = sorted(legs, key=_posting_order)
+    txn = Transaction(reason=reason, reservation=reservation, voucher=voucher, memo=memo[:200])
+    try:
+        if connection.vendor == "postgresql":
+            _insert_with_first_leg(txn, legs, ordered[0])
+            ordered = ordered[1:]
+        else:
+            txn.save(force_insert=True)
+            Entry.objects.bulk_create(Entry(transaction=txn, account=a, amount=x) for a, x in legs)
+    except IntegrityError as exc:
+        raise _insufficient(ordered[0][0]) from exc
+    for account, amount in ordered:
+        if before_hot is not None and account.kind in HOT_KINDS:
+            before_hot()
+            before_hot = None
         try:
             _apply(account, amount)
         except IntegrityError as exc:
             # The enclosing atomic block rolls back as this error leaves it.
-            raise Unprocessable(
-                f"{account.get_kind_display()} balance would go below zero",
-                code="insufficient_funds",
-            ) from exc
+            raise _insufficient(account) from exc
+    if before_hot is not None:
+        before_hot()
     return txn
+
+
+def _insufficient(account: Account) -> Unprocessable:
+    return Unprocessable(
+        f"{account.get_kind_display()} balance would go below zero", code="insufficient_funds"
+    )
+
+
+def _insert_with_first_leg(txn: Transaction, legs: Sequence[Leg], first: Leg) -> None:
+    """PostgreSQL: insert ``txn`` and its entries and apply ``first``'s balance change in one
+    statement (a data-modifying CTE; the entries' foreign keys are checked at COMMIT)."""
+    txn.created_at = timezone.now()
+    account, amount = first
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH t AS (INSERT INTO ledger_transaction "
+            "(id, reason, reservation_id, voucher_id, memo, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)), "
+            "e AS (INSERT INTO ledger_entry (transaction_id, account_id, amount) "
+            "SELECT %s, a, x FROM unnest(%s::uuid[], %s::numeric[]) AS l(a, x)) "
+            "UPDATE ledger_account SET balance = balance + %s WHERE id = %s",
+            [
+                txn.pk,
+                txn.reason,
+                txn.reservation_id,
+                txn.voucher_id,
+                txn.memo,
+                txn.created_at,
+                txn.pk,
+                [a.pk for a, _ in legs],
+                [x for _, x in legs],
+                amount,
+                account.pk,
+            ],
+        )
+    txn._state.adding = False
+    txn._state.db = "default"
 
 
 def _apply(account: Account, amount: Decimal) -> None:

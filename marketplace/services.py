@@ -2,7 +2,8 @@
 
 Every public service validates on every entry point (API, admin, console, tasks) and raises
 ``marketplace.errors.DomainError`` subclasses with a stable ``code`` and the ``field`` at fault.
-Lock order: demand → offer → programme → voucher → ledger accounts (by pk).
+Lock order: demand → offer → voucher → ledger accounts (by pk; the shared hot ones —
+escrow, fees, programme budgets — last) with a hold's programme row just before the hot ones.
 """
 
 from collections import defaultdict
@@ -14,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as MalformedId
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.models import Organisation, User
@@ -24,8 +26,8 @@ from ledger.services import (
     system_account,
     transaction_post,
 )
-from vouchers.models import Programme, ReimbursementClaim, Voucher
-from vouchers.services import Split, voucher_split
+from vouchers.models import ReimbursementClaim, Voucher
+from vouchers.services import Split, voucher_hold_lock, voucher_limits_kept, voucher_split
 
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from .locality import tier_between, tier_rank
@@ -430,6 +432,10 @@ def _transition(
     _event(reservation, from_status, to_status, actor, note)
 
 
+class _ProgrammeLimitsMoved(Exception):
+    """A concurrent hold used the programme budget or buyer cap this hold's split counted on."""
+
+
 def reservation_create(
     *,
     demand_id: ObjectId,
@@ -446,8 +452,30 @@ def reservation_create(
     bill's voucher part (§5.4) moves from the voucher and the cash part from the wallet into
     escrow. Raises ``Conflict`` (demand not open, ``capacity_exhausted``), ``ValidationFailed``
     (infeasible pair) or ``Unprocessable(code="insufficient_funds")``; nothing is written then.
+
+    READ COMMITTED throughout, no SERIALIZABLE retries. Lock order: demand → offer → voucher →
+    the buyer's and voucher's ledger accounts → programme → escrow. The programme row (shared by
+    every voucher hold of the programme) is locked last, just before the escrow balance: the
+    split reads the budget and cap left without it, and under the lock the programme's limits
+    are checked again with this hold counted. Only when a concurrent hold used what the split
+    counted on (the last of a budget or cap) does the call run once more, then taking the
+    programme lock before the split.
     """
     now = now or timezone.now()
+    try:
+        return _reservation_create(demand_id, offer_id, start, now, programme_first=False)
+    except _ProgrammeLimitsMoved:
+        return _reservation_create(demand_id, offer_id, start, now, programme_first=True)
+
+
+def _reservation_create(
+    demand_id: ObjectId,
+    offer_id: ObjectId,
+    start: datetime,
+    now: datetime,
+    *,
+    programme_first: bool,
+) -> Reservation:
     with transaction.atomic(durable=True):
         demand = (
             Demand.objects.select_for_update(of=("self",))
@@ -456,9 +484,14 @@ def reservation_create(
         )
         if demand.status != Demand.Status.OPEN:
             raise Conflict(f"demand is {demand.status}", code="demand_not_open")
+        listed = Demand.accelerators.through.objects.filter(demand_id=demand.pk)
         offer = (
             Offer.objects.select_for_update(of=("self",))
-            .select_related("site", "provider")
+            .select_related("site", "provider", "accelerator")
+            .annotate(
+                model_listed=Exists(listed.filter(accelerator_id=OuterRef("accelerator_id"))),
+                any_model=~Exists(listed),
+            )
             .get(pk=offer_id)
         )
         end = start + demand.duration_hours * HOUR
@@ -481,10 +514,13 @@ def reservation_create(
         bill = bill_amount(demand.gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
         voucher = demand.voucher
         if voucher is not None:
-            Programme.objects.select_for_update().filter(pk=voucher.programme_id).get()
             voucher = (
-                Voucher.objects.select_for_update().select_related("programme").get(pk=voucher.pk)
+                Voucher.objects.select_for_update(of=("self",))
+                .select_related("programme")
+                .get(pk=voucher.pk)
             )
+            if programme_first:
+                voucher_hold_lock(voucher, demand.buyer_id)
         split = voucher_split(
             voucher,
             bill=bill,
@@ -495,6 +531,8 @@ def reservation_create(
             accelerator=offer.accelerator,
         )
         status = Reservation.Status.HELD
+        if demand.auto_accept:
+            status = Reservation.Status.CONFIRMED
         reservation = Reservation.objects.create(
             demand=demand,
             offer=offer,
@@ -512,11 +550,24 @@ def reservation_create(
             locality_tier=tier,
             status=status,
         )
-        hold_place(
-            reservation,
-            mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
-        )
-        _event(reservation, "", status, note=f"matched at tier {tier}")
+        events = [
+            ReservationEvent(
+                reservation=reservation,
+                from_status="",
+                to_status=Reservation.Status.HELD,
+                note=f"matched at tier {tier}",
+            )
+        ]
+        if demand.auto_accept:
+            events.append(
+                ReservationEvent(
+                    reservation=reservation,
+                    from_status=Reservation.Status.HELD,
+                    to_status=Reservation.Status.CONFIRMED,
+                    note="auto-accepted",
+                )
+            )
+        ReservationEvent.objects.bulk_create(events)
         if offer.site.hub_id != demand.origin_site.hub_id:
             InterHubTrade.objects.create(
                 reservation=reservation,
@@ -525,12 +576,22 @@ def reservation_create(
                 gpu_hours=reservation.gpu_hours,
                 value=bill,
             )
-        demand.status = Demand.Status.MATCHED
+        demand.status = Demand.Status.RESERVED if demand.auto_accept else Demand.Status.MATCHED
         demand.unmatched_reason = ""
-        if demand.auto_accept:
-            _transition(reservation, Reservation.Status.CONFIRMED, note="auto-accepted")
-            demand.status = Demand.Status.RESERVED
         demand.save(update_fields=["status", "unmatched_reason"])
+
+        def programme_check() -> None:
+            # Under the programme lock, with this hold counted: still within budget and cap?
+            assert voucher is not None
+            if not voucher_limits_kept(voucher.programme, demand.buyer, now):
+                raise _ProgrammeLimitsMoved
+
+        uses_programme = reservation.voucher_id is not None and not programme_first
+        hold_place(
+            reservation,
+            mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
+            before_hot=programme_check if uses_programme else None,
+        )
     return reservation
 
 
@@ -557,8 +618,8 @@ def _pair_check(
         raise ValidationFailed("offer over the demand's price limit", code="over_price")
     if demand.gpu_count > offer.gpu_count:
         raise ValidationFailed("offer too small", code="capacity_exhausted")
-    codes = set(demand.accelerators.values_list("pk", flat=True))
-    if codes and offer.accelerator_id not in codes:
+    # ``model_listed``/``any_model``: annotations of the offer's locked read (no extra query)
+    if not (offer.any_model or offer.model_listed):  # type: ignore[attr-defined]
         raise ValidationFailed("accelerator not acceptable", code="model_mismatch")
     acc = offer.accelerator
     if demand.min_memory_gb and (acc.memory_gb or 0) < demand.min_memory_gb:

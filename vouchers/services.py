@@ -1,6 +1,8 @@
 """Voucher writes and the voucher/cash split (PRODUCT.md §5.4, §5.6).
 
-Lock order everywhere: programme row, then voucher row, then ledger accounts (by pk).
+Lock order: a voucher's issue locks its programme row, then ledger accounts (by pk); a hold locks
+the voucher row, the buyer's and voucher's accounts, then the programme row (shared by every
+hold of the programme, so as late as possible), then the shared hot accounts (escrow) last.
 """
 
 import calendar
@@ -11,7 +13,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.models import Organisation
@@ -279,6 +281,7 @@ def voucher_part_check(
     buyer: Organisation,
     accelerator: object | None = None,
     lines: Sequence[BillLine],
+    share: Decimal | None = None,
 ) -> None:
     """Refuse a voucher part above ``floor_fen(eligible base × share)`` of its programme (§5.4):
     ``Unprocessable(code="voucher_share_exceeded", field="voucher_part")``. Chengdu 2025 on a
@@ -288,7 +291,9 @@ def voucher_part_check(
         (line.amount for line in lines if line.category in (programme.eligible_categories or ())),
         ZERO,
     )
-    allowed = floor_money(base * programme_share(programme, buyer=buyer, accelerator=accelerator))
+    if share is None:
+        share = programme_share(programme, buyer=buyer, accelerator=accelerator)
+    allowed = floor_money(base * share)
     if voucher_part > allowed:
         raise Unprocessable(
             f"voucher part ¥{voucher_part} exceeds ¥{allowed} allowed by {programme.code}",
@@ -363,7 +368,7 @@ def programme_limits_left(
     """``(budget left, buyer's cap left)`` for redemptions in ``at``'s programme year, in CNY:
     the annual budget and the per-buyer cap less voucher parts still held (live reservations)
     and voucher parts actually redeemed (reimbursement claims of settled ones, i.e. after any
-    refund of undelivered hours)."""
+    refund of undelivered hours). Two queries; negative when a limit is passed."""
     from marketplace.models import Reservation
 
     lo, hi = _year_bounds(programme, programme_year(programme, at))
@@ -372,20 +377,41 @@ def programme_limits_left(
         status__in=("held", "confirmed", "active", "completed"),
         created_at__gte=lo,
         created_at__lt=hi,
-    )
+    ).aggregate(total=Sum("voucher_part"), buyer=Sum("voucher_part", filter=Q(buyer=buyer)))
     redeemed = ReimbursementClaim.objects.filter(
         programme=programme, reservation__created_at__gte=lo, reservation__created_at__lt=hi
-    )
-    budget_used = (held.aggregate(s=Sum("voucher_part"))["s"] or ZERO) + (
-        redeemed.aggregate(s=Sum("amount"))["s"] or ZERO
-    )
-    buyer_used = (held.filter(buyer=buyer).aggregate(s=Sum("voucher_part"))["s"] or ZERO) + (
-        redeemed.filter(reservation__buyer=buyer).aggregate(s=Sum("amount"))["s"] or ZERO
-    )
+    ).aggregate(total=Sum("amount"), buyer=Sum("amount", filter=Q(reservation__buyer=buyer)))
+    budget_used = (held["total"] or ZERO) + (redeemed["total"] or ZERO)
+    buyer_used = (held["buyer"] or ZERO) + (redeemed["buyer"] or ZERO)
     return (
         quantize_money(programme.annual_budget - budget_used),
         quantize_money(programme.buyer_annual_cap - buyer_used),
     )
+
+
+def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId) -> None:
+    """Lock what a voucher hold changes before the programme row, in the hold's lock order
+    (voucher row already locked by the caller → the buyer's wallet and the voucher's ledger
+    accounts by pk → the programme row), so the split reads budget and cap under the lock."""
+    list(
+        Account.objects.select_for_update()
+        .filter(
+            Q(kind=Account.Kind.WALLET, organisation_id=buyer_id)
+            | Q(kind=Account.Kind.VOUCHER, voucher_id=voucher.pk)
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    Programme.objects.select_for_update().filter(pk=voucher.programme_id).values_list("pk").get()
+
+
+def voucher_limits_kept(programme: Programme, buyer: Organisation, at: datetime) -> bool:
+    """Lock the programme row (shared by every hold of the programme, so callers take it last)
+    and tell whether its budget and ``buyer``'s annual cap still hold, counting every hold
+    committed before the lock and the caller's own uncommitted ones (§5.4, §5.6)."""
+    Programme.objects.select_for_update().filter(pk=programme.pk).values_list("pk").get()
+    budget_left, cap_left = programme_limits_left(programme, buyer, at)
+    return budget_left >= 0 and cap_left >= 0
 
 
 def voucher_split(
@@ -418,16 +444,17 @@ def voucher_split(
     programme = voucher.programme
     balance = voucher_account(voucher.pk).balance
     budget_left, cap_left = programme_limits_left(programme, buyer, at)
+    share = programme_share(programme, buyer=buyer, accelerator=accelerator)
     split = split_lines(
         lines,
-        programme_share(programme, buyer=buyer, accelerator=accelerator),
+        share,
         balance,
         budget_left,
         cap_left,
         eligible=programme.eligible_categories or (),
     )
     voucher_part_check(
-        voucher, split.voucher_part, buyer=buyer, accelerator=accelerator, lines=lines
+        voucher, split.voucher_part, buyer=buyer, accelerator=accelerator, lines=lines, share=share
     )
     return split
 
