@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
+import numpy as np
+
 from marketplace.locality import TIERS, tier_between, tier_rank
 
 FEN = Decimal("0.01")
@@ -207,6 +209,230 @@ def voucher_part_of(
     return max(Decimal("0.00"), min(share, voucher.available))
 
 
+class FitIndex:
+    """Per-offer free-capacity structures for fast window queries while one cycle runs.
+
+    For an offer and a GPU count ``k`` (built on first use, dropped when the offer's timeline
+    changes through ``take``): ``run[i]`` = consecutive hours from hour ``i`` with ≥ ``k`` GPUs
+    free, ``nxt[i]`` = the first hour ≥ ``i`` with ≥ ``k`` free, and the longest run. A query
+    jumps from free run to free run (O(blocked stretches), not O(hours)); an offer whose longest
+    run is shorter than the duration is refused in O(1)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
+
+    def _get(self, offer: OfferSnap, gpus: int) -> tuple[list[int], list[int], int]:
+        key = (id(offer), gpus)
+        found = self._runs.get(key)
+        if found is None:
+            limit = offer.gpu_count - gpus
+            used = offer.used
+            n = len(used)
+            run = [0] * (n + 1)
+            nxt = [n] * (n + 1)
+            longest = 0
+            for i in range(n - 1, -1, -1):
+                if used[i] <= limit:
+                    r = run[i + 1] + 1
+                    run[i] = r
+                    nxt[i] = i
+                    if r > longest:
+                        longest = r
+                else:
+                    nxt[i] = nxt[i + 1]
+            found = (run, nxt, longest)
+            self._runs[key] = found
+        return found
+
+    def earliest_fit(
+        self, offer: OfferSnap, gpus: int, duration: int, lo: int, hi: int
+    ) -> int | None:
+        """Same answer as ``OfferSnap.earliest_fit``."""
+        base = offer.start
+        lo, hi = max(lo, base), min(hi, offer.end)
+        if hi - lo < duration or gpus > offer.gpu_count:
+            return None
+        run, nxt, longest = self._get(offer, gpus)
+        if longest < duration:
+            return None
+        i, last = lo - base, hi - base - duration
+        while True:
+            i = nxt[i]
+            if i > last:
+                return None
+            r = run[i]
+            if r >= duration:
+                return i + base
+            i += r
+
+    def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
+        offer.take(gpus, start, duration)
+        self.forget(offer)
+
+    def forget(self, offer: OfferSnap) -> None:
+        oid = id(offer)
+        for k in range(1, offer.gpu_count + 1):
+            self._runs.pop((oid, k), None)
+
+
+class Bucket:
+    """Offers interchangeable but for capacity and listing order: same model, site, price,
+    provider and minimum duration, in listing order. Keeps the free-GPU matrix (offers × hours
+    of the bucket's span, 0 outside an offer's window) so one vectorised query answers "which
+    offer of the bucket fits earliest" for all its offers at once; answers are memoised until
+    the bucket's next booking."""
+
+    def __init__(self, offers: list[OfferSnap]) -> None:
+        self.offers = offers
+        first = offers[0]
+        self.price, self.provider = first.price, first.provider
+        self.min_duration = first.min_duration
+        self.start = min(o.start for o in offers)
+        self.end = max(o.end for o in offers)
+        self.free = np.zeros((len(offers), self.end - self.start), dtype=np.int16)
+        self.row: dict[str, int] = {}
+        for i, o in enumerate(offers):
+            self.row[o.id] = i
+            self.free[i, o.start - self.start : o.end - self.start] = o.gpu_count - np.asarray(
+                o.used, dtype=np.int16
+            )
+        self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._dirty: dict[int, set[int]] = {}  # rows booked since the runs were computed
+
+    def _free_runs(self, free: np.ndarray, gpus: int) -> np.ndarray:
+        """Per row and hour: consecutive hours from that hour with ≥ ``gpus`` free."""
+        n = free.shape[-1]
+        hours = np.arange(n, dtype=np.int16)
+        blocked = np.where(free >= gpus, np.int16(n), hours)
+        nxt = np.minimum.accumulate(blocked[..., ::-1], axis=-1)[..., ::-1]
+        return nxt - hours
+
+    def _runs_for(self, gpus: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self._runs.get(gpus)
+        if found is None:
+            runs = self._free_runs(self.free, gpus)
+            found = (runs, runs.max(axis=0))
+            self._runs[gpus] = found
+            self._dirty[gpus] = set()
+        elif self._dirty[gpus]:
+            rows = sorted(self._dirty[gpus])
+            self._dirty[gpus] = set()
+            runs = found[0]
+            runs[rows] = self._free_runs(self.free[rows], gpus)
+            found = (runs, runs.max(axis=0))
+            self._runs[gpus] = found
+        return found
+
+    def earliest(self, gpus: int, duration: int, lo: int, hi: int) -> tuple[int, int] | None:
+        """``(row, start)`` of the earliest fit over the bucket, first listed on ties: every
+        hour of ``[start, start + duration)`` inside ``[lo, hi)`` has ``gpus`` free on the
+        offer ``self.offers[row]``; ``None`` if no offer of the bucket fits. Uses the longest
+        free run from each hour (per row, and its maximum over rows): O(hours) per query."""
+        lo, hi = max(lo, self.start), min(hi, self.end)
+        if hi - lo < duration:
+            return None
+        runs, best = self._runs_for(gpus)
+        a, b = lo - self.start, hi - self.start - duration + 1
+        ok = best[a:b] >= duration
+        h = int(ok.argmax())
+        if not ok[h]:
+            return None
+        row = int((runs[:, a + h] >= duration).argmax())
+        return row, lo + h
+
+    def took(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
+        row = self.row[offer.id]
+        a = start - self.start
+        self.free[row, a : a + duration] -= gpus
+        for rows in self._dirty.values():
+            rows.add(row)
+
+
+@dataclass
+class Ring:
+    """A demand's candidate offers, by locality tier (city, metro, region, national — up to its
+    limit), each tier one list of ``(bucket, hub latency ms)`` in ascending price (then latency
+    and listing order). ``beyond_min_price`` is the cheapest offer past the limit (``None``:
+    none), for the reason an unserved demand reports."""
+
+    tiers: list[list[tuple[Bucket, float]]]
+    beyond_min_price: Decimal | None
+
+
+class OfferIndex:
+    """Offers indexed for one cycle: by model, then by site, then in buckets; rings of candidate
+    buckets cached per (acceptable models, origin site, locality limit), so a demand only ever
+    looks at offers of its models inside its limit, nearest tier first and cheapest first."""
+
+    def __init__(
+        self, offers: Iterable[OfferSnap], latency: Mapping[tuple[str, str], float]
+    ) -> None:
+        self.latency = latency
+        self.by_id: dict[str, OfferSnap] = {}
+        grouped: dict[str, dict[SiteRef, dict[tuple[Decimal, str, int], list[OfferSnap]]]] = {}
+        for offer in sorted(offers, key=lambda o: (o.price, o.listed, o.id)):
+            grouped.setdefault(offer.model, {}).setdefault(offer.site, {}).setdefault(
+                (offer.price, offer.provider, offer.min_duration), []
+            ).append(offer)
+            self.by_id[offer.id] = offer
+        self.by_model: dict[str, dict[SiteRef, list[Bucket]]] = {}
+        self.bucket_of: dict[str, Bucket] = {}
+        for model, sites in grouped.items():
+            for site, buckets in sites.items():
+                made = [Bucket(b) for b in buckets.values()]
+                self.by_model.setdefault(model, {})[site] = made
+                for bucket in made:
+                    for o in bucket.offers:
+                        self.bucket_of[o.id] = bucket
+        self.fit = FitIndex()
+        self._rings: dict[tuple[frozenset[str], SiteRef, str], Ring] = {}
+
+    def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
+        """Book ``gpus`` on ``offer`` over ``[start, start + duration)`` and update the index."""
+        offer.take(gpus, start, duration)
+        self.bucket_of[offer.id].took(offer, gpus, start, duration)
+
+    def ring(self, demand: DemandSnap) -> Ring:
+        key = (demand.models, demand.origin, demand.limit)
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._ring(*key)
+            self._rings[key] = ring
+        return ring
+
+    def _ring(self, models: frozenset[str], origin: SiteRef, limit_name: str) -> Ring:
+        limit = tier_rank(limit_name)
+        tiers: list[list[tuple[Bucket, float]]] = [[], [], [], []]
+        beyond: Decimal | None = None
+        for model in sorted(models):
+            for site, buckets in self.by_model.get(model, {}).items():
+                rank = tier_rank(
+                    tier_between(
+                        origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub
+                    )
+                )
+                if rank > limit:
+                    cheapest = buckets[0].price
+                    beyond = cheapest if beyond is None else min(beyond, cheapest)
+                    continue
+                distance = self.latency.get((origin.hub, site.hub), 0.0) if rank == 3 else 0.0
+                tiers[rank] += [(b, distance) for b in buckets]
+        for entries in tiers:
+            entries.sort(key=lambda e: (e[0].price, e[1], e[0].offers[0].listed, e[0].offers[0].id))
+        return Ring(tiers[: limit + 1], beyond)
+
+
+def cost_floor(demand: DemandSnap, price: Decimal) -> Decimal:
+    """The least the buyer can pay for ``demand`` at ``price`` after its voucher (CNY): the
+    bill less the voucher's largest possible part; non-decreasing in ``price``."""
+    bill = bill_of(demand.gpu_count, demand.duration, price)
+    v = demand.voucher
+    if v is None:
+        return bill
+    share = (bill * v.max_share).quantize(FEN, rounding=ROUND_DOWN)
+    return bill - max(Decimal("0.00"), min(share, v.available))
+
+
 def solve_greedy(
     demands: Iterable[DemandSnap],
     offers: Iterable[OfferSnap],
@@ -217,26 +443,18 @@ def solve_greedy(
 
     ``latency`` maps ``(hub, hub)`` to milliseconds: across hubs, among offers of equal cost to
     the buyer the lower-latency hub wins (docking "other hubs by latency", §4.3).
+    ``Result.pairs_considered`` counts the (demand, offer) pairs actually evaluated.
     """
-    # Offers grouped by model and site (one locality tier and latency per demand and group),
-    # each group sorted by price: whole groups beyond the demand's limit, and the dear tail
-    # of a group, are skipped without looking at each offer.
-    groups: dict[str, dict[str, list[OfferSnap]]] = {}
-    by_id: dict[str, OfferSnap] = {}
-    for offer in sorted(offers, key=lambda o: (o.price, o.listed, o.id)):
-        groups.setdefault(offer.model, {}).setdefault(offer.site.id, []).append(offer)
-        by_id[offer.id] = offer
-    by_model = {model: list(sites.values()) for model, sites in groups.items()}
+    index = OfferIndex(offers, latency or {})
     result = Result(matches=[], unserved={})
     ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
     for demand in ordered:
-        match, reason, considered = _best_pair(demand, by_model, latency or {})
+        match, reason, considered = best_pair(demand, index)
         result.pairs_considered += considered
         if match is None:
             result.unserved[demand.id] = reason
             continue
-        offer = by_id[match.offer_id]
-        offer.take(demand.gpu_count, match.start, demand.duration)
+        index.take(index.by_id[match.offer_id], demand.gpu_count, match.start, demand.duration)
         if demand.voucher is not None and match.voucher_part:
             demand.voucher.available -= match.voucher_part
         result.matches.append(match)
@@ -246,60 +464,52 @@ def solve_greedy(
     return result
 
 
-def _best_pair(
-    demand: DemandSnap,
-    by_model: dict[str, list[list[OfferSnap]]],
-    latency: Mapping[tuple[str, str], float],
-) -> tuple[Match | None, str, int]:
-    """The best feasible pair of ``demand`` in its nearest tier that has one, else the
-    furthest rule any offer passed. ``considered`` counts every offer of an acceptable model
-    (the candidate pairs), also those skipped in bulk."""
-    limit = tier_rank(demand.limit)
+def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str, int]:
+    """The best feasible pair of ``demand`` in its nearest tier that has one, else the furthest
+    rule any offer passed (``REASONS``). Within a tier buckets are walked cheapest first; the
+    walk stops at the first bucket over the limit price, or once the least cost the next bucket
+    could reach after the voucher (``cost_floor``) exceeds the best found; a bucket whose
+    envelope has no fit, or whose best possible key loses, is skipped whole. Returns ``(match,
+    reason, pairs evaluated)`` — the (demand, offer) pairs whose timeline was queried."""
+    ring = index.ring(demand)
     blocked = 0  # index into REASONS of the furthest rule any candidate passed
-    considered = 0
-    origin = demand.origin
-    by_rank: list[list[tuple[list[OfferSnap], float]]] = [[], [], [], []]
-    for model in sorted(demand.models):
-        for group in by_model.get(model, ()):
-            considered += len(group)
-            site = group[0].site
-            rank = tier_rank(
-                tier_between(origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub)
-            )
-            if rank > limit:
-                blocked = max(blocked, 1 if group[0].price > demand.max_price else 2)
+    if ring.beyond_min_price is not None:
+        blocked = 1 if ring.beyond_min_price > demand.max_price else 2
+    evaluated = 0
+    gpus, duration, lo, hi = demand.gpu_count, demand.duration, demand.start, demand.end
+    max_price, buyer = demand.max_price, demand.buyer
+    for rank, entries in enumerate(ring.tiers):
+        best_key: tuple[Decimal, float, int, int, str] | None = None
+        best: Match | None = None
+        for bucket, distance in entries:
+            price = bucket.price
+            if price > max_price:
+                blocked = max(blocked, 1)
+                break
+            floor = cost_floor(demand, price)
+            if best_key is not None and floor > best_key[0]:
+                break
+            if bucket.min_duration > duration:
+                blocked = max(blocked, 3)
                 continue
-            distance = latency.get((origin.hub, site.hub), 0.0) if rank == 3 else 0.0
-            by_rank[rank].append((group, distance))
-    plain = demand.voucher is None  # cost ∝ price: the first fit in price order is the cheapest
-    for rank, rank_groups in enumerate(by_rank):
-        best: tuple[tuple[Decimal, float, int, int, str], Match] | None = None
-        for group, distance in rank_groups:
-            found_price: Decimal | None = None
-            for offer in group:
-                if offer.price > demand.max_price:
-                    blocked = max(blocked, 1)
-                    break
-                if plain and found_price is not None and offer.price > found_price:
-                    break
-                if offer.min_duration > demand.duration:
-                    blocked = max(blocked, 3)
-                    continue
-                if offer.provider == demand.buyer:
-                    blocked = max(blocked, 5)
-                    continue
-                start = offer.earliest_fit(
-                    demand.gpu_count, demand.duration, demand.start, demand.end
-                )
-                if start is None:
-                    blocked = max(blocked, 4)
-                    continue
-                found_price = offer.price
-                bill = bill_of(demand.gpu_count, demand.duration, offer.price)
-                vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
-                key = (bill - vpart, distance, start, offer.listed, offer.id)
-                if best is None or key < best[0]:
-                    best = (key, Match(demand.id, offer.id, start, TIERS[rank], bill, vpart))
+            if bucket.provider == buyer:
+                blocked = max(blocked, 5)
+                continue
+            evaluated += len(bucket.offers)
+            found = bucket.earliest(gpus, duration, lo, hi)
+            if found is None:
+                blocked = max(blocked, 4)
+                continue
+            bill = bill_of(gpus, duration, price)
+            # the voucher's part is the same for every offer of a bucket (same provider and
+            # site): the bucket's earliest fit is its best pair
+            row, start = found
+            offer = bucket.offers[row]
+            vpart = voucher_part_of(bill, demand.voucher, offer, buyer, demand.related)
+            key = (bill - vpart, distance, start, offer.listed, offer.id)
+            if best_key is None or key < best_key:
+                best_key = key
+                best = Match(demand.id, offer.id, start, TIERS[rank], bill, vpart)
         if best is not None:
-            return best[1], "", considered
-    return None, REASONS[blocked], considered
+            return best, "", evaluated
+    return None, REASONS[blocked], evaluated
