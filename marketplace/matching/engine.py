@@ -12,7 +12,7 @@ offer id. Capacity taken by a match is removed from the offer's timeline before 
 """
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -189,6 +189,21 @@ class Result:
         return sum(self.served.values())
 
 
+def snapshot_copy(
+    demands: Iterable[DemandSnap], offers: Iterable[OfferSnap]
+) -> tuple[list[DemandSnap], list[OfferSnap]]:
+    """Copies to solve on without touching the originals: offers' timelines and vouchers'
+    ``available`` are copied (a voucher shared by several demands stays shared)."""
+    vouchers: dict[int, VoucherSnap] = {}
+    out_d = []
+    for d in demands:
+        v = d.voucher
+        if v is not None:
+            v = vouchers.setdefault(id(v), replace(v))
+        out_d.append(replace(d, voucher=v))
+    return out_d, [replace(o, used=list(o.used)) for o in offers]
+
+
 def bill_of(gpus: int, hours: int, price: Decimal) -> Decimal:
     """Same rule as ``marketplace.money.bill_amount`` (half-up to the fen), kept ORM-free."""
     return (Decimal(gpus) * hours * price).quantize(FEN, rounding=ROUND_HALF_UP)
@@ -339,6 +354,24 @@ class Bucket:
             return None
         row = int((runs[:, a + h] >= duration).argmax())
         return row, lo + h
+
+    def fits(
+        self, gpus: int, duration: int, lo: int, hi: int, keep: int
+    ) -> list[tuple[int, int, int]]:
+        """Up to ``keep`` offers of the bucket that fit, as ``(row, earliest start, latest
+        start)``, earliest start first then listing order (one vectorised pass)."""
+        lo, hi = max(lo, self.start), min(hi, self.end)
+        if hi - lo < duration or self.earliest(gpus, duration, lo, hi) is None:
+            return []
+        ok = self.free[:, lo - self.start : hi - self.start] >= gpus
+        sums = np.zeros((ok.shape[0], ok.shape[1] + 1), dtype=np.int32)
+        np.cumsum(ok, axis=1, out=sums[:, 1:])
+        fit = (sums[:, duration:] - sums[:, :-duration]) == duration
+        rows = np.flatnonzero(fit.any(axis=1))
+        first = fit[rows].argmax(axis=1)
+        last = fit.shape[1] - 1 - fit[rows, ::-1].argmax(axis=1)
+        order = np.lexsort((rows, first))[:keep]
+        return [(int(rows[i]), lo + int(first[i]), lo + int(last[i])) for i in order]
 
     def took(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
         row = self.row[offer.id]

@@ -33,7 +33,6 @@ parts are recomputed in demand order after solving, exactly like ``greedy`` does
 """
 
 import bisect
-import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,15 +41,17 @@ from decimal import Decimal
 import highspy
 import numpy as np
 
-from marketplace.locality import TIERS, tier_between, tier_rank
+from marketplace.locality import TIERS
 
 from .engine import (
-    REASONS,
     DemandSnap,
     Match,
+    OfferIndex,
     OfferSnap,
     Result,
+    best_pair,
     bill_of,
+    snapshot_copy,
     solve_greedy,
     voucher_part_of,
 )
@@ -95,89 +96,75 @@ class Candidate:
 
 
 def demand_candidates(
-    demand: DemandSnap,
-    by_model: Mapping[str, Sequence[OfferSnap]],
-    latency: Mapping[tuple[str, str], float],
+    demand: DemandSnap, index: OfferIndex, keep: int
 ) -> tuple[list[Candidate], str, int]:
-    """Every feasible ``(offer, start)`` of ``demand`` with its earliest and latest starts.
-
-    Returns ``(candidates, first blocking reason if none, offers looked at)``; the rules and
-    their order are those of ``greedy`` (model, price, locality, min duration, self-trade,
-    free window)."""
-    limit = tier_rank(demand.limit)
-    origin = demand.origin
-    blocked = 0
-    considered = 0
+    """Up to ``keep`` feasible offers of ``demand``, each with its earliest and latest start:
+    nearest tier first, then cheapest bucket, then earliest start (the greedy walk of
+    ``engine.best_pair``, not stopping at the first fit). Returns ``(candidates, first blocking
+    reason if none, offers looked at)``; the rules and their order are those of ``greedy``."""
     found: list[Candidate] = []
-    for model in sorted(demand.models):
-        for offer in by_model.get(model, ()):
-            considered += 1
-            if offer.price > demand.max_price:
-                blocked = max(blocked, 1)
+    evaluated = 0
+    offers = 0
+    for rank, entries in enumerate(index.ring(demand).tiers):
+        for bucket, distance in entries:
+            if offers >= keep:
+                break
+            if bucket.price > demand.max_price:
+                break
+            if bucket.min_duration > demand.duration or bucket.provider == demand.buyer:
                 continue
-            site = offer.site
-            rank = tier_rank(
-                tier_between(origin.city, origin.metro, origin.hub, site.city, site.metro, site.hub)
+            evaluated += len(bucket.offers)
+            rows = bucket.fits(
+                demand.gpu_count, demand.duration, demand.start, demand.end, keep - offers
             )
-            if rank > limit:
-                blocked = max(blocked, 2)
+            if not rows:
                 continue
-            if offer.min_duration > demand.duration:
-                blocked = max(blocked, 3)
-                continue
-            if offer.provider == demand.buyer:
-                blocked = max(blocked, 5)
-                continue
-            first = offer.earliest_fit(demand.gpu_count, demand.duration, demand.start, demand.end)
-            if first is None:
-                blocked = max(blocked, 4)
-                continue
-            last = offer.latest_fit(demand.gpu_count, demand.duration, demand.start, demand.end)
-            bill = bill_of(demand.gpu_count, demand.duration, offer.price)
-            vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
-            distance = latency.get((origin.hub, site.hub), 0.0) if rank == 3 else 0.0
-            for start in sorted({first, last if last is not None else first}):
-                found.append(
-                    Candidate(
-                        demand,
-                        offer,
-                        start,
-                        rank,
-                        bill,
-                        vpart,
-                        distance,
-                        offer.leftover(demand.gpu_count, start, demand.duration),
+            bill = bill_of(demand.gpu_count, demand.duration, bucket.price)
+            for row, first, last in rows:
+                offer = bucket.offers[row]
+                offers += 1
+                vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
+                for start in sorted({first, last}):
+                    found.append(
+                        Candidate(
+                            demand,
+                            offer,
+                            start,
+                            rank,
+                            bill,
+                            vpart,
+                            distance,
+                            offer.leftover(demand.gpu_count, start, demand.duration),
+                        )
                     )
-                )
-    return found, ("" if found else REASONS[blocked]), considered
+    if found:
+        return found, "", evaluated
+    _, reason, more = best_pair(demand, index)
+    return [], reason, evaluated + more
 
 
-def _prune(cands: list[Candidate], keep: int, forced: tuple[str, int] | None) -> list[Candidate]:
-    """The best ``keep`` offers (both starts of each), plus the greedy choice."""
-    cands.sort(key=Candidate.key)
-    offers: list[str] = []
-    for c in cands:
-        if c.offer.id not in offers:
-            offers.append(c.offer.id)
-    chosen = set(offers[:keep])
-    kept = [c for c in cands if c.offer.id in chosen]
-    if forced is not None and not any((c.offer.id, c.start) == forced for c in kept):
-        # greedy's start on a timeline it had already filled in part: add it as a column
-        same = next(c for c in cands if c.offer.id == forced[0])
-        d, o, start = same.demand, same.offer, forced[1]
-        kept.append(
-            Candidate(
-                d,
-                o,
-                start,
-                same.rank,
-                same.bill,
-                same.voucher_part,
-                same.distance,
-                o.leftover(d.gpu_count, start, d.duration),
-            )
-        )
-    return kept
+def _forced(
+    demand: DemandSnap,
+    offer: OfferSnap,
+    start: int,
+    tier: str,
+    latency: Mapping[tuple[str, str], float],
+) -> Candidate:
+    """The greedy choice as a column (kept feasible for the solver's starting point)."""
+    rank = TIERS.index(tier)
+    bill = bill_of(demand.gpu_count, demand.duration, offer.price)
+    vpart = voucher_part_of(bill, demand.voucher, offer, demand.buyer, demand.related)
+    distance = latency.get((demand.origin.hub, offer.site.hub), 0.0) if rank == 3 else 0.0
+    return Candidate(
+        demand,
+        offer,
+        start,
+        rank,
+        bill,
+        vpart,
+        distance,
+        offer.leftover(demand.gpu_count, start, demand.duration),
+    )
 
 
 def solve_optimal(
@@ -195,33 +182,42 @@ def solve_optimal(
     settings = settings or OptimalSettings()
     latency = latency or {}
     t0 = time.perf_counter()
+    deadline = t0 + settings.time_limit
     demands = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
     offers = sorted(offers, key=lambda o: (o.listed, o.id))
 
     # The greedy answer on copies: starting point and fallback.
-    greedy_offers = copy.deepcopy(offers)
-    greedy_demands = copy.deepcopy(demands)
+    greedy_demands, greedy_offers = snapshot_copy(demands, offers)
     greedy = solve_greedy(greedy_demands, greedy_offers, latency=latency)
     greedy_pick = {m.demand_id: (m.offer_id, m.start) for m in greedy.matches}
+    greedy_tier = {m.demand_id: m.tier for m in greedy.matches}
 
-    by_model: dict[str, list[OfferSnap]] = {}
-    for offer in offers:
-        by_model.setdefault(offer.model, []).append(offer)
+    index = OfferIndex(offers, latency)
     columns: list[Candidate] = []
     unserved: dict[str, str] = {}
     pairs = 0
-    for demand in demands:
-        cands, reason, considered = demand_candidates(demand, by_model, latency)
+    over_time = False
+    for i, demand in enumerate(demands):
+        if i % 128 == 0 and time.perf_counter() > deadline:
+            over_time = True
+            break
+        cands, reason, considered = demand_candidates(demand, index, settings.candidates_per_demand)
         pairs += considered
         if not cands:
             unserved[demand.id] = reason
             continue
-        columns += _prune(cands, settings.candidates_per_demand, greedy_pick.get(demand.id))
+        forced = greedy_pick.get(demand.id)
+        if forced is not None and not any((c.offer.id, c.start) == forced for c in cands):
+            offer = index.by_id[forced[0]]
+            cands.append(_forced(demand, offer, forced[1], greedy_tier[demand.id], latency))
+        columns += cands
 
     facts: dict[str, object] = {"columns": len(columns), "candidate_pairs": pairs}
     chosen: list[Candidate] | None = None
-    if columns:
-        chosen, solve_facts = _solve(columns, demands, settings, greedy_pick)
+    if over_time:
+        facts["fallback"] = "time limit reached while building the model"
+    elif columns:
+        chosen, solve_facts = _solve(columns, demands, settings, greedy_pick, deadline)
         facts.update(solve_facts)
     if settings.relax:
         facts["seconds"] = time.perf_counter() - t0
@@ -240,9 +236,10 @@ def solve_optimal(
     result = Result([], {}, pairs, "optimal", facts)
     by_id = {o.id: o for o in offers}
     if chosen is None:
+        demand_of = {d.id: d for d in demands}
         for m in greedy.matches:
             chosen_offer = by_id[m.offer_id]
-            demand = next(d for d in demands if d.id == m.demand_id)
+            demand = demand_of[m.demand_id]
             chosen_offer.take(demand.gpu_count, m.start, demand.duration)
             if demand.voucher is not None and m.voucher_part:
                 demand.voucher.available -= m.voucher_part
@@ -260,13 +257,14 @@ def solve_optimal(
             result.served[d.id] = d.gpu_count * d.duration
     # Why the rest is unserved: the same rule walk, on the timelines after the bookings.
     served = set(result.served)
+    after = OfferIndex(offers, latency)
     for demand in demands:
         if demand.id in served:
             continue
         if demand.id in unserved:
             result.unserved[demand.id] = unserved[demand.id]
         else:
-            _, reason, _ = demand_candidates(demand, by_model, latency)
+            _, reason, _ = best_pair(demand, after)
             result.unserved[demand.id] = reason or "no_free_window"
     facts["greedy_gpu_hours"] = greedy_hours
     facts["seconds"] = time.perf_counter() - t0
@@ -294,6 +292,7 @@ def _solve(
     demands: Sequence[DemandSnap],
     settings: OptimalSettings,
     greedy_pick: Mapping[str, tuple[str, int]],
+    deadline: float,
 ) -> tuple[list[Candidate] | None, dict[str, object]]:
     n = len(columns)
     demand_row = {d.id: i for i, d in enumerate(demands)}
@@ -377,7 +376,11 @@ def _solve(
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("threads", 1)
     highs.setOptionValue("random_seed", 0)
-    highs.setOptionValue("time_limit", float(settings.time_limit))
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        return None, {"fallback": "time limit reached while building the model"}
+    # HiGHS checks its clock coarsely (presolve, root LP): give it a margin of the time left
+    highs.setOptionValue("time_limit", 0.6 * left)
     highs.setOptionValue("mip_max_nodes", int(settings.node_limit))
     highs.setOptionValue("mip_rel_gap", 0.0)
     highs.setOptionValue("mip_abs_gap", budget * 1e-5)
