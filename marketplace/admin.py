@@ -16,6 +16,7 @@ from .models import (
     Accelerator,
     Cluster,
     Demand,
+    Dispute,
     Hub,
     HubLatency,
     InterHubTrade,
@@ -25,7 +26,7 @@ from .models import (
     ReservationEvent,
     Site,
 )
-from .services import offer_set_status
+from .services import dispute_decide, offer_set_status
 
 
 class ClusterInline(admin.TabularInline):
@@ -224,3 +225,48 @@ class MatchingCycleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("hub__code",)
     list_select_related = ("hub",)
     date_hierarchy = "started_at"
+
+
+@admin.register(Dispute)
+class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Disputes are opened by the parties (web UI); operators decide them with the actions,
+    which call ``dispute_decide`` (the note records who decided)."""
+
+    list_display = ("id", "reservation", "opened_by", "status", "created_at", "resolved_at")
+    list_filter = ("status",)
+    search_fields = ("id", "reservation__id", "opened_by__name", "reason")
+    list_select_related = (
+        "opened_by",
+        "reservation__offer__site",
+        "reservation__offer__accelerator",
+    )
+    actions = ("resolve_disputes", "reject_disputes")
+
+    def _decide(self, request: HttpRequest, queryset: QuerySet[Dispute], outcome: str) -> None:
+        run_service_action(
+            self,
+            request,
+            queryset,
+            lambda dispute: dispute_decide(
+                dispute_id=dispute.pk,
+                outcome=outcome,
+                operator=request.user if request.user.is_authenticated else None,  # type: ignore[arg-type]
+                resolution=f"{outcome} by operator {request.user}",
+            ),
+            outcome,
+        )
+
+    @admin.action(description="Resolve selected disputes")
+    def resolve_disputes(self, request: HttpRequest, queryset: QuerySet[Dispute]) -> None:
+        self._decide(request, queryset, Dispute.Status.RESOLVED)
+
+    @admin.action(description="Reject selected disputes")
+    def reject_disputes(self, request: HttpRequest, queryset: QuerySet[Dispute]) -> None:
+        self._decide(request, queryset, Dispute.Status.REJECTED)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Actions need change permission; every field stays read-only.
+        return super(ReadOnlyAdminMixin, self).has_change_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        return [f.name for f in Dispute._meta.fields]

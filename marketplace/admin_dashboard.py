@@ -64,6 +64,8 @@ def _dashboard(request: HttpRequest) -> HttpResponse:
         "matrix": matrix,
         "unserved": unserved,
         "window_days": DAYS,
+        "open_dispute_count": selectors.open_disputes().count(),
+        "open_disputes": selectors.open_disputes()[:10],
     }
     return TemplateResponse(request, "admin/dashboard.html", context)
 

@@ -381,3 +381,46 @@ class MatchingCycle(models.Model):
 
     def __str__(self) -> str:
         return f"cycle {self.hub_id} at {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class Dispute(models.Model):
+    """A buyer's or provider's complaint about a reservation, resolved by an operator (§6.4).
+
+    At most one dispute per reservation is open at a time. Resolving records the operator's
+    decision; any money correction is a separate ledger transaction, never an edit.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        RESOLVED = "resolved", "Resolved"
+        REJECTED = "rejected", "Rejected"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    reservation = models.ForeignKey(Reservation, on_delete=models.PROTECT, related_name="disputes")
+    opened_by = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="disputes_opened"
+    )
+    opened_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(max_length=1000)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    resolution = models.CharField(max_length=500, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["reservation"],
+                condition=Q(status="open"),
+                name="one_open_dispute_per_reservation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"dispute {self.id} ({self.status})"

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as MalformedId
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import Organisation, User
@@ -34,6 +34,7 @@ from .locality import tier_between, tier_rank
 from .models import (
     Accelerator,
     Demand,
+    Dispute,
     InterHubTrade,
     Offer,
     Reservation,
@@ -854,3 +855,72 @@ def reservation_fail(
         _transition(reservation, Reservation.Status.FAILED, actor, "provider failed")
         _release(reservation, ZERO, Refund.Kind.PROVIDER_FAILURE)
     return reservation
+
+
+# --- Disputes --------------------------------------------------------------------------------
+
+DISPUTABLE = ("active", "completed", "settled", "failed")
+
+
+def dispute_open(
+    *,
+    reservation_id: ObjectId,
+    organisation: Organisation,
+    reason: str,
+    user: User | None = None,
+) -> Dispute:
+    """The buyer or the provider of a reservation opens a dispute about it (§6.4).
+
+    Raises ``NotFound`` when ``organisation`` is neither party (another organisation's id looks
+    like no id at all), ``ValidationFailed`` (field ``reason``) for a blank or over-long reason,
+    ``Conflict(code="not_disputable")`` before the reservation started or after it was
+    cancelled/expired, and ``Conflict(code="dispute_open")`` while one is already open.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed("must not be blank", field="reason")
+    if len(reason) > 1000:
+        raise ValidationFailed("at most 1000 characters", field="reason")
+    with transaction.atomic(durable=True):
+        try:
+            reservation = (
+                Reservation.objects.select_for_update()
+                .filter(Q(buyer=organisation) | Q(provider=organisation))
+                .get(pk=reservation_id)
+            )
+        except (Reservation.DoesNotExist, ValueError, MalformedId) as exc:
+            raise NotFound("no such reservation", field="reservation") from exc
+        if reservation.status not in DISPUTABLE:
+            raise Conflict(
+                f"a {reservation.status} reservation cannot be disputed", code="not_disputable"
+            )
+        if reservation.disputes.filter(status=Dispute.Status.OPEN).exists():
+            raise Conflict("a dispute is already open", code="dispute_open")
+        return Dispute.objects.create(
+            reservation=reservation, opened_by=organisation, opened_by_user=user, reason=reason
+        )
+
+
+def dispute_decide(
+    *, dispute_id: ObjectId, outcome: str, operator: User | None = None, resolution: str = ""
+) -> Dispute:
+    """An operator closes an open dispute as ``resolved`` or ``rejected`` with a note.
+
+    Raises ``ValidationFailed`` (field ``outcome``) for another outcome and
+    ``Conflict(code="illegal_transition")`` when the dispute is no longer open.
+    """
+    if outcome not in (Dispute.Status.RESOLVED, Dispute.Status.REJECTED):
+        raise ValidationFailed("must be resolved or rejected", field="outcome")
+    with transaction.atomic(durable=True):
+        try:
+            dispute = Dispute.objects.select_for_update().get(pk=dispute_id)
+        except (Dispute.DoesNotExist, ValueError, MalformedId) as exc:
+            raise NotFound("no such dispute", field="dispute") from exc
+        if dispute.status != Dispute.Status.OPEN:
+            raise Conflict(f"dispute is {dispute.status}", code="illegal_transition")
+        dispute.status = outcome
+        dispute.resolution = resolution[:500]
+        dispute.resolved_by = operator
+        dispute.resolved_at = timezone.now()
+        dispute.save(update_fields=["status", "resolution", "resolved_by", "resolved_at"])
+    return dispute

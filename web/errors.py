@@ -205,6 +205,8 @@ CODES: dict[str, Promise] = {
     "below_minimum": _("below the programme's minimum voucher amount"),
     "buyer_cap_exceeded": _("above the programme's per-buyer annual cap"),
     "programme_budget_exhausted": _("programme budget exhausted"),
+    "not_disputable": _("this reservation cannot be disputed now"),
+    "dispute_open": _("a dispute is already open"),
 }
 
 _COMPILED = [(code, re.compile(pattern), template) for code, pattern, template in SHAPES]

@@ -29,6 +29,7 @@ LABELS: dict[str, Promise] = {
     "pending": _("pending approval"),
     "suspended": _("suspended"),
     "paid": _("paid"),
+    "resolved": _("resolved"),
     # locality tiers
     "city": _("same city"),
     "metro": _("same metropolitan area"),

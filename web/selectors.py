@@ -17,7 +17,15 @@ from django.db.models.functions import TruncDate, TruncMonth
 from accounts.models import Organisation
 from ledger.models import Account, Entry
 from marketplace.locality import tier_between, tier_rank
-from marketplace.models import Demand, Hub, InterHubTrade, Offer, Reservation, ReservationEvent
+from marketplace.models import (
+    Demand,
+    Dispute,
+    Hub,
+    InterHubTrade,
+    Offer,
+    Reservation,
+    ReservationEvent,
+)
 from marketplace.selectors import offer_search
 from vouchers.models import Programme, ReimbursementClaim, Voucher
 
@@ -410,3 +418,17 @@ def offers_peak_reserved(offer_ids: list[Any]) -> dict[Any, int]:
             peak = max(peak, running)
         peaks[offer_id] = peak
     return peaks
+
+
+def open_disputes() -> QuerySet[Dispute]:
+    """Open disputes, oldest first, with the organisation that opened each."""
+    return (
+        Dispute.objects.filter(status=Dispute.Status.OPEN)
+        .select_related("opened_by")
+        .order_by("created_at", "id")
+    )
+
+
+def reservation_disputes(reservation: Reservation) -> list[Dispute]:
+    """The disputes of one reservation, newest first."""
+    return list(reservation.disputes.select_related("opened_by").order_by("-created_at", "id"))

@@ -62,6 +62,11 @@ urlpatterns = [
         name="reservation-cancel",
     ),
     path(
+        "reservations/<str:reservation_id>/dispute/",
+        views.reservation_dispute,
+        name="reservation-dispute",
+    ),
+    path(
         "reservations/<str:reservation_id>/accept/",
         views.reservation_accept,
         name="reservation-accept",

@@ -436,6 +436,8 @@ def reservation_detail(
         "refund": refund,
         "money": selectors.reservation_money(reservation),
         "can_cancel": _can_cancel(reservation),
+        "disputes": selectors.reservation_disputes(reservation),
+        "can_dispute": reservation.status in services.DISPUTABLE,
     }
     return render(request, "web/reservation_detail.html", context)
 
@@ -493,6 +495,27 @@ def reservation_accept(
         messages.error(request, domain_message(exc))
     else:
         messages.success(request, _("Reservation accepted."))
+    return redirect("web:reservation", reservation_id=reservation.pk)
+
+
+@require_POST
+@buyer_page
+def reservation_dispute(
+    request: HttpRequest, org: Organisation, reservation_id: str
+) -> HttpResponse:
+    """POST: ``dispute_open`` on one of the buyer's reservations (reason from the form)."""
+    reservation = _reservation(org, reservation_id)
+    try:
+        services.dispute_open(
+            reservation_id=reservation.pk,
+            organisation=org,
+            reason=request.POST.get("reason", ""),
+            user=request.user,  # type: ignore[arg-type]
+        )
+    except DomainError as exc:
+        messages.error(request, domain_message(exc))
+    else:
+        messages.success(request, _("Dispute opened: an operator will look at it."))
     return redirect("web:reservation", reservation_id=reservation.pk)
 
 
