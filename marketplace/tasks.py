@@ -25,17 +25,29 @@ def _now(at: str | None) -> datetime:
 
 def hub_queue(hub_code: str) -> str:
     """The matching queue of a hub, ``<MATCH_QUEUE_PREFIX>.<hub code>`` (e.g. ``match.gansu``):
-    one partition per hub (PRODUCT.md §4). Workers subscribe with ``-Q match.gansu,…``."""
+    one partition per hub (PRODUCT.md §4). Workers subscribe with ``-Q default,match.gansu,…``."""
     return f"{getattr(settings, 'MATCH_QUEUE_PREFIX', 'match')}.{hub_code}"
 
 
+def hub_queues() -> list[str]:
+    """Every hub's matching queue, by hub code (what a worker serving all hubs consumes)."""
+    return [hub_queue(code) for code in Hub.objects.order_by("code").values_list("code", flat=True)]
+
+
+def hub_routing_on(app: Any) -> bool:
+    """Per-hub queues are used whenever tasks really go through a broker (not eager) and
+    ``MATCH_HUB_QUEUES`` is not switched off."""
+    return not app.conf.task_always_eager and getattr(settings, "MATCH_HUB_QUEUES", True)
+
+
 class HubRoutedTask(Task):  # type: ignore[misc]
-    """Sends each ``match_hub`` call to its hub's queue when ``MATCH_HUB_QUEUES`` is on (an
-    explicit ``queue=`` wins). Off, every task goes to the default queue as before; the
-    per-hub advisory lock in ``matching_cycle_run`` keeps one cycle per hub either way."""
+    """Sends each ``match_hub`` call to its hub's queue ``match.<hub code>`` whenever Celery is
+    not eager (an explicit ``queue=`` wins; ``MATCH_HUB_QUEUES=0`` turns routing off). Eager,
+    the task runs in-process and no queue is involved. The per-hub advisory lock in
+    ``matching_cycle_run`` keeps one cycle per hub either way."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        if "queue" not in options and getattr(settings, "MATCH_HUB_QUEUES", False):
+        if "queue" not in options and hub_routing_on(self.app):
             hub_id = args[0] if args else (kwargs or {}).get("hub_id")
             code = None
             if hub_id is not None:
@@ -54,10 +66,15 @@ def match_hub(hub_id: str, at: str | None = None) -> int:
 
 @shared_task(name="marketplace.tasks.match_all_hubs")
 def match_all_hubs(at: str | None = None) -> int:
-    """Beat entry point: enqueue one matching task per hub. Returns the number enqueued."""
-    hubs = list(Hub.objects.values_list("pk", flat=True))
-    for hub_id in hubs:
-        match_hub.delay(str(hub_id), at)
+    """Beat entry point: enqueue one matching task per hub, each on its hub's queue
+    (``match.<hub code>``) when routing is on. Returns the number enqueued."""
+    hubs = list(Hub.objects.order_by("code").values_list("pk", "code"))
+    routed = hub_routing_on(match_hub.app)
+    for hub_id, code in hubs:
+        if routed:
+            match_hub.apply_async((str(hub_id), at), queue=hub_queue(code))
+        else:
+            match_hub.delay(str(hub_id), at)
     return len(hubs)
 
 

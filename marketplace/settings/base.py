@@ -189,8 +189,10 @@ CELERY_TIMEZONE = "UTC"
 
 # --- Market rules (PRODUCT.md; "(default)" values are configuration) ---------------------
 MATCH_INTERVAL = env.int("MATCH_INTERVAL", default=10)  # seconds between matching cycles
-# One matching queue per hub (``match.<hub code>``); workers then subscribe with -Q per hub.
-MATCH_HUB_QUEUES = env.bool("MATCH_HUB_QUEUES", default=False)
+# One matching queue per hub (``match.<hub code>``) whenever Celery is not eager (a broker is
+# configured); workers subscribe with ``-Q default,match.<code>,…``. ``MATCH_HUB_QUEUES=0``
+# sends every cycle to the default queue instead. Eager (the embedded default) runs in-process.
+MATCH_HUB_QUEUES = env.bool("MATCH_HUB_QUEUES", default=True)
 MATCH_QUEUE_PREFIX = env("MATCH_QUEUE_PREFIX", default="match")
 ACCEPT_TTL = timedelta(minutes=env.int("ACCEPT_TTL_MINUTES", default=15))
 CANCEL_FEE_WINDOW = timedelta(hours=env.int("CANCEL_FEE_WINDOW_HOURS", default=24))

@@ -1,10 +1,6 @@
 """Scale-out: one matching queue per hub, two real worker processes on two hub queues at once,
 competing for the same offers on the test PostgreSQL database. No capacity is booked twice."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -13,14 +9,12 @@ from decimal import Decimal
 
 import pytest
 import redis
-from django.conf import settings
-from django.db import connection
 
 from ledger.audit import ledger_audit
 from marketplace import celery_app
 from marketplace.models import Hub, MatchingCycle, Reservation
-from marketplace.services import wallet_deposit
-from marketplace.tasks import hub_queue, match_hub
+from marketplace.services import demand_create, wallet_deposit
+from marketplace.tasks import hub_queue, hub_queues, match_all_hubs, match_hub
 from marketplace.timeutil import hour_index
 from tests.factories import (
     DemandFactory,
@@ -30,41 +24,64 @@ from tests.factories import (
     SiteFactory,
     next_hour,
 )
-
-
-def start_worker(queue: str) -> subprocess.Popen[bytes]:
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_ALWAYS_EAGER": "false",
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-    }
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "marketplace", "worker", "-P", "solo"),
-            *("-Q", queue, "--without-heartbeat", "--without-gossip", "--without-mingle"),
-            *("-l", "WARNING"),
-        ],
-        env=env,
-        cwd=settings.BASE_DIR,
-        start_new_session=True,
-    )
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+from tests.marketplace.test_real_worker import start_worker, stop_worker
 
 
 def test_match_hub_is_routed_to_its_hub_queue(settings):  # type: ignore[no-untyped-def]
     settings.MATCH_QUEUE_PREFIX = "match"
     assert hub_queue("gansu") == "match.gansu"
+
+
+@pytest.fixture
+def broker_not_eager(settings):  # type: ignore[no-untyped-def]
+    """Tasks go to the real Redis broker (not eager), under a queue prefix of this test's own."""
+    settings.MATCH_QUEUE_PREFIX = f"test-{uuid.uuid4().hex[:8]}"
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    old = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue)
+    celery_app.conf.task_always_eager = False
+    celery_app.conf.task_default_queue = f"{settings.MATCH_QUEUE_PREFIX}-default"
+    try:
+        yield broker
+    finally:
+        celery_app.conf.task_always_eager, celery_app.conf.task_default_queue = old
+        broker.delete(f"{settings.MATCH_QUEUE_PREFIX}-default", *hub_queues())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_per_hub_queues_are_on_by_default_when_not_eager(
+    broker_not_eager, settings, buyer, site, accelerator
+):  # type: ignore[no-untyped-def]
+    # given the default settings (MATCH_HUB_QUEUES not switched off) and a real broker
+    assert settings.MATCH_HUB_QUEUES is True
+    gansu = HubFactory.create(code=f"gansu-{uuid.uuid4().hex[:6]}")
+    home = Hub.objects.get(pk=site.hub_id)
+    start = next_hour(2)
+    # when a buyer posts a demand (matching enqueued on commit) and the beat fans out
+    demand_create(
+        buyer=buyer,
+        accelerators=["A100-80G"],
+        gpu_count=2,
+        duration_hours=3,
+        earliest_start=start,
+        latest_end=start + timedelta(hours=8),
+        max_price_per_gpu_hour=Decimal("12.5"),
+        locality_limit="city",
+    )
+    assert match_all_hubs() == 2
+    # then the home hub's queue holds two cycles, Gansu's one, the default queue none
+    default = f"{settings.MATCH_QUEUE_PREFIX}-default"
+    assert broker_not_eager.llen(default) == 0
+    assert broker_not_eager.llen(hub_queue(home.code)) == 2
+    assert broker_not_eager.llen(hub_queue(gansu.code)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hub_queues_switched_off_use_the_default_queue(broker_not_eager, settings, site):  # type: ignore[no-untyped-def]
+    settings.MATCH_HUB_QUEUES = False
+    home = Hub.objects.get(pk=site.hub_id)
+    assert match_all_hubs() == 1
+    assert broker_not_eager.llen(f"{settings.MATCH_QUEUE_PREFIX}-default") == 1
+    assert broker_not_eager.llen(hub_queue(home.code)) == 0
 
 
 @pytest.mark.worker
@@ -74,7 +91,6 @@ def test_two_workers_on_two_hub_queues_never_book_capacity_twice(
 ):  # type: ignore[no-untyped-def]
     # given two hubs, each with its own buyers, competing for the same three 8-GPU offers
     # (every demand may dock nationally): 24 demands of 4 GPUs × 4 h where 12 fit
-    settings.MATCH_HUB_QUEUES = True
     settings.MATCH_QUEUE_PREFIX = f"test-{uuid.uuid4().hex[:8]}"
     home = Hub.objects.get(pk=site.hub_id)
     home.matching_policy = Hub.Policy.OPTIMAL
@@ -119,7 +135,10 @@ def test_two_workers_on_two_hub_queues_never_book_capacity_twice(
             match_hub.delay(str(home.pk))
             match_hub.delay(str(gansu.pk))
         assert [broker.llen(q) for q in queues] == [3, 3]
-        workers = [start_worker(q) for q in queues]
+        workers = [
+            start_worker(f"{settings.MATCH_QUEUE_PREFIX}-default-{i}", [hub.code])
+            for i, hub in enumerate((home, gansu))
+        ]
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and MatchingCycle.objects.count() < 6:
