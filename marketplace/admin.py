@@ -270,3 +270,65 @@ class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
         return [f.name for f in Dispute._meta.fields]
+
+
+# --- Inter-hub trade matrix (appended by issue 4) ------------------------------------------
+
+
+class InterHubTradeMatrixAdmin(InterHubTradeAdmin):
+    """The trade changelist plus ``matrix/``: exporting hub (rows) × importing hub (columns),
+    each cell trades · GPU-hours · value CNY, with row and column totals (staff only)."""
+
+    change_list_template = "admin/marketplace/interhubtrade/change_list.html"
+
+    def get_urls(self):  # type: ignore[no-untyped-def]
+        from django.urls import path
+
+        matrix = path(
+            "matrix/",
+            self.admin_site.admin_view(self.matrix_view),
+            name="marketplace_interhubtrade_matrix",
+        )
+        return [matrix, *super().get_urls()]
+
+    def matrix_view(self, request):  # type: ignore[no-untyped-def]
+        from decimal import Decimal
+
+        from django.template.response import TemplateResponse
+
+        from web.selectors import trade_matrix
+
+        hubs, cells = trade_matrix()
+        zero = (0, Decimal("0.00"), 0)
+
+        def add(
+            a: tuple[int, Decimal, int], b: tuple[int, Decimal, int]
+        ) -> tuple[int, Decimal, int]:
+            return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
+
+        rows = []
+        column_totals = [zero] * len(hubs)
+        total = zero
+        for exp in hubs:
+            row = [cells.get((exp.pk, imp.pk)) for imp in hubs]
+            row_total = zero
+            for i, cell in enumerate(row):
+                if cell is not None:
+                    row_total = add(row_total, cell)
+                    column_totals[i] = add(column_totals[i], cell)
+            total = add(total, row_total)
+            rows.append((exp, row, row_total))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Inter-hub trade matrix",
+            "opts": self.model._meta,
+            "hubs": hubs,
+            "rows": rows,
+            "column_totals": column_totals,
+            "total": total,
+        }
+        return TemplateResponse(request, "admin/marketplace/interhubtrade/matrix.html", context)
+
+
+admin.site.unregister(InterHubTrade)
+admin.site.register(InterHubTrade, InterHubTradeMatrixAdmin)

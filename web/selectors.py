@@ -339,13 +339,14 @@ def gpu_hours_by_hub_day(
     return days, sorted(hubs), dict(cells)
 
 
-def trade_matrix() -> tuple[list[Hub], dict[tuple[Any, Any], tuple[int, Decimal]]]:
-    """Inter-hub trades summed by (exporting hub, importing hub): ``(GPU-hours, value CNY)``."""
+def trade_matrix() -> tuple[list[Hub], dict[tuple[Any, Any], tuple[int, Decimal, int]]]:
+    """Inter-hub trades summed by (exporting hub pk, importing hub pk): ``(GPU-hours, value CNY,
+    trades)``; hubs by code. Pairs without a trade are absent. Two queries."""
     hubs = list(Hub.objects.order_by("code"))
     cells = {
-        (r["exporting_hub"], r["importing_hub"]): (r["gh"], r["v"])
+        (r["exporting_hub"], r["importing_hub"]): (r["gh"], r["v"], r["n"])
         for r in InterHubTrade.objects.values("exporting_hub", "importing_hub")
-        .annotate(gh=Sum("gpu_hours"), v=Sum("value"))
+        .annotate(gh=Sum("gpu_hours"), v=Sum("value"), n=Count("id"))
         .order_by()
     }
     return hubs, cells

@@ -326,3 +326,34 @@ class DemandExplainSerializer(serializers.Serializer):
     blocked = serializers.DictField(child=serializers.IntegerField())
     fits = serializers.IntegerField()
     near_misses = NearMissesSerializer()
+
+
+# --- Inter-hub trade matrix (appended by issue 4) ------------------------------------------
+
+
+class TradeHubSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    code = serializers.CharField()
+    name = serializers.CharField()
+
+
+class TradeCellSerializer(serializers.Serializer):
+    """One (exporting hub, importing hub) pair with at least one trade: reservations whose offer
+    is in ``exporting_hub`` and whose demand's home site is in ``importing_hub``."""
+
+    exporting_hub = serializers.CharField(help_text="hub code")
+    importing_hub = serializers.CharField(help_text="hub code")
+    trades = serializers.IntegerField()
+    gpu_hours = serializers.IntegerField()
+    value = serializers.DecimalField(max_digits=16, decimal_places=2, help_text="CNY")
+
+
+class InterHubTradeMatrixSerializer(serializers.Serializer):
+    """Every hub (by code) and the non-empty cells of the exporting × importing matrix, with
+    the totals over all cells."""
+
+    hubs = TradeHubSerializer(many=True)
+    cells = TradeCellSerializer(many=True)
+    trades = serializers.IntegerField()
+    gpu_hours = serializers.IntegerField()
+    value = serializers.DecimalField(max_digits=16, decimal_places=2, help_text="CNY")

@@ -75,6 +75,11 @@ urlpatterns = [
         name="voucher-application-detail",
     ),
     path("wallet/", ledger.WalletApi.as_view(), name="wallet"),
+    path(
+        "inter-hub-trades/matrix/",
+        market.InterHubTradeMatrixApi.as_view(),
+        name="inter-hub-trade-matrix",
+    ),
     path("wallet/deposits/", ledger.DepositApi.as_view(), name="wallet-deposits"),
     path("ledger/", ledger.EntryListApi.as_view(), name="ledger"),
 ]

@@ -7,6 +7,7 @@ the caller cannot see (including another organisation's), 409 an illegal transit
 the input breaks (funds, reused Idempotency-Key).
 """
 
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -41,6 +42,7 @@ from .serializers import (
     DemandExplainSerializer,
     DemandSerializer,
     HubSerializer,
+    InterHubTradeMatrixSerializer,
     OfferCreateInputSerializer,
     OfferSerializer,
     OfferUpdateInputSerializer,
@@ -400,3 +402,48 @@ class DemandExplainApi(OrgMixin, APIView):
             raise Conflict(f"demand is {demand.status}", code="demand_not_open", field="demand")
         data = demand_explain(demand, now=timezone.now())
         return Response(DemandExplainSerializer(data).data)
+
+
+# --- Inter-hub trade matrix (appended by issue 4) ------------------------------------------
+
+
+def inter_hub_trade_matrix() -> dict[str, Any]:
+    """The exporting × importing hub matrix of inter-hub trades (PRODUCT.md §4 hub docking):
+    ``{"hubs": [{id, code, name}], "cells": [{exporting_hub, importing_hub (codes), trades,
+    gpu_hours, value (CNY)}], "trades", "gpu_hours", "value"}``; the operator dashboard's
+    selector (``web.selectors.trade_matrix``), cells ordered by exporting then importing code."""
+    from web.selectors import trade_matrix
+
+    hubs, cells = trade_matrix()
+    code = {h.pk: h.code for h in hubs}
+    rows = sorted(
+        (
+            {
+                "exporting_hub": code[exp],
+                "importing_hub": code[imp],
+                "trades": n,
+                "gpu_hours": gh,
+                "value": value,
+            }
+            for (exp, imp), (gh, value, n) in cells.items()
+        ),
+        key=lambda c: (c["exporting_hub"], c["importing_hub"]),
+    )
+    return {
+        "hubs": [{"id": h.pk, "code": h.code, "name": h.name} for h in hubs],
+        "cells": rows,
+        "trades": sum(n for _, _, n in cells.values()),
+        "gpu_hours": sum(gh for gh, _, _ in cells.values()),
+        "value": sum((v for _, v, _ in cells.values()), Decimal("0.00")),
+    }
+
+
+class InterHubTradeMatrixApi(APIView):
+    """Inter-hub trades by exporting hub × importing hub: trades, GPU-hours, value CNY.
+    Operators (staff) only: 401 anonymous, 403 ``not_operator`` for everyone else."""
+
+    @extend_schema(responses={200: InterHubTradeMatrixSerializer, **ERRORS})
+    def get(self, request: Request) -> Response:
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only", code="not_operator")
+        return Response(InterHubTradeMatrixSerializer(inter_hub_trade_matrix()).data)

@@ -193,6 +193,7 @@ MATRIX: dict[tuple[str, str], tuple[str | None, str | None, dict[str, int]]] = {
         _row(sme=200, other_sme=404, provider=404, other_provider=404),
     ),
     ("wallet", "get"): (None, None, _everyone(200, operator=403)),
+    ("inter-hub-trade-matrix", "get"): (None, None, _everyone(403, operator=200)),
     ("wallet-deposits", "post"): (
         None,
         "deposit",
