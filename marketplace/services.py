@@ -497,22 +497,9 @@ def _reservation_create(
         )
         end = start + demand.duration_hours * HOUR
         _pair_check(demand, offer, start, end, now)
-        tier = tier_between(
-            demand.origin_site.city,
-            demand.origin_site.metro_area,
-            demand.origin_site.hub_id,
-            offer.site.city,
-            offer.site.metro_area,
-            offer.site.hub_id,
-        )
-        if tier_rank(tier) > tier_rank(demand.locality_limit):
-            raise ValidationFailed(
-                "offer outside the demand's locality limit", code="outside_locality"
-            )
+        reservation_locality_check(demand, offer)
         if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
             raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
-
-        bill = bill_amount(demand.gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
         voucher = demand.voucher
         if voucher is not None:
             voucher = (
@@ -522,77 +509,121 @@ def _reservation_create(
             )
             if programme_first:
                 voucher_hold_lock(voucher, demand.buyer_id)
-        split = voucher_split(
-            voucher,
-            bill=bill,
-            buyer=demand.buyer,
-            provider=offer.provider,
-            site=offer.site,
-            at=now,
-            accelerator=offer.accelerator,
+        return reservation_write(
+            demand, offer, start, now, voucher=voucher, programme_locked=programme_first
         )
-        status = Reservation.Status.HELD
-        if demand.auto_accept:
-            status = Reservation.Status.CONFIRMED
-        reservation = Reservation.objects.create(
-            demand=demand,
-            offer=offer,
-            buyer=demand.buyer,
-            provider=offer.provider,
-            start=start,
-            end=end,
-            gpu_count=demand.gpu_count,
-            price_per_gpu_hour=offer.price_per_gpu_hour,
-            bill=bill,
-            voucher=voucher if split.voucher_part > 0 else None,
-            voucher_part=split.voucher_part,
-            cash_part=split.cash_part,
-            voucher_note=split.note,
-            locality_tier=tier,
-            status=status,
+
+
+def reservation_locality_check(demand: Demand, offer: Offer) -> str:
+    """The offer's locality tier from the demand's home site; ``ValidationFailed(code=
+    "outside_locality")`` past the demand's ``locality_limit`` (§4 hub docking)."""
+    tier = tier_between(
+        demand.origin_site.city,
+        demand.origin_site.metro_area,
+        demand.origin_site.hub_id,
+        offer.site.city,
+        offer.site.metro_area,
+        offer.site.hub_id,
+    )
+    if tier_rank(tier) > tier_rank(demand.locality_limit):
+        raise ValidationFailed("offer outside the demand's locality limit", code="outside_locality")
+    return tier
+
+
+def reservation_write(
+    demand: Demand,
+    offer: Offer,
+    start: datetime,
+    now: datetime,
+    *,
+    voucher: Voucher | None,
+    programme_locked: bool,
+) -> Reservation:
+    """Write one checked match inside the caller's transaction: the reservation, its events,
+    the inter-hub trade row, the demand's new status and the payment hold (§5.4 split).
+
+    The caller holds the demand, offer and voucher row locks, checked the pair
+    (``_pair_check``, ``reservation_locality_check``) and capacity. With ``programme_locked``
+    the caller also holds the buyer's and voucher's ledger accounts and the programme row
+    (``voucher_hold_lock``), so the split reads budget and cap under the lock; otherwise the
+    limits are re-checked under the programme lock just before escrow and
+    ``_ProgrammeLimitsMoved`` is raised if a concurrent hold used them. Raises
+    ``Unprocessable(code="insufficient_funds")``; the caller's atomic block then rolls back.
+    """
+    end = start + demand.duration_hours * HOUR
+    tier = reservation_locality_check(demand, offer)
+    bill = bill_amount(demand.gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
+    split = voucher_split(
+        voucher,
+        bill=bill,
+        buyer=demand.buyer,
+        provider=offer.provider,
+        site=offer.site,
+        at=now,
+        accelerator=offer.accelerator,
+    )
+    status = Reservation.Status.HELD
+    if demand.auto_accept:
+        status = Reservation.Status.CONFIRMED
+    reservation = Reservation.objects.create(
+        demand=demand,
+        offer=offer,
+        buyer=demand.buyer,
+        provider=offer.provider,
+        start=start,
+        end=end,
+        gpu_count=demand.gpu_count,
+        price_per_gpu_hour=offer.price_per_gpu_hour,
+        bill=bill,
+        voucher=voucher if split.voucher_part > 0 else None,
+        voucher_part=split.voucher_part,
+        cash_part=split.cash_part,
+        voucher_note=split.note,
+        locality_tier=tier,
+        status=status,
+    )
+    events = [
+        ReservationEvent(
+            reservation=reservation,
+            from_status="",
+            to_status=Reservation.Status.HELD,
+            note=f"matched at tier {tier}",
         )
-        events = [
+    ]
+    if demand.auto_accept:
+        events.append(
             ReservationEvent(
                 reservation=reservation,
-                from_status="",
-                to_status=Reservation.Status.HELD,
-                note=f"matched at tier {tier}",
+                from_status=Reservation.Status.HELD,
+                to_status=Reservation.Status.CONFIRMED,
+                note="auto-accepted",
             )
-        ]
-        if demand.auto_accept:
-            events.append(
-                ReservationEvent(
-                    reservation=reservation,
-                    from_status=Reservation.Status.HELD,
-                    to_status=Reservation.Status.CONFIRMED,
-                    note="auto-accepted",
-                )
-            )
-        ReservationEvent.objects.bulk_create(events)
-        if offer.site.hub_id != demand.origin_site.hub_id:
-            InterHubTrade.objects.create(
-                reservation=reservation,
-                exporting_hub_id=offer.site.hub_id,
-                importing_hub_id=demand.origin_site.hub_id,
-                gpu_hours=reservation.gpu_hours,
-                value=bill,
-            )
-        demand.status = Demand.Status.RESERVED if demand.auto_accept else Demand.Status.MATCHED
-        demand.unmatched_reason = ""
-        demand.save(update_fields=["status", "unmatched_reason"])
-
-        def programme_check() -> None:
-            # Under the programme lock, with this hold counted: still within budget and cap?
-            assert voucher is not None
-            if not voucher_limits_kept(voucher.programme, demand.buyer, now):
-                raise _ProgrammeLimitsMoved
-
-        uses_programme = reservation.voucher_id is not None and not programme_first
-        hold_place(
-            reservation,
-            mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
-            before_hot=programme_check if uses_programme else None,
         )
+    ReservationEvent.objects.bulk_create(events)
+    if offer.site.hub_id != demand.origin_site.hub_id:
+        InterHubTrade.objects.create(
+            reservation=reservation,
+            exporting_hub_id=offer.site.hub_id,
+            importing_hub_id=demand.origin_site.hub_id,
+            gpu_hours=reservation.gpu_hours,
+            value=bill,
+        )
+    demand.status = Demand.Status.RESERVED if demand.auto_accept else Demand.Status.MATCHED
+    demand.unmatched_reason = ""
+    demand.save(update_fields=["status", "unmatched_reason"])
+
+    def programme_check() -> None:
+        # Under the programme lock, with this hold counted: still within budget and cap?
+        assert voucher is not None
+        if not voucher_limits_kept(voucher.programme, demand.buyer, now):
+            raise _ProgrammeLimitsMoved
+
+    uses_programme = reservation.voucher_id is not None and not programme_locked
+    hold_place(
+        reservation,
+        mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
+        before_hot=programme_check if uses_programme else None,
+    )
     return reservation
 
 

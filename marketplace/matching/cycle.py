@@ -1,4 +1,5 @@
-"""One matching cycle for one hub: load a snapshot, run the engine, write through services."""
+"""One matching cycle for one hub: load a snapshot, run the engine, write in batches through
+the service helpers (``bulk.matches_write``)."""
 
 import time
 import zlib
@@ -13,7 +14,6 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from ledger.models import Account
-from marketplace.errors import DomainError
 from marketplace.models import (
     Accelerator,
     Demand,
@@ -23,12 +23,12 @@ from marketplace.models import (
     Offer,
     Reservation,
 )
-from marketplace.services import reservation_create
 from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
 from marketplace.types import ObjectId
 from vouchers.models import CatalogueEntry, Voucher
 from vouchers.services import programme_limits_left, programme_year
 
+from .bulk import matches_write
 from .engine import DemandSnap, OfferSnap, Result, SiteRef, VoucherSnap, solve_greedy
 from .optimal import OptimalSettings, solve_optimal
 
@@ -195,9 +195,10 @@ def engine_solve(
 
 def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> MatchingCycle | None:
     """Run one cycle of the hub's policy for ``hub_id`` (PRODUCT.md §4). Returns the recorded
-    cycle, or ``None`` when another worker holds the hub's lock. Each match is written by
-    ``reservation_create`` in its own transaction; a pair refused there (capacity taken by a
-    person meanwhile, funds short) is dropped and the demand stays open with the reason."""
+    cycle, or ``None`` when another worker holds the hub's lock. The matches are written in
+    batches (``bulk.matches_write``: ``MATCH_WRITE_BATCH`` per transaction, the rules of
+    ``reservation_create``); a pair refused there (capacity taken by a person meanwhile, funds
+    short) is dropped and the demand stays open with the reason."""
     now = now or timezone.now()
     hub = Hub.objects.get(pk=hub_id)
     with hub_lock(hub.pk) as acquired:
@@ -212,20 +213,7 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
         result = engine_solve(
             hub.matching_policy, demands, offers, latency, hub.matching_time_limit
         )
-        made = 0
-        for match in result.matches:
-            try:
-                reservation_create(
-                    demand_id=match.demand_id,
-                    offer_id=match.offer_id,
-                    start=from_hour_index(match.start),
-                    now=now,
-                )
-                made += 1
-            except DomainError as exc:
-                Demand.objects.filter(pk=match.demand_id, status=Demand.Status.OPEN).update(
-                    unmatched_reason=exc.code[:40]
-                )
+        made = len(matches_write(result.matches, now=now).made)
         for demand_id, reason in result.unserved.items():
             Demand.objects.filter(pk=demand_id, status=Demand.Status.OPEN).update(
                 unmatched_reason=reason

@@ -194,6 +194,8 @@ MATCH_INTERVAL = env.int("MATCH_INTERVAL", default=10)  # seconds between matchi
 # sends every cycle to the default queue instead. Eager (the embedded default) runs in-process.
 MATCH_HUB_QUEUES = env.bool("MATCH_HUB_QUEUES", default=True)
 MATCH_QUEUE_PREFIX = env("MATCH_QUEUE_PREFIX", default="match")
+# A cycle writes its matches this many per transaction (marketplace.matching.bulk).
+MATCH_WRITE_BATCH = env.int("MATCH_WRITE_BATCH", default=200)
 ACCEPT_TTL = timedelta(minutes=env.int("ACCEPT_TTL_MINUTES", default=15))
 CANCEL_FEE_WINDOW = timedelta(hours=env.int("CANCEL_FEE_WINDOW_HOURS", default=24))
 CANCEL_FEE_RATE = Decimal(env("CANCEL_FEE_RATE", default="0.10"))
