@@ -46,7 +46,7 @@ def matches_write(
     (``MATCH_WRITE_BATCH``, default 200), each batch one durable transaction. Returns the ids
     made and the reasons of the pairs dropped (each also stored as the demand's
     ``unmatched_reason``)."""
-    size = int(batch or getattr(settings, "MATCH_WRITE_BATCH", BATCH))
+    size: int = batch if batch else settings.MATCH_WRITE_BATCH
     outcome = BatchOutcome()
     for i in range(0, len(matches), size):
         _batch_write(matches[i : i + size], now, outcome)
