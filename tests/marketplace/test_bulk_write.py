@@ -1,0 +1,254 @@
+"""The bulk write path of a cycle (``marketplace.matching.bulk``) against the one-by-one path
+(``reservation_create`` per match): same reservations, holds, demand states and ledger balances;
+and a race between a batch and a person booking the last GPUs on PostgreSQL."""
+
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from accounts.models import Organisation
+from ledger.audit import ledger_audit
+from ledger.models import Account, Hold
+from ledger.services import system_account
+from marketplace.errors import DomainError
+from marketplace.matching.bulk import matches_write
+from marketplace.matching.engine import Match
+from marketplace.models import Demand, Offer, Reservation
+from marketplace.services import offer_peak_reserved, reservation_create, wallet_deposit
+from marketplace.timeutil import from_hour_index, hour_index
+from tests.factories import (
+    CatalogueEntryFactory,
+    DemandFactory,
+    HubFactory,
+    OfferFactory,
+    OrganisationFactory,
+    ProgrammeFactory,
+    ProviderFactory,
+    SiteFactory,
+    next_hour,
+)
+from vouchers.services import programme_fund, voucher_issue
+
+# (demand label, offer label, hours after the first start): one voucher demand, one remote
+# (inter-hub) booking, a pair over capacity, a demand matched twice, a buyer short of funds.
+PAIRS = [
+    ("d1", "o1", 0),
+    ("d2", "o1", 0),
+    ("d3", "o1", 1),  # o1 has 8 GPUs: 4 + 4 taken at hour 1 → capacity_exhausted
+    ("d4", "o2", 0),
+    ("d1", "o2", 2),  # d1 already matched → demand_not_open
+    ("d5", "o2", 0),  # poor buyer → insufficient_funds
+    ("d6", "o3", 3),  # remote offer in another hub (national limit)
+    ("d7", "o3", 0),
+]
+
+
+def _world(tag: str, accelerator: Any) -> dict[str, Any]:
+    hub = HubFactory.create(code=f"hub-{tag}")
+    far = HubFactory.create(code=f"far-{tag}")
+    site = SiteFactory.create(code=f"site-{tag}", city=f"C{tag}", metro_area=f"C{tag}", hub=hub)
+    remote = SiteFactory.create(code=f"rem-{tag}", city=f"R{tag}", metro_area=f"R{tag}", hub=far)
+    provider = ProviderFactory.create(name=f"Provider {tag}", home_site=site)
+    rich = OrganisationFactory.create(name=f"Rich {tag}", home_site=site)
+    poor = OrganisationFactory.create(name=f"Poor {tag}", home_site=site)
+    wallet_deposit(organisation=rich, amount=Decimal("5000.00"))
+    wallet_deposit(organisation=poor, amount=Decimal("10.00"))
+    programme = ProgrammeFactory.create(code=f"prog-{tag}")
+    programme_fund(programme)
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
+    voucher = voucher_issue(programme=programme, owner=rich, face_value=Decimal("300.00"))
+    start = next_hour(2)
+    offers = {
+        "o1": OfferFactory.create(provider=provider, site=site, accelerator=accelerator),
+        "o2": OfferFactory.create(
+            provider=provider, site=site, accelerator=accelerator, price_per_gpu_hour=Decimal("7")
+        ),
+        "o3": OfferFactory.create(provider=provider, site=remote, accelerator=accelerator),
+    }
+    demand_args = {
+        "d1": (rich, 4, 3, voucher),
+        "d2": (rich, 4, 2, None),
+        "d3": (rich, 2, 2, None),
+        "d4": (rich, 6, 2, voucher),
+        "d5": (poor, 2, 4, None),
+        "d6": (rich, 8, 2, None),
+        "d7": (rich, 4, 2, voucher),
+    }
+    demands = {
+        label: DemandFactory.create(
+            buyer=b,
+            gpu_count=g,
+            duration_hours=h,
+            voucher=v,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=24),
+            locality_limit="national",
+        )
+        for label, (b, g, h, v) in demand_args.items()
+    }
+    return {"start": hour_index(start), "offers": offers, "demands": demands, "orgs": [rich, poor]}
+
+
+def _matches(world: dict[str, Any]) -> list[Match]:
+    return [
+        Match(
+            demand_id=str(world["demands"][d].pk),
+            offer_id=str(world["offers"][o].pk),
+            start=world["start"] + h,
+            tier="",
+            bill=Decimal(0),
+            voucher_part=Decimal(0),
+        )
+        for d, o, h in PAIRS
+    ]
+
+
+def _state(world: dict[str, Any]) -> dict[str, Any]:
+    """Everything the write changed, with ids replaced by the world's labels."""
+    label = {d.pk: k for k, d in world["demands"].items()} | {
+        o.pk: k for k, o in world["offers"].items()
+    }
+    reservations = sorted(
+        (
+            label[r.demand_id],
+            label[r.offer_id],
+            hour_index(r.start) - world["start"],
+            r.gpu_count,
+            r.bill,
+            r.voucher_part,
+            r.cash_part,
+            r.status,
+            r.locality_tier,
+            r.voucher_id is not None,
+            hasattr(r, "interhubtrade") or r.offer.site.hub_id != r.demand.origin_site.hub_id,
+        )
+        for r in Reservation.objects.filter(demand__in=world["demands"].values()).select_related(
+            "offer__site", "demand__origin_site"
+        )
+    )
+    holds = sorted(
+        (label[h.reservation.demand_id], h.mode, h.voucher_part, h.cash_paid, h.status)
+        for h in Hold.objects.filter(
+            reservation__demand__in=world["demands"].values()
+        ).select_related("reservation")
+    )
+    demands = sorted(
+        (k, d.status, d.unmatched_reason)
+        for k, d in ((k, Demand.objects.get(pk=d.pk)) for k, d in world["demands"].items())
+    )
+    orgs: list[Organisation] = world["orgs"]
+    wallets = [Account.objects.get(kind=Account.Kind.WALLET, organisation=o).balance for o in orgs]
+    vouchers = sorted(
+        a.balance
+        for a in Account.objects.filter(kind=Account.Kind.VOUCHER, voucher__owner__in=orgs)
+    )
+    return {
+        "reservations": reservations,
+        "holds": holds,
+        "demands": demands,
+        "wallets": wallets,
+        "vouchers": vouchers,
+    }
+
+
+@pytest.mark.django_db
+def test_batch_path_writes_exactly_what_the_one_by_one_path_writes(accelerator):
+    # given two identical worlds and the same matches (with pairs that must be refused)
+    one, bulk = _world("a", accelerator), _world("b", accelerator)
+    escrow_before = system_account(Account.Kind.ESCROW).balance
+    # when one world is written a match at a time and the other in batches of three
+    for m in _matches(one):
+        try:
+            reservation_create(
+                demand_id=m.demand_id, offer_id=m.offer_id, start=from_hour_index(m.start)
+            )
+        except DomainError as exc:
+            Demand.objects.filter(pk=m.demand_id, status=Demand.Status.OPEN).update(
+                unmatched_reason=exc.code
+            )
+    outcome = matches_write(_matches(bulk), now=next_hour(0) - timedelta(hours=1), batch=3)
+    # then reservations, holds, demand states and balances are identical
+    expected = _state(one)
+    assert _state(bulk) == expected
+    assert len(expected["reservations"]) == 5
+    assert [d for d in expected["demands"] if d[2]] == [
+        ("d3", "open", "capacity_exhausted"),
+        ("d5", "open", "insufficient_funds"),
+    ]
+    assert sorted(outcome.dropped.values()) == [
+        "capacity_exhausted",
+        "demand_not_open",
+        "insufficient_funds",
+    ]
+    assert len(outcome.made) == 5
+    # and escrow grew by the same held amount twice over
+    held = sum(h[2] + h[3] for h in expected["holds"])
+    assert Account.objects.get(kind=Account.Kind.ESCROW).balance - escrow_before == 2 * held
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, other_buyer, offer):
+    # given an 8-GPU offer, a batch of 10 two-GPU demands (the batch alone would fill it) and
+    # a person booking 6 GPUs for the same hours
+    start = next_hour(2)
+    batch = [
+        DemandFactory.create(
+            buyer=buyer,
+            gpu_count=2,
+            duration_hours=3,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=12),
+        )
+        for _ in range(10)
+    ]
+    person = DemandFactory.create(
+        buyer=other_buyer,
+        gpu_count=6,
+        duration_hours=3,
+        earliest_start=start,
+        latest_end=start + timedelta(hours=12),
+    )
+    matches = [
+        Match(str(d.pk), str(offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
+        for d in batch
+    ]
+    barrier = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def run_batch() -> None:
+        try:
+            barrier.wait()
+            results["batch"] = len(matches_write(matches, now=start - timedelta(hours=2)).made)
+        finally:
+            connection.close()
+
+    def run_person() -> None:
+        try:
+            barrier.wait()
+            reservation_create(demand_id=person.pk, offer_id=offer.pk, start=start)
+            results["person"] = "ok"
+        except DomainError as exc:
+            results["person"] = exc.code
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run_batch), threading.Thread(target=run_person)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # then either the person got 6 GPUs and the batch one 2-GPU booking, or the batch got four
+    # and the person none: never more than 8 GPUs at any hour
+    booked = Reservation.objects.filter(offer=offer).count()
+    if results["person"] == "ok":
+        assert (results["batch"], booked) == (1, 2)
+    else:
+        assert (results["person"], results["batch"], booked) == ("capacity_exhausted", 4, 4)
+    assert offer_peak_reserved(offer) == 8
+    assert Offer.objects.get(pk=offer.pk).gpu_count == 8
+    assert ledger_audit() == []
