@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services browser check clean messages bench-holds
+.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-cycle
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -63,3 +63,9 @@ clean:
 ## Benchmarks (not part of `make test`); numbers are printed as tables.
 bench-engine: install
 	cd bench && ../$(PY) engine.py
+
+## One whole matching cycle writing CYCLE_N reservations (holds, ledger entries) on PostgreSQL,
+## next to pgbench TPC-B (own databases, dropped afterwards). Not part of `make test`.
+CYCLE_N ?= 2000
+bench-cycle: install services
+	$(PY) bench/bench_cycle.py --n $(CYCLE_N)
