@@ -378,4 +378,7 @@ ZH = {
     "Open disputes (%(n)s)": "未结争议（%(n)s）",
     "Opened": "提出时间",
     "Opened by": "提出方",
+    "Matrix": "矩阵",
+    "Exporting hub by row, importing hub by column; each cell: trades · GPU-hours · value.": "行为输出枢纽，列为输入枢纽；每格：交易数 · GPU 小时 · 金额。",
+    "Total": "合计",
 }
