@@ -111,6 +111,44 @@ class Proc:
         self._log.close()
 
 
+class Gunicorn:
+    """gunicorn serving the project with the production settings on a free loopback port."""
+
+    def __init__(self, tmp: Path, workers: int = 2, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "marketplace.settings.production",
+            "DJANGO_SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_SECURE_SSL_REDIRECT": "false",
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": settings.CELERY_BROKER_URL,
+            "CELERY_TASK_DEFAULT_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+            "LOG_LEVEL": "INFO",
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+            "GUNICORN_WORKERS": str(workers),
+            **env,
+        }
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        args = [sys.executable, "-m", "gunicorn", "marketplace.wsgi:application",
+                "--config", str(ROOT / "docker" / "gunicorn.conf.py")]  # fmt: skip
+        self.proc = Proc(args, full_env, "gunicorn", tmp)
+        wait_for(self._up, 60, 0.2)
+
+    def _up(self) -> bool:
+        assert self.proc.alive(), self.proc.output()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
 class Cluster:
     """Workers and beats for one test, on a queue of its own; stops them all at the end."""
 
@@ -160,13 +198,19 @@ def publishing_to(queue: str, broker: str | None = None) -> Iterator[None]:
     conf.task_default_queue = queue
     if broker:
         conf.broker_url = broker
-        celery_app.pool.force_close_all()
+        _reset_pools()
     try:
         yield
     finally:
         conf.task_always_eager, conf.task_default_queue, conf.broker_url = old
         if broker:
-            celery_app.pool.force_close_all()
+            _reset_pools()
+
+
+def _reset_pools() -> None:
+    """Drop the app's broker connection and producer pools so the next publish connects to the
+    broker now configured (what celery itself does after a fork)."""
+    celery_app._after_fork()
 
 
 class RedisServer:
@@ -207,8 +251,9 @@ class RedisServer:
 
 
 class TcpProxy:
-    """A loopback TCP proxy to PostgreSQL in a thread: adds ``delay`` seconds to every chunk in
-    each direction, and can cut every open connection (``cut``)."""
+    """A loopback TCP proxy to PostgreSQL in a thread: holds every chunk the client sends for
+    ``delay`` seconds before passing it on, so each round trip to the database takes ``delay``
+    longer."""
 
     def __init__(self, target_port: int, delay: float = 0.0) -> None:
         self.target_port = target_port
@@ -240,13 +285,17 @@ class TcpProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, self.delay), self._pipe(up_reader, writer, 0.0)
+        )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    ) -> None:
         try:
             while data := await reader.read(65536):
-                if self.delay:
-                    await asyncio.sleep(self.delay)
+                if delay:
+                    await asyncio.sleep(delay)
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
