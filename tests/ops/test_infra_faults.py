@@ -127,7 +127,8 @@ def test_redis_restart_while_demands_are_posted_and_matched(tmp_path, buyer, off
 
 
 def _http(method: str, url: str, token: str, timeout: float = 60) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Token {token}"})
+    headers = {"Authorization": f"Token {token}"}
+    req = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310 (loopback)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (loopback)
             return resp.status, json.loads(resp.read() or b"{}")
