@@ -6,6 +6,7 @@ SERVE  ?= 1
 DEMANDS ?= 2000
 
 .PHONY: run test install services browser check clean messages bench-holds
+.PHONY: run test install services browser check clean messages bench-load
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -63,3 +64,7 @@ clean:
 ## Benchmarks (not part of `make test`); numbers are printed as tables.
 bench-engine: install
 	cd bench && ../$(PY) engine.py
+## Load test (not part of `make test`): 200 SMEs + 20 providers for BENCH_DURATION s (300).
+bench-load: install services
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench]'
+	$(PY) bench/bench_load.py

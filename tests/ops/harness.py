@@ -48,7 +48,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_database_url(host: str | None = None, port: int | None = None) -> str:
+def database_url(host: str | None = None, port: int | None = None) -> str:
     db = connection.settings_dict
     return f"postgres://{db['USER']}@{host or db['HOST']}:{port or db['PORT']}/{db['NAME']}"
 
@@ -57,7 +57,7 @@ def process_env(queue: str, broker: str | None = None, **extra: str) -> dict[str
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "marketplace.settings.test",
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
         "REDIS_URL": broker or settings.CELERY_BROKER_URL,
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "CELERY_TASK_DEFAULT_QUEUE": queue,
@@ -123,7 +123,7 @@ class Gunicorn:
             "DJANGO_SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DJANGO_SECURE_SSL_REDIRECT": "false",
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": database_url(),
             "REDIS_URL": settings.CELERY_BROKER_URL,
             "CELERY_TASK_DEFAULT_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
             "LOG_LEVEL": "INFO",

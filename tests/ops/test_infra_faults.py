@@ -23,8 +23,8 @@ from .harness import (
     Gunicorn,
     RedisServer,
     TcpProxy,
+    database_url,
     publishing_to,
-    test_database_url,
     wait_for,
 )
 
@@ -147,7 +147,7 @@ def test_200ms_database_latency_keeps_requests_bounded_by_timeouts(
     demand = DemandFactory.create(buyer=buyer, max_price_per_gpu_hour=Decimal("1"))
     web = Gunicorn(
         tmp_path,
-        DATABASE_URL=test_database_url(port=proxy.port),
+        DATABASE_URL=database_url(port=proxy.port),
         DB_LOCK_TIMEOUT_MS="1000",
         DB_STATEMENT_TIMEOUT_MS="5000",
         GUNICORN_TIMEOUT="60",
