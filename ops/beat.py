@@ -20,6 +20,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection
 from django_celery_beat.schedulers import DatabaseScheduler
+from psycopg.conninfo import make_conninfo
 
 logger = logging.getLogger("ops.beat")
 
@@ -35,7 +36,7 @@ def _dsn() -> str:
         "host": db.get("HOST") or "",
         "port": str(db.get("PORT") or ""),
     }
-    return " ".join(f"{k}='{v}'" for k, v in parts.items() if v)
+    return make_conninfo(**{k: v for k, v in parts.items() if v})
 
 
 class SingleBeatScheduler(DatabaseScheduler):

@@ -54,7 +54,11 @@ class ReliableTask(Task):
     retry_jitter = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.request.is_eager and self._delivered_too_often():
+        req = self.request
+        # Count broker deliveries only: not in-process runs, nor a task called as a plain
+        # function from another task (no id, no delivery info of its own).
+        delivered = not req.is_eager and req.id and req.delivery_info
+        if delivered and self._delivered_too_often():
             return None
         return super().__call__(*args, **kwargs)
 
@@ -64,7 +68,7 @@ class ReliableTask(Task):
         limit = _setting("CELERY_TASK_MAX_DELIVERIES", 5)
         key = f"ops:deliveries:{self.request.id}:{self.request.retries or 0}"
         try:
-            with self.app.connection_for_write() as conn:
+            with self.app.pool.acquire(block=True) as conn:
                 client = conn.default_channel.client
                 count = int(client.incr(key))
                 client.expire(key, 7 * 86400)

@@ -21,7 +21,7 @@ from marketplace.services import (
     reservation_create,
     reservations_advance,
 )
-from marketplace.tasks import match_all_hubs, match_hub, settle_reservation
+from marketplace.tasks import match_all_hubs, match_hub, settle_completed, settle_reservation
 from ops.context import request_id_var
 from ops.models import FailedTask
 from tests.factories import DemandFactory, next_hour
@@ -55,8 +55,15 @@ def _task_results(proc, task_id: str) -> list[str]:
     ]
 
 
-def _completed_reservation(buyer, offer) -> Reservation:
-    demand = DemandFactory.create(buyer=buyer, gpu_count=2, duration_hours=3)
+def _completed_reservation(buyer, offer, slot: int = 0) -> Reservation:
+    start = next_hour(1 + 3 * slot)
+    demand = DemandFactory.create(
+        buyer=buyer,
+        gpu_count=2,
+        duration_hours=3,
+        earliest_start=start,
+        latest_end=start + timedelta(hours=3),
+    )
     r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
     reservations_advance(now=r.start)
     reservations_advance(now=r.end)
@@ -153,6 +160,20 @@ def test_same_task_delivered_twice_has_one_effect(cluster, buyer, offer):
     assert sorted(m.rsplit(": ", 1)[1] for m in _task_results(worker, match_id)) == ["0", "1"]
     assert _settlements(r) == 1
     assert Reservation.objects.filter(demand=demand).count() == 1
+    assert ledger_audit() == []
+
+
+def test_batch_task_settles_every_completed_reservation(cluster, buyer, offer):
+    # given more completed reservations than the delivery limit (the batch task calls the
+    # per-reservation task as a function: those calls are not deliveries)
+    reservations = [_completed_reservation(buyer, offer, slot) for slot in range(7)]
+    worker = cluster.worker(CELERY_TASK_MAX_DELIVERIES="2")
+    with publishing_to(cluster.queue):
+        result = settle_completed.delay()
+    # then one run settles all seven, each once
+    wait_for(lambda: _task_results(worker, result.id))
+    assert _task_results(worker, result.id)[0].endswith(": 7")
+    assert [_settlements(r) for r in reservations] == [1] * 7
     assert ledger_audit() == []
 
 
