@@ -108,7 +108,22 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(10)
+        # and its children (pool processes, gunicorn workers): gone, with their database sessions
+        deadline = time.monotonic() + 10
+        while _group_alive(self.popen.pid):
+            if time.monotonic() > deadline:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
         self._log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class Gunicorn:
