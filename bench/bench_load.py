@@ -7,7 +7,8 @@ Locust: 200 SMEs posting, polling and cancelling demands and 20 providers re-pri
 Steps: a fresh database ``suanli_bench`` (migrate, load_reference), 20 providers with two
 offers each (through the API), 200 funded SMEs; then gunicorn (production settings, 2
 processes), 2 workers consuming every hub's matching queue and the default queue, one beat
-(MATCH_INTERVAL=10); Locust headless for BENCH_DURATION seconds; the queues drain; then the
+(MATCH_INTERVAL=10), matching routed to per-hub queues (MATCH_HUB_QUEUES); Locust headless
+for BENCH_DURATION seconds; the queues drain; then the
 report: requests/s, p50/p95/p99 per endpoint and each p50 against the ``/healthz`` baseline of
 the same run, the status-code mix (5xx target 0), matching lag (demand posted → reservation,
 p50/p99) and ``ledger_audit``. Output files go to ``artifacts/bench-load/`` (git-ignored).
@@ -56,6 +57,7 @@ def _env(**extra: str) -> dict[str, str]:
         "DJANGO_DEBUG": "false",
         "LOG_LEVEL": "WARNING",
         "MATCH_INTERVAL": "10",
+        "MATCH_HUB_QUEUES": "true",
         **extra,
     }
 

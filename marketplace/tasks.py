@@ -4,7 +4,7 @@ calls one service and is safe to run twice."""
 from datetime import datetime
 from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
@@ -16,6 +16,7 @@ from marketplace.services import (
     reservations_advance,
     reservations_expire_unaccepted,
 )
+from ops.tasks import ReliableTask
 from vouchers.services import vouchers_lapse_expired
 
 
@@ -29,7 +30,7 @@ def hub_queue(hub_code: str) -> str:
     return f"{getattr(settings, 'MATCH_QUEUE_PREFIX', 'match')}.{hub_code}"
 
 
-class HubRoutedTask(Task):  # type: ignore[misc]
+class HubRoutedTask(ReliableTask):
     """Sends each ``match_hub`` call to its hub's queue when ``MATCH_HUB_QUEUES`` is on (an
     explicit ``queue=`` wins). Off, every task goes to the default queue as before; the
     per-hub advisory lock in ``matching_cycle_run`` keeps one cycle per hub either way."""

@@ -119,14 +119,17 @@ def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
 
 def queue_depths() -> dict[str, int]:
     """Messages waiting per Celery queue on the Redis broker: the default queue and every
-    queue named in the task routes, plus any per-hub ``match.*`` queue present in Redis."""
+    per-hub matching queue (``<MATCH_QUEUE_PREFIX>.<hub code>``) present in Redis."""
+    from django.conf import settings
+
     from marketplace.celery import app
 
     names = {app.conf.task_default_queue}
+    prefix = getattr(settings, "MATCH_QUEUE_PREFIX", "match")
     try:
         with app.connection_for_read() as conn:
             client = conn.default_channel.client
-            for key in client.scan_iter(match="match.*", count=500):
+            for key in client.scan_iter(match=f"{prefix}.*", count=500):
                 names.add(key.decode() if isinstance(key, bytes) else str(key))
             return {q: int(client.llen(q)) for q in sorted(names)}
     except Exception:  # memory:// broker or Redis down: no depths to report

@@ -143,10 +143,10 @@ def test_worker_queues_command_lists_per_hub_queues(capsys):
 
     a, b = HubFactory.create(code="aa-hub"), HubFactory.create(code="bb-hub")
     call_command("worker_queues")
-    assert capsys.readouterr().out.strip() == f"{hub_queue(a.pk)},{hub_queue(b.pk)}"
+    assert capsys.readouterr().out.strip() == f"{hub_queue(a.code)},{hub_queue(b.code)}"
     call_command("worker_queues", "--hubs", "bb-hub", "--with-default")
     assert capsys.readouterr().out.strip() == (
-        f"{settings.CELERY_TASK_DEFAULT_QUEUE},{hub_queue(b.pk)}"
+        f"{settings.CELERY_TASK_DEFAULT_QUEUE},{hub_queue(b.code)}"
     )
     from django.core.management.base import CommandError
 

@@ -27,7 +27,7 @@ class Command(BaseCommand):
             missing = sorted(set(codes) - set(hubs.values_list("code", flat=True)))
             if missing:
                 raise CommandError(f"unknown hub codes: {', '.join(missing)}")
-        queues = [hub_queue(pk) for pk in hubs.values_list("pk", flat=True)]
+        queues = [hub_queue(code) for code in hubs.values_list("code", flat=True)]
         if options["with_default"]:
             queues.insert(0, settings.CELERY_TASK_DEFAULT_QUEUE)
         if not queues:
