@@ -137,16 +137,20 @@ def queue_depths() -> dict[str, int]:
         return {}
 
 
-def render() -> bytes:
-    """The exposition text: this process's (or all gunicorn workers') request metrics and the
-    market gauges."""
-    registry: CollectorRegistry
+def process_registry() -> CollectorRegistry:
+    """The request metrics of every gunicorn worker (``PROMETHEUS_MULTIPROC_DIR`` set, as
+    ``docker/start-web.sh`` does) or of this process, plus the process collectors."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
-        registry = CollectorRegistry()
         for collector in list(REGISTRY._collector_to_names):  # the default process collectors
             registry.register(collector)
+    return registry
+
+
+def render() -> bytes:
+    """The exposition text: request metrics (``process_registry``) and the market gauges."""
+    registry = process_registry()
     registry.register(MarketCollector())
     return generate_latest(registry)

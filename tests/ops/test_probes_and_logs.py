@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -158,3 +159,34 @@ def test_production_settings_refuse_to_start_without_the_secret_key():
     )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_request_metrics_are_aggregated_across_gunicorn_workers(tmp_path):
+    # two processes (like two gunicorn workers) observe requests into PROMETHEUS_MULTIPROC_DIR;
+    # a third renders the sum
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    observe = (
+        "from ops.metrics import REQUEST_LATENCY; "
+        "REQUEST_LATENCY.labels(method='GET', route='healthz', status='2xx').observe(0.01)"
+    )
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", observe], env=env, check=True, cwd=settings.BASE_DIR)
+    render = (
+        "from prometheus_client import generate_latest; from ops.metrics import process_registry; "
+        "print(generate_latest(process_registry()).decode())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", render],
+        env=env,
+        check=True,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+    ).stdout
+    counts = [
+        s.value
+        for family in text_string_to_metric_families(out)
+        for s in family.samples
+        if s.name == "suanli_http_request_duration_seconds_count"
+    ]
+    assert counts == [2.0]
