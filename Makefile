@@ -5,8 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services browser check clean messages bench-holds
-.PHONY: run test install services browser check clean messages bench-load
+.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-load
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -64,6 +63,7 @@ clean:
 ## Benchmarks (not part of `make test`); numbers are printed as tables.
 bench-engine: install
 	cd bench && ../$(PY) engine.py
+
 ## Load test (not part of `make test`): 200 SMEs + 20 providers for BENCH_DURATION s (300).
 bench-load: install services
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench]'

@@ -58,6 +58,9 @@ def _env(**extra: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         "MATCH_INTERVAL": "10",
         "MATCH_HUB_QUEUES": "true",
+        # 220 simulated organisations share 127.0.0.1: the per-IP write limit (600/min) would
+        # throttle them as one client; per-user limits stay as configured.
+        "API_RATE_WRITE_IP": "100000/min",
         **extra,
     }
 
@@ -133,10 +136,10 @@ def main() -> None:
     django.setup()
     from django.db import connection
     from django.db.models import Count
-    from rest_framework.authtoken.models import Token
 
     from accounts.credit_code import make_credit_code
     from accounts.models import Membership, Organisation, User
+    from accounts.tokens import token_create
     from ledger.audit import ledger_audit
     from marketplace.models import Accelerator, Demand, Reservation, Site
     from marketplace.services import wallet_deposit
@@ -155,7 +158,7 @@ def main() -> None:
         )
         user = User.objects.create_user(username=f"bench-{kind}-{n}")
         Membership.objects.create(user=user, organisation=o, role=Membership.Role.ADMIN)
-        return o, Token.objects.create(user=user).key
+        return o, token_create(user=user)[1]
 
     providers = [
         org(i, Organisation.Kind.PROVIDER, sites[i % len(sites)]) for i in range(PROVIDERS)

@@ -20,6 +20,7 @@ handler400 = "marketplace.api.errors.handler400"
 handler403 = "marketplace.api.errors.handler403"
 handler404 = "marketplace.api.errors.handler404"
 handler500 = "marketplace.api.errors.handler500"
+
 # Operations: liveness, readiness, Prometheus metrics (ops/views.py).
 urlpatterns += [
     path("healthz", ops_views.healthz, name="healthz"),

@@ -54,8 +54,9 @@ class MetricsMiddleware:
 
 class DatabaseBusyMiddleware:
     """A statement or lock timeout (or a lost database connection) during a request becomes a
-    503 ``database_busy`` with ``Retry-After``: the request was rolled back by its service's
-    transaction and may be retried. Without it such a request would be a bare 500."""
+    503 ``database_busy`` problem-details body (as the API's errors) with ``Retry-After``: the
+    request was rolled back by its service's transaction and may be retried. Without it such a
+    request would be a bare 500."""
 
     def __init__(self, get_response: Handler) -> None:
         self.get_response = get_response
@@ -67,12 +68,13 @@ class DatabaseBusyMiddleware:
         if not isinstance(exception, OperationalError):
             return None
         logger.warning("database busy on %s %s: %s", request.method, request.path, exception)
-        response = JsonResponse(
-            {
-                "code": "database_busy",
-                "detail": "the database did not answer in time; nothing was changed, retry",
-            },
-            status=503,
+        from marketplace.api.errors import PROBLEM_CONTENT_TYPE, problem
+
+        body = problem(
+            503,
+            "database_busy",
+            "the database did not answer in time; nothing was changed, retry",
         )
+        response = JsonResponse(body, status=503, content_type=PROBLEM_CONTENT_TYPE)
         response["Retry-After"] = "2"
         return response

@@ -53,9 +53,10 @@ CONTENT_SECURITY_POLICY = {
         "form-action": ["'self'"],
     }
 }
+
 # Static files: collected at image build time, served by WhiteNoise with hashed names (right
 # after SecurityMiddleware, as WhiteNoise asks). Development uses runserver's static view.
-MIDDLEWARE = [*MIDDLEWARE]  # noqa: F405
+MIDDLEWARE = [*MIDDLEWARE]
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -63,6 +64,8 @@ MIDDLEWARE.insert(
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
 LOG_FORMAT = env("LOG_FORMAT", default="json")
 LOGGING["handlers"]["console"]["formatter"] = "json" if LOG_FORMAT == "json" else "text"  # type: ignore[index]  # noqa: F405
 LOGGING["root"]["level"] = env("LOG_LEVEL", default="INFO")  # type: ignore[index]  # noqa: F405

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 import redis
-from rest_framework.authtoken.models import Token
 
+from accounts.tokens import token_create
 from ledger.audit import ledger_audit
 from marketplace.models import Demand, Reservation
 from marketplace.services import demand_create
@@ -143,7 +143,7 @@ def test_200ms_database_latency_keeps_requests_bounded_by_timeouts(
     # adding 200 ms to every round trip, with a 1 s lock timeout and a 5 s statement timeout
     proxy = TcpProxy(target_port=5432, delay=0.2).start()
     user = UserFactory.create(username="sme-latency", organisation=buyer)
-    token = Token.objects.create(user=user).key
+    _, token = token_create(user=user)
     demand = DemandFactory.create(buyer=buyer, max_price_per_gpu_hour=Decimal("1"))
     web = Gunicorn(
         tmp_path,
