@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-cycle
+.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-cycle bench-load
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -69,3 +69,8 @@ bench-engine: install
 CYCLE_N ?= 2000
 bench-cycle: install services
 	$(PY) bench/bench_cycle.py --n $(CYCLE_N)
+
+## Load test (not part of `make test`): 200 SMEs + 20 providers for BENCH_DURATION s (300).
+bench-load: install services
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench]'
+	$(PY) bench/bench_load.py

@@ -4,7 +4,7 @@ calls one service and is safe to run twice."""
 from datetime import datetime
 from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
@@ -16,6 +16,7 @@ from marketplace.services import (
     reservations_advance,
     reservations_expire_unaccepted,
 )
+from ops.tasks import ReliableTask
 from vouchers.services import vouchers_lapse_expired
 
 
@@ -40,7 +41,7 @@ def hub_routing_on(app: Any) -> bool:
     return not app.conf.task_always_eager and getattr(settings, "MATCH_HUB_QUEUES", True)
 
 
-class HubRoutedTask(Task):  # type: ignore[misc]
+class HubRoutedTask(ReliableTask):
     """Sends each ``match_hub`` call to its hub's queue ``match.<hub code>`` whenever Celery is
     not eager (an explicit ``queue=`` wins; ``MATCH_HUB_QUEUES=0`` turns routing off). Eager,
     the task runs in-process and no queue is involved. The per-hub advisory lock in

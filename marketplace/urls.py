@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from marketplace.console import console_site
+from ops import views as ops_views
 
 urlpatterns = [
     path("", include("web.urls")),  # the SME web UI (and the operator dashboard in the admin)
@@ -19,3 +20,10 @@ handler400 = "marketplace.api.errors.handler400"
 handler403 = "marketplace.api.errors.handler403"
 handler404 = "marketplace.api.errors.handler404"
 handler500 = "marketplace.api.errors.handler500"
+
+# Operations: liveness, readiness, Prometheus metrics (ops/views.py).
+urlpatterns += [
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics_view, name="metrics"),
+]
