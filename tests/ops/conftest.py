@@ -10,6 +10,12 @@ from django.db import connection
 from .harness import Cluster
 
 
+@pytest.fixture(autouse=True)
+def _one_queue_per_test(settings):  # type: ignore[no-untyped-def]
+    """Tasks sent from this process go to the test's own queue, not to per-hub queues."""
+    settings.MATCH_HUB_QUEUES = False
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)

@@ -61,6 +61,9 @@ def process_env(queue: str, broker: str | None = None, **extra: str) -> dict[str
         "REDIS_URL": broker or settings.CELERY_BROKER_URL,
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "CELERY_TASK_DEFAULT_QUEUE": queue,
+        # Fault tests run every task on the test's own queue; per-hub routing has its own
+        # tests (tests/marketplace/test_scale_out.py, test_real_worker.py).
+        "MATCH_HUB_QUEUES": "false",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",

@@ -227,7 +227,8 @@ def test_worker_killed_mid_matching_cycle_leaves_nothing_half_written(
         )
         for price in ("30", "20", "15")
     ]
-    # and another session holds the second demand's row, so the cycle stops inside its booking
+    # and another session holds the second demand's row, so the cycle stops inside its write
+    # (matches are written in batches: the batch locks all its demands first)
     other_session.execute(
         "SELECT id FROM marketplace_demand WHERE id = %s FOR UPDATE", [demands[1].pk]
     )
@@ -236,14 +237,14 @@ def test_worker_killed_mid_matching_cycle_leaves_nothing_half_written(
     with publishing_to(cluster.queue):
         match_hub.delay(str(buyer.home_site.hub_id))
     blocked = wait_for(_blocked_backends)
-    assert Reservation.objects.filter(demand=demands[0]).count() == 1
+    assert not Reservation.objects.filter(demand__in=demands).exists()
     # when the worker is SIGKILLed in the middle of the cycle, and the row is let go
     worker.kill(signal.SIGKILL)
     other_session.rollback()
     wait_for(lambda: not any(_backend_alive(pid) for pid in blocked), 30)
-    # then nothing of the interrupted booking was written
-    assert not Reservation.objects.filter(demand__in=demands[1:]).exists()
-    assert Demand.objects.get(pk=demands[1].pk).status == Demand.Status.OPEN
+    # then nothing of the interrupted batch was written: no reservation, hold or ledger entry
+    assert not Reservation.objects.filter(demand__in=demands).exists()
+    assert all(Demand.objects.get(pk=d.pk).status == Demand.Status.OPEN for d in demands)
     assert ledger_audit() == []
     # and when a worker comes back, the unacknowledged cycle is delivered again and finishes
     cluster.worker(**env)
