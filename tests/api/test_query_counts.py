@@ -102,7 +102,12 @@ def test_every_collection_route_is_in_the_list():
         if "<" not in str(p.pattern) and hasattr(p.callback.view_class, "get")  # type: ignore[union-attr]
     }
     known = {path.split("?")[0] for path, _ in LISTS}
-    singletons = {"/api/v1/organisations/me/", "/api/v1/wallet/"}
+    # one object each, not lists of rows (the matrix is an aggregate over all trades)
+    singletons = {
+        "/api/v1/organisations/me/",
+        "/api/v1/wallet/",
+        "/api/v1/inter-hub-trades/matrix/",
+    }
     assert collections - singletons == known
 
 
