@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-cycle bench-load
+.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-cycle bench-load bench-api
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -56,6 +56,13 @@ BENCH_CLIENTS ?= 2
 BENCH_HOLDS ?= 200
 bench-holds: install services
 	$(PY) bench/bench_holds.py --clients $(BENCH_CLIENTS) --holds $(BENCH_HOLDS)
+
+## The API under gunicorn (2 workers) and wrk (50 connections) on loopback: offer search, demand
+## create and reservation list next to a bare Django "hello" view (own database suanli_bench_api,
+## dropped afterwards). Installs Debian's wrk when missing. Not part of `make test`.
+bench-api: install services
+	command -v wrk >/dev/null || { apt-get install -y wrk || sudo apt-get install -y wrk; }
+	$(PY) bench/bench_api.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 demo-report.json .pytest_cache .mypy_cache .ruff_cache

@@ -6,9 +6,19 @@ them): ``write_user`` and ``write_ip`` limit unsafe methods (POST, PUT, PATCH, D
 authenticated user and per client IP; ``login_ip`` limits token requests per IP. Past a limit the
 API answers 429 ``throttled`` with ``Retry-After`` (seconds).
 
-Lock-out: ``LOGIN_MAX_FAILURES`` wrong passwords for one username inside ``LOGIN_LOCKOUT_SECONDS``
-lock that username for ``LOGIN_LOCKOUT_SECONDS`` from the last failure: every token request for
-it, even with the right password, is a 429 ``login_locked`` with ``Retry-After``.
+Lock-out, keyed so that a stranger cannot lock a user out from one machine:
+
+* ``LOGIN_MAX_FAILURES`` (5) wrong passwords for one username *from one client IP* inside
+  ``LOGIN_LOCKOUT_SECONDS`` lock that (username, IP) pair for ``LOGIN_LOCKOUT_SECONDS`` from the
+  last failure; the same user logging in from another IP is not affected.
+* ``LOGIN_MAX_FAILURES_PER_USERNAME`` (50) wrong passwords for one username from all IPs together
+  inside the window lock the username everywhere (the brake on guessing from many IPs; locking a
+  user out then takes that many requests from many addresses, each pair held under its own limit).
+
+While locked, every token request for it, even with the right password, is a 429
+``login_locked`` with ``Retry-After``. A successful login forgets the failures of its
+(username, IP) pair. The client IP is DRF's ``get_ident`` (``REMOTE_ADDR``, or
+``X-Forwarded-For`` per ``NUM_PROXIES``), as for the rate limits.
 """
 
 import math
@@ -71,17 +81,22 @@ class LoginIPRateThrottle(_SettingsRateThrottle):
         return f"throttle:{self.scope}:{self.get_ident(request)}"
 
 
-def _keys(username: str) -> tuple[str, str]:
-    name = username.strip().lower()
-    return f"login:failures:{name}", f"login:locked:{name}"
+def _name(username: str) -> str:
+    return username.strip().lower()
 
 
-def login_check_locked(username: str) -> None:
-    """Raise 429 ``login_locked`` (with ``Retry-After``) while ``username`` is locked out."""
-    until = cache.get(_keys(username)[1])
-    if until is None:
-        return
-    wait = until - time.time()
+def _locks(username: str, ip: str) -> tuple[str, str]:
+    """Cache keys of the (username, IP) lock and of the username-wide lock."""
+    name = _name(username)
+    return f"login:locked:{name}:{ip}", f"login:locked:{name}"
+
+
+def login_check_locked(username: str, ip: str) -> None:
+    """Raise 429 ``login_locked`` (with ``Retry-After``) while ``username`` is locked for
+    ``ip`` or everywhere."""
+    now = time.time()
+    untils = [until for until in cache.get_many(_locks(username, ip)).values() if until]
+    wait = max(untils, default=now) - now
     if wait > 0:
         raise exceptions.Throttled(
             wait=math.ceil(wait),
@@ -90,22 +105,32 @@ def login_check_locked(username: str) -> None:
         )
 
 
-def login_failed(username: str) -> None:
-    """Count a wrong password for ``username`` (atomic ``incr``, so parallel guesses all
-    count); at ``LOGIN_MAX_FAILURES`` the username is locked."""
-    failures_key, locked_key = _keys(username)
-    window = settings.LOGIN_LOCKOUT_SECONDS
-    cache.add(failures_key, 0, timeout=window)
+def _count(key: str, window: int) -> int:
+    """Add one to the counter ``key`` (atomic ``incr``, so parallel guesses all count) and keep
+    it ``window`` seconds after this failure."""
+    cache.add(key, 0, timeout=window)
     try:
-        count = cache.incr(failures_key)
+        count = cache.incr(key)
     except ValueError:  # expired between add and incr
-        cache.set(failures_key, 1, timeout=window)
+        cache.set(key, 1, timeout=window)
         count = 1
-    cache.touch(failures_key, timeout=window)
-    if count >= settings.LOGIN_MAX_FAILURES:
-        cache.set(locked_key, time.time() + window, timeout=window)
+    cache.touch(key, timeout=window)
+    return count
 
 
-def login_succeeded(username: str) -> None:
-    """Forget the failures of ``username``."""
-    cache.delete(_keys(username)[0])
+def login_failed(username: str, ip: str) -> None:
+    """Count a wrong password for ``username`` from ``ip``: at ``LOGIN_MAX_FAILURES`` for the
+    pair the pair is locked, at ``LOGIN_MAX_FAILURES_PER_USERNAME`` over all IPs the username."""
+    name, window = _name(username), settings.LOGIN_LOCKOUT_SECONDS
+    pair_lock, name_lock = _locks(username, ip)
+    until = time.time() + window
+    if _count(f"login:failures:{name}:{ip}", window) >= settings.LOGIN_MAX_FAILURES:
+        cache.set(pair_lock, until, timeout=window)
+    if _count(f"login:failures:{name}", window) >= settings.LOGIN_MAX_FAILURES_PER_USERNAME:
+        cache.set(name_lock, until, timeout=window)
+
+
+def login_succeeded(username: str, ip: str) -> None:
+    """Forget the failures of ``username`` from ``ip`` (the username-wide count stays: a
+    success from one address does not reset guessing from others)."""
+    cache.delete(f"login:failures:{_name(username)}:{ip}")

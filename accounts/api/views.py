@@ -32,8 +32,10 @@ from .serializers import (
 class TokenObtainApi(APIView):
     """Exchange a username and password for a new API token (the secret is in this response
     only; tokens are stored hashed). Wrong credentials are a 400 ``invalid_credentials``;
-    ``LOGIN_MAX_FAILURES`` of them lock the username for ``LOGIN_LOCKOUT_SECONDS``: 429
-    ``login_locked`` with ``Retry-After``, even with the right password. Token requests are also
+    ``LOGIN_MAX_FAILURES`` of them for one username from one IP lock that pair, and
+    ``LOGIN_MAX_FAILURES_PER_USERNAME`` from all IPs lock the username, for
+    ``LOGIN_LOCKOUT_SECONDS``: 429 ``login_locked`` with ``Retry-After``, even with the right
+    password (``accounts.throttling``). Token requests are also
     rate-limited per IP (429 ``throttled``)."""
 
     authentication_classes: list = []
@@ -49,16 +51,17 @@ class TokenObtainApi(APIView):
         serializer = TokenInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        login_check_locked(data["username"])
+        ip = LoginIPRateThrottle().get_ident(request)
+        login_check_locked(data["username"], ip)
         user = authenticate(
             request=request._request, username=data["username"], password=data["password"]
         )
         if user is None or not user.is_active:
-            login_failed(data["username"])
+            login_failed(data["username"], ip)
             raise ValidationFailed(
                 "unable to log in with these credentials", code="invalid_credentials"
             )
-        login_succeeded(data["username"])
+        login_succeeded(data["username"], ip)
         token, secret = token_create(user=user, name=data["name"])
         token.token = secret  # type: ignore[attr-defined]  # shown once, never stored
         return Response(TokenSerializer(token).data, status=status.HTTP_201_CREATED)

@@ -20,7 +20,7 @@ from marketplace.services import MAX_GPUS, MAX_PRICE, accelerators_resolve
 
 class StrictFilterBackend(DjangoFilterBackend):
     """django-filter, plus: any query parameter other than the view's filters, ``page`` and
-    ``page_size`` is refused with a 400 naming it."""
+    ``page_size`` is refused with a 400 naming it, and so is a filter given an empty value."""
 
     always_allowed = frozenset({"page", "page_size"})
 
@@ -32,6 +32,15 @@ class StrictFilterBackend(DjangoFilterBackend):
         unknown = sorted(set(request.query_params) - allowed)
         if unknown:
             raise ValidationError({name: ["unknown query parameter"] for name in unknown})
+        # django-filter reads an empty value as "no filter"; a client that sends ``?status=``
+        # meant something, so it is refused like any other bad value.
+        blank = sorted(
+            name
+            for name, values in request.query_params.lists()
+            if name not in self.always_allowed and any(not value.strip() for value in values)
+        )
+        if blank:
+            raise ValidationError({name: ["must not be empty"] for name in blank})
         return super().filter_queryset(request, queryset, view)
 
 

@@ -163,7 +163,10 @@ class OfferDetailApi(OrgMixin, APIView):
     def get(self, request: Request, id: str) -> Response:
         return Response(OfferSerializer(_offer(self, object_id(id, "offer"))).data)
 
-    @extend_schema(request=OfferUpdateInputSerializer, responses={200: OfferSerializer, **ERRORS})
+    @extend_schema(
+        request=OfferUpdateInputSerializer,
+        responses={200: OfferSerializer, 409: ERRORS[400], **ERRORS},
+    )
     def patch(self, request: Request, id: str) -> Response:
         if self.organisation is None:
             raise NotFound("no such offer", field="offer")

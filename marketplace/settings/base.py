@@ -141,8 +141,11 @@ API_RATES = {
     "write_ip": env("API_RATE_WRITE_IP", default="600/min"),
     "login_ip": env("API_RATE_LOGIN_IP", default="30/min"),
 }
-# Login lock-out: this many wrong passwords for a username lock it for this long.
+# Login lock-out (accounts.throttling): this many wrong passwords for a username from one IP
+# lock that (username, IP) pair, and the larger per-username count from all IPs locks the
+# username, for LOGIN_LOCKOUT_SECONDS.
 LOGIN_MAX_FAILURES = env.int("LOGIN_MAX_FAILURES", default=5)
+LOGIN_MAX_FAILURES_PER_USERNAME = env.int("LOGIN_MAX_FAILURES_PER_USERNAME", default=50)
 LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=900)
 
 SPECTACULAR_SETTINGS = {

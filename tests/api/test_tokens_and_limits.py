@@ -23,8 +23,10 @@ pytestmark = pytest.mark.django_db
 LOGIN = "/api/v1/auth/token/"
 
 
-def _login(client, password: str = "pw-Secret-123", username: str = "buyer"):  # type: ignore[no-untyped-def]
-    return client.post(LOGIN, {"username": username, "password": password}, format="json")
+def _login(client, password: str = "pw-Secret-123", username: str = "buyer", ip: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+    return client.post(
+        LOGIN, {"username": username, "password": password}, format="json", REMOTE_ADDR=ip
+    )
 
 
 def test_token_is_stored_hashed_listed_without_secret_and_revocable(anon_client, buyer_user):
@@ -67,6 +69,50 @@ def test_login_locks_out_after_repeated_failures_even_with_the_right_password(
     # another username is not affected
     UserFactory.create(username="someone")
     assert _login(anon_client, username="someone").status_code == 201
+
+
+def test_failures_from_one_ip_do_not_lock_the_user_out_elsewhere(anon_client, buyer_user, settings):
+    # given a stranger fails the buyer's password from one address until that pair is locked
+    settings.LOGIN_MAX_FAILURES = 3
+    for _ in range(3):
+        assert _login(anon_client, "wrong", ip="203.0.113.9").status_code == 400
+    assert error_of(_login(anon_client, ip="203.0.113.9"))[:2] == (429, "login_locked")
+    # then the buyer still logs in from its own address
+    assert _login(anon_client, ip="198.51.100.7").status_code == 201
+    # and the stranger's address stays locked, even for the username spelled otherwise
+    assert error_of(_login(anon_client, username=" Buyer", ip="203.0.113.9"))[:2] == (
+        429,
+        "login_locked",
+    )
+    assert ApiToken.objects.count() == 1
+
+
+def test_failures_from_many_ips_lock_the_username_everywhere(anon_client, buyer_user, settings):
+    # given guesses spread over many addresses, each under the per-pair limit
+    settings.LOGIN_MAX_FAILURES = 3
+    settings.LOGIN_MAX_FAILURES_PER_USERNAME = 6
+    for n in range(6):
+        assert _login(anon_client, "wrong", ip=f"192.0.2.{n}").status_code == 400
+    # then the username is locked from every address, also one never seen
+    response = _login(anon_client, ip="198.51.100.7")
+    assert error_of(response)[:2] == (429, "login_locked")
+    assert int(response["Retry-After"]) > 0
+    assert ApiToken.objects.count() == 0
+    # and other usernames are not
+    UserFactory.create(username="someone")
+    assert _login(anon_client, username="someone", ip="192.0.2.1").status_code == 201
+
+
+def test_a_successful_login_resets_only_its_own_pair(anon_client, buyer_user, settings):
+    settings.LOGIN_MAX_FAILURES = 3
+    settings.LOGIN_MAX_FAILURES_PER_USERNAME = 100
+    for _ in range(2):
+        assert _login(anon_client, "wrong", ip="192.0.2.1").status_code == 400
+    assert _login(anon_client, ip="192.0.2.1").status_code == 201
+    # the pair's count restarted: two more failures do not lock it
+    for _ in range(2):
+        assert _login(anon_client, "wrong", ip="192.0.2.1").status_code == 400
+    assert _login(anon_client, ip="192.0.2.1").status_code == 201
 
 
 def test_login_is_rate_limited_per_ip(anon_client, buyer_user, settings):

@@ -1,0 +1,364 @@
+"""The REST API under gunicorn and load on loopback: requests/s and p50/p99 latency.
+
+Issue 5's target: offer search at 50 concurrent clients reaches at least 30 % of the rate of a
+bare Django "hello" view measured in the same run (same server, same middleware, no database,
+no DRF), with a p99 under 100 ms. Demand create and reservation list are measured next to them.
+
+What it does, in one run:
+
+1. creates its own PostgreSQL database (``suanli_bench_api``), migrates it, loads the reference
+   data (``load_reference``: hubs, sites, the accelerator catalogue) and seeds a market: one
+   provider per public site with one active offer per accelerator model (``--offers-per-site``
+   sizes of each), an SME at ``chengdu-tianfu`` with a funded wallet, an API token and
+   ``--reservations`` confirmed reservations;
+2. starts ``gunicorn`` (pinned in ``pyproject.toml``; ``--workers`` sync workers, 2 by default)
+   on 127.0.0.1 with ``bench.api_settings`` (the production settings on plain HTTP, with the
+   bench URLconf that adds ``/bench/hello/``), Redis as cache and Celery broker (a queue of its
+   own, deleted afterwards); write rate limits are lifted through the environment
+   (``API_RATE_WRITE_USER``/``API_RATE_WRITE_IP``) so the bench measures the API, not a 429;
+3. runs ``wrk`` (Debian package ``wrk``) with ``--connections`` (50) connections for
+   ``--duration`` seconds per endpoint after a short warm-up: hello, offer search
+   (``GET /api/v1/offers/?accelerator=T4&tier=region``), demand create (``POST /api/v1/demands/``,
+   no Idempotency-Key), reservation list (``GET /api/v1/reservations/``); any non-2xx answer or
+   socket error fails the run;
+4. prints the table with each rate as a share of hello's, and drops the database.
+
+Run: ``make bench-api`` (or ``.venv/bin/python bench/bench_api.py --help``). Exit status 1 when
+the target is missed. Numbers depend on the machine (wrk, gunicorn and PostgreSQL share its
+cores); compare the ratios.
+"""
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BENCH_DB = "suanli_bench_api"
+HOST = os.environ.get("PGHOST", "127.0.0.1")
+PORT = os.environ.get("PGPORT", "5432")
+USER = os.environ.get("PGUSER", "postgres")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+QUEUE = f"bench-api-{os.getpid()}"
+HOME_SITE = "chengdu-tianfu"
+
+WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_us": %d, "socket_errors": %d, "non_2xx": %d, '
+    .. '"p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def environment() -> dict[str, str]:
+    """The environment of every Django process of the bench (seeding and gunicorn)."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bench.api_settings",
+        "DJANGO_SECRET_KEY": os.environ.get("BENCH_SECRET_KEY") or secrets.token_urlsafe(50),
+        "DATABASE_URL": f"postgres://{USER}@{HOST}:{PORT}/{BENCH_DB}",
+        "REDIS_URL": REDIS,
+        "CELERY_TASK_DEFAULT_QUEUE": QUEUE,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "API_RATE_WRITE_USER": "100000000/min",
+        "API_RATE_WRITE_IP": "100000000/min",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def admin_sql(*statements: str) -> None:
+    """Run statements on the server's ``postgres`` database (CREATE/DROP DATABASE)."""
+    import psycopg
+
+    with psycopg.connect(
+        host=HOST, port=PORT, user=USER, dbname="postgres", autocommit=True
+    ) as conn:
+        for sql in statements:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+
+def manage(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=environment(), check=True)
+
+
+def seed(*, offers_per_site: int, reservations: int) -> str:
+    """The market (see the module docstring); returns the SME's API token secret."""
+    os.environ.update(environment())
+    import django
+
+    django.setup()
+    from django.utils import timezone
+
+    from accounts.credit_code import make_credit_code
+    from accounts.models import Membership, Organisation, User
+    from accounts.tokens import token_create
+    from marketplace.models import Accelerator, Demand, Offer, Site
+    from marketplace.services import reservation_create, wallet_deposit
+    from marketplace.timeutil import from_hour_index, hour_index_ceil
+
+    first_hour = hour_index_ceil(timezone.now()) + 2
+    start, until = from_hour_index(first_hour), from_hour_index(first_hour + 24 * 30)
+    accelerators = list(Accelerator.objects.order_by("code"))
+    sites = list(Site.objects.filter(provider__isnull=True).order_by("code"))
+    home = next(s for s in sites if s.code == HOME_SITE)
+    serial = 0
+    offers = []
+    for site in sites:
+        serial += 1
+        provider = Organisation.objects.create(
+            name=f"Provider at {site.code}",
+            credit_code=make_credit_code(f"91510100{serial:09d}"),
+            kind=Organisation.Kind.PROVIDER,
+            status=Organisation.Status.APPROVED,
+            home_site=site,
+        )
+        for acc in accelerators:
+            for size in range(offers_per_site):
+                offers.append(
+                    Offer(
+                        provider=provider,
+                        site=site,
+                        accelerator=acc,
+                        gpu_count=8 * (size + 1) * 4,
+                        gpus_per_node=8,
+                        available_from=start,
+                        available_until=until,
+                        price_per_gpu_hour=Decimal("4.0000") + Decimal(serial % 7) / 2,
+                        min_duration_hours=1,
+                        status=Offer.Status.ACTIVE,
+                    )
+                )
+    Offer.objects.bulk_create(offers)
+    serial += 1
+    buyer = Organisation.objects.create(
+        name="Bench SME",
+        credit_code=make_credit_code(f"91510100{serial:09d}"),
+        kind=Organisation.Kind.SME,
+        status=Organisation.Status.APPROVED,
+        home_site=home,
+    )
+    wallet_deposit(organisation=buyer, amount=Decimal("1000000000.00"))
+    user = User.objects.create_user(username="bench-sme", password=secrets.token_urlsafe(16))
+    Membership.objects.create(user=user, organisation=buyer, role=Membership.Role.ADMIN)
+    near = list(Offer.objects.filter(site__hub=home.hub, accelerator__code="T4"))
+    for i in range(reservations):
+        offer = near[i % len(near)]
+        demand = Demand.objects.create(
+            buyer=buyer,
+            origin_site=home,
+            gpu_count=1,
+            duration_hours=2,
+            earliest_start=start,
+            latest_end=until,
+            max_price_per_gpu_hour=Decimal("50.0000"),
+        )
+        demand.accelerators.add(offer.accelerator)
+        reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=start)
+    _, secret = token_create(user=user, name="bench")
+    return secret
+
+
+def wait_until_up(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310  # loopback
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.3)
+
+
+def wrk(
+    url: str, *, token: str, connections: int, seconds: int, body: str | None = None
+) -> dict[str, float]:
+    """One ``wrk`` run; returns requests/s, p50 and p99 in ms, socket errors and non-2xx."""
+    lua = f'wrk.headers["Authorization"] = "Token {token}"\n'
+    if body is not None:
+        lua += 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        lua += f"wrk.body = {json.dumps(body)}\n"
+    lua += WRK_DONE
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                "2",
+                "-c",
+                str(connections),
+                "-d",
+                f"{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    return {
+        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "requests": raw["requests"],
+        "errors": raw["socket_errors"],
+        "non_2xx": raw["non_2xx"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
+    parser.add_argument("--connections", type=int, default=50, help="concurrent clients")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per endpoint")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--offers-per-site", type=int, default=2)
+    parser.add_argument("--reservations", type=int, default=30)
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    admin_sql(f"DROP DATABASE IF EXISTS {BENCH_DB}", f"CREATE DATABASE {BENCH_DB}")
+    server = None
+    try:
+        manage("migrate", "-v", "0")
+        manage("load_reference")
+        token = seed(offers_per_site=args.offers_per_site, reservations=args.reservations)
+        from django.db import connection
+
+        connection.close()
+        base = f"http://127.0.0.1:{args.port}"
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "marketplace.wsgi:application",
+                "--workers",
+                str(args.workers),
+                "--bind",
+                f"127.0.0.1:{args.port}",
+                "--backlog",
+                "2048",
+                "--log-level",
+                "warning",
+            ],
+            env=environment(),
+            cwd=ROOT,
+        )
+        wait_until_up(f"{base}/bench/hello/")
+        for path in ("/api/v1/offers/?accelerator=T4&tier=region", "/api/v1/reservations/"):
+            request = urllib.request.Request(  # noqa: S310  # loopback
+                base + path, headers={"Authorization": f"Token {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                page = json.load(response)
+            print(f"GET {path}: {page['count']} rows, {len(page['results'])} on the page")
+        tomorrow = time.time() + 2 * 86400
+        window = (
+            time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(tomorrow)),
+            time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(tomorrow + 3 * 86400)),
+        )
+        demand = json.dumps(
+            {
+                "accelerators": ["T4"],
+                "gpu_count": 2,
+                "duration_hours": 4,
+                "earliest_start": window[0],
+                "latest_end": window[1],
+                "max_price_per_gpu_hour": "9.5000",
+                "locality_limit": "region",
+            }
+        )
+        cases = [
+            ("hello (bare Django)", f"{base}/bench/hello/", None),
+            ("offer search", f"{base}/api/v1/offers/?accelerator=T4&tier=region", None),
+            ("demand create", f"{base}/api/v1/demands/", demand),
+            ("reservation list", f"{base}/api/v1/reservations/", None),
+        ]
+        rows = []
+        for name, url, body in cases:
+            wrk(url, token=token, connections=args.connections, seconds=3, body=body)  # warm-up
+            rows.append(
+                (
+                    name,
+                    wrk(
+                        url,
+                        token=token,
+                        connections=args.connections,
+                        seconds=args.duration,
+                        body=body,
+                    ),
+                )
+            )
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        try:
+            import redis
+
+            redis.Redis.from_url(REDIS).delete(QUEUE)
+        except Exception as exc:
+            print(f"could not delete the Redis queue {QUEUE}: {exc}", file=sys.stderr)
+        if not args.keep:
+            from django.db import connections
+
+            connections.close_all()
+            admin_sql(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+    hello = rows[0][1]["rps"]
+    print(
+        f"\nAPI under gunicorn ({args.workers} sync workers), wrk {args.connections} connections, "
+        f"{args.duration} s per endpoint, loopback, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'endpoint':<22}{'req/s':>10}{'of hello':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'requests':>10}{'errors':>8}"
+    )
+    failed = False
+    for name, r in rows:
+        print(
+            f"{name:<22}{r['rps']:>10.0f}{r['rps'] / hello:>10.0%}{r['p50_ms']:>10.1f}"
+            f"{r['p99_ms']:>10.1f}{r['requests']:>10.0f}{r['errors'] + r['non_2xx']:>8.0f}"
+        )
+        failed |= bool(r["errors"] or r["non_2xx"])
+    search = rows[1][1]
+    met = search["rps"] >= 0.30 * hello and search["p99_ms"] < 100
+    verdict = "met" if met else "MISSED"
+    print(
+        f"\ntarget: offer search >= 30 % of hello and p99 < 100 ms: "
+        f"{search['rps'] / hello:.0%}, p99 {search['p99_ms']:.1f} ms -> {verdict}"
+    )
+    if failed:
+        print("some requests failed (socket errors or non-2xx answers)")
+    return 0 if met and not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
