@@ -21,6 +21,7 @@ While locked, every token request for it, even with the right password, is a 429
 ``X-Forwarded-For`` per ``NUM_PROXIES``), as for the rate limits.
 """
 
+import hashlib
 import math
 import time
 from typing import TYPE_CHECKING
@@ -82,7 +83,9 @@ class LoginIPRateThrottle(_SettingsRateThrottle):
 
 
 def _name(username: str) -> str:
-    return username.strip().lower()
+    """The username as a cache-key part: normalised, then hashed, so any characters (spaces,
+    non-ASCII, control characters) make a key every cache backend accepts."""
+    return hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
 
 
 def _locks(username: str, ip: str) -> tuple[str, str]:
