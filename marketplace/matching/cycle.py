@@ -122,6 +122,13 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
         .select_related("site", "accelerator")
         .order_by("created_at", "id")
     )
+    return snaps, list(offer_snapshots(offers, now_h).values())
+
+
+def offer_snapshots(offers: list[Offer], now_h: int) -> dict[str, OfferSnap]:
+    """Plain snapshots of ``offers`` (listed in that order, each with ``site`` and
+    ``accelerator`` loaded) from hour ``now_h`` on, by offer id, with the GPUs already reserved
+    per hour filled in from the reservations that hold capacity (one query)."""
     offer_snaps: dict[str, OfferSnap] = {}
     for listed, o in enumerate(offers):
         start = max(hour_index(o.available_from), now_h)
@@ -148,7 +155,7 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
         snap = offer_snaps[str(offer_id)]
         for h in range(max(hour_index(r_start), snap.start), min(hour_index(r_end), snap.end)):
             snap.used[h - snap.start] += gpus
-    return snaps, list(offer_snaps.values())
+    return offer_snaps
 
 
 def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherSnap]:

@@ -139,10 +139,10 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     site, tier, price (CNY per GPU-hour) and times (UTC). Reads only."""
     from accounts.models import Organisation
     from ledger.selectors import organisation_balances
-    from marketplace.models import Accelerator, Offer, Reservation
+    from marketplace.models import Accelerator, Offer
     from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
 
-    from .cycle import _site_ref, _voucher_snaps
+    from .cycle import _site_ref, _voucher_snaps, offer_snapshots
 
     now_h = hour_index_ceil(now)
     chosen = [a.code for a in demand.accelerators.all()]
@@ -175,35 +175,8 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         .select_related("site", "accelerator")
         .order_by("created_at", "id")
     )
-    offers: dict[str, OfferSnap] = {}
-    sites = {}
-    for listed, o in enumerate(rows):
-        start = max(hour_index(o.available_from), now_h)
-        end = hour_index(o.available_until)
-        if end <= start:
-            continue
-        sites[str(o.pk)] = o.site.code
-        offers[str(o.pk)] = OfferSnap(
-            id=str(o.pk),
-            provider=str(o.provider_id),
-            model=o.accelerator.code,
-            site=_site_ref(o.site),
-            price=o.price_per_gpu_hour,
-            gpu_count=o.gpu_count,
-            start=start,
-            end=end,
-            min_duration=o.min_duration_hours,
-            listed=listed,
-        )
-    for offer_id, r_start, r_end, gpus in Reservation.objects.filter(
-        offer_id__in=list(offers),
-        status__in=Reservation.CAPACITY_STATUSES,
-        end__gt=from_hour_index(now_h),
-    ).values_list("offer_id", "start", "end", "gpu_count"):
-        snap_o = offers[str(offer_id)]
-        lo, hi = max(hour_index(r_start), snap_o.start), min(hour_index(r_end), snap_o.end)
-        for h in range(lo, hi):
-            snap_o.used[h - snap_o.start] += gpus
+    offers = offer_snapshots(rows, now_h)
+    sites = {str(o.pk): o.site.code for o in rows}
     wallet = organisation_balances(organisation=buyer)["wallet"]
     result = explain(snap, list(offers.values()), wallet)
 
