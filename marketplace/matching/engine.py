@@ -224,72 +224,6 @@ def voucher_part_of(
     return max(Decimal("0.00"), min(share, voucher.available))
 
 
-class FitIndex:
-    """Per-offer free-capacity structures for fast window queries while one cycle runs.
-
-    For an offer and a GPU count ``k`` (built on first use, dropped when the offer's timeline
-    changes through ``take``): ``run[i]`` = consecutive hours from hour ``i`` with ≥ ``k`` GPUs
-    free, ``nxt[i]`` = the first hour ≥ ``i`` with ≥ ``k`` free, and the longest run. A query
-    jumps from free run to free run (O(blocked stretches), not O(hours)); an offer whose longest
-    run is shorter than the duration is refused in O(1)."""
-
-    def __init__(self) -> None:
-        self._runs: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
-
-    def _get(self, offer: OfferSnap, gpus: int) -> tuple[list[int], list[int], int]:
-        key = (id(offer), gpus)
-        found = self._runs.get(key)
-        if found is None:
-            limit = offer.gpu_count - gpus
-            used = offer.used
-            n = len(used)
-            run = [0] * (n + 1)
-            nxt = [n] * (n + 1)
-            longest = 0
-            for i in range(n - 1, -1, -1):
-                if used[i] <= limit:
-                    r = run[i + 1] + 1
-                    run[i] = r
-                    nxt[i] = i
-                    if r > longest:
-                        longest = r
-                else:
-                    nxt[i] = nxt[i + 1]
-            found = (run, nxt, longest)
-            self._runs[key] = found
-        return found
-
-    def earliest_fit(
-        self, offer: OfferSnap, gpus: int, duration: int, lo: int, hi: int
-    ) -> int | None:
-        """Same answer as ``OfferSnap.earliest_fit``."""
-        base = offer.start
-        lo, hi = max(lo, base), min(hi, offer.end)
-        if hi - lo < duration or gpus > offer.gpu_count:
-            return None
-        run, nxt, longest = self._get(offer, gpus)
-        if longest < duration:
-            return None
-        i, last = lo - base, hi - base - duration
-        while True:
-            i = nxt[i]
-            if i > last:
-                return None
-            r = run[i]
-            if r >= duration:
-                return i + base
-            i += r
-
-    def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
-        offer.take(gpus, start, duration)
-        self.forget(offer)
-
-    def forget(self, offer: OfferSnap) -> None:
-        oid = id(offer)
-        for k in range(1, offer.gpu_count + 1):
-            self._runs.pop((oid, k), None)
-
-
 class Bucket:
     """Offers interchangeable but for capacity and listing order: same model, site, price,
     provider and minimum duration, in listing order. Keeps the free-GPU matrix (offers × hours
@@ -417,7 +351,6 @@ class OfferIndex:
                 for bucket in made:
                     for o in bucket.offers:
                         self.bucket_of[o.id] = bucket
-        self.fit = FitIndex()
         self._rings: dict[tuple[frozenset[str], SiteRef, str], Ring] = {}
 
     def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
