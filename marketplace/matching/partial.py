@@ -19,10 +19,11 @@ Rules of a split placement (``split_plan``):
   its own offer's price), locality within the limit, offer minimum duration, another
   organisation's offer;
 * choice, as for a whole demand: the nearest locality tier that can hold the demand (a hub
-  group's tier is its farthest part's), then the lowest cost to the buyer after the voucher,
-  then lower hub latency, then the earlier start, then fewer parts, then the group's id. Inside
-  one group and start the parts are filled cheapest offer first (then lower latency, larger free
-  block, listing order); a greedy fill, not an exhaustive search.
+  group's tier is its farthest part's); each group (a site, or a hub) is placed at its earliest
+  common start that holds the whole demand, filled cheapest offer first (then lower latency,
+  larger free block, listing order) — a greedy fill, not an exhaustive search; among the groups
+  of that tier the lowest cost to the buyer after the voucher wins, then lower hub latency,
+  then the earlier start, then fewer parts, then the group's id.
 
 Money: each part is its own reservation with its own bill (``bill_of`` of its GPUs, hours and
 its offer's price, rounded once) and at most one voucher, the demand's. The voucher pays the
@@ -42,6 +43,7 @@ import numpy as np
 from marketplace.locality import TIERS, tier_between, tier_rank
 
 from .engine import (
+    Bucket,
     DemandSnap,
     Match,
     OfferIndex,
@@ -96,13 +98,6 @@ class SplitPlan:
         return (self.cost, self.distance, self.start, len(self.parts), self.key)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    offer: OfferSnap
-    rank: int
-    distance: float
-
-
 def scope_key(site_id: str, hub: str, scope: str) -> str:
     """The group a part belongs to: its site for ``"site"``, its hub for ``"hub"``."""
     return site_id if scope == "site" else hub
@@ -130,32 +125,54 @@ def _starts(rows: np.ndarray, lo: int, hi: int, duration: int) -> list[int]:
     return [lo, *(int(h) for h in rises if h <= last)][:MAX_STARTS]
 
 
-def _fill(
-    demand: DemandSnap, cands: Sequence[_Candidate], free: np.ndarray
-) -> list[tuple[int, int]] | None:
-    """Parts ``(candidate index, GPUs)`` adding up to the demand, cheapest first, each at least
-    ``min_part`` and at most its offer's free block ``free[i]``; ``None`` when they cannot."""
-    order = sorted(
-        range(len(cands)),
-        key=lambda i: (
-            cands[i].offer.price,
-            cands[i].distance,
-            -int(free[i]),
-            cands[i].offer.listed,
-            cands[i].offer.id,
-        ),
-    )
+@dataclass
+class _Group:
+    """The offers of one site or hub that may hold a part, from the index's buckets: their free
+    GPUs per hour of the demand's window (one row per offer) and their fill-order keys."""
+
+    key: str
+    buckets: list[tuple[Bucket, int, float]]  # (bucket, tier rank, hub latency ms)
+
+    def rows(
+        self, lo: int, hi: int
+    ) -> tuple[list[OfferSnap], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(offers, free rows, tier ranks, price in 1e-4 CNY, latency ms, listing order)``,
+        read from the buckets' free-GPU matrices (kept current by ``OfferIndex.take``)."""
+        offers = [o for b, _, _ in self.buckets for o in b.offers]
+        n = len(offers)
+        rows = np.zeros((n, hi - lo), dtype=np.int32)
+        rank = np.empty(n, dtype=np.int64)
+        price = np.empty(n, dtype=np.int64)
+        distance = np.empty(n, dtype=np.float64)
+        i = 0
+        for bucket, r, dist in self.buckets:
+            k = len(bucket.offers)
+            a, z = max(lo, bucket.start), min(hi, bucket.end)
+            if z > a:
+                rows[i : i + k, a - lo : z - lo] = bucket.free[
+                    :, a - bucket.start : z - bucket.start
+                ]
+            rank[i : i + k] = r
+            price[i : i + k] = int(bucket.price.scaleb(4))
+            distance[i : i + k] = dist
+            i += k
+        listed = np.array([o.listed for o in offers], dtype=np.int64)
+        return offers, rows, rank, price, distance, listed
+
+
+def _fill(demand: DemandSnap, order: np.ndarray, free: np.ndarray) -> list[tuple[int, int]] | None:
+    """Parts ``(row, GPUs)`` adding up to the demand, taken from the rows in ``order`` (each
+    with ``free[row] ≥ min_part``), each at least ``min_part`` and at most its free block;
+    ``None`` when they cannot."""
     remaining, least = demand.gpu_count, demand.min_part
     parts: list[tuple[int, int]] = []
     for i in order:
         take = min(int(free[i]), remaining)
-        if take < least:
-            continue
         if 0 < remaining - take < least:  # leave a remainder a later part can still hold
             take = remaining - least
             if take < least:
                 continue
-        parts.append((i, take))
+        parts.append((int(i), take))
         remaining -= take
         if remaining == 0:
             break
@@ -165,96 +182,81 @@ def _fill(
 
 
 def _priced(
-    demand: DemandSnap, cands: Sequence[_Candidate], fill: list[tuple[int, int]]
+    demand: DemandSnap, offers: Sequence[OfferSnap], rank: np.ndarray, fill: list[tuple[int, int]]
 ) -> tuple[PartPlan, ...]:
     """Bills and voucher parts of a fill, the voucher drawn part by part in fill order."""
     voucher = demand.voucher
     available = voucher.available if voucher is not None else Decimal("0.00")
     parts = []
     for i, gpus in fill:
-        c = cands[i]
-        bill = bill_of(gpus, demand.duration, c.offer.price)
+        offer = offers[i]
+        bill = bill_of(gpus, demand.duration, offer.price)
         vpart = Decimal("0.00")
         if voucher is not None:
             vpart = voucher_part_of(
-                bill,
-                replace(voucher, available=available),
-                c.offer,
-                demand.buyer,
-                demand.related,
+                bill, replace(voucher, available=available), offer, demand.buyer, demand.related
             )
             available -= vpart
-        parts.append(PartPlan(c.offer, gpus, bill, vpart, c.rank))
+        parts.append(PartPlan(offer, gpus, bill, vpart, int(rank[i])))
     return tuple(parts)
 
 
-def _group_plan(
-    demand: DemandSnap, scope: str, key: str, cands: Sequence[_Candidate]
-) -> SplitPlan | None:
-    """The best plan of one group (see the module doc), or ``None``."""
-    lo, hi, duration = demand.start, demand.end, demand.duration
-    rows = _free_rows([c.offer for c in cands], lo, hi)
-    best: SplitPlan | None = None
+def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
+    """The plan of one group at the earliest common start that holds the whole demand (the
+    module doc), or ``None``. An upper bound (each offer's most free GPUs in the window)
+    rules a short group out before any start is tried."""
+    lo, hi, duration, least = demand.start, demand.end, demand.duration, demand.min_part
+    offers, rows, rank, price, distance, listed = group.rows(lo, hi)
+    peak = rows.max(axis=1)
+    if int(peak[peak >= least].sum()) < demand.gpu_count:
+        return None
     for start in _starts(rows, lo, hi, duration):
         free = rows[:, start - lo : start - lo + duration].min(axis=1)
-        usable = free[free >= demand.min_part]
-        if int(usable.sum()) < demand.gpu_count:
+        usable = np.flatnonzero(free >= least)
+        if int(free[usable].sum()) < demand.gpu_count:
             continue
-        fill = _fill(demand, cands, free)
+        # cheapest first, then lower latency, larger free block, listing order
+        order = usable[np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))]
+        fill = _fill(demand, order, free)
         if fill is None:
             continue
-        parts = _priced(demand, cands, fill)
-        plan = SplitPlan(scope, key, start, parts, max(cands[i].distance for i, _ in fill))
-        if best is None or plan.order_key() < best.order_key():
-            best = plan
-    return best
+        parts = _priced(demand, offers, rank, fill)
+        return SplitPlan(
+            demand.split, group.key, start, parts, max(float(distance[i]) for i, _ in fill)
+        )
+    return None
 
 
-def split_candidates(demand: DemandSnap, index: OfferIndex) -> tuple[list[_Candidate], int]:
-    """Offers that may hold a part of ``demand``: inside its locality limit (the ring of
-    ``index``), at most its limit price, minimum duration met, not the buyer's own, at least
-    ``min_part`` GPUs, availability overlapping the window by the duration. Returns them with
-    the number of offers looked at."""
-    found: list[_Candidate] = []
+def split_plan(demand: DemandSnap, index: OfferIndex) -> tuple[SplitPlan | None, int]:
+    """The split placement of ``demand`` on the current timelines of ``index`` (module doc),
+    or ``None``; with the number of offers looked at. Reads only.
+
+    Candidates come from the demand's ring of buckets (inside its locality limit, nearest tier
+    first): at most its limit price, minimum duration met, not the buyer's own, availability
+    meeting the window. A bucket's offers share a site, so they join one group (site or hub).
+    Tier by tier, the groups that gained offers in that tier are planned; the first tier with
+    a plan returns the best one."""
+    if demand.split not in SCOPES or demand.end - demand.start < demand.duration:
+        return None, 0
     looked = 0
-    lo, hi = demand.start, demand.end
+    groups: dict[str, _Group] = {}
     for rank, entries in enumerate(index.ring(demand).tiers):
+        fresh: set[str] = set()
         for bucket, distance in entries:
             if bucket.price > demand.max_price:
                 break
             if bucket.min_duration > demand.duration or bucket.provider == demand.buyer:
                 continue
-            for offer in bucket.offers:
-                looked += 1
-                if offer.gpu_count < demand.min_part:
-                    continue
-                if min(hi, offer.end) - max(lo, offer.start) < demand.duration:
-                    continue
-                found.append(_Candidate(offer, rank, distance))
-    return found, looked
-
-
-def split_plan(demand: DemandSnap, index: OfferIndex) -> tuple[SplitPlan | None, int]:
-    """The split placement of ``demand`` on the current timelines of ``index`` (module doc),
-    or ``None``; with the number of offers looked at. Reads only."""
-    if demand.split not in SCOPES:
-        return None, 0
-    cands, looked = split_candidates(demand, index)
-    if not cands:
-        return None, looked
-    for rank in sorted({c.rank for c in cands}):
-        groups: dict[str, list[_Candidate]] = {}
-        for c in cands:
-            if c.rank <= rank:
-                key = scope_key(c.offer.site.id, c.offer.site.hub, demand.split)
-                groups.setdefault(key, []).append(c)
-        best: SplitPlan | None = None
-        for key, members in sorted(groups.items()):
-            if not any(c.rank == rank for c in members):
-                continue  # unchanged since a nearer tier: already found short
-            if sum(c.offer.gpu_count for c in members) < demand.gpu_count:
+            if bucket.end - demand.start < demand.duration or demand.end <= bucket.start:
                 continue
-            plan = _group_plan(demand, demand.split, key, members)
+            looked += len(bucket.offers)
+            site = bucket.offers[0].site
+            key = scope_key(site.id, site.hub, demand.split)
+            groups.setdefault(key, _Group(key, [])).buckets.append((bucket, rank, distance))
+            fresh.add(key)
+        best: SplitPlan | None = None
+        for key in sorted(fresh):
+            plan = _group_plan(demand, groups[key])
             if plan is not None and (best is None or plan.order_key() < best.order_key()):
                 best = plan
         if best is not None:
