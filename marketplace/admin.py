@@ -139,10 +139,11 @@ class DemandAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "latest_end",
         "max_price_per_gpu_hour",
         "locality_limit",
+        "split",
         "status",
         "unmatched_reason",
     )
-    list_filter = ("status", "locality_limit", "origin_site__hub", "unmatched_reason")
+    list_filter = ("status", "locality_limit", "split", "origin_site__hub", "unmatched_reason")
     search_fields = ("id", "buyer__name", "origin_site__code")
     list_select_related = ("buyer", "origin_site")
     date_hierarchy = "created_at"

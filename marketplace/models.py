@@ -188,6 +188,19 @@ class LocalityTier(models.TextChoices):
 TIER_ORDER = [LocalityTier.CITY, LocalityTier.METRO, LocalityTier.REGION, LocalityTier.NATIONAL]
 
 
+class SplitScope(models.TextChoices):
+    """Whether a demand's GPUs may be split across several offers (partial fills, §4).
+
+    ``none`` (the default): all GPUs on one offer. ``site``: across offers at one site.
+    ``hub``: across offers at sites of one hub. Every part runs over the same hours; the demand
+    is served only when all its GPUs are placed (one reservation per offer).
+    """
+
+    NONE = "none", "All GPUs on one offer"
+    SITE = "site", "Split across offers at one site"
+    HUB = "hub", "Split across sites of one hub"
+
+
 class Demand(models.Model):
     """What an SME wants (§4): GPUs of acceptable models for ``duration_hours`` inside a window."""
 
@@ -217,7 +230,18 @@ class Demand(models.Model):
     locality_limit = models.CharField(
         max_length=10, choices=LocalityTier.choices, default=LocalityTier.NATIONAL
     )
-    single_site = models.BooleanField(default=True)
+    split = models.CharField(
+        max_length=4,
+        choices=SplitScope.choices,
+        default=SplitScope.NONE,
+        help_text="May the GPUs be split across offers at one site or one hub (data-parallel "
+        "jobs)? Replaces the former single_site flag (true = none, false = hub).",
+    )
+    min_gpus_per_part = models.PositiveIntegerField(
+        default=1,
+        help_text="Fewest GPUs on any one offer when the demand is split (e.g. 8 for whole "
+        "8-GPU nodes); at most gpu_count.",
+    )
     voucher = models.ForeignKey(
         "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -238,10 +262,22 @@ class Demand(models.Model):
             models.CheckConstraint(
                 condition=Q(latest_end__gt=F("earliest_start")), name="demand_window_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(split__in=["none", "site", "hub"]), name="demand_split_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(min_gpus_per_part__gte=1) & Q(min_gpus_per_part__lte=F("gpu_count")),
+                name="demand_min_part_valid",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"demand {self.id} ({self.gpu_count} GPU × {self.duration_hours} h)"
+
+    @property
+    def single_site(self) -> bool:
+        """The former flag, derived: every GPU at one site (``split`` is ``none`` or ``site``)."""
+        return self.split != SplitScope.HUB
 
 
 class Reservation(models.Model):

@@ -8,7 +8,7 @@ their related rows joined or prefetched so lists cost a fixed number of queries.
 import uuid
 from typing import TYPE_CHECKING
 
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from accounts.models import Organisation
 
@@ -75,9 +75,16 @@ def demand_list(*, buyer: Organisation) -> QuerySet[Demand]:
 
 
 def demand_get(*, buyer: Organisation, demand_id: object) -> Demand | None:
-    """One of the buyer's demands, or ``None`` (also for another buyer's id)."""
+    """One of the buyer's demands, or ``None`` (also for another buyer's id), with its
+    reservations (the parts of a split demand) and their offers' sites prefetched."""
     pk = as_uuid(demand_id)
-    return None if pk is None else demand_list(buyer=buyer).filter(pk=pk).first()
+    if pk is None:
+        return None
+    parts = Prefetch(
+        "reservations",
+        queryset=Reservation.objects.select_related("offer__site").order_by("created_at", "id"),
+    )
+    return demand_list(buyer=buyer).prefetch_related(parts).filter(pk=pk).first()
 
 
 def reservation_list(

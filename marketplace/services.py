@@ -7,7 +7,7 @@ escrow, fees, programme budgets — last) with a hold's programme row just befor
 """
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,6 +40,7 @@ from .models import (
     Reservation,
     ReservationEvent,
     Site,
+    SplitScope,
 )
 from .money import ZERO, bill_amount, quantize_money
 from .timeutil import HOUR, hour_index, hour_index_ceil, is_whole_hour
@@ -48,6 +49,9 @@ from .types import ObjectId
 MAX_GPUS = 100_000
 MAX_HOURS = 24 * 366
 MAX_PRICE = Decimal("100000")
+# Most parts (reservations) one split demand is written as; the engine's
+# ``marketplace.matching.partial.MAX_PARTS`` (kept ORM-free there, equal by a test).
+MAX_SPLIT_PARTS = 16
 
 
 # --- Input checks shared by every entry point ----------------------------------------------
@@ -275,6 +279,13 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
         )
     if demand.locality_limit not in ("city", "metro", "region", "national"):
         raise ValidationFailed("unknown locality tier", field="locality_limit")
+    if demand.split not in SplitScope.values:
+        raise ValidationFailed("must be none, site or hub", code="invalid_split", field="split")
+    _positive_int(demand.min_gpus_per_part, "min_gpus_per_part", MAX_GPUS)
+    if demand.min_gpus_per_part > demand.gpu_count:
+        raise ValidationFailed(
+            "must be at most gpu_count", code="min_part_too_large", field="min_gpus_per_part"
+        )
 
 
 @transaction.atomic
@@ -514,6 +525,168 @@ def _reservation_create(
         )
 
 
+def reservation_parts_create(
+    *,
+    demand_id: ObjectId,
+    parts: Sequence[tuple[ObjectId, int]],
+    start: datetime,
+    now: datetime | None = None,
+) -> list[Reservation]:
+    """Book a split demand (partial fills, §4): ``parts`` are ``(offer id, GPUs)``, one
+    reservation each, all over ``[start, start + duration)`` (whole UTC hours), written with
+    their payment holds in one durable transaction — all of them or none.
+
+    The parts must add up to the demand's ``gpu_count``, lie inside its ``split`` scope (one
+    site, or one hub), hold at least ``min_gpus_per_part`` each and number at most
+    ``MAX_SPLIT_PARTS`` (``split_parts_check``); each (demand, offer) pair passes the rules of
+    ``reservation_create`` for its own GPUs, and each offer's peak reserved GPUs plus its part
+    stays within its ``gpu_count``. Each part is billed at its own offer's price and split
+    between voucher and cash in the order given: the demand's voucher pays each part
+    ``min(floor_fen(bill × max_share), what is left)`` (one voucher per reservation, §5.6).
+
+    Raises ``NotFound`` (demand or an offer), ``Conflict`` (demand not open,
+    ``capacity_exhausted``), ``ValidationFailed`` (a rule above, or of a pair) or
+    ``Unprocessable(code="insufficient_funds")``; nothing is written then. Lock order as
+    ``reservation_create``: demand → offers by pk → voucher → ledger accounts → programme.
+    """
+    now = now or timezone.now()
+    try:
+        return _reservation_parts_create(demand_id, parts, start, now, programme_first=False)
+    except _ProgrammeLimitsMoved:
+        return _reservation_parts_create(demand_id, parts, start, now, programme_first=True)
+
+
+def _reservation_parts_create(
+    demand_id: ObjectId,
+    parts: Sequence[tuple[ObjectId, int]],
+    start: datetime,
+    now: datetime,
+    *,
+    programme_first: bool,
+) -> list[Reservation]:
+    with transaction.atomic(durable=True):
+        try:
+            demand = (
+                Demand.objects.select_for_update(of=("self",))
+                .select_related("buyer", "origin_site", "voucher__programme")
+                .get(pk=demand_id)
+            )
+        except (Demand.DoesNotExist, ValueError, MalformedId) as exc:
+            raise NotFound("no such demand", field="demand") from exc
+        if demand.status != Demand.Status.OPEN:
+            raise Conflict(f"demand is {demand.status}", code="demand_not_open")
+        listed = Demand.accelerators.through.objects.filter(demand_id=demand.pk)
+        try:
+            offers = {
+                str(o.pk): o
+                for o in Offer.objects.select_for_update(of=("self",))
+                .select_related("site", "provider", "accelerator")
+                .annotate(
+                    model_listed=Exists(listed.filter(accelerator_id=OuterRef("accelerator_id"))),
+                    any_model=~Exists(listed),
+                )
+                .filter(pk__in=[offer_id for offer_id, _ in parts])
+                .order_by("pk")
+            }
+        except (ValueError, MalformedId) as exc:
+            raise NotFound("no such offer", field="offer") from exc
+        resolved: list[tuple[Offer, int]] = []
+        for offer_id, gpus in parts:
+            found = offers.get(str(offer_id))
+            if found is None:
+                raise NotFound("no such offer", field="offer")
+            resolved.append((found, gpus))
+        split_parts_check(demand, resolved)
+        end = start + demand.duration_hours * HOUR
+        for offer, gpus in resolved:
+            _pair_check(demand, offer, start, end, now, gpus=gpus)
+            reservation_locality_check(demand, offer)
+            if offer_peak_reserved(offer, start, end) + gpus > offer.gpu_count:
+                raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
+        voucher = demand.voucher
+        if voucher is not None:
+            voucher = (
+                Voucher.objects.select_for_update(of=("self",))
+                .select_related("programme")
+                .get(pk=voucher.pk)
+            )
+            if programme_first:
+                voucher_hold_lock(voucher, demand.buyer_id)
+        return reservation_parts_write(
+            demand, resolved, start, now, voucher=voucher, programme_locked=programme_first
+        )
+
+
+def split_parts_check(demand: Demand, parts: Sequence[tuple[Offer, int]]) -> None:
+    """The rules of a split placement (partial fills, §4), raising ``ValidationFailed``:
+    ``split_not_allowed`` (several parts for a demand whose ``split`` is ``none``),
+    ``too_many_parts`` (over ``MAX_SPLIT_PARTS``), ``duplicate_offer`` (two parts on one
+    offer), ``part_below_minimum`` (a part under ``min_gpus_per_part``, or under 1),
+    ``parts_not_whole`` (the parts do not add up to ``gpu_count``) and ``split_outside_scope``
+    (parts at two sites for ``site``, or in two hubs for ``hub``). ``offer.site`` is read."""
+    if not parts:
+        raise ValidationFailed("at least one part", code="parts_not_whole", field="parts")
+    if len(parts) > 1 and demand.split == SplitScope.NONE:
+        raise ValidationFailed(
+            "the demand does not allow splitting", code="split_not_allowed", field="split"
+        )
+    if len(parts) > MAX_SPLIT_PARTS:
+        raise ValidationFailed(
+            f"at most {MAX_SPLIT_PARTS} parts", code="too_many_parts", field="parts"
+        )
+    if len({offer.pk for offer, _ in parts}) != len(parts):
+        raise ValidationFailed("one part per offer", code="duplicate_offer", field="parts")
+    least = demand.min_gpus_per_part if len(parts) > 1 else 1
+    for _, gpus in parts:
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < least:
+            raise ValidationFailed(
+                f"every part holds at least {least} GPUs", code="part_below_minimum", field="parts"
+            )
+    if sum(gpus for _, gpus in parts) != demand.gpu_count:
+        raise ValidationFailed(
+            f"the parts must add up to {demand.gpu_count} GPUs",
+            code="parts_not_whole",
+            field="parts",
+        )
+    if demand.split == SplitScope.SITE:
+        spread = {offer.site_id for offer, _ in parts}
+    else:
+        spread = {offer.site.hub_id for offer, _ in parts}
+    if len(spread) > 1:
+        raise ValidationFailed(
+            f"parts must all be in one {demand.split}", code="split_outside_scope", field="parts"
+        )
+
+
+def reservation_parts_write(
+    demand: Demand,
+    parts: Sequence[tuple[Offer, int]],
+    start: datetime,
+    now: datetime,
+    *,
+    voucher: Voucher | None,
+    programme_locked: bool,
+) -> list[Reservation]:
+    """Write a checked split placement inside the caller's transaction: one
+    ``reservation_write`` per ``(offer, GPUs)`` part, in order (the voucher pays them in that
+    order). The caller holds the locks of ``reservation_write`` and checked every pair and its
+    capacity; the split rules are checked here (``split_parts_check``). Raises as
+    ``reservation_write``; the caller's atomic block then rolls every part back."""
+    split_parts_check(demand, parts)
+    return [
+        reservation_write(
+            demand,
+            offer,
+            start,
+            now,
+            voucher=voucher,
+            programme_locked=programme_locked,
+            gpus=gpus,
+        )
+        for offer, gpus in parts
+    ]
+
+
 def reservation_locality_check(demand: Demand, offer: Offer) -> str:
     """The offer's locality tier from the demand's home site; ``ValidationFailed(code=
     "outside_locality")`` past the demand's ``locality_limit`` (§4 hub docking)."""
@@ -538,9 +711,12 @@ def reservation_write(
     *,
     voucher: Voucher | None,
     programme_locked: bool,
+    gpus: int | None = None,
 ) -> Reservation:
     """Write one checked match inside the caller's transaction: the reservation, its events,
     the inter-hub trade row, the demand's new status and the payment hold (§5.4 split).
+    ``gpus``: the GPUs of one part of a split demand (``reservation_parts_write``); default the
+    whole demand.
 
     The caller holds the demand, offer and voucher row locks, checked the pair
     (``_pair_check``, ``reservation_locality_check``) and capacity. With ``programme_locked``
@@ -552,7 +728,8 @@ def reservation_write(
     """
     end = start + demand.duration_hours * HOUR
     tier = reservation_locality_check(demand, offer)
-    bill = bill_amount(demand.gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
+    gpu_count = demand.gpu_count if gpus is None else gpus
+    bill = bill_amount(gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
     split = voucher_split(
         voucher,
         bill=bill,
@@ -572,7 +749,7 @@ def reservation_write(
         provider=offer.provider,
         start=start,
         end=end,
-        gpu_count=demand.gpu_count,
+        gpu_count=gpu_count,
         price_per_gpu_hour=offer.price_per_gpu_hour,
         bill=bill,
         voucher=voucher if split.voucher_part > 0 else None,
@@ -628,8 +805,15 @@ def reservation_write(
 
 
 def _pair_check(
-    demand: Demand, offer: Offer, start: datetime, end: datetime, now: datetime
+    demand: Demand,
+    offer: Offer,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    gpus: int | None = None,
 ) -> None:
+    """The rules of one (demand, offer) pair (§4.1) for ``gpus`` GPUs (default: the whole
+    demand; a part of a split demand passes its own count)."""
     if offer.status != Offer.Status.ACTIVE:
         raise Conflict(f"offer is {offer.status}", code="offer_not_active")
     if offer.provider.status != Organisation.Status.APPROVED:
@@ -648,7 +832,7 @@ def _pair_check(
         raise ValidationFailed("shorter than the offer's minimum", code="below_min_duration")
     if offer.price_per_gpu_hour > demand.max_price_per_gpu_hour:
         raise ValidationFailed("offer over the demand's price limit", code="over_price")
-    if demand.gpu_count > offer.gpu_count:
+    if (demand.gpu_count if gpus is None else gpus) > offer.gpu_count:
         raise ValidationFailed("offer too small", code="capacity_exhausted")
     # ``model_listed``/``any_model``: annotations of the offer's locked read (no extra query)
     if not (offer.any_model or offer.model_listed):  # type: ignore[attr-defined]
@@ -677,6 +861,31 @@ def _reservation_locked(
         raise NotFound("no such reservation", field="reservation") from exc
 
 
+def _parts_locked(
+    reservation_id: ObjectId, *, buyer: Organisation, statuses: Sequence[str]
+) -> tuple[Reservation, list[Reservation]]:
+    """Lock the demand of the buyer's reservation, then the reservation and the other parts of
+    a split demand (the demand's reservations in ``statuses``), all by pk: demand before
+    reservations, so two parts handled at once cannot deadlock. Returns ``(reservation, other
+    parts)``; the other parts are empty for a whole demand. ``NotFound`` for anyone else's id."""
+    try:
+        demand_id = (
+            Reservation.objects.filter(pk=reservation_id, buyer=buyer)
+            .values_list("demand_id", flat=True)
+            .get()
+        )
+    except (Reservation.DoesNotExist, ValueError, MalformedId) as exc:  # a bad id is not there
+        raise NotFound("no such reservation", field="reservation") from exc
+    Demand.objects.select_for_update().filter(pk=demand_id).values_list("pk").get()
+    locked = list(
+        Reservation.objects.select_for_update()
+        .filter(Q(pk=reservation_id) | Q(demand_id=demand_id, status__in=statuses))
+        .order_by("pk")
+    )
+    reservation = next(r for r in locked if str(r.pk) == str(reservation_id))
+    return reservation, [r for r in locked if r.pk != reservation.pk]
+
+
 def reservation_accept(
     *,
     reservation_id: ObjectId,
@@ -686,17 +895,27 @@ def reservation_accept(
 ) -> Reservation:
     """The buyer accepts a ``held`` reservation (``held → confirmed``) within ``ACCEPT_TTL`` of
     the match. Raises ``Conflict(code="accept_ttl_passed")`` after the TTL (the reservation is
-    expired and its hold released on the spot) and ``Conflict`` for any other state."""
+    expired and its hold released on the spot) and ``Conflict`` for any other state.
+
+    A part of a split demand is accepted (or expired) together with the demand's other
+    ``held`` parts: a demand is booked whole or not at all (partial fills, §4)."""
     with transaction.atomic(durable=True):
-        reservation = _reservation_locked(reservation_id, buyer=buyer)
+        reservation, others = _parts_locked(
+            reservation_id, buyer=buyer, statuses=(Reservation.Status.HELD,)
+        )
         late = (
             reservation.status == Reservation.Status.HELD
             and reservation.created_at <= (now or timezone.now()) - settings.ACCEPT_TTL
         )
         if late:
-            _expire_held(reservation)
+            for part in (reservation, *others):
+                _expire_held(part)
         else:
             _transition(reservation, Reservation.Status.CONFIRMED, actor, "accepted")
+            for part in others:
+                _transition(
+                    part, Reservation.Status.CONFIRMED, actor, f"accepted with {reservation.pk}"
+                )
             Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.RESERVED)
     if late:
         raise Conflict("the time to accept has passed", code="accept_ttl_passed")
@@ -729,42 +948,79 @@ def reservation_cancel(
     now: datetime | None = None,
 ) -> Reservation:
     """The buyer cancels before the start: everything held returns to voucher and wallet, less
-    the cancellation fee inside ``CANCEL_FEE_WINDOW`` (§5.5). ``Conflict`` once started."""
+    the cancellation fee inside ``CANCEL_FEE_WINDOW`` (§5.5). ``Conflict`` once started.
+
+    Cancelling a part of a split demand cancels its other ``held``/``confirmed`` parts with it
+    (they share the start), each with its own fee: a demand is booked whole or not at all."""
     now = now or timezone.now()
     with transaction.atomic(durable=True):
-        reservation = _reservation_locked(reservation_id, buyer=buyer)
+        reservation, others = _parts_locked(
+            reservation_id,
+            buyer=buyer,
+            statuses=(Reservation.Status.HELD, Reservation.Status.CONFIRMED),
+        )
         if reservation.start <= now:
             raise Conflict("reservation has started", code="already_started")
-        fee = cancellation_fee(reservation, now)
-        _transition(
-            reservation, Reservation.Status.CANCELLED, actor, f"cancelled by buyer, fee {fee}"
-        )
-        _release(reservation, fee, Refund.Kind.CANCELLATION)
+        if others:
+            # Fees go to each part's provider: lock the parties' accounts by pk before the
+            # first posting (escrow, hot, comes after them in every posting).
+            list(
+                Account.objects.select_for_update()
+                .filter(
+                    Q(
+                        kind=Account.Kind.PAYABLE,
+                        organisation_id__in={r.provider_id for r in (reservation, *others)},
+                    )
+                    | Q(kind=Account.Kind.WALLET, organisation_id=reservation.buyer_id)
+                )
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+        for part in (reservation, *others):
+            fee = cancellation_fee(part, now)
+            note = f"cancelled by buyer, fee {fee}"
+            if part is not reservation:
+                note += f", with {reservation.pk}"
+            _transition(part, Reservation.Status.CANCELLED, actor, note)
+            _release(part, fee, Refund.Kind.CANCELLATION)
         Demand.objects.filter(pk=reservation.demand_id).update(status=Demand.Status.CANCELLED)
     return reservation
 
 
 def reservations_expire_unaccepted(*, now: datetime | None = None) -> int:
     """Expire ``held`` reservations older than ``ACCEPT_TTL`` and release their holds; the demand
-    returns to ``open``. Safe to run twice (row locks, ``skip_locked``). Returns the count."""
+    returns to ``open``. The ``held`` parts of a split demand expire together, in one
+    transaction (a demand is never left half-booked). Safe to run twice (row locks, demand
+    first then its reservations, ``skip_locked``). Returns the count of reservations expired."""
     now = now or timezone.now()
     count = 0
-    ids = list(
+    demand_ids = list(
         Reservation.objects.filter(
             status=Reservation.Status.HELD, created_at__lte=now - settings.ACCEPT_TTL
-        ).values_list("pk", flat=True)
+        )
+        .order_by("demand_id")
+        .values_list("demand_id", flat=True)
+        .distinct()
     )
-    for rid in ids:
+    for demand_id in demand_ids:
         with transaction.atomic(durable=True):
-            reservation = (
-                Reservation.objects.select_for_update(skip_locked=True)
-                .filter(pk=rid, status=Reservation.Status.HELD)
-                .first()
+            locked = (
+                Demand.objects.select_for_update(skip_locked=True)
+                .filter(pk=demand_id)
+                .values_list("pk", flat=True)
             )
-            if reservation is None:
+            if not list(locked):
                 continue
-            _expire_held(reservation)
-            count += 1
+            held = list(
+                Reservation.objects.select_for_update(skip_locked=True)
+                .filter(demand_id=demand_id, status=Reservation.Status.HELD)
+                .order_by("pk")
+            )
+            if not any(r.created_at <= now - settings.ACCEPT_TTL for r in held):
+                continue
+            for reservation in held:
+                _expire_held(reservation)
+                count += 1
     return count
 
 

@@ -25,6 +25,12 @@ from .errors import domain_message
 DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"]
 
+SPLIT_CHOICES = [
+    ("none", _("no: all GPUs on one offer")),
+    ("site", _("yes, across offers at one site")),
+    ("hub", _("yes, across sites of one hub")),
+]
+
 TIER_CHOICES = [
     ("city", _("same city")),
     ("metro", _("same metropolitan area")),
@@ -219,7 +225,24 @@ class DemandForm(forms.Form):
     locality_limit = forms.ChoiceField(
         label=_("How far from your home site"), choices=TIER_CHOICES, initial="national"
     )
-    single_site = forms.BooleanField(label=_("All GPUs at one site"), required=False, initial=True)
+    split = forms.ChoiceField(
+        label=_("Split across offers"),
+        choices=SPLIT_CHOICES,
+        initial="none",
+        required=False,
+        help_text=_(
+            "For data-parallel jobs. The demand is served only when all its GPUs are placed, "
+            "every part over the same hours, one reservation per offer."
+        ),
+    )
+    min_gpus_per_part = ApiField(
+        serializers.IntegerField(min_value=1, max_value=MAX_GPUS),
+        label=_("Fewest GPUs per part"),
+        initial=1,
+        required=False,
+        widget=forms.NumberInput,
+        help_text=_("For example 8 for whole 8-GPU nodes."),
+    )
     voucher = UUIDModelChoiceField(
         label=_("Pay with voucher"),
         queryset=Voucher.objects.none(),
@@ -246,6 +269,9 @@ class DemandForm(forms.Form):
         data = dict(self.cleaned_data)
         data.pop("form_token", None)
         data["accelerators"] = list(data.get("accelerators") or [])
+        data["split"] = data.get("split") or "none"
+        if data.get("min_gpus_per_part") is None:
+            data["min_gpus_per_part"] = 1
         return data
 
 

@@ -21,6 +21,7 @@ from marketplace.models import (
     Offer,
     Reservation,
     Site,
+    SplitScope,
 )
 from marketplace.services import MAX_GPUS, MAX_HOURS, MAX_PRICE
 
@@ -169,6 +170,10 @@ class DemandSerializer(serializers.ModelSerializer):
         slug_field="code", read_only=True
     )
     voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
+    single_site = serializers.BooleanField(
+        read_only=True,
+        help_text="Deprecated, derived from split: true unless split is hub.",
+    )
 
     class Meta:
         model = Demand
@@ -184,6 +189,8 @@ class DemandSerializer(serializers.ModelSerializer):
             "latest_end",
             "max_price_per_gpu_hour",
             "locality_limit",
+            "split",
+            "min_gpus_per_part",
             "single_site",
             "voucher",
             "auto_accept",
@@ -215,9 +222,81 @@ class DemandCreateInputSerializer(StrictSerializer):
     locality_limit = serializers.ChoiceField(
         choices=LocalityTier.choices, default=LocalityTier.NATIONAL
     )
-    single_site = serializers.BooleanField(default=True)
+    split = serializers.ChoiceField(
+        choices=SplitScope.choices,
+        required=False,
+        help_text="Partial fills: none (default, all GPUs on one offer), site (split across "
+        "offers at one site) or hub (across sites of one hub). Every part runs over the same "
+        "hours; the demand is served whole or not at all, one reservation per offer.",
+    )
+    min_gpus_per_part = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_GPUS,
+        default=1,
+        help_text="Fewest GPUs on any one offer when split (e.g. 8 for whole 8-GPU nodes); at "
+        "most gpu_count.",
+    )
+    single_site = serializers.BooleanField(
+        required=False,
+        help_text="Deprecated, use split: true means split none, false means split hub. Given "
+        "with split, the two must agree.",
+    )
     voucher = serializers.UUIDField(required=False, allow_null=True)
     auto_accept = serializers.BooleanField(default=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """``split`` from the deprecated ``single_site`` when only that is given."""
+        single_site = attrs.pop("single_site", None)
+        split = attrs.get("split")
+        if single_site is not None:
+            implied = SplitScope.NONE if single_site else SplitScope.HUB
+            if split is None:
+                attrs["split"] = implied
+            elif single_site != (split != SplitScope.HUB):
+                raise serializers.ValidationError(
+                    {"single_site": [f"contradicts split {split!r} (use split alone)"]}
+                )
+        attrs.setdefault("split", SplitScope.NONE)
+        return attrs
+
+
+class DemandPartSerializer(serializers.ModelSerializer):
+    """One reservation of a demand (a part, when the demand was split across offers): its
+    offer and site, GPUs, hours ``[start, end)`` (UTC), status, bill and split (CNY)."""
+
+    offer = serializers.UUIDField(source="offer_id", read_only=True)
+    site = serializers.CharField(source="offer.site.code", read_only=True)
+    voucher = serializers.UUIDField(source="voucher_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Reservation
+        fields = [
+            "id",
+            "status",
+            "offer",
+            "site",
+            "locality_tier",
+            "gpu_count",
+            "start",
+            "end",
+            "price_per_gpu_hour",
+            "bill",
+            "voucher",
+            "voucher_part",
+            "cash_part",
+        ]
+        read_only_fields = fields
+
+
+class DemandDetailSerializer(DemandSerializer):
+    """A demand with its reservations (``parts``, oldest first): one for a whole demand, one
+    per offer for a split one; live parts hold capacity (held, confirmed, active, completed,
+    settled), the others are history (cancelled, expired, failed)."""
+
+    parts = DemandPartSerializer(source="reservations", many=True, read_only=True)
+
+    class Meta(DemandSerializer.Meta):
+        fields = [*DemandSerializer.Meta.fields, "parts"]
 
 
 # --- Quotes ---------------------------------------------------------------------------------
@@ -314,10 +393,31 @@ class NearMissesSerializer(serializers.Serializer):
     earliest_fit = NearMissSerializer(allow_null=True)
 
 
+class SplitGroupSerializer(serializers.Serializer):
+    """One site (``split`` = ``site``) or hub (``hub``), by code: its eligible offers and the
+    most GPUs they hold together over one window starting at ``start`` (UTC; null: none)."""
+
+    group = serializers.CharField(help_text="site code or hub code")
+    offers = serializers.IntegerField()
+    gpus_together = serializers.IntegerField()
+    start = serializers.DateTimeField(allow_null=True)
+
+
+class SplitReachSerializer(serializers.Serializer):
+    """For a demand that may split: the best groups (at most 3), most GPUs together first."""
+
+    scope = serializers.ChoiceField(choices=["site", "hub"])
+    min_gpus_per_part = serializers.IntegerField()
+    gpus_needed = serializers.IntegerField()
+    groups = SplitGroupSerializer(many=True)
+
+
 class DemandExplainSerializer(serializers.Serializer):
     """Active offers counted by the first rule blocking each (``blocked``: model, price,
-    locality, self_trade, window, capacity, fragmentation, voucher, funds), those that fit, and
-    the near misses (``marketplace.matching.explain``)."""
+    locality, self_trade, window, capacity, fragmentation, voucher, funds) for the whole demand
+    on one offer, those that fit, the near misses, and for a demand that may split (partial
+    fills) how many GPUs the best sites or hubs hold together (``split``; null otherwise)
+    (``marketplace.matching.explain``)."""
 
     demand = serializers.UUIDField()
     status = serializers.CharField()
@@ -326,6 +426,7 @@ class DemandExplainSerializer(serializers.Serializer):
     blocked = serializers.DictField(child=serializers.IntegerField())
     fits = serializers.IntegerField()
     near_misses = NearMissesSerializer()
+    split = SplitReachSerializer(allow_null=True)
 
 
 # --- Inter-hub trade matrix (appended by issue 4) ------------------------------------------

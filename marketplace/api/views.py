@@ -39,6 +39,7 @@ from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, S
 from .serializers import (
     AcceleratorSerializer,
     DemandCreateInputSerializer,
+    DemandDetailSerializer,
     DemandExplainSerializer,
     DemandSerializer,
     HubSerializer,
@@ -264,11 +265,12 @@ def _demand(view: OrgMixin, demand_id: object) -> Demand:
 
 @extend_schema(parameters=[ID_PATH])
 class DemandDetailApi(OrgMixin, APIView):
-    """One of the caller's demands (404 for anyone else's)."""
+    """One of the caller's demands (404 for anyone else's), with its reservations (``parts``:
+    one per offer when the demand was split across offers)."""
 
-    @extend_schema(responses={200: DemandSerializer, **ERRORS})
+    @extend_schema(responses={200: DemandDetailSerializer, **ERRORS})
     def get(self, request: Request, id: str) -> Response:
-        return Response(DemandSerializer(_demand(self, id)).data)
+        return Response(DemandDetailSerializer(_demand(self, id)).data)
 
 
 @extend_schema(parameters=[ID_PATH])

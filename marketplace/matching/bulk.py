@@ -27,6 +27,7 @@ from marketplace.timeutil import HOUR, from_hour_index, hour_index
 from vouchers.models import Programme, Voucher
 
 from .engine import Match
+from .parts_write import parts_write, split_matches
 
 BATCH = 200
 
@@ -45,11 +46,15 @@ def matches_write(
     """Write ``matches`` (engine output, hour-index starts) in batches of ``batch`` pairs
     (``MATCH_WRITE_BATCH``, default 200), each batch one durable transaction. Returns the ids
     made and the reasons of the pairs dropped (each also stored as the demand's
-    ``unmatched_reason``)."""
+    ``unmatched_reason``). The parts of split demands are written after the batches, one
+    transaction per demand (``parts_write``)."""
     size: int = batch if batch else settings.MATCH_WRITE_BATCH
     outcome = BatchOutcome()
+    # Partial fills: the parts of a split demand go through ``parts_write``, all or none.
+    matches, split = split_matches(matches)
     for i in range(0, len(matches), size):
         _batch_write(matches[i : i + size], now, outcome)
+    parts_write(split, now=now, made=outcome.made, dropped=outcome.dropped)
     return outcome
 
 

@@ -30,7 +30,8 @@ from vouchers.services import programme_limits_left, programme_year
 
 from .bulk import matches_write
 from .engine import DemandSnap, OfferSnap, Result, SiteRef, VoucherSnap, solve_greedy
-from .optimal import OptimalSettings, solve_optimal
+from .optimal import OptimalSettings
+from .partial import solve_optimal_split
 
 
 @contextmanager
@@ -110,6 +111,8 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
                 limit=d.locality_limit,
                 posted=order,
                 voucher=voucher_snaps.get(str(d.voucher_id)) if d.voucher_id else None,
+                split=d.split,
+                min_part=d.min_gpus_per_part,
             )
         )
 
@@ -194,9 +197,11 @@ def engine_solve(
     latency: dict[tuple[str, str], float],
     time_limit: float = 10.0,
 ) -> Result:
-    """The engine for a hub's ``policy`` (``greedy`` or ``optimal``) on a loaded snapshot."""
+    """The engine for a hub's ``policy`` (``greedy`` or ``optimal``) on a loaded snapshot.
+    Under ``optimal`` the MILP places whole demands and split demands it leaves are placed in
+    parts by the greedy split pass after it (``partial.solve_optimal_split``)."""
     if policy == Hub.Policy.OPTIMAL:
-        return solve_optimal(demands, offers, latency, OptimalSettings(time_limit=time_limit))
+        return solve_optimal_split(demands, offers, latency, OptimalSettings(time_limit=time_limit))
     return solve_greedy(demands, offers, latency=latency)
 
 

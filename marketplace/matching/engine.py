@@ -157,6 +157,10 @@ class DemandSnap:
     limit: str
     posted: int  # posting order (smaller = earlier)
     voucher: VoucherSnap | None = None
+    # Partial fills (``partial``): "none", or split across offers at one "site" / one "hub",
+    # every part at least ``min_part`` GPUs.
+    split: str = "none"
+    min_part: int = 1
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ class Match:
     tier: str
     bill: Decimal
     voucher_part: Decimal
+    gpus: int | None = None  # GPUs of this part of a split demand; None = the whole demand
 
     @property
     def cash_part(self) -> Decimal:
@@ -410,6 +415,8 @@ def solve_greedy(
     ``latency`` maps ``(hub, hub)`` to milliseconds: across hubs, among offers of equal cost to
     the buyer the lower-latency hub wins (docking "other hubs by latency", §4.3).
     ``Result.pairs_considered`` counts the (demand, offer) pairs actually evaluated.
+    A demand that allows splitting (``split``) and has no whole fit is then tried in parts at
+    its turn (``partial.split_book``: several matches, all or none).
     """
     index = OfferIndex(offers, latency or {})
     result = Result(matches=[], unserved={})
@@ -417,6 +424,11 @@ def solve_greedy(
     for demand in ordered:
         match, reason, considered = best_pair(demand, index)
         result.pairs_considered += considered
+        if match is None and demand.split != "none":
+            from .partial import split_book  # ``partial`` builds on this module
+
+            if split_book(demand, index, result, on_match):
+                continue
         if match is None:
             result.unserved[demand.id] = reason
             continue

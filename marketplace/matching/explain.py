@@ -21,6 +21,11 @@ Rules, in the order they are applied (the first that blocks an offer counts it):
 * ``funds`` — the pair fits, and the wallet cannot pay the cash part even with the voucher.
 
 Offers passing every rule are counted as ``fits`` (they would be booked by the next cycle).
+
+The counts are for the whole demand on one offer. A demand that may split (``split`` = ``site``
+or ``hub``, partial fills) also gets ``split``: per site or hub, the most GPUs its eligible
+offers hold together over one window (``partial.split_reach``), so "12 of 16 GPUs at one site"
+tells the buyer how far the best group falls short.
 """
 
 from dataclasses import dataclass, field
@@ -31,6 +36,7 @@ from typing import Any
 from marketplace.locality import TIERS, tier_between, tier_rank
 
 from .engine import FEN, DemandSnap, OfferSnap, bill_of, voucher_part_of
+from .partial import SCOPES, split_reach
 
 RULES = (
     "model",
@@ -169,10 +175,12 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         limit=demand.locality_limit,
         posted=0,
         voucher=vouchers.get(str(demand.voucher_id)) if demand.voucher_id else None,
+        split=demand.split,
+        min_part=demand.min_gpus_per_part,
     )
     rows = list(
         Offer.objects.filter(status=Offer.Status.ACTIVE, available_until__gt=from_hour_index(now_h))
-        .select_related("site", "accelerator")
+        .select_related("site__hub", "accelerator")
         .order_by("created_at", "id")
     )
     offers = offer_snapshots(rows, now_h)
@@ -197,6 +205,24 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
             shown["over_limit_by"] = f"{miss.price - snap.max_price:.4f}"
         return shown
 
+    split: dict[str, Any] | None = None
+    if snap.split in SCOPES:
+        names = {str(o.site_id): o.site.code for o in rows}
+        names.update({str(o.site.hub_id): o.site.hub.code for o in rows})
+        split = {
+            "scope": snap.split,
+            "min_gpus_per_part": snap.min_part,
+            "gpus_needed": snap.gpu_count,
+            "groups": [
+                {
+                    "group": names.get(r.key, r.key),
+                    "offers": r.offers,
+                    "gpus_together": r.gpus,
+                    "start": None if r.start is None else from_hour_index(r.start),
+                }
+                for r in split_reach(snap, list(offers.values()))
+            ],
+        }
     return {
         "demand": str(demand.pk),
         "status": demand.status,
@@ -208,4 +234,5 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
             "cheapest_over_limit": near(result.cheapest_over_limit),
             "earliest_fit": near(result.earliest_fit),
         },
+        "split": split,
     }

@@ -163,6 +163,7 @@ SPECTACULAR_SETTINGS = {
         "DemandStatusEnum": "marketplace.models.Demand.Status",
         "ReservationStatusEnum": "marketplace.models.Reservation.Status",
         "LocalityTierEnum": "marketplace.models.LocalityTier",
+        "SplitEnum": "marketplace.models.SplitScope",
         "OrganisationKindEnum": "accounts.models.Organisation.Kind",
         "OrganisationStatusEnum": "accounts.models.Organisation.Status",
     },

@@ -14,9 +14,17 @@ from django.test import Client
 from accounts.models import Membership, Organisation, User
 from ledger.models import Account
 from ledger.services import organisation_account
+from marketplace.matching.cycle import matching_cycle_run
 from marketplace.models import Demand, Reservation
 from marketplace.services import reservation_create
-from tests.factories import DemandFactory, SiteFactory, UserFactory, credit_code, next_hour
+from tests.factories import (
+    DemandFactory,
+    OfferFactory,
+    SiteFactory,
+    UserFactory,
+    credit_code,
+    next_hour,
+)
 from vouchers.models import VoucherApplication
 
 pytestmark = pytest.mark.django_db
@@ -186,7 +194,7 @@ def _demand_data(**over):  # type: ignore[no-untyped-def]
         "latest_end": _local(start + timedelta(hours=12)),
         "max_price_per_gpu_hour": "12.5",
         "locality_limit": "national",
-        "single_site": "on",
+        "split": "none",
         "auto_accept": "on",
     }
     data.update(over)
@@ -201,6 +209,34 @@ def test_post_demand_without_javascript(web, buyer, offer):
     # the form's local time (Asia/Shanghai) is stored as the UTC instant
     assert demand.earliest_start == next_hour(2)
     assert [a.code for a in demand.accelerators.all()] == ["A100-80G"]
+
+
+def test_post_a_split_demand_and_see_its_parts(web, web_zh, buyer, provider, site, accelerator):
+    # given two 8-GPU offers at the home site
+    for _ in range(2):
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator)
+    # when a 16-GPU demand is posted allowing a split at one site in parts of at least 8
+    data = _demand_data(gpu_count="16", split="site", min_gpus_per_part="8")
+    response = web.post("/demands/new/", {**data, "action": "post"})
+    demand = Demand.objects.get(buyer=buyer)
+    assert response.status_code == 302
+    assert (demand.gpu_count, demand.split, demand.min_gpus_per_part) == (16, "site", 8)
+    matching_cycle_run(buyer.home_site.hub_id)
+    # then the demand page shows the choice and one row per part, 8 GPUs each
+    page = web.get(f"/demands/{demand.pk}/").content.decode()
+    assert "yes, across offers at one site · at least 8 GPUs per part" in page
+    assert page.count('<td class="num">8</td>') == 2
+    # and in Chinese
+    zh = web_zh.get(f"/demands/{demand.pk}/").content.decode()
+    assert "是：在同一站点的多个报价之间拆分 · 每部分至少 8 个 GPU" in zh
+
+
+def test_a_split_part_minimum_over_the_gpus_is_a_form_error(web, buyer, offer):
+    data = _demand_data(split="hub", min_gpus_per_part="3")
+    response = web.post("/demands/new/", {**data, "action": "post"})
+    assert response.status_code == 400
+    assert response.context["form"].errors["min_gpus_per_part"] == ["must be at most gpu_count"]
+    assert not Demand.objects.filter(buyer=buyer).exists()
 
 
 def test_refused_demand_shows_the_service_message_and_creates_nothing(web, buyer, offer):

@@ -41,7 +41,7 @@ def _demand_data(**over):  # type: ignore[no-untyped-def]
         "latest_end": _local(start + timedelta(hours=12)),
         "max_price_per_gpu_hour": "12.5",
         "locality_limit": "national",
-        "single_site": "on",
+        "split": "none",
         "auto_accept": "on",
     }
     data.update(over)

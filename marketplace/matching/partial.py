@@ -1,0 +1,394 @@
+"""Partial fills on plain data: a demand split across several offers at one site or one hub
+(PRODUCT.md §4, "whether all GPUs must be at one site"; issue 4, "Partial fills").
+
+A demand allows it with ``DemandSnap.split``: ``"site"`` (every part at one site) or ``"hub"``
+(every part at sites of one hub); ``"none"`` (the default) keeps the whole demand on one offer.
+Each part is at least ``DemandSnap.min_part`` GPUs (whole nodes for a data-parallel job).
+
+Rules of a split placement (``split_plan``):
+
+* only after the whole demand has no fit at its turn (``engine.solve_greedy`` calls
+  ``split_book`` then), so a split never takes capacity a whole placement could have used for
+  the same demand;
+* all or nothing: the demand is placed only when all its GPUs are; a plan is a set of parts, one
+  per offer, that add up to ``gpu_count`` exactly, at most ``MAX_PARTS`` of them;
+* every part runs over the same hours ``[start, start + duration)`` inside the demand's window
+  (a data-parallel job starts all its workers together) with that many GPUs free on its offer
+  every hour;
+* every part passes the rules of a whole pair: model, price ≤ the limit (each part is billed at
+  its own offer's price), locality within the limit, offer minimum duration, another
+  organisation's offer;
+* choice, as for a whole demand: the nearest locality tier that can hold the demand (a hub
+  group's tier is its farthest part's); each group (a site, or a hub) is placed at its earliest
+  common start that holds the whole demand, filled cheapest offer first (then lower latency,
+  larger free block, listing order) — a greedy fill, not an exhaustive search; among the groups
+  of that tier the lowest cost to the buyer after the voucher wins, then lower hub latency,
+  then the earlier start, then fewer parts, then the group's id.
+
+Money: each part is its own reservation with its own bill (``bill_of`` of its GPUs, hours and
+its offer's price, rounded once) and at most one voucher, the demand's. The voucher pays the
+parts in fill order, each ``min(floor_fen(bill × max_share), what the voucher has left)``, so
+the parts' voucher amounts never exceed what one bill of the same total could have drawn.
+
+``split_reach`` answers the "why" of an unplaced split demand (``explain``): per group, the most
+GPUs its offers hold together over one window.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+import numpy as np
+
+from marketplace.locality import TIERS, tier_between, tier_rank
+
+from .engine import (
+    Bucket,
+    DemandSnap,
+    Match,
+    OfferIndex,
+    OfferSnap,
+    Result,
+    bill_of,
+    voucher_part_of,
+)
+from .optimal import OptimalSettings, solve_optimal
+
+SCOPES = ("site", "hub")
+MAX_PARTS = 16  # parts of one demand (reservations written for it)
+MAX_STARTS = 256  # candidate common start hours examined per group
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """One part: ``gpus`` GPUs on ``offer``, its bill and voucher part (CNY), its tier rank."""
+
+    offer: OfferSnap
+    gpus: int
+    bill: Decimal
+    voucher_part: Decimal
+    rank: int
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A whole demand in parts, all over ``[start, start + duration)`` in one group (a site id
+    or a hub id, per ``scope``)."""
+
+    scope: str
+    key: str
+    start: int
+    parts: tuple[PartPlan, ...]
+    distance: float
+
+    @property
+    def rank(self) -> int:
+        return max(p.rank for p in self.parts)
+
+    @property
+    def cost(self) -> Decimal:
+        """What the buyer pays after the voucher (CNY)."""
+        return sum((p.bill - p.voucher_part for p in self.parts), Decimal("0.00"))
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.parts)
+
+    def order_key(self) -> tuple[Decimal, float, int, int, str]:
+        return (self.cost, self.distance, self.start, len(self.parts), self.key)
+
+
+def scope_key(site_id: str, hub: str, scope: str) -> str:
+    """The group a part belongs to: its site for ``"site"``, its hub for ``"hub"``."""
+    return site_id if scope == "site" else hub
+
+
+def _free_rows(offers: Sequence[OfferSnap], lo: int, hi: int) -> np.ndarray:
+    """Free GPUs of each offer per hour of ``[lo, hi)`` (0 outside its availability)."""
+    rows = np.zeros((len(offers), hi - lo), dtype=np.int32)
+    for i, o in enumerate(offers):
+        a, z = max(lo, o.start), min(hi, o.end)
+        if z > a:
+            rows[i, a - lo : z - lo] = o.gpu_count - np.asarray(
+                o.used[a - o.start : z - o.start], dtype=np.int32
+            )
+    return rows
+
+
+def _starts(rows: np.ndarray, lo: int, hi: int, duration: int) -> list[int]:
+    """Candidate common starts: the window's first hour and every hour where some offer's free
+    capacity rises (an earliest fit starts at one of them), up to ``MAX_STARTS``."""
+    last = hi - duration
+    if last < lo:
+        return []
+    rises = np.flatnonzero((rows[:, 1:] > rows[:, :-1]).any(axis=0)) + 1 + lo
+    return [lo, *(int(h) for h in rises if h <= last)][:MAX_STARTS]
+
+
+@dataclass
+class _Group:
+    """The offers of one site or hub that may hold a part, from the index's buckets: their free
+    GPUs per hour of the demand's window (one row per offer) and their fill-order keys."""
+
+    key: str
+    buckets: list[tuple[Bucket, int, float]]  # (bucket, tier rank, hub latency ms)
+
+    def rows(
+        self, lo: int, hi: int
+    ) -> tuple[list[OfferSnap], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(offers, free rows, tier ranks, price in 1e-4 CNY, latency ms, listing order)``,
+        read from the buckets' free-GPU matrices (kept current by ``OfferIndex.take``)."""
+        offers = [o for b, _, _ in self.buckets for o in b.offers]
+        n = len(offers)
+        rows = np.zeros((n, hi - lo), dtype=np.int32)
+        rank = np.empty(n, dtype=np.int64)
+        price = np.empty(n, dtype=np.int64)
+        distance = np.empty(n, dtype=np.float64)
+        i = 0
+        for bucket, r, dist in self.buckets:
+            k = len(bucket.offers)
+            a, z = max(lo, bucket.start), min(hi, bucket.end)
+            if z > a:
+                rows[i : i + k, a - lo : z - lo] = bucket.free[
+                    :, a - bucket.start : z - bucket.start
+                ]
+            rank[i : i + k] = r
+            price[i : i + k] = int(bucket.price.scaleb(4))
+            distance[i : i + k] = dist
+            i += k
+        listed = np.array([o.listed for o in offers], dtype=np.int64)
+        return offers, rows, rank, price, distance, listed
+
+
+def _fill(demand: DemandSnap, order: np.ndarray, free: np.ndarray) -> list[tuple[int, int]] | None:
+    """Parts ``(row, GPUs)`` adding up to the demand, taken from the rows in ``order`` (each
+    with ``free[row] ≥ min_part``), each at least ``min_part`` and at most its free block;
+    ``None`` when they cannot."""
+    remaining, least = demand.gpu_count, demand.min_part
+    parts: list[tuple[int, int]] = []
+    for i in order:
+        take = min(int(free[i]), remaining)
+        if 0 < remaining - take < least:  # leave a remainder a later part can still hold
+            take = remaining - least
+            if take < least:
+                continue
+        parts.append((int(i), take))
+        remaining -= take
+        if remaining == 0:
+            break
+    if remaining or len(parts) > MAX_PARTS:
+        return None
+    return parts
+
+
+def _priced(
+    demand: DemandSnap, offers: Sequence[OfferSnap], rank: np.ndarray, fill: list[tuple[int, int]]
+) -> tuple[PartPlan, ...]:
+    """Bills and voucher parts of a fill, the voucher drawn part by part in fill order."""
+    voucher = demand.voucher
+    available = voucher.available if voucher is not None else Decimal("0.00")
+    parts = []
+    for i, gpus in fill:
+        offer = offers[i]
+        bill = bill_of(gpus, demand.duration, offer.price)
+        vpart = Decimal("0.00")
+        if voucher is not None:
+            vpart = voucher_part_of(
+                bill, replace(voucher, available=available), offer, demand.buyer, demand.related
+            )
+            available -= vpart
+        parts.append(PartPlan(offer, gpus, bill, vpart, int(rank[i])))
+    return tuple(parts)
+
+
+def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
+    """The plan of one group at the earliest common start that holds the whole demand (the
+    module doc), or ``None``. An upper bound (each offer's most free GPUs in the window)
+    rules a short group out before any start is tried."""
+    lo, hi, duration, least = demand.start, demand.end, demand.duration, demand.min_part
+    offers, rows, rank, price, distance, listed = group.rows(lo, hi)
+    peak = rows.max(axis=1)
+    if int(peak[peak >= least].sum()) < demand.gpu_count:
+        return None
+    for start in _starts(rows, lo, hi, duration):
+        free = rows[:, start - lo : start - lo + duration].min(axis=1)
+        usable = np.flatnonzero(free >= least)
+        if int(free[usable].sum()) < demand.gpu_count:
+            continue
+        # cheapest first, then lower latency, larger free block, listing order
+        order = usable[np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))]
+        fill = _fill(demand, order, free)
+        if fill is None:
+            continue
+        parts = _priced(demand, offers, rank, fill)
+        return SplitPlan(
+            demand.split, group.key, start, parts, max(float(distance[i]) for i, _ in fill)
+        )
+    return None
+
+
+def split_plan(demand: DemandSnap, index: OfferIndex) -> tuple[SplitPlan | None, int]:
+    """The split placement of ``demand`` on the current timelines of ``index`` (module doc),
+    or ``None``; with the number of offers looked at. Reads only.
+
+    Candidates come from the demand's ring of buckets (inside its locality limit, nearest tier
+    first): at most its limit price, minimum duration met, not the buyer's own, availability
+    meeting the window. A bucket's offers share a site, so they join one group (site or hub).
+    Tier by tier, the groups that gained offers in that tier are planned; the first tier with
+    a plan returns the best one."""
+    if demand.split not in SCOPES or demand.end - demand.start < demand.duration:
+        return None, 0
+    looked = 0
+    groups: dict[str, _Group] = {}
+    for rank, entries in enumerate(index.ring(demand).tiers):
+        fresh: set[str] = set()
+        for bucket, distance in entries:
+            if bucket.price > demand.max_price:
+                break
+            if bucket.min_duration > demand.duration or bucket.provider == demand.buyer:
+                continue
+            if bucket.end - demand.start < demand.duration or demand.end <= bucket.start:
+                continue
+            looked += len(bucket.offers)
+            site = bucket.offers[0].site
+            key = scope_key(site.id, site.hub, demand.split)
+            groups.setdefault(key, _Group(key, [])).buckets.append((bucket, rank, distance))
+            fresh.add(key)
+        best: SplitPlan | None = None
+        for key in sorted(fresh):
+            plan = _group_plan(demand, groups[key])
+            if plan is not None and (best is None or plan.order_key() < best.order_key()):
+                best = plan
+        if best is not None:
+            return best, looked
+    return None, looked
+
+
+def split_book(
+    demand: DemandSnap,
+    index: OfferIndex,
+    result: Result,
+    on_match: Callable[[Match], None] | None = None,
+) -> bool:
+    """Place ``demand`` in parts if it can be (``split_plan``): book every part on the index,
+    draw the voucher, append one ``Match`` per part (``Match.gpus`` set, consecutive in
+    ``result.matches``) and count the whole demand as served. Returns whether it was placed;
+    nothing changes when it was not."""
+    plan, looked = split_plan(demand, index)
+    result.pairs_considered += looked
+    if plan is None:
+        return False
+    for part in plan.parts:
+        index.take(part.offer, part.gpus, plan.start, demand.duration)
+        if demand.voucher is not None and part.voucher_part:
+            demand.voucher.available -= part.voucher_part
+        match = Match(
+            demand.id,
+            part.offer.id,
+            plan.start,
+            TIERS[part.rank],
+            part.bill,
+            part.voucher_part,
+            gpus=part.gpus,
+        )
+        result.matches.append(match)
+        if on_match is not None:
+            on_match(match)
+    result.served[demand.id] = demand.gpu_count * demand.duration
+    return True
+
+
+def split_after(
+    result: Result,
+    demands: Iterable[DemandSnap],
+    offers: Iterable[OfferSnap],
+    latency: dict[tuple[str, str], float] | None = None,
+) -> Result:
+    """The split pass after a policy that places whole demands only (``optimal``): the split
+    demands it left unserved, in price-time order (higher limit, earlier posting), are placed in
+    parts on the timelines it left (``offers``, already updated in place). Mutates and returns
+    ``result``; a demand placed here leaves ``result.unserved``."""
+    pending = sorted(
+        (d for d in demands if d.split in SCOPES and d.id not in result.served),
+        key=lambda d: (-d.max_price, d.posted, d.id),
+    )
+    if not pending:
+        return result
+    index = OfferIndex(offers, latency or {})
+    for demand in pending:
+        if split_book(demand, index, result):
+            result.unserved.pop(demand.id, None)
+    return result
+
+
+def whole_only(demands: Iterable[DemandSnap]) -> list[DemandSnap]:
+    """Copies of ``demands`` with splitting off (vouchers stay shared), for a policy whose model
+    places whole demands only; ``split_after`` then places the split ones it left."""
+    return [replace(d, split="none") if d.split != "none" else d for d in demands]
+
+
+@dataclass(frozen=True)
+class Reach:
+    """For "why no match": the most GPUs ``offers`` offers of one group (site or hub ``key``)
+    hold together, each part ≥ ``min_part``, over one window starting at ``start`` (hour index;
+    ``None`` when no window fits at all)."""
+
+    key: str
+    offers: int
+    gpus: int
+    start: int | None
+
+
+def split_reach(demand: DemandSnap, offers: Iterable[OfferSnap], *, top: int = 3) -> list[Reach]:
+    """Per group of ``demand.split``, the most GPUs its eligible offers hold together over one
+    window inside the demand's (capped at ``gpu_count``; at most ``MAX_PARTS`` parts), best
+    ``top`` groups first (most GPUs, then earlier start, then key). Eligible: model, price,
+    locality, not the buyer's or a related organisation's, minimum duration, window overlap,
+    at least ``min_part`` GPUs. Empty for a demand that does not split."""
+    if demand.split not in SCOPES:
+        return []
+    limit = tier_rank(demand.limit)
+    o = demand.origin
+    groups: dict[str, list[OfferSnap]] = {}
+    for offer in sorted(offers, key=lambda x: (x.listed, x.id)):
+        s = offer.site
+        rank = tier_rank(tier_between(o.city, o.metro, o.hub, s.city, s.metro, s.hub))
+        if (
+            offer.model not in demand.models
+            or offer.price > demand.max_price
+            or rank > limit
+            or offer.provider == demand.buyer
+            or offer.provider in demand.related
+            or offer.min_duration > demand.duration
+            or offer.gpu_count < demand.min_part
+            or min(demand.end, offer.end) - max(demand.start, offer.start) < demand.duration
+        ):
+            continue
+        groups.setdefault(scope_key(s.id, s.hub, demand.split), []).append(offer)
+    reach: list[Reach] = []
+    lo, hi, duration = demand.start, demand.end, demand.duration
+    for key, members in groups.items():
+        rows = _free_rows(members, lo, hi)
+        best = Reach(key, len(members), 0, None)
+        for start in _starts(rows, lo, hi, duration):
+            free = rows[:, start - lo : start - lo + duration].min(axis=1)
+            usable = np.sort(free[free >= demand.min_part])[::-1][:MAX_PARTS]
+            gpus = min(int(usable.sum()), demand.gpu_count)
+            if gpus > best.gpus:
+                best = Reach(key, len(members), gpus, start)
+        reach.append(best)
+    reach.sort(key=lambda r: (-r.gpus, r.start if r.start is not None else 1 << 62, r.key))
+    return reach[:top]
+
+
+def solve_optimal_split(
+    demands: Sequence[DemandSnap],
+    offers: Sequence[OfferSnap],
+    latency: dict[tuple[str, str], float] | None = None,
+    settings: OptimalSettings | None = None,
+) -> Result:
+    """Policy ``optimal`` with partial fills: the MILP places whole demands only (a split
+    demand is offered to it whole), then ``split_after`` places the split demands it left in
+    parts, in price-time order, on the capacity left. ``offers`` are updated in place."""
+    result = solve_optimal(whole_only(demands), offers, latency, settings)
+    return split_after(result, demands, offers, latency)

@@ -1,0 +1,436 @@
+"""Partial fills on plain data (``marketplace.matching.partial``): no database."""
+
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from marketplace.locality import tier_between, tier_rank
+from marketplace.matching.engine import (
+    DemandSnap,
+    OfferSnap,
+    SiteRef,
+    VoucherSnap,
+    solve_greedy,
+)
+from marketplace.matching.optimal import OptimalSettings
+from marketplace.matching.partial import MAX_PARTS, solve_optimal_split, split_reach
+
+CHENGDU_A = SiteRef("s-cd-a", "Chengdu", "Chengdu", "cc")
+CHENGDU_B = SiteRef("s-cd-b", "Chengdu", "Chengdu", "cc")
+CHONGQING = SiteRef("s-cq", "Chongqing", "Chongqing", "cc")
+QINGYANG = SiteRef("s-qy", "Qingyang", "Qingyang", "gansu")
+
+
+def offer(
+    id: str,
+    site: SiteRef = CHENGDU_A,
+    price: str = "10",
+    gpus: int = 8,
+    start: int = 0,
+    end: int = 48,
+    provider: str = "p1",
+    used: list[int] | None = None,
+    listed: int = 0,
+) -> OfferSnap:
+    return OfferSnap(
+        id=id,
+        provider=provider,
+        model="A100",
+        site=site,
+        price=Decimal(price),
+        gpu_count=gpus,
+        start=start,
+        end=end,
+        used=list(used) if used else [],
+        listed=listed,
+    )
+
+
+def demand(
+    id: str = "d",
+    gpus: int = 16,
+    duration: int = 4,
+    start: int = 0,
+    end: int = 48,
+    price: str = "20",
+    split: str = "site",
+    min_part: int = 1,
+    limit: str = "national",
+    posted: int = 0,
+    voucher: VoucherSnap | None = None,
+) -> DemandSnap:
+    return DemandSnap(
+        id=id,
+        buyer="b1",
+        related=frozenset(),
+        models=frozenset({"A100"}),
+        gpu_count=gpus,
+        duration=duration,
+        start=start,
+        end=end,
+        max_price=Decimal(price),
+        origin=CHENGDU_A,
+        limit=limit,
+        posted=posted,
+        voucher=voucher,
+        split=split,
+        min_part=min_part,
+    )
+
+
+def parts(result) -> list[tuple[str, str, int | None, int]]:  # type: ignore[no-untyped-def]
+    return sorted((m.demand_id, m.offer_id, m.gpus, m.start) for m in result.matches)
+
+
+def test_sixteen_gpus_over_two_eight_gpu_offers_at_one_site_only_with_split():
+    # given two 8-GPU offers at one site and a 16-GPU demand
+    def offers() -> list[OfferSnap]:
+        return [offer("o1", listed=0), offer("o2", listed=1)]
+
+    # when the demand does not split, then it is not served
+    whole = solve_greedy([demand(split="none")], offers())
+    assert whole.matches == [] and whole.unserved == {"d": "no_free_window"}
+    # when it splits at the site, then it is served in two parts of 8 over the same hours
+    fleet = offers()
+    split = solve_greedy([demand(split="site")], fleet)
+    assert parts(split) == [("d", "o1", 8, 0), ("d", "o2", 8, 0)]
+    assert split.served == {"d": 64} and split.unserved == {}
+    assert [m.bill for m in split.matches] == [Decimal("320.00"), Decimal("320.00")]
+    assert all(o.used[:4] == [8, 8, 8, 8] and o.used[4] == 0 for o in fleet)
+
+
+def test_a_site_split_never_spans_two_sites_but_a_hub_split_does():
+    def offers() -> list[OfferSnap]:
+        return [offer("a", CHENGDU_A), offer("b", CHONGQING)]
+
+    site = solve_greedy([demand(split="site")], offers())
+    assert site.matches == []
+    hub = solve_greedy([demand(split="hub")], offers())
+    assert parts(hub) == [("d", "a", 8, 0), ("d", "b", 8, 0)]
+    assert sorted(m.tier for m in hub.matches) == ["city", "region"]
+
+
+def test_a_hub_split_never_spans_two_hubs():
+    # given 8 GPUs in the demand's hub and 8 in another hub, the limit national
+    result = solve_greedy([demand(split="hub")], [offer("cd", CHENGDU_A), offer("qy", QINGYANG)])
+    # then the demand stays whole-or-nothing inside one hub: not served
+    assert result.matches == [] and "d" in result.unserved
+
+
+def test_all_or_nothing_leaves_every_offer_untouched_when_short():
+    fleet = [offer("o1"), offer("o2")]
+    result = solve_greedy([demand(gpus=24, split="hub")], fleet)
+    assert result.matches == [] and result.served == {}
+    assert all(sum(o.used) == 0 for o in fleet)
+
+
+def test_a_whole_fit_is_preferred_to_a_cheaper_split():
+    # given a 16-GPU offer and two cheaper 8-GPU offers at the same site
+    result = solve_greedy(
+        [demand(split="site")],
+        [offer("big", price="12", gpus=16), offer("s1", price="5"), offer("s2", price="5")],
+    )
+    # then the whole fit comes first (splitting is only for demands that cannot be whole)
+    assert parts(result) == [("d", "big", None, 0)]
+
+
+def test_the_cheapest_offers_of_the_group_are_filled_first_and_over_limit_ones_never():
+    result = solve_greedy(
+        [demand(gpus=12, price="20", split="site")],
+        [
+            offer("pricey", price="19", gpus=8, listed=0),
+            offer("cheap", price="11", gpus=8, listed=1),
+            offer("over", price="21", gpus=16, listed=2),
+        ],
+    )
+    assert parts(result) == [("d", "cheap", 8, 0), ("d", "pricey", 4, 0)]
+    by_offer = {m.offer_id: m.bill for m in result.matches}
+    assert by_offer == {"cheap": Decimal("352.00"), "pricey": Decimal("304.00")}
+
+
+def test_parts_hold_at_least_min_part_gpus():
+    # 16 GPUs in parts of at least 8 over offers of 12 free each: 8 + 8, never 12 + 4
+    result = solve_greedy(
+        [demand(split="site", min_part=8)],
+        [offer("o1", gpus=12, listed=0), offer("o2", gpus=12, listed=1)],
+    )
+    assert parts(result) == [("d", "o1", 8, 0), ("d", "o2", 8, 0)]
+    # four offers of 6: no part can hold 8, so not served
+    small = solve_greedy(
+        [demand(split="site", min_part=8)], [offer(f"o{i}", gpus=6) for i in range(4)]
+    )
+    assert small.matches == []
+
+
+def test_every_part_runs_over_the_same_hours():
+    # given o1 free from hour 0 and o2 busy until hour 5
+    fleet = [offer("o1"), offer("o2", used=[8] * 5 + [0] * 43)]
+    result = solve_greedy([demand(split="site")], fleet)
+    # then both parts start together at hour 5, the first hour both are free
+    assert parts(result) == [("d", "o1", 8, 5), ("d", "o2", 8, 5)]
+
+
+def test_the_window_bounds_the_common_start():
+    fleet = [offer("o1"), offer("o2", used=[8] * 5 + [0] * 43)]
+    result = solve_greedy([demand(split="site", end=8)], fleet)
+    assert result.matches == []
+
+
+def test_higher_limit_split_demand_takes_capacity_before_a_lower_whole_one():
+    result = solve_greedy(
+        [
+            demand("whole", gpus=8, end=4, price="15", split="none", posted=0),
+            demand("split", gpus=16, end=4, price="18", split="site", posted=1),
+        ],
+        [offer("o1", listed=0), offer("o2", listed=1)],
+    )
+    assert parts(result) == [("split", "o1", 8, 0), ("split", "o2", 8, 0)]
+    assert result.unserved == {"whole": "no_free_window"}
+
+
+def test_a_voucher_pays_the_parts_in_fill_order_until_it_runs_out():
+    # given a 60 % voucher with 400 CNY left and two parts of 320 CNY each
+    voucher = VoucherSnap("v", Decimal("0.6"), Decimal("400.00"), frozenset({"p1"}))
+    result = solve_greedy(
+        [demand(split="site", voucher=voucher)], [offer("o1", listed=0), offer("o2", listed=1)]
+    )
+    # then the first part takes its 60 % (192.00), the second what is left (208 > 192: 192)
+    assert [(m.offer_id, m.voucher_part, m.cash_part) for m in result.matches] == [
+        ("o1", Decimal("192.00"), Decimal("128.00")),
+        ("o2", Decimal("192.00"), Decimal("128.00")),
+    ]
+    assert voucher.available == Decimal("16.00")
+    # and with 250 left, the second part gets the remaining 58.00
+    short = VoucherSnap("v", Decimal("0.6"), Decimal("250.00"), frozenset({"p1"}))
+    again = solve_greedy(
+        [demand(split="site", voucher=short)], [offer("o1", listed=0), offer("o2", listed=1)]
+    )
+    assert [m.voucher_part for m in again.matches] == [Decimal("192.00"), Decimal("58.00")]
+    assert short.available == Decimal("0.00")
+
+
+def test_the_nearest_tier_group_wins_over_a_cheaper_farther_one():
+    # given 16 GPUs at the home site at 15 and 16 GPUs in Chongqing (region tier) at 5
+    result = solve_greedy(
+        [demand(split="hub")],
+        [
+            offer("home1", CHENGDU_A, price="15", listed=0),
+            offer("home2", CHENGDU_B, price="15", listed=1),
+            offer("far1", CHONGQING, price="5", listed=2),
+            offer("far2", CHONGQING, price="5", listed=3),
+        ],
+    )
+    assert parts(result) == [("d", "home1", 8, 0), ("d", "home2", 8, 0)]
+    assert {m.tier for m in result.matches} == {"city"}
+
+
+def test_optimal_places_split_demands_after_the_milp_on_the_capacity_left():
+    # given a whole 8-GPU demand and a 16-GPU split demand with a higher limit, 24 GPUs in all
+    fleet = [offer("o1", listed=0), offer("o2", listed=1), offer("o3", listed=2)]
+    demands = [
+        demand("whole", gpus=8, price="15", split="none"),
+        demand("split", gpus=16, price="18", split="site", posted=1),
+    ]
+    result = solve_optimal_split(demands, fleet, settings=OptimalSettings(time_limit=5))
+    # then the MILP places the whole demand first and the split pass the split one after it
+    assert result.policy == "optimal"
+    whole = [m for m in result.matches if m.demand_id == "whole"]
+    split = [m for m in result.matches if m.demand_id == "split"]
+    assert len(whole) == 1 and whole[0].gpus is None
+    assert sorted(m.gpus or 0 for m in split) == [8, 8]
+    assert {m.offer_id for m in split}.isdisjoint({whole[0].offer_id})
+    assert result.served == {"whole": 32, "split": 64} and result.unserved == {}
+    assert all(max(o.used) == 8 for o in fleet)
+
+
+def test_optimal_reports_a_split_demand_it_cannot_place_in_parts_either():
+    result = solve_optimal_split(
+        [demand(gpus=24)], [offer("o1"), offer("o2")], settings=OptimalSettings(time_limit=5)
+    )
+    assert result.matches == [] and result.unserved == {"d": "no_free_window"}
+
+
+def test_split_reach_names_the_group_holding_most_gpus_together():
+    fleet = [
+        offer("a1", CHENGDU_A, gpus=8),
+        offer("a2", CHENGDU_A, gpus=8, used=[4] * 48),
+        offer("b1", CHENGDU_B, gpus=8),
+        offer("far", QINGYANG, gpus=64),
+    ]
+    reach = split_reach(demand(gpus=32, split="site", limit="region"), fleet)
+    assert [(r.key, r.offers, r.gpus, r.start) for r in reach] == [
+        ("s-cd-a", 2, 12, 0),
+        ("s-cd-b", 1, 8, 0),
+    ]
+    assert split_reach(demand(split="none"), fleet) == []
+
+
+# --- Invariants ------------------------------------------------------------------------------
+
+SITES = [CHENGDU_A, CHENGDU_B, CHONGQING, QINGYANG]
+
+offers_st = st.lists(
+    st.builds(
+        lambda i, site, price, gpus, start, length, busy: offer(
+            f"o{i}",
+            SITES[site],
+            str(price),
+            gpus,
+            start,
+            start + length,
+            provider=f"p{i % 3}",
+            used=[min(busy, gpus)] * length,
+            listed=i,
+        ),
+        st.integers(0, 10_000),
+        st.integers(0, 3),
+        st.integers(5, 30),
+        st.sampled_from([4, 8, 16]),
+        st.integers(0, 6),
+        st.integers(12, 48),
+        st.sampled_from([0, 0, 0, 2, 4, 8]),
+    ),
+    min_size=1,
+    max_size=12,
+    unique_by=lambda o: o.id,
+)
+
+demands_st = st.lists(
+    st.builds(
+        lambda i, gpus, duration, start, slack, price, split, min_part, limit: demand(
+            f"d{i}",
+            gpus,
+            duration,
+            start,
+            start + duration + slack,
+            str(price),
+            split,
+            min(min_part, gpus),
+            limit,
+            posted=i,
+        ),
+        st.integers(0, 10_000),
+        st.integers(1, 32),
+        st.integers(1, 8),
+        st.integers(0, 12),
+        st.integers(0, 12),
+        st.integers(10, 30),
+        st.sampled_from(["none", "site", "hub", "hub"]),
+        st.integers(1, 8),
+        st.sampled_from(["city", "metro", "region", "national"]),
+    ),
+    max_size=8,
+    unique_by=lambda d: d.id,
+)
+
+
+# Split-heavy instances: several offers at the sites of the home hub under the limit price, and
+# demands that all split, most of them larger than any one offer.
+home_offers_st = st.lists(
+    st.builds(
+        lambda i, site, price, gpus, start, busy, hole: offer(
+            f"h{i}",
+            SITES[site],
+            str(price),
+            gpus,
+            start,
+            start + 40,
+            provider=f"p{i % 3}",
+            used=[min(busy, gpus) if not hole <= h < hole + 6 else 0 for h in range(40)],
+            listed=i,
+        ),
+        st.integers(0, 10_000),
+        st.integers(0, 2),
+        st.integers(5, 12),
+        st.sampled_from([4, 8, 8, 16]),
+        st.integers(0, 4),
+        st.sampled_from([0, 0, 2, 4, 8]),
+        st.integers(0, 34),
+    ),
+    min_size=2,
+    max_size=12,
+    unique_by=lambda o: o.id,
+)
+
+split_demands_st = st.lists(
+    st.builds(
+        lambda i, gpus, duration, start, slack, split, min_part: demand(
+            f"d{i}",
+            gpus,
+            duration,
+            start,
+            start + duration + slack,
+            "12",
+            split,
+            min(min_part, gpus),
+            posted=i,
+        ),
+        st.integers(0, 10_000),
+        st.integers(6, 40),
+        st.integers(1, 6),
+        st.integers(0, 10),
+        st.integers(0, 16),
+        st.sampled_from(["site", "hub"]),
+        st.sampled_from([1, 2, 4, 8]),
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda d: d.id,
+)
+
+
+@given(demands=demands_st, offers=offers_st, optimal=st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_split_invariants(demands, offers, optimal):
+    check_invariants(demands, offers, optimal)
+
+
+@given(demands=split_demands_st, offers=home_offers_st, optimal=st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_split_invariants_on_split_heavy_instances(demands, offers, optimal):
+    check_invariants(demands, offers, optimal)
+
+
+def check_invariants(demands, offers, optimal):  # type: ignore[no-untyped-def]
+    """Never over capacity or the limit price, outside locality or the windows; parts add up
+    to the demand exactly, over the same hours, in one site or hub, each ≥ ``min_part``."""
+    before = {o.id: list(o.used) for o in offers}
+    by_offer = {o.id: o for o in offers}
+    if optimal:
+        result = solve_optimal_split(demands, offers, settings=OptimalSettings(time_limit=5))
+    else:
+        result = solve_greedy(demands, offers)
+    load: dict[tuple[str, int], int] = {}
+    for d in demands:
+        mine = [m for m in result.matches if m.demand_id == d.id]
+        if not mine:
+            assert d.id not in result.served
+            continue
+        gpus = [m.gpus if m.gpus is not None else d.gpu_count for m in mine]
+        # all or nothing: the parts add up to the demand exactly, one per offer
+        assert sum(gpus) == d.gpu_count and result.served[d.id] == d.gpu_count * d.duration
+        assert len({m.offer_id for m in mine}) == len(mine) <= MAX_PARTS
+        # the same hours, inside the window
+        assert len({m.start for m in mine}) == 1
+        assert d.start <= mine[0].start and mine[0].start + d.duration <= d.end
+        sites = {by_offer[m.offer_id].site for m in mine}
+        if len(mine) > 1:
+            assert d.split in ("site", "hub") and all(g >= d.min_part for g in gpus)
+            assert len(sites) == 1 if d.split == "site" else len({s.hub for s in sites}) == 1
+        for m, g in zip(mine, gpus, strict=True):
+            o = by_offer[m.offer_id]
+            assert o.price <= d.max_price  # never over the limit price
+            o_site = o.site
+            tier = tier_between(
+                d.origin.city, d.origin.metro, d.origin.hub, o_site.city, o_site.metro, o_site.hub
+            )
+            assert tier == m.tier and tier_rank(tier) <= tier_rank(d.limit)
+            assert o.start <= m.start and m.start + d.duration <= o.end
+            for h in range(m.start, m.start + d.duration):
+                load[(o.id, h)] = load.get((o.id, h), 0) + g
+    # never over capacity: what was reserved before plus what was booked now
+    for (offer_id, h), booked in load.items():
+        o = by_offer[offer_id]
+        assert before[offer_id][h - o.start] + booked <= o.gpu_count
+        assert o.used[h - o.start] == before[offer_id][h - o.start] + booked
