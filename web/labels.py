@@ -51,6 +51,16 @@ LABELS: dict[str, Promise] = {
     "capacity_exhausted": _("capacity was taken by another booking"),
     "offer_not_active": _("the offer is no longer active"),
     "model_mismatch": _("accelerator model not acceptable"),
+    # the explain rules (marketplace/matching/explain.py): what blocked how many offers
+    "rule_model": _("accelerator model not acceptable"),
+    "rule_price": _("over your price limit"),
+    "rule_locality": _("outside your locality limit"),
+    "rule_self_trade": _("your own or a related organisation's offer"),
+    "rule_window": _("availability does not cover your window or duration"),
+    "rule_capacity": _("not enough GPUs or GPU-hours free"),
+    "rule_fragmentation": _("free capacity cut into pieces too small"),
+    "rule_voucher": _("the voucher does not apply and the wallet cannot pay it all"),
+    "rule_funds": _("funds short for the cash part"),
     # why a voucher does not apply (PRODUCT.md §5.4)
     "voucher_not_owned": _("the voucher is not yours"),
     "voucher_expired": _("the voucher has expired"),

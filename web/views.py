@@ -351,19 +351,16 @@ def demand_quote(request: HttpRequest, org: Organisation) -> HttpResponse:
     return render(request, "web/_quote.html", {"quote": _quote_context(org, form)})
 
 
-def _explain(demand: Any) -> Any:
-    """The matching engine's explanation when it is available, else ``None``."""
-    try:
-        from marketplace.matching import explain  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    fn = getattr(explain, "demand_explain", None) or getattr(explain, "explain_demand", None)
-    if fn is None:
-        return None
-    try:
-        return fn(demand)
-    except Exception:
-        return None
+def _explain(demand: Any) -> dict[str, Any]:
+    """The matching engine's explanation of an open demand (``demand_explain``), with the rules
+    that blocked at least one offer listed as ``(label, count)`` pairs for the page."""
+    from marketplace.matching.explain import demand_explain
+
+    shown = demand_explain(demand, now=timezone.now())
+    shown["blocked_rows"] = [
+        (label(f"rule_{rule}"), count) for rule, count in shown["blocked"].items() if count
+    ]
+    return shown
 
 
 @buyer_page

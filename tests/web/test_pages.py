@@ -288,6 +288,21 @@ def test_demand_detail_explains_why_no_match(web, buyer):
     assert "every candidate offer is over your price limit" in body
 
 
+def test_demand_detail_counts_blocked_offers_and_names_the_near_miss(web, web_zh, buyer, offer):
+    # the only offer costs ¥10/GPU-hour; the demand's limit is ¥5: blocked by price, and the
+    # cheapest offer over the limit is named with how far over it is (the engine's explain)
+    demand = DemandFactory.create(
+        buyer=buyer, max_price_per_gpu_hour=Decimal("5.0000"), gpu_count=1
+    )
+    body = web.get(f"/demands/{demand.pk}/").content.decode()
+    assert "1 active offer considered." in body
+    assert 'id="why-blocked"' in body
+    assert '<td>over your price limit</td><td class="num">1</td>' in body
+    assert "at ¥10.0000 per GPU-hour (¥5.0000 over)" in body
+    zh = web_zh.get(f"/demands/{demand.pk}/").content.decode()
+    assert "超出您的限价" in zh and "考虑了 1 个有效报价" in zh
+
+
 def test_reservation_detail_has_timeline_and_bill(web, buyer, offer, voucher):
     r = _book(buyer, offer, voucher)
     body = web.get(f"/reservations/{r.pk}/").content.decode()
