@@ -8,8 +8,12 @@ live in ``marketplace.services`` and come back as errors naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime, tzinfo
+from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from marketplace.models import (
@@ -125,6 +129,69 @@ class OfferSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+
+
+# The offer list's lean path: the columns ``OfferSerializer`` shows, read with ``values()`` in
+# the list's one query (site, hub, provider and accelerator joined), and turned into exactly
+# what ``OfferSerializer`` would output (tests/api/test_offer_search_lean.py holds them equal).
+OFFER_VALUES = (
+    "id",
+    "provider_id",
+    "provider__name",
+    "site__code",
+    "site_id",
+    "site__hub__code",
+    "site__city",
+    "accelerator__code",
+    "gpu_count",
+    "gpus_per_node",
+    "interconnect",
+    "available_from",
+    "available_until",
+    "price_per_gpu_hour",
+    "min_duration_hours",
+    "status",
+    "created_at",
+    "updated_at",
+)
+_PRICE_PLACES = Decimal("0.0001")
+
+
+def _iso(value: datetime, zone: tzinfo) -> str:
+    """A datetime as DRF's ``DateTimeField`` writes it: in the current time zone (UTC here),
+    ISO 8601, ``Z`` for UTC."""
+    text = value.astimezone(zone).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def offer_values_representation(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``OfferSerializer(many=True).data`` for rows of ``Offer.objects.values(*OFFER_VALUES)``,
+    without building model instances or serializer fields: ids as strings, times as ISO 8601
+    UTC, ``price_per_gpu_hour`` as a 4-place decimal string (CNY)."""
+    zone = timezone.get_current_timezone()
+    return [
+        {
+            "id": str(row["id"]),
+            "provider": str(row["provider_id"]),
+            "provider_name": row["provider__name"],
+            "site": row["site__code"],
+            "site_id": str(row["site_id"]),
+            "hub": row["site__hub__code"],
+            "city": row["site__city"],
+            "accelerator": row["accelerator__code"],
+            "gpu_count": row["gpu_count"],
+            "gpus_per_node": row["gpus_per_node"],
+            "interconnect": row["interconnect"],
+            "available_from": _iso(row["available_from"], zone),
+            "available_until": _iso(row["available_until"], zone),
+            "price_per_gpu_hour": f"{row['price_per_gpu_hour'].quantize(_PRICE_PLACES):f}",
+            "min_duration_hours": row["min_duration_hours"],
+            "status": row["status"],
+            "created_at": _iso(row["created_at"], zone),
+            "updated_at": _iso(row["updated_at"], zone),
+        }
+        for row in rows
+    ]
 
 
 class OfferCreateInputSerializer(StrictSerializer):
