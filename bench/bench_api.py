@@ -172,7 +172,47 @@ def seed(*, offers_per_site: int, reservations: int) -> str:
         demand.accelerators.add(offer.accelerator)
         reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=start)
     _, secret = token_create(user=user, name="bench")
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # fresh statistics, as autovacuum would have them
+        cursor.execute("ANALYZE")
     return secret
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(master: int) -> float:
+    """CPU seconds used so far by the gunicorn workers of ``master`` and the PostgreSQL
+    backends serving the bench database (workers keep their connections, CONN_MAX_AGE)."""
+    workers = [
+        int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(int(pid)) == master
+    ]
+    import psycopg
+
+    with psycopg.connect(host=HOST, port=PORT, user=USER, dbname="postgres") as conn:
+        backends = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (BENCH_DB,)
+            )
+        ]
+    return sum(_cpu_seconds(pid) for pid in [*workers, *backends])
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def wait_until_up(url: str, timeout: float = 60) -> None:
@@ -189,9 +229,19 @@ def wait_until_up(url: str, timeout: float = 60) -> None:
 
 
 def wrk(
-    url: str, *, token: str, connections: int, seconds: int, body: str | None = None
+    url: str,
+    *,
+    token: str,
+    connections: int,
+    seconds: int,
+    body: str | None = None,
+    master: int | None = None,
 ) -> dict[str, float]:
-    """One ``wrk`` run; returns requests/s, p50 and p99 in ms, socket errors and non-2xx."""
+    """One ``wrk`` run; returns requests/s, p50 and p99 in ms, socket errors and non-2xx, and
+    (with the gunicorn ``master`` pid) the server's CPU milliseconds per request: gunicorn
+    workers and PostgreSQL backends, measured from /proc, so it does not depend on what else
+    runs on the machine as the rates do."""
+    cpu_before = server_cpu(master) if master is not None else 0.0
     lua = f'wrk.headers["Authorization"] = "Token {token}"\n'
     if body is not None:
         lua += 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -221,9 +271,11 @@ def wrk(
         ).stdout
     finally:
         os.unlink(script.name)
+    cpu = server_cpu(master) - cpu_before if master is not None else 0.0
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))
     return {
+        "cpu_ms": 1000 * cpu / max(raw["requests"], 1),
         "rps": raw["requests"] / (raw["duration_us"] / 1e6),
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
@@ -348,6 +400,7 @@ def main() -> int:
                             connections=args.connections,
                             seconds=args.duration,
                             body=body,
+                            master=server.pid,
                         ),
                     )
                 )
@@ -382,12 +435,13 @@ def main() -> int:
         print(f"\nround {number}")
         print(
             f"{'endpoint':<22}{'req/s':>10}{'of hello':>10}{'p50 ms':>10}{'p99 ms':>10}"
-            f"{'requests':>10}{'errors':>8}"
+            f"{'requests':>10}{'errors':>8}{'CPU ms/req':>12}"
         )
         for name, r in rows:
             print(
                 f"{name:<22}{r['rps']:>10.0f}{r['rps'] / hello:>10.0%}{r['p50_ms']:>10.1f}"
                 f"{r['p99_ms']:>10.1f}{r['requests']:>10.0f}{r['errors'] + r['non_2xx']:>8.0f}"
+                f"{r['cpu_ms']:>12.2f}"
             )
             failed |= bool(r["errors"] or r["non_2xx"])
         search = rows[1][1]

@@ -432,6 +432,69 @@ class ReservationSerializer(serializers.ModelSerializer):
         ]
 
 
+# The reservation list's lean path, as the offer list's (tests/api/test_lean_lists.py).
+RESERVATION_VALUES = (
+    "id",
+    "status",
+    "demand_id",
+    "offer_id",
+    "buyer_id",
+    "provider_id",
+    "start",
+    "end",
+    "gpu_count",
+    "price_per_gpu_hour",
+    "bill",
+    "voucher_id",
+    "voucher_part",
+    "cash_part",
+    "voucher_note",
+    "locality_tier",
+    "delivered_gpu_hours",
+    "created_at",
+    "updated_at",
+)
+_FEN = Decimal("0.01")
+
+
+def reservation_values_representation(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ReservationSerializer(many=True).data`` for rows of
+    ``Reservation.objects.values(*RESERVATION_VALUES)``: ids as strings, times ISO 8601 UTC,
+    ``hours`` and ``gpu_hours`` derived as the model does, prices to 4 places and amounts to 2
+    (CNY, decimal strings)."""
+    zone = timezone.get_current_timezone()
+    out = []
+    for row in rows:
+        hours = int((row["end"] - row["start"]).total_seconds() // 3600)
+        voucher = row["voucher_id"]
+        out.append(
+            {
+                "id": str(row["id"]),
+                "status": row["status"],
+                "demand": str(row["demand_id"]),
+                "offer": str(row["offer_id"]),
+                "buyer": str(row["buyer_id"]),
+                "provider": str(row["provider_id"]),
+                "start": _iso(row["start"], zone),
+                "end": _iso(row["end"], zone),
+                "gpu_count": row["gpu_count"],
+                "hours": hours,
+                "gpu_hours": hours * row["gpu_count"],
+                "price_per_gpu_hour": f"{row['price_per_gpu_hour'].quantize(_PRICE_PLACES):f}",
+                "bill": f"{row['bill'].quantize(_FEN):f}",
+                "voucher": None if voucher is None else str(voucher),
+                "voucher_part": f"{row['voucher_part'].quantize(_FEN):f}",
+                "cash_part": f"{row['cash_part'].quantize(_FEN):f}",
+                "voucher_note": row["voucher_note"],
+                "locality_tier": row["locality_tier"],
+                "delivered_gpu_hours": row["delivered_gpu_hours"],
+                "created_at": _iso(row["created_at"], zone),
+                "updated_at": _iso(row["updated_at"], zone),
+            }
+        )
+    return out
+
+
 class UsageInputSerializer(StrictSerializer):
     """GPU-hours the provider delivered (0 … the reservation's GPU-hours)."""
 

@@ -38,6 +38,7 @@ from .base import (
 from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, StrictFilterBackend
 from .serializers import (
     OFFER_VALUES,
+    RESERVATION_VALUES,
     AcceleratorSerializer,
     DemandCreateInputSerializer,
     DemandDetailSerializer,
@@ -54,6 +55,7 @@ from .serializers import (
     SiteSerializer,
     UsageInputSerializer,
     offer_values_representation,
+    reservation_values_representation,
 )
 
 # --- Reference data (any authenticated caller) ----------------------------------------------
@@ -106,7 +108,7 @@ class OfferListCreateApi(PublicListApi):
     filterset_class = OfferFilter
 
     def get_queryset(self) -> QuerySet:
-        return selectors.offer_search()
+        return selectors.offer_search(related=False)  # list() reads values(), not instances
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """The search's read path, kept lean because it is the API's busiest call: the
@@ -330,6 +332,14 @@ class ReservationListApi(OrgMixin, generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet:
         return selectors.reservation_list(organisation=self.org)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """As the offer search: the page and its total in one query of plain values, written
+        out as ``ReservationSerializer`` would (``reservation_values_representation``)."""
+        queryset = self.filter_queryset(self.get_queryset()).values(*RESERVATION_VALUES)
+        page = self.paginate_queryset(queryset)
+        assert page is not None  # the API always paginates
+        return self.get_paginated_response(reservation_values_representation(page))
 
 
 def _reservation(view: OrgMixin, reservation_id: object) -> Reservation:
