@@ -170,6 +170,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "marketplace.api.schema.postprocess_problem_responses",
+        "marketplace.api.schema.postprocess_links",
     ],
 }
 
