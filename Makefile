@@ -57,8 +57,9 @@ BENCH_HOLDS ?= 200
 bench-holds: install services
 	$(PY) bench/bench_holds.py --clients $(BENCH_CLIENTS) --holds $(BENCH_HOLDS)
 
-## The API under gunicorn (2 workers) and wrk (50 connections) on loopback: offer search, demand
-## create and reservation list next to a bare Django "hello" view (own database suanli_bench_api,
+## The API under gunicorn (docker/gunicorn.conf.py, 2 sync workers per CPU) and wrk (50
+## connections) on loopback, 2 rounds: offer search, demand create and reservation list next to a
+## bare Django "hello" view, with the server's CPU ms per request (own database suanli_bench_api,
 ## dropped afterwards). Installs Debian's wrk when missing. Not part of `make test`.
 bench-api: install services
 	command -v wrk >/dev/null || { apt-get install -y wrk || sudo apt-get install -y wrk; }

@@ -159,7 +159,15 @@ class Offer(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["status", "accelerator"])]
+        indexes = [
+            models.Index(fields=["status", "accelerator"]),
+            # The offer search (API, console): active offers of some models, oldest first.
+            models.Index(
+                fields=["accelerator", "created_at", "id"],
+                condition=Q(status="active"),
+                name="offer_active_search",
+            ),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(gpu_count__gt=0), name="offer_gpu_count_pos"),
             models.CheckConstraint(condition=Q(gpus_per_node__gt=0), name="offer_gpn_pos"),

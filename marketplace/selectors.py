@@ -48,9 +48,11 @@ def _offers() -> QuerySet[Offer]:
     return Offer.objects.select_related("provider", "site__hub", "accelerator")
 
 
-def offer_search() -> QuerySet[Offer]:
-    """Active offers anyone may see, oldest first (filters are applied by the API layer)."""
-    return _offers().filter(status=Offer.Status.ACTIVE).order_by("created_at", "id")
+def offer_search(*, related: bool = True) -> QuerySet[Offer]:
+    """Active offers anyone may see, oldest first (filters are applied by the API layer), with
+    provider, site, hub and accelerator joined (``related=False``: without, for ``values()``)."""
+    offers = _offers() if related else Offer.objects.all()
+    return offers.filter(status=Offer.Status.ACTIVE).order_by("created_at", "id")
 
 
 def offer_get_visible(*, organisation: Organisation | None, offer_id: object) -> Offer | None:

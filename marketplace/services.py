@@ -6,6 +6,7 @@ Lock order: demand → offer → voucher → ledger accounts (by pk; the shared 
 escrow, fees, programme budgets — last) with a hold's programme row just before the hot ones.
 """
 
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -43,6 +44,7 @@ from .models import (
     SplitScope,
 )
 from .money import ZERO, bill_amount, quantize_money
+from .prepared import PreparedQuery
 from .timeutil import HOUR, hour_index, hour_index_ceil, is_whole_hour
 from .types import ObjectId
 
@@ -81,29 +83,51 @@ def _positive_int(value: Any, field: str, maximum: int) -> int:
     return value
 
 
-def accelerators_resolve(names: Iterable[str], field: str = "accelerators") -> list[Accelerator]:
-    """Resolve free-text accelerator names (codes or aliases, case-insensitive) to catalogue rows.
+# Read on every offer search and demand: compiled once (marketplace.prepared), read each time.
+_CATALOGUE: PreparedQuery[Accelerator] = PreparedQuery(
+    lambda _: Accelerator.objects.order_by("code")
+)
+_CATALOGUE_NAMES: PreparedQuery[Accelerator] = PreparedQuery(  # rows(): (id, code, aliases)
+    lambda _: Accelerator.objects.order_by("code").values_list("id", "code", "aliases")
+)
 
-    Raises ``ValidationFailed(code="unknown_accelerator")`` listing the known codes (§2).
-    """
-    catalogue = list(Accelerator.objects.all())
-    index: dict[str, Accelerator] = {}
-    for acc in catalogue:
-        index[acc.code.lower()] = acc
-        for alias in acc.aliases:
-            index[str(alias).lower()] = acc
-    found: dict[str, Accelerator] = {}
+
+def _resolve(
+    names: Iterable[str], field: str, catalogue: list[tuple[Any, str, list[str]]]
+) -> list[Any]:
+    """The ``key`` of each catalogue entry ``(key, code, aliases)`` that a name means (code or
+    alias, case-insensitive), once each, in the order first named; ``ValidationFailed`` naming
+    ``field`` and listing the known codes for a name that means none."""
+    index: dict[str, tuple[Any, str]] = {}
+    for key, code, aliases in catalogue:
+        index[code.lower()] = (key, code)
+        for alias in aliases:
+            index[str(alias).lower()] = (key, code)
+    found: dict[str, Any] = {}
     for name in names:
         match = index.get(str(name).strip().lower())
         if match is None:
-            known = ", ".join(sorted(a.code for a in catalogue))
+            known = ", ".join(sorted(code for _, code, _ in catalogue))
             raise ValidationFailed(
                 f"unknown accelerator {name!r}; known codes: {known}",
                 code="unknown_accelerator",
                 field=field,
             )
-        found[match.code] = match
+        found[match[1]] = match[0]
     return list(found.values())
+
+
+def accelerators_resolve(names: Iterable[str], field: str = "accelerators") -> list[Accelerator]:
+    """Resolve free-text accelerator names (codes or aliases, case-insensitive) to catalogue rows.
+
+    Raises ``ValidationFailed(code="unknown_accelerator")`` listing the known codes (§2).
+    """
+    return _resolve(names, field, [(acc, acc.code, acc.aliases) for acc in _CATALOGUE.all()])
+
+
+def accelerator_ids_resolve(names: Iterable[str], field: str = "accelerators") -> list[uuid.UUID]:
+    """``accelerators_resolve`` giving only the ids (no model instances; the offer search)."""
+    return _resolve(names, field, [tuple(row) for row in _CATALOGUE_NAMES.rows()])  # type: ignore[misc]
 
 
 # --- Wallet ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Organisation, User
-from accounts.selectors import organisation_of
+from accounts.selectors import request_organisation
 from ledger.models import IdempotencyKey
 from marketplace.errors import Conflict, NotFound, Unprocessable, ValidationFailed
 from marketplace.selectors import as_uuid
@@ -93,7 +93,8 @@ def object_id(raw: object, field: str) -> uuid.UUID:
 
 
 class OrgMixin:
-    """Resolves the caller's organisation after authentication as ``self.organisation``.
+    """Resolves the caller's organisation after authentication as ``self.organisation``
+    (``request_organisation``: found with the token, or looked up once for the request).
 
     With ``organisation_required`` (the default) a caller without one gets a 403
     ``no_organisation``; public reference views set it to ``False``.
@@ -104,8 +105,7 @@ class OrgMixin:
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
-        user = request.user
-        self.organisation = organisation_of(user) if user.is_authenticated else None
+        self.organisation = request_organisation(request)
         if self.organisation_required and self.organisation is None:
             raise exceptions.PermissionDenied(
                 "you do not belong to an organisation", code="no_organisation"

@@ -17,7 +17,7 @@ from marketplace.models import ReservationEvent, Site
 from vouchers.models import ReimbursementClaim
 
 from .base import OrgMixin
-from .filters import StrictFilterBackend
+from .filters import StrictFilterBackend, StrictFilterSet
 from .serializers import SiteSerializer, amount_field
 
 
@@ -116,7 +116,7 @@ class PayoutListApi(ProviderListApi):
         return selectors.provider_payout_list(provider=self.org)
 
 
-class ClaimFilter(django_filters.FilterSet):
+class ClaimFilter(StrictFilterSet):
     """``status`` of the claim (``open`` or ``paid``)."""
 
     status = django_filters.ChoiceFilter(choices=ReimbursementClaim.Status.choices)

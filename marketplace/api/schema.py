@@ -75,3 +75,75 @@ def postprocess_problem_responses(
                     if not response.get("description"):
                         response["description"] = "Problem details."
     return result
+
+
+# --- OpenAPI links: which operation an object's id leads to ------------------------------------
+# (producer path, method, status, where the id is in its body) -> the operations taking that id
+# as their ``{id}``. Clients (and schemathesis's stateful fuzzing, tests/api/test_fuzz.py) follow
+# them from a created or listed object to what can be done with it.
+_DEMAND = ["/api/v1/demands/{id}/", "/api/v1/demands/{id}/explain/", "/api/v1/demands/{id}/cancel/"]
+_OFFER = [
+    "/api/v1/offers/{id}/",
+    "/api/v1/offers/{id}/pause/",
+    "/api/v1/offers/{id}/activate/",
+    "/api/v1/offers/{id}/withdraw/",
+]
+_RESERVATION = [
+    "/api/v1/reservations/{id}/",
+    "/api/v1/reservations/{id}/accept/",
+    "/api/v1/reservations/{id}/cancel/",
+    "/api/v1/reservations/{id}/usage/",
+]
+_ONE = "$response.body#/id"
+_FIRST = "$response.body#/results/0/id"
+LINKS: list[tuple[str, str, str, str, list[str]]] = [
+    ("/api/v1/demands/", "post", "201", _ONE, _DEMAND),
+    ("/api/v1/demands/", "get", "200", _FIRST, _DEMAND),
+    ("/api/v1/demands/{id}/", "get", "200", _ONE, _DEMAND),
+    ("/api/v1/demands/{id}/cancel/", "post", "200", _ONE, _DEMAND),
+    ("/api/v1/offers/", "post", "201", _ONE, _OFFER),
+    ("/api/v1/offers/", "get", "200", _FIRST, _OFFER),
+    ("/api/v1/offers/{id}/", "get", "200", _ONE, _OFFER),
+    ("/api/v1/offers/{id}/", "patch", "200", _ONE, _OFFER),
+    ("/api/v1/offers/{id}/pause/", "post", "200", _ONE, _OFFER),
+    ("/api/v1/offers/{id}/activate/", "post", "200", _ONE, _OFFER),
+    ("/api/v1/reservations/", "get", "200", _FIRST, _RESERVATION),
+    ("/api/v1/reservations/", "get", "200", "$response.body#/results/0/offer", _OFFER),
+    ("/api/v1/reservations/", "get", "200", "$response.body#/results/0/demand", _DEMAND),
+    ("/api/v1/reservations/{id}/", "get", "200", "$response.body#/offer", _OFFER),
+    ("/api/v1/reservations/{id}/", "get", "200", "$response.body#/demand", _DEMAND),
+    ("/api/v1/reservations/{id}/", "get", "200", _ONE, _RESERVATION),
+    ("/api/v1/vouchers/", "get", "200", _FIRST, ["/api/v1/vouchers/{id}/"]),
+    ("/api/v1/programmes/", "get", "200", _FIRST, ["/api/v1/programmes/{id}/"]),
+    ("/api/v1/voucher-applications/", "post", "201", _ONE, ["/api/v1/voucher-applications/{id}/"]),
+    ("/api/v1/voucher-applications/", "get", "200", _FIRST, ["/api/v1/voucher-applications/{id}/"]),
+]
+_CONSUMER_METHODS = ("get", "post", "patch", "delete")
+
+
+def postprocess_links(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """A drf-spectacular ``POSTPROCESSING_HOOKS`` entry adding the OpenAPI ``links`` of
+    ``LINKS`` to the producers' success responses (drf-spectacular has no links of its own).
+    Consumers are named by ``operationId``, each link by it; paths or methods missing from this
+    schema (a route removed) are skipped."""
+    paths = result.get("paths", {})
+    for path, method, status, expression, consumers in LINKS:
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        links = response.setdefault("links", {})
+        for consumer in consumers:
+            for consumer_method in _CONSUMER_METHODS:
+                operation = paths.get(consumer, {}).get(consumer_method)
+                if operation is None or "operationId" not in operation:
+                    continue
+                name = operation["operationId"]
+                links[name] = {
+                    "operationId": name,
+                    "parameters": {"path.id": expression},
+                    "description": f"`id` of this response into `{consumer_method.upper()} "
+                    f"{consumer}`.",
+                }
+    return result

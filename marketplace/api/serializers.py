@@ -8,8 +8,12 @@ live in ``marketplace.services`` and come back as errors naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime, tzinfo
+from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from marketplace.models import (
@@ -125,6 +129,69 @@ class OfferSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+
+
+# The offer list's lean path: the columns ``OfferSerializer`` shows, read with ``values()`` in
+# the list's one query (site, hub, provider and accelerator joined), and turned into exactly
+# what ``OfferSerializer`` would output (tests/api/test_offer_search_lean.py holds them equal).
+OFFER_VALUES = (
+    "id",
+    "provider_id",
+    "provider__name",
+    "site__code",
+    "site_id",
+    "site__hub__code",
+    "site__city",
+    "accelerator__code",
+    "gpu_count",
+    "gpus_per_node",
+    "interconnect",
+    "available_from",
+    "available_until",
+    "price_per_gpu_hour",
+    "min_duration_hours",
+    "status",
+    "created_at",
+    "updated_at",
+)
+_PRICE_PLACES = Decimal("0.0001")
+
+
+def _iso(value: datetime, zone: tzinfo) -> str:
+    """A datetime as DRF's ``DateTimeField`` writes it: in the current time zone (UTC here),
+    ISO 8601, ``Z`` for UTC."""
+    text = value.astimezone(zone).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def offer_values_representation(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``OfferSerializer(many=True).data`` for rows of ``Offer.objects.values(*OFFER_VALUES)``,
+    without building model instances or serializer fields: ids as strings, times as ISO 8601
+    UTC, ``price_per_gpu_hour`` as a 4-place decimal string (CNY)."""
+    zone = timezone.get_current_timezone()
+    return [
+        {
+            "id": str(row["id"]),
+            "provider": str(row["provider_id"]),
+            "provider_name": row["provider__name"],
+            "site": row["site__code"],
+            "site_id": str(row["site_id"]),
+            "hub": row["site__hub__code"],
+            "city": row["site__city"],
+            "accelerator": row["accelerator__code"],
+            "gpu_count": row["gpu_count"],
+            "gpus_per_node": row["gpus_per_node"],
+            "interconnect": row["interconnect"],
+            "available_from": _iso(row["available_from"], zone),
+            "available_until": _iso(row["available_until"], zone),
+            "price_per_gpu_hour": f"{row['price_per_gpu_hour'].quantize(_PRICE_PLACES):f}",
+            "min_duration_hours": row["min_duration_hours"],
+            "status": row["status"],
+            "created_at": _iso(row["created_at"], zone),
+            "updated_at": _iso(row["updated_at"], zone),
+        }
+        for row in rows
+    ]
 
 
 class OfferCreateInputSerializer(StrictSerializer):
@@ -363,6 +430,69 @@ class ReservationSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+
+
+# The reservation list's lean path, as the offer list's (tests/api/test_lean_lists.py).
+RESERVATION_VALUES = (
+    "id",
+    "status",
+    "demand_id",
+    "offer_id",
+    "buyer_id",
+    "provider_id",
+    "start",
+    "end",
+    "gpu_count",
+    "price_per_gpu_hour",
+    "bill",
+    "voucher_id",
+    "voucher_part",
+    "cash_part",
+    "voucher_note",
+    "locality_tier",
+    "delivered_gpu_hours",
+    "created_at",
+    "updated_at",
+)
+_FEN = Decimal("0.01")
+
+
+def reservation_values_representation(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ReservationSerializer(many=True).data`` for rows of
+    ``Reservation.objects.values(*RESERVATION_VALUES)``: ids as strings, times ISO 8601 UTC,
+    ``hours`` and ``gpu_hours`` derived as the model does, prices to 4 places and amounts to 2
+    (CNY, decimal strings)."""
+    zone = timezone.get_current_timezone()
+    out = []
+    for row in rows:
+        hours = int((row["end"] - row["start"]).total_seconds() // 3600)
+        voucher = row["voucher_id"]
+        out.append(
+            {
+                "id": str(row["id"]),
+                "status": row["status"],
+                "demand": str(row["demand_id"]),
+                "offer": str(row["offer_id"]),
+                "buyer": str(row["buyer_id"]),
+                "provider": str(row["provider_id"]),
+                "start": _iso(row["start"], zone),
+                "end": _iso(row["end"], zone),
+                "gpu_count": row["gpu_count"],
+                "hours": hours,
+                "gpu_hours": hours * row["gpu_count"],
+                "price_per_gpu_hour": f"{row['price_per_gpu_hour'].quantize(_PRICE_PLACES):f}",
+                "bill": f"{row['bill'].quantize(_FEN):f}",
+                "voucher": None if voucher is None else str(voucher),
+                "voucher_part": f"{row['voucher_part'].quantize(_FEN):f}",
+                "cash_part": f"{row['cash_part'].quantize(_FEN):f}",
+                "voucher_note": row["voucher_note"],
+                "locality_tier": row["locality_tier"],
+                "delivered_gpu_hours": row["delivered_gpu_hours"],
+                "created_at": _iso(row["created_at"], zone),
+                "updated_at": _iso(row["updated_at"], zone),
+            }
+        )
+    return out
 
 
 class UsageInputSerializer(StrictSerializer):

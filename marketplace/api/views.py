@@ -37,6 +37,8 @@ from .base import (
 )
 from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, StrictFilterBackend
 from .serializers import (
+    OFFER_VALUES,
+    RESERVATION_VALUES,
     AcceleratorSerializer,
     DemandCreateInputSerializer,
     DemandDetailSerializer,
@@ -52,6 +54,8 @@ from .serializers import (
     ReservationSerializer,
     SiteSerializer,
     UsageInputSerializer,
+    offer_values_representation,
+    reservation_values_representation,
 )
 
 # --- Reference data (any authenticated caller) ----------------------------------------------
@@ -104,7 +108,17 @@ class OfferListCreateApi(PublicListApi):
     filterset_class = OfferFilter
 
     def get_queryset(self) -> QuerySet:
-        return selectors.offer_search()
+        return selectors.offer_search(related=False)  # list() reads values(), not instances
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The search's read path, kept lean because it is the API's busiest call: the
+        filtered page and its total in one query of plain values (site, hub, provider and
+        accelerator joined), written out as ``OfferSerializer`` would without its per-row
+        field machinery (``offer_values_representation``)."""
+        queryset = self.filter_queryset(self.get_queryset()).values(*OFFER_VALUES)
+        page = self.paginate_queryset(queryset)
+        assert page is not None  # the API always paginates
+        return self.get_paginated_response(offer_values_representation(page))
 
     @extend_schema(request=OfferCreateInputSerializer, responses={201: OfferSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
@@ -318,6 +332,14 @@ class ReservationListApi(OrgMixin, generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet:
         return selectors.reservation_list(organisation=self.org)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """As the offer search: the page and its total in one query of plain values, written
+        out as ``ReservationSerializer`` would (``reservation_values_representation``)."""
+        queryset = self.filter_queryset(self.get_queryset()).values(*RESERVATION_VALUES)
+        page = self.paginate_queryset(queryset)
+        assert page is not None  # the API always paginates
+        return self.get_paginated_response(reservation_values_representation(page))
 
 
 def _reservation(view: OrgMixin, reservation_id: object) -> Reservation:

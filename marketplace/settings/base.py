@@ -170,6 +170,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "marketplace.api.schema.postprocess_problem_responses",
+        "marketplace.api.schema.postprocess_links",
     ],
 }
 
@@ -294,14 +295,33 @@ DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
 DB_CONNECT_TIMEOUT_S = env.int("DB_CONNECT_TIMEOUT_S", default=5)
 
 
+# Server-side parameter binding and prepared statements on PostgreSQL (pg_binding): a query
+# run DB_PREPARE_THRESHOLD times on a connection is prepared, so PostgreSQL stops planning it
+# again on every request (planning the API's token lookup and offer search cost more CPU than
+# running them). Empty DB_PREPARE_THRESHOLD turns preparing off (a transaction-pooling PgBouncer
+# older than 1.21 cannot hold prepared statements).
+DB_PREPARE_THRESHOLD = env("DB_PREPARE_THRESHOLD", default="5")
+
+
+def pg_binding(db: dict) -> dict:  # type: ignore[type-arg]
+    """Bind parameters on the server (psycopg's ``Cursor`` instead of Django's default
+    client-side binding, which writes every value into the SQL text so no two queries are the
+    same) and let psycopg prepare the queries that repeat (``DB_PREPARE_THRESHOLD``)."""
+    if "postgresql" in db.get("ENGINE", ""):
+        options = db.setdefault("OPTIONS", {})
+        options["server_side_binding"] = True
+        options["prepare_threshold"] = int(DB_PREPARE_THRESHOLD) if DB_PREPARE_THRESHOLD else None
+    return db
+
+
 def pg_options(db: dict) -> dict:  # type: ignore[type-arg]
     """Add statement, lock and connect timeouts to a PostgreSQL database setting, so no request
     or task waits on the database without bound (a timeout is an OperationalError: a 503 for a
-    request, a retry with backoff for a task)."""
+    request, a retry with backoff for a task), and server-side binding (``pg_binding``)."""
     if "postgresql" in db.get("ENGINE", ""):
         options = db.setdefault("OPTIONS", {})
         options.setdefault("connect_timeout", DB_CONNECT_TIMEOUT_S)
         options["options"] = (
             f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS} -c lock_timeout={DB_LOCK_TIMEOUT_MS}"
         )
-    return db
+    return pg_binding(db)

@@ -5,10 +5,14 @@ a worker subprocess pointed at the test database (see tests/conftest.py).
 """
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import env, pg_binding
 
+# The same parameter binding as production (pg_binding), so the suite runs the ORM's queries
+# the way production sends them.
 DATABASES = {
-    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/suanli"),
+    "default": pg_binding(
+        env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/suanli")
+    ),
 }
 DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_suanli")}
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/14")

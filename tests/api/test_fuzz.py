@@ -1,18 +1,26 @@
 """Schema-driven fuzzing of the whole API with schemathesis against the live ``/api/schema/``.
 
-Every operation gets ``EXAMPLES`` generated requests (valid and invalid data) with a fixed seed
-(``derandomize``), once as an SME and once as a provider, each with a real hashed token; every
-response goes through all of schemathesis's checks (no 5xx, status code, content type, headers
-and body conform to the schema, invalid data refused, …). Path ids are swapped for ids of real
-objects of the caller (and of another organisation) in a fixed share of the examples, so the
-detail and action endpoints are exercised past their 404s.
+Two parts, each run once as an SME and once as a provider, each with a real hashed token:
 
-Speed (it runs in ``make test``): requests go in-process through the WSGI application; the
-schema is loaded lazily by a session fixture (not at import, so other test runs do not pay for
-it); each role is one pytest test whose operations run as subtests against one world of rows
-built once, inside the test's transaction. Schemathesis's "coverage" phase (hundreds of
-deterministic boundary cases per operation, 4-5x the requests) is off: its findings are pinned
-as plain tests in ``test_fuzz_findings.py`` and in the strict-input tests.
+* **Every operation**: ``EXAMPLES`` generated requests each (valid and invalid data) with a
+  fixed seed (``derandomize``), every response through all of schemathesis's checks (no 5xx,
+  status code, content type, headers and body conform to the schema, invalid data refused, …).
+  Path ids are swapped for ids of real objects of the caller (and of another organisation) in
+  a fixed share of the examples, so the detail and action endpoints are exercised past their
+  404s. (Why the loop over operations is ours: ``_fuzz``.)
+* **Stateful** (schemathesis's state machine over the schema's OpenAPI ``links``,
+  ``marketplace.api.schema.LINKS``): scenarios of up to ``STEPS`` calls in which a created or
+  listed object's id is fed to the operations on it — demand create → get / explain / cancel,
+  offer create → get / pause / activate / withdraw, reservation list → accept / cancel /
+  usage, … — so the fuzzed ids are real. Same checks; the test also asserts that linked calls
+  really reached existing objects (2xx on an id-taking operation).
+
+Requests go in-process through the WSGI application; the schema is loaded lazily by a session
+fixture (not at import, so other test runs do not pay for it), from the test database. The world
+of rows is built once per test, inside its transaction. Schemathesis's "coverage" phase
+(hundreds of deterministic boundary cases per operation, 4-5x the requests, about 20 more
+minutes here) is off: its findings are pinned as plain tests in ``test_fuzz_findings.py`` and in
+the strict-input tests.
 """
 
 import traceback
@@ -34,6 +42,9 @@ from marketplace.wsgi import application
 from tests.factories import DemandFactory, UserFactory
 
 EXAMPLES = 100
+SCENARIOS = 60  # stateful scenarios per role
+STEPS = 6  # calls per scenario at most
+ROLES = ("sme", "provider")
 
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
@@ -120,8 +131,12 @@ def _fuzz(api_schema, token: str, ids: list[str]) -> None:  # type: ignore[no-un
     (its generation modes, examples and seed per operation, as ``schema.parametrize()`` builds
     them), in this one pytest test; all failures are collected and reported together.
 
-    (``schema.parametrize()`` would load the schema at import, and schemathesis's lazy
-    ``from_fixture`` does not run under pytest 9, so the loop is ours.)"""
+    Why not the public pytest API: schemathesis 4.32.5 (the newest release) runs a lazy
+    ``schemathesis.pytest.from_fixture(...).parametrize()`` test by renaming
+    ``request.node._nodeid``, which pytest 9.2's nodes no longer have (AttributeError on every
+    run); the eager ``schema.parametrize()`` needs the schema at import, in every test run. So
+    the loop is ours, over ``schemathesis.pytest.lazy.get_all_tests`` (what ``parametrize``
+    runs); the stateful test below uses the public ``as_state_machine()``."""
     calls: Counter[str] = Counter()
     failures: list[str] = []
 
@@ -160,3 +175,56 @@ def test_api_conforms_to_its_schema_as_sme(api_schema, world):  # type: ignore[n
 @pytest.mark.django_db
 def test_api_conforms_to_its_schema_as_provider(api_schema, world):  # type: ignore[no-untyped-def]
     _fuzz(api_schema, world["provider"], world["ids"])
+
+
+def _id_operation(label: str) -> bool:
+    return "{id}" in label
+
+
+@pytest.mark.fuzz
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ROLES)
+def test_linked_operations_statefully(api_schema, world, role):  # type: ignore[no-untyped-def]
+    """Scenarios along the schema's links with real ids, as ``role``; all checks on every
+    step; linked calls must reach existing objects."""
+    token = world[role]
+    reached: Counter[str] = Counter()
+    steps: Counter[str] = Counter()
+
+    class Scenario(api_schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case):  # type: ignore[no-untyped-def]
+            return {"headers": {"Authorization": f"Token {token}"}}
+
+        def after_call(self, response, case):  # type: ignore[no-untyped-def]
+            super().after_call(response, case)
+            steps[case.operation.label] += 1
+            if _id_operation(case.operation.label) and 200 <= response.status_code < 300:
+                reached[case.operation.label] += 1
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):  # type: ignore[no-untyped-def]
+            case.validate_response(
+                response,
+                checks=ALL_CHECKS,
+                additional_checks=additional_checks,
+                headers=kwargs.get("headers"),  # the token is ours, not generated
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+
+    Scenario.run(
+        settings=settings(
+            max_examples=SCENARIOS,
+            stateful_step_count=STEPS,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    # ids came from responses (a random UUID never finds an object). As an SME the links reach
+    # its own demands; as a provider they mostly reach programmes and vouchers (a generated offer
+    # is rarely valid, and list filters often leave the first page empty).
+    assert sum(reached.values()) >= 3, f"linked calls reached: {dict(reached)}; {dict(steps)}"
+    if role == "sme":
+        assert any("/api/v1/demands/{id}/" in label for label in reached), dict(reached)
