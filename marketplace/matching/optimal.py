@@ -207,6 +207,10 @@ def _priority(d: DemandSnap) -> tuple[Decimal, int, str]:
     return (-d.max_price, d.posted, d.id)
 
 
+def _offer_id(booking: Candidate | Match) -> str:
+    return booking.offer.id if isinstance(booking, Candidate) else booking.offer_id
+
+
 @dataclass
 class _Component:
     """Demands (price-time order) and the offer buckets they could use; shares none with
@@ -229,9 +233,11 @@ def _components(
     demands: Sequence[DemandSnap],
     offers: Sequence[OfferSnap],
     latency: Mapping[tuple[str, str], float],
+    finish: float,
 ) -> tuple[list[_Component], dict[str, frozenset[int]]]:
     """The independent components, and for each demand the bucket numbers it could use (model,
-    price, locality, minimum duration, provider — the rules of ``greedy`` but capacity)."""
+    price, locality, minimum duration, provider — the rules of ``greedy`` but capacity).
+    Raises ``_Deadline`` when ``finish`` passes first."""
     index = OfferIndex(offers, latency)
     number: dict[int, int] = {}
     buckets: list[Bucket] = []
@@ -251,7 +257,9 @@ def _components(
             x = parent[x]
         return x
 
-    for d in demands:
+    for i, d in enumerate(demands):
+        if i % 256 == 0 and time.perf_counter() >= finish:
+            raise _Deadline
         key = (d.models, d.origin, d.limit, d.max_price, d.buyer, min(d.duration, longest_min))
         found = cache.get(key)
         if found is None:
@@ -288,13 +296,15 @@ def _components(
     return components, reach
 
 
-def _blocks(components: list[_Component], pick: Mapping[str, Candidate], size: int) -> list[_Block]:
+def _blocks(
+    components: list[_Component], pick: Mapping[str, Candidate | Match], size: int
+) -> list[_Block]:
     """A component of at most ``size`` demands is one block; a larger one is cut into blocks
     of offers (site, model, price, listing order) holding about ``size / 2`` of the current
     bookings each."""
     booked: dict[str, int] = {}
-    for c in pick.values():
-        booked[c.offer.id] = booked.get(c.offer.id, 0) + 1
+    for p in pick.values():
+        booked[_offer_id(p)] = booked.get(_offer_id(p), 0) + 1
     blocks: list[_Block] = []
     for k, comp in enumerate(components):
         if len(comp.demands) <= size:
@@ -356,10 +366,8 @@ def solve_optimal(
     greedy_demands, greedy_offers = snapshot_copy(demands, offers)
     greedy = solve_greedy(greedy_demands, greedy_offers, latency=latency, deadline=finish)
     demand_of = {d.id: d for d in demands}
-    pick: dict[str, Candidate] = {
-        m.demand_id: _forced(demand_of[m.demand_id], by_id[m.offer_id], m.start, m.tier, latency)
-        for m in greedy.matches
-    }
+    # the incumbent: greedy's matches, replaced by a block's candidates where it does better
+    pick: dict[str, Candidate | Match] = {m.demand_id: m for m in greedy.matches}
     not_reached = int(greedy.solver.get("not_reached", 0))  # type: ignore[call-overload]
     facts: dict[str, object] = {
         "greedy_gpu_hours": greedy.gpu_hours,
@@ -385,17 +393,34 @@ def solve_optimal(
     facts["blocks_seconds"] = time.perf_counter() - t1
     pairs += int(facts.pop("candidate_pairs", 0))  # type: ignore[call-overload]
 
-    # Apply the bookings in demand order (vouchers drawn in that order, as greedy does).
+    # Apply: greedy's timelines, less the greedy bookings a block replaced, plus the blocks'
+    # bookings; vouchers drawn in demand order, as greedy does.
+    for o, g in zip(offers, greedy_offers, strict=True):
+        o.used[:] = g.used
+    for m in greedy.matches:
+        if pick.get(m.demand_id) is not m:
+            d, o = demand_of[m.demand_id], by_id[m.offer_id]
+            for h in range(m.start - o.start, m.start - o.start + d.duration):
+                o.used[h] -= d.gpu_count
+    for booking in pick.values():
+        if isinstance(booking, Candidate):
+            booking.offer.take(booking.demand.gpu_count, booking.start, booking.demand.duration)
     result = Result([], {}, pairs, "optimal", facts)
     for d in demands:
-        c = pick.get(d.id)
-        if c is None:
+        p = pick.get(d.id)
+        if p is None:
             continue
-        c.offer.take(d.gpu_count, c.start, d.duration)
-        vpart = voucher_part_of(c.bill, d.voucher, c.offer, d.buyer, d.related)
+        if isinstance(p, Candidate):
+            offer, tier = p.offer, TIERS[p.rank]
+        else:
+            offer, tier = by_id[p.offer_id], p.tier
+        vpart = voucher_part_of(p.bill, d.voucher, offer, d.buyer, d.related)
         if d.voucher is not None and vpart:
             d.voucher.available -= vpart
-        result.matches.append(Match(d.id, c.offer.id, c.start, TIERS[c.rank], c.bill, vpart))
+        if isinstance(p, Match) and p.voucher_part == vpart:
+            result.matches.append(p)
+        else:
+            result.matches.append(Match(d.id, offer.id, p.start, tier, p.bill, vpart))
         result.served[d.id] = d.gpu_count * d.duration
 
     # 4. Fill what still fits; the reason of the rest. Greedy's reason stands for a demand it
@@ -442,7 +467,7 @@ def _improve_blocks(
     demands: list[DemandSnap],
     offers: list[OfferSnap],
     greedy_offers: list[OfferSnap],
-    pick: dict[str, Candidate],
+    pick: dict[str, Candidate | Match],
     latency: Mapping[tuple[str, str], float],
     settings: OptimalSettings,
     finish: float,
@@ -455,9 +480,15 @@ def _improve_blocks(
     ``greedy_offers`` are the offers as greedy left them (idle capacity ranks the blocks).
     Returns each demand's usable bucket numbers."""
     t1 = time.perf_counter()
-    components, reach = _components(demands, offers, latency)
-    facts["decompose_seconds"] = time.perf_counter() - t1
+    try:
+        components, reach = _components(demands, offers, latency, finish)
+    except _Deadline:
+        facts["deadline_hit"] = True
+        return {}
+    finally:
+        facts["decompose_seconds"] = time.perf_counter() - t1
     demand_of = {d.id: d for d in demands}
+    by_id = {o.id: o for o in offers}
     waiting = [[d for d in comp.demands if d.id not in pick] for comp in components]
     # Most promising first: the GPU-hours greedy left idle on a block's offers inside the span
     # of the windows of its component's unserved demands (ties: decomposition order).
@@ -475,15 +506,21 @@ def _improve_blocks(
         return total
 
     on_offer: dict[str, set[str]] = {}
-    for c in pick.values():
-        on_offer.setdefault(c.offer.id, set()).add(c.demand.id)
+    for demand_id, p in pick.items():
+        on_offer.setdefault(_offer_id(p), set()).add(demand_id)
     statuses: dict[str, int] = {}
     facts["statuses"] = statuses
     total = improved = columns = pairs = rounds = 0
     solve_seconds = 0.0
     size = settings.block_demands
-    served_before = sum(c.demand.gpu_count * c.demand.duration for c in pick.values())
+
+    def hours(demand_id: str) -> int:
+        d = demand_of[demand_id]
+        return d.gpu_count * d.duration
+
+    served = sum(hours(demand_id) for demand_id in pick)
     while True:
+        served_before = served
         rounds += 1
         blocks = _blocks(components, pick, size)
         blocks = [b for _, _, b in sorted((-idle(b), i, b) for i, b in enumerate(blocks))]
@@ -508,7 +545,7 @@ def _improve_blocks(
             block_demands = sorted([demand_of[d] for d in members] + extra, key=_priority)
             try:
                 chosen, block_facts = _improve(
-                    block_demands, block.offers, pick, latency, settings, share, finish
+                    block_demands, block.offers, pick, by_id, latency, settings, share, finish
                 )
             except _Deadline:
                 facts["deadline_hit"] = True
@@ -528,20 +565,20 @@ def _improve_blocks(
             for d in block_demands:
                 old = pick.pop(d.id, None)
                 if old is not None:
-                    on_offer[old.offer.id].discard(d.id)
+                    on_offer[_offer_id(old)].discard(d.id)
                     dropped.append(d)
+                    served -= hours(d.id)
             for c in chosen:
                 pick[c.demand.id] = c
                 on_offer.setdefault(c.offer.id, set()).add(c.demand.id)
+                served += hours(c.demand.id)
             waiting[block.component] = sorted(
                 [d for d in waiting[block.component] + dropped if d.id not in pick],
                 key=_priority,
             )
         improved += better
-        served = sum(c.demand.gpu_count * c.demand.duration for c in pick.values())
         if facts["skipped"] or served <= served_before or all(b.whole for b in blocks):
             break
-        served_before = served
         size *= 2
     facts.update(
         rounds=rounds, blocks=total, improved=improved, columns=columns, candidate_pairs=pairs
@@ -553,7 +590,8 @@ def _improve_blocks(
 def _improve(
     demands: list[DemandSnap],
     offers: list[OfferSnap],
-    pick: Mapping[str, Candidate],
+    pick: Mapping[str, Candidate | Match],
+    by_id: Mapping[str, OfferSnap],
     latency: Mapping[tuple[str, str], float],
     settings: OptimalSettings,
     share: float,
@@ -574,6 +612,8 @@ def _improve(
         cands, considered = demand_candidates(d, index, keep)
         pairs += considered
         current = pick.get(d.id)
+        if isinstance(current, Match):
+            current = _forced(d, by_id[current.offer_id], current.start, current.tier, latency)
         if current is not None:
             at = next(
                 (
