@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SERVE  ?= 1
 DEMANDS ?= 2000
 
-.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-cycle bench-load bench-api
+.PHONY: run test install services browser check clean messages bench-holds bench-engine bench-replay bench-cycle bench-load bench-api
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed"; exit 1; }
@@ -71,6 +71,13 @@ clean:
 ## Benchmarks (not part of `make test`); numbers are printed as tables.
 bench-engine: install
 	cd bench && ../$(PY) engine.py
+
+## The whole 149-day trace replayed in simulated time against the fleet (engine only): GPU
+## utilisation and waiting time for fcfs, greedy and optimal. REPLAY_ARGS passes flags
+## (e.g. '--days 110:149 --nodes 30 --policies greedy,optimal'; --help lists them).
+REPLAY_ARGS ?=
+bench-replay: install
+	cd bench && ../$(PY) replay.py $(REPLAY_ARGS)
 
 ## One whole matching cycle writing CYCLE_N reservations (holds, ledger entries) on PostgreSQL,
 ## next to pgbench TPC-B (own databases, dropped afterwards). Not part of `make test`.

@@ -7,6 +7,7 @@ Money is ``Decimal``: CNY, prices per GPU-hour to 4 places, amounts to the fen (
 import uuid
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -26,8 +27,10 @@ class Hub(models.Model):
     matching_policy = models.CharField(max_length=10, choices=Policy.choices, default="greedy")
     matching_time_limit = models.PositiveIntegerField(
         default=10,
-        help_text="Seconds the optimal policy may spend solving one cycle before it keeps the "
-        "best answer found (the greedy result at worst).",
+        validators=[MinValueValidator(1)],
+        help_text="Seconds the optimal policy may spend on one cycle, greedy included; it then "
+        "keeps the best answer found: the greedy result at worst when greedy alone fits in 90 % "
+        "of the limit, else the demands greedy did not reach wait for the next cycle.",
     )
 
     class Meta:

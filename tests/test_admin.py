@@ -14,9 +14,9 @@ from django.urls import reverse
 from accounts.models import Organisation, User
 from ledger.models import Account
 from ledger.services import voucher_account
-from marketplace.models import Offer, Reservation
+from marketplace.models import Hub, Offer, Reservation
 from marketplace.services import reservation_create
-from tests.factories import DemandFactory, OrganisationFactory
+from tests.factories import DemandFactory, HubFactory, OrganisationFactory
 from vouchers.models import CatalogueEntry, Programme, Voucher, VoucherApplication
 from vouchers.services import voucher_application_submit, voucher_issue
 
@@ -253,3 +253,26 @@ def test_changelist_queries_do_not_grow_with_rows(operator_client, market, buyer
     # then the page still takes the same number of queries
     assert response.status_code == 200
     assert len(second) == len(first)
+
+
+@pytest.mark.parametrize(("limit", "valid"), [("0", False), ("1", True)])
+def test_hub_matching_time_limit_is_at_least_one_second(operator, rf, limit, valid):
+    # given a hub on the optimal policy, edited through the operator admin's form
+    hub = HubFactory.create(code="gansu", matching_policy="optimal")
+    request = rf.get("/admin/")
+    request.user = operator
+    form_class = admin.site._registry[Hub].get_form(request, hub)
+    data = {
+        "code": hub.code,
+        "name": hub.name,
+        "name_zh": "",
+        "matching_policy": "optimal",
+        "matching_time_limit": limit,
+    }
+    form = form_class(data=data, instance=hub)
+    # then 0 s is refused on the field (optimal would stop before greedy's first demand)
+    assert form.is_valid() is valid
+    if not valid:
+        assert list(form.errors) == ["matching_time_limit"]
+        hub.refresh_from_db()
+        assert hub.matching_time_limit == 10

@@ -11,6 +11,7 @@ the pair with the lowest cost to the buyer after the voucher wins, then the earl
 offer id. Capacity taken by a match is removed from the offer's timeline before the next demand.
 """
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
@@ -409,6 +410,7 @@ def solve_greedy(
     offers: Iterable[OfferSnap],
     on_match: Callable[[Match], None] | None = None,
     latency: Mapping[tuple[str, str], float] | None = None,
+    deadline: float | None = None,
 ) -> Result:
     """Run one greedy cycle. ``offers`` timelines are updated in place as capacity is taken.
 
@@ -417,11 +419,18 @@ def solve_greedy(
     ``Result.pairs_considered`` counts the (demand, offer) pairs actually evaluated.
     A demand that allows splitting (``split``) and has no whole fit is then tried in parts at
     its turn (``partial.split_book``: several matches, all or none).
+    ``deadline`` (a ``time.perf_counter()`` value; the ``optimal`` policy's time limit): once
+    it has passed the walk stops, and the demands not reached are in neither ``matches`` nor
+    ``unserved`` (they stay open for the next cycle) but counted in
+    ``Result.solver["not_reached"]``.
     """
     index = OfferIndex(offers, latency or {})
     result = Result(matches=[], unserved={})
     ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
-    for demand in ordered:
+    for i, demand in enumerate(ordered):
+        if deadline is not None and time.perf_counter() >= deadline:
+            result.solver["not_reached"] = len(ordered) - i
+            break
         match, reason, considered = best_pair(demand, index)
         result.pairs_considered += considered
         if match is None and demand.split != "none":

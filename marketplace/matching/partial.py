@@ -307,9 +307,10 @@ def split_after(
     """The split pass after a policy that places whole demands only (``optimal``): the split
     demands it left unserved, in price-time order (higher limit, earlier posting), are placed in
     parts on the timelines it left (``offers``, already updated in place). Mutates and returns
-    ``result``; a demand placed here leaves ``result.unserved``."""
+    ``result``; a demand placed here leaves ``result.unserved``. A demand in neither
+    ``served`` nor ``unserved`` was not reached before the policy's time limit and stays open."""
     pending = sorted(
-        (d for d in demands if d.split in SCOPES and d.id not in result.served),
+        (d for d in demands if d.split in SCOPES and d.id in result.unserved),
         key=lambda d: (-d.max_price, d.posted, d.id),
     )
     if not pending:

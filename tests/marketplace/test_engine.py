@@ -1,5 +1,6 @@
 """The greedy engine on plain data: no database."""
 
+import time
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -172,3 +173,22 @@ def test_ties_go_to_the_offer_listed_first_not_to_the_id():
     second.listed = 1
     result = solve_greedy([demand("d")], [second, first])
     assert [m.offer_id for m in result.matches] == ["zzz"]
+
+
+def test_a_passed_deadline_stops_the_walk_and_leaves_the_rest_open():
+    # given a deadline already passed (the optimal policy's time limit)
+    offers = [offer("o")]
+    result = solve_greedy(
+        [demand("d1"), demand("d2", posted=1)], offers, deadline=time.perf_counter()
+    )
+    # then no demand is matched or given a reason: both stay open for the next cycle
+    assert (result.matches, result.unserved) == ([], {})
+    assert result.solver == {"not_reached": 2}
+    assert offers[0].used == [0] * 48
+
+
+def test_no_deadline_walks_every_demand():
+    result = solve_greedy([demand("d1"), demand("d2", posted=1, gpus=16)], [offer("o")])
+    assert [m.demand_id for m in result.matches] == ["d1"]
+    assert result.unserved == {"d2": "no_free_window"}
+    assert "not_reached" not in result.solver

@@ -2,6 +2,7 @@
 invariants both policies keep on random instances. No database."""
 
 import copy
+from dataclasses import replace
 from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
@@ -102,7 +103,7 @@ def test_fragmentation_trap_across_offers_is_solved():
     assert picks(optimal) == [("d4", "small", 0), ("d8", "big", 0)]
     assert (greedy.gpu_hours, optimal.gpu_hours) == (16, 48)
     assert optimal.unserved == {}
-    assert optimal.solver["status"] == "Optimal"
+    assert optimal.solver["statuses"] == {"Optimal": 1}
 
 
 def test_time_window_trap_is_solved_by_a_later_start():
@@ -278,3 +279,43 @@ def test_both_policies_keep_capacity_price_locality_and_windows(raw_offers, raw_
     check_invariants(greedy, demands, offers)
     check_invariants(optimal, demands, offers)
     assert optimal.gpu_hours >= greedy.gpu_hours
+
+
+def test_independent_components_are_each_solved_to_their_optimum():
+    # given the fragmentation trap twice: on A100 offers and on H100 offers, which no demand
+    # can mix (two components)
+    offers = [offer("big", 8, "10", end=4), offer("small", 4, "11", end=4, listed=1)]
+    offers += [
+        replace(offer("big-h", 8, "10", end=4, listed=2), model="H100"),
+        replace(offer("small-h", 4, "11", end=4, listed=3), model="H100"),
+    ]
+    demands = [demand("d4", 4, price="30"), demand("d8", 8, price="20", posted=1)]
+    demands += [
+        replace(demand("h4", 4, price="30", posted=2), models=frozenset({"H100"})),
+        replace(demand("h8", 8, price="20", posted=3), models=frozenset({"H100"})),
+    ]
+    greedy, optimal = both(demands, offers)
+    # then each component is one block, solved to its optimum: 96 GPU-hours instead of 32
+    assert (greedy.gpu_hours, optimal.gpu_hours) == (32, 96)
+    assert picks(optimal) == [
+        ("d4", "small", 0),
+        ("d8", "big", 0),
+        ("h4", "small-h", 0),
+        ("h8", "big-h", 0),
+    ]
+    assert (optimal.solver["blocks"], optimal.solver["improved"]) == (2, 2)
+    assert optimal.solver["statuses"] == {"Optimal": 2}
+
+
+def test_a_zero_time_limit_books_nothing_and_leaves_every_demand_open():
+    # given a market where greedy would serve everything
+    offers = [offer(f"o{i}", 8, listed=i, end=24) for i in range(4)]
+    demands = [demand(f"d{i}", 2, 3, end=24, posted=i) for i in range(10)]
+    before = copy.deepcopy(offers)
+    # when optimal has no time at all
+    result = solve_optimal(demands, offers, settings=OptimalSettings(time_limit=0.0))
+    # then it stops before greedy's first demand: nothing booked, no reason claimed, all open
+    assert result.matches == [] and result.unserved == {}
+    assert result.solver["not_reached"] == 10
+    assert result.solver["deadline_hit"] is True
+    assert [o.used for o in offers] == [o.used for o in before]

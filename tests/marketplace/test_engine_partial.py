@@ -251,6 +251,17 @@ def test_optimal_reports_a_split_demand_it_cannot_place_in_parts_either():
     assert result.matches == [] and result.unserved == {"d": "no_free_window"}
 
 
+def test_optimal_leaves_split_demands_it_had_no_time_to_reach_open():
+    # given a split demand that two offers could hold in parts
+    fleet = [offer("o1"), offer("o2", listed=1)]
+    # when optimal has no time at all, so greedy reaches no demand
+    result = solve_optimal_split([demand()], fleet, settings=OptimalSettings(time_limit=0.0))
+    # then the split pass does not place it past the limit either: it stays open
+    assert (result.matches, result.unserved) == ([], {})
+    assert result.solver["not_reached"] == 1
+    assert all(max(o.used) == 0 for o in fleet)
+
+
 def test_split_reach_names_the_group_holding_most_gpus_together():
     fleet = [
         offer("a1", CHENGDU_A, gpus=8),
