@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('marketplace', '0006_demand_split_scope'),
+        ('marketplace', '0007_offer_active_search_index'),
     ]
 
     operations = [
