@@ -8,8 +8,8 @@ loads all of that once for a batch, under the batch's row locks (vouchers, their
 accounts, then the programme rows), and ``SplitFacts.split`` applies the same rules in the same
 order in memory; ``SplitFacts.count`` then books a hold's voucher part against the balance,
 budget and cap, so the next hold of the batch sees it, as the next ``voucher_split`` call
-would see the previous hold's rows. ``tests/vouchers/test_split_facts.py`` checks both splits
-agree on every rule.
+would see the previous hold's rows. ``tests/marketplace/test_bulk_write_rules.py`` checks the
+two paths agree on every rule.
 """
 
 from collections import defaultdict

@@ -1,6 +1,8 @@
 """The bulk write path of a cycle (``marketplace.matching.bulk``) against the one-by-one path
-(``reservation_create`` per match): same reservations, holds, demand states and ledger balances;
-and a race between a batch and a person booking the last GPUs on PostgreSQL."""
+(``reservation_create`` per match): same reservations, holds, demand states and ledger balances
+(every rule: ``test_bulk_write_rules``); a batch's statements do not grow with its size; and
+races on PostgreSQL between a batch and a person booking the last GPUs or spending the last of
+the same wallet."""
 
 import threading
 from datetime import timedelta
@@ -9,6 +11,8 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.models import Organisation
 from ledger.audit import ledger_audit
@@ -251,4 +255,101 @@ def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, o
         assert (results["person"], results["batch"], booked) == ("capacity_exhausted", 4, 4)
     assert offer_peak_reserved(offer) == 8
     assert Offer.objects.get(pk=offer.pk).gpu_count == 8
+    assert ledger_audit() == []
+
+
+def _statement_kinds(queries: CaptureQueriesContext) -> list[str]:
+    return [
+        " ".join(q["sql"].split()[:3])
+        for q in queries.captured_queries
+        if "SAVEPOINT" not in q["sql"]
+    ]
+
+
+@pytest.mark.django_db
+def test_a_batch_takes_the_same_statements_whatever_its_size(buyer, offer, voucher):
+    # given open demands of one buyer (the first paying with a voucher) and one hour each
+    def write(n: int) -> list[str]:
+        start = next_hour(2)
+        demands = [
+            DemandFactory.create(
+                buyer=buyer,
+                gpu_count=1,
+                duration_hours=1,
+                voucher=voucher if i == 0 else None,
+                earliest_start=start,
+                latest_end=start + timedelta(hours=48),
+            )
+            for i in range(n)
+        ]
+        matches = [
+            Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
+            for i, d in enumerate(demands)
+        ]
+        with CaptureQueriesContext(connection) as queries:
+            outcome = matches_write(matches, now=timezone.now(), batch=n)
+        assert len(outcome.made) == n
+        return _statement_kinds(queries)
+
+    # when a batch of 2 and a batch of 16 are written, then both send the same statements
+    system_account(Account.Kind.ESCROW)  # (created on first use)
+    few, many = write(2), write(16)
+    assert few == many
+    assert len(many) <= 30
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_and_a_person_spending_the_same_wallet_never_overdraw_it(site, provider):
+    # given a buyer with ¥100 and five ¥30 demands: four in a batch, one booked by a person
+    # at the same time on another offer (the wallet is all they share)
+    org = OrganisationFactory.create(name="Thrifty", home_site=site)
+    wallet_deposit(organisation=org, amount=Decimal("100.00"))
+    batch_offer = OfferFactory.create(provider=provider, site=site)
+    person_offer = OfferFactory.create(provider=provider, site=site)
+    start = next_hour(2)
+    window = {"earliest_start": start, "latest_end": start + timedelta(hours=12)}
+    batch = [
+        DemandFactory.create(buyer=org, gpu_count=1, duration_hours=3, **window) for _ in "1234"
+    ]
+    person = DemandFactory.create(buyer=org, gpu_count=1, duration_hours=3, **window)
+    matches = [
+        Match(str(d.pk), str(batch_offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
+        for d in batch
+    ]
+    barrier = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def run_batch() -> None:
+        try:
+            barrier.wait()
+            results["batch"] = matches_write(matches, now=start - timedelta(hours=2))
+        finally:
+            connection.close()
+
+    def run_person() -> None:
+        try:
+            barrier.wait()
+            reservation_create(demand_id=person.pk, offer_id=person_offer.pk, start=start)
+            results["person"] = "ok"
+        except DomainError as exc:
+            results["person"] = exc.code
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run_batch), threading.Thread(target=run_person)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # then exactly three ¥30 holds were made, whoever came first, and ¥10 is left
+    made = len(results["batch"].made) + (results["person"] == "ok")
+    assert made == Reservation.objects.filter(buyer=org).count() == 3
+    if results["person"] != "ok":
+        assert results["person"] == "insufficient_funds"
+    else:
+        assert sorted(results["batch"].dropped.values()) == ["insufficient_funds"]
+    assert Account.objects.get(kind=Account.Kind.WALLET, organisation=org).balance == Decimal(
+        "10.00"
+    )
     assert ledger_audit() == []
