@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from django.db.models import Q, Sum
+from django.db.models import Case, F, Q, Sum, Value, When
 
 from accounts.models import Organisation
 from marketplace.money import ZERO, quantize_money
@@ -184,9 +184,9 @@ def split_facts_load(
     vouchers' ledger balances (CNY by voucher id) the caller read under its locks. The caller
     holds the programme rows' locks, so the budget and cap used cannot move meanwhile.
 
-    Queries (none without vouchers): held and redeemed voucher parts, each for the programme
-    and for the buyers (4), approved catalogue entries (1), the buyers' related organisations
-    (1), the region scopes (3) and the share tiers (1, plus 2 when there are tiers).
+    Queries (none without vouchers): held and redeemed voucher parts per programme and buyer
+    (2), approved catalogue entries (1), the buyers' related organisations (1), the region
+    scopes (1) and the share tiers (1, plus 2 when there are tiers).
     """
     programmes = {v.programme_id: v.programme for v in vouchers}
     buyers, providers = set(buyer_ids), set(provider_ids)
@@ -213,24 +213,32 @@ def split_facts_load(
         redeemed |= Q(
             programme_id=pk, reservation__created_at__gte=lo, reservation__created_at__lt=hi
         )
-    held_rows = Reservation.objects.filter(held, status__in=HELD_STATUSES)
-    claim_rows = ReimbursementClaim.objects.filter(redeemed)
-    for pk, total in held_rows.values_list("voucher__programme_id").annotate(s=Sum("voucher_part")):
-        facts.budget_used[pk] += total or ZERO
-    for pk, total in claim_rows.values_list("programme_id").annotate(s=Sum("amount")):
-        facts.budget_used[pk] += total or ZERO
-    for pk, buyer_id, total in (
-        held_rows.filter(buyer_id__in=buyers)
-        .values_list("voucher__programme_id", "buyer_id")
+    # One grouped query per table: a row per batch buyer and one for everyone else, per
+    # programme; the programme's total is the sum of its rows.
+    held_rows = (
+        Reservation.objects.filter(held, status__in=HELD_STATUSES)
+        .values_list(
+            "voucher__programme_id",
+            Case(When(buyer_id__in=buyers, then=F("buyer_id")), default=None),
+        )
         .annotate(s=Sum("voucher_part"))
-    ):
-        facts.buyer_used[pk, buyer_id] += total or ZERO
-    for pk, buyer_id, total in (
-        claim_rows.filter(reservation__buyer_id__in=buyers)
-        .values_list("programme_id", "reservation__buyer_id")
+    )
+    claim_rows = (
+        ReimbursementClaim.objects.filter(redeemed)
+        .values_list(
+            "programme_id",
+            Case(
+                When(reservation__buyer_id__in=buyers, then=F("reservation__buyer_id")),
+                default=None,
+            ),
+        )
         .annotate(s=Sum("amount"))
-    ):
-        facts.buyer_used[pk, buyer_id] += total or ZERO
+    )
+    for rows in (held_rows, claim_rows):
+        for pk, buyer_id, total in rows:
+            facts.budget_used[pk] += total or ZERO
+            if buyer_id is not None:
+                facts.buyer_used[pk, buyer_id] += total or ZERO
 
     for pk, provider_id, year in CatalogueEntry.objects.filter(
         programme_id__in=list(programmes),
@@ -244,16 +252,22 @@ def split_facts_load(
         "from_organisation_id", "to_organisation_id"
     ):
         facts.related.setdefault(a, set()).add(b)
+    ids = list(programmes)
     scopes = (
-        (Programme.hubs.through, "hub_id"),
-        (Programme.clusters.through, "cluster_id"),
-        (Programme.sites.through, "site_id"),
+        Programme.hubs.through.objects.filter(programme_id__in=ids)
+        .values_list("programme_id", Value(0), "hub_id")
+        .union(
+            Programme.clusters.through.objects.filter(programme_id__in=ids).values_list(
+                "programme_id", Value(1), "cluster_id"
+            ),
+            Programme.sites.through.objects.filter(programme_id__in=ids).values_list(
+                "programme_id", Value(2), "site_id"
+            ),
+            all=True,
+        )
     )
-    for index, (through_model, target) in enumerate(scopes):
-        for pk, target_id in through_model._default_manager.filter(
-            programme_id__in=list(programmes)
-        ).values_list("programme_id", target):
-            facts.regions[pk][index].add(target_id)
+    for pk, scope, target_id in scopes:
+        facts.regions[pk][scope].add(target_id)
     for tier in ShareTier.objects.filter(programme_id__in=list(programmes)).prefetch_related(
         "accelerators", "buyers"
     ):

@@ -35,6 +35,7 @@ from marketplace.timeutil import from_hour_index, hour_index
 from tests.factories import (
     AcceleratorFactory,
     CatalogueEntryFactory,
+    ClusterFactory,
     DemandFactory,
     HubFactory,
     OfferFactory,
@@ -65,7 +66,9 @@ PAIRS = [
     ("d13", "o6", 0, ""),  # provider related to the buyer: cash only
     ("d14", "o1", 12, ""),  # expired voucher: cash only
     ("d15", "o1", 12, ""),  # voucher of a programme scoped to the other hub: cash only
-    ("d15b", "o3", 5, ""),  # the same voucher in its region: applies
+    ("d15b", "o3", 5, ""),  # the same voucher in its region (the hub): applies
+    ("d15c", "o12", 0, ""),  # … in its region (a listed site): applies
+    ("d15d", "o13", 0, ""),  # … in its region (a listed cluster): applies
     ("d16", "o4", 0, ""),  # V3a (issued last year) on a domestic GPU: tier share 0.8, cap
     ("d17", "o4", 10, ""),  # V3b: the buyer's annual cap is used up by d16
     ("d18", "o7", 0, "offer_not_active"),
@@ -90,6 +93,11 @@ def _world(tag: str) -> dict[str, Any]:
     far = HubFactory.create(code=f"far-{tag}")
     site = SiteFactory.create(code=f"site-{tag}", city=f"C{tag}", metro_area=f"C{tag}", hub=hub)
     remote = SiteFactory.create(code=f"rem-{tag}", city=f"R{tag}", metro_area=f"R{tag}", hub=far)
+    listed = SiteFactory.create(code=f"lst-{tag}", city=f"C{tag}", metro_area=f"C{tag}", hub=hub)
+    cluster = ClusterFactory.create(code=f"cl-{tag}", hub=hub)
+    clustered = SiteFactory.create(
+        code=f"cls-{tag}", city=f"C{tag}", metro_area=f"C{tag}", hub=hub, cluster=cluster
+    )
     a100 = AcceleratorFactory.create()
     ascend: Accelerator = AcceleratorFactory.create(
         code="Ascend-910B", vendor="Huawei", memory_gb=64, is_domestic=True
@@ -124,6 +132,8 @@ def _world(tag: str) -> dict[str, Any]:
     )
     scoped = ProgrammeFactory.create(code=f"far-{tag}")
     scoped.hubs.add(far)
+    scoped.sites.add(listed)
+    scoped.clusters.add(cluster)
     for programme in (pos, reimb, scoped):
         programme_fund(programme)
         CatalogueEntryFactory.create(programme=programme, provider=p)
@@ -165,6 +175,8 @@ def _world(tag: str) -> dict[str, Any]:
         "o9": offer(p, accelerator=a100, price_per_gpu_hour=Decimal("50")),
         "o10": offer(p, accelerator=a100, site=remote),
         "o11": offer(p, accelerator=a100),
+        "o12": offer(p, accelerator=a100, site=listed),
+        "o13": offer(p, accelerator=a100, site=clustered),
     }
     # label: (buyer, gpus, hours, voucher, locality limit, auto-accept, listed models)
     specs: dict[str, tuple[str, int, int, str | None, str, bool, list[Accelerator]]] = {
@@ -184,6 +196,8 @@ def _world(tag: str) -> dict[str, Any]:
         "d14": ("rich", 2, 2, "V4", "city", True, []),
         "d15": ("rich", 2, 2, "V5", "city", True, []),
         "d15b": ("rich", 2, 2, "V5", "national", True, []),
+        "d15c": ("rich", 2, 2, "V5", "city", True, []),
+        "d15d": ("rich", 2, 2, "V5", "city", True, []),
         "d16": ("capped", 4, 10, "V3a", "city", True, []),
         "d17": ("capped", 2, 2, "V3b", "city", True, []),
         "d18": ("rich", 1, 1, None, "city", True, []),
@@ -365,6 +379,7 @@ def test_batches_write_what_one_call_per_match_writes_under_every_rule(batch):
     assert split["d14@o1"] == (Decimal("0.00"), "voucher_expired")
     assert split["d15@o1"] == (Decimal("0.00"), "site_outside_region")
     assert split["d15b@o3"] == (Decimal("24.00"), "")  # 60 % of ¥40, in the scoped region
+    assert split["d15c@o12"] == split["d15d@o13"] == (Decimal("24.00"), "")
     assert split["d16@o4"] == (Decimal("300.00"), "")  # 80 % (domestic tier) of ¥400, capped
     assert split["d17@o4"] == (Decimal("0.00"), "")  # the buyer's ¥300 cap is used up
     holds = {h[0]: h[1:5] for h in expected["holds"]}
