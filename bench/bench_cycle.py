@@ -2,24 +2,31 @@
 holds, HOLD ledger transactions and entries and inter-hub trades (the bulk write path,
 ``marketplace.matching.bulk``), next to pgbench TPC-B on the same server in the same run.
 
-Usage: ``make bench-cycle`` (``CYCLE_N=10000``) or ``python bench/bench_cycle.py --n 2000``.
-Creates its own databases ``suanli_bench_cycle<suffix>`` and ``suanli_pgbench_cycle<suffix>``
-(suffix from ``--db-suffix`` or ``BENCH_DB_SUFFIX``) on the local server and drops them at the
-end.
+Usage: ``make bench-cycle`` (``CYCLE_N=10000``) or ``python bench/bench_cycle.py --n 2000``
+(``--batch`` sets ``MATCH_WRITE_BATCH``). Creates its own databases
+``suanli_bench_cycle<suffix>`` and ``suanli_pgbench_cycle<suffix>`` (suffix from
+``--db-suffix`` or ``BENCH_DB_SUFFIX``) on the local server and drops them at the end.
+
+The market (``world_build``, ``market_round``): two hubs, N/10 buyers, ⌈N/4⌉ offers that fit
+all N demands exactly; one demand in ten pays partly with a voucher, one in ten docks at the
+other hub. A first, unmeasured cycle of ``--warmup`` demands (default N) fills the tables, then
+``ANALYZE`` (what autovacuum does on a live server), then N new demands and offers and the
+measured cycle.
 
 DB time is measured two ways:
 
-* client side, per phase: the wall time of every statement (a connection execute wrapper) plus
-  every COMMIT and ROLLBACK (the connection's ``_commit``/``_rollback``, which the wrapper does
-  not see: deferred foreign-key checks and the WAL flush happen there), round trips included;
-  the statements are also tallied by kind;
-* server side, for the whole cycle: the growth of ``pg_stat_database.active_time`` of the bench
-  database (time its backends spent executing statements), read after the cycle's connection
-  has closed so its statistics are flushed.
+* client side, per phase: the wall time of every statement (a connection execute wrapper, which
+  also sees the COPYs of ``marketplace.bulkrows``) plus every COMMIT and ROLLBACK (the
+  connection's ``_commit``/``_rollback``, which the wrapper does not see: deferred foreign-key
+  checks and the WAL flush happen there), round trips included; tallied by statement kind;
+* server side, per phase: the growth of ``pg_stat_database.active_time`` of the bench database
+  (time its backends spent executing statements, COMMIT included), read after the phase's
+  connection has closed so its statistics are flushed. The measured cycle runs the steps of
+  ``matching_cycle_run`` (snapshot and solve, then ``matches_write``) on a connection each.
 
 pgbench TPC-B (1 client, scale 10) runs before and after the cycle; the ratio uses their mean.
 Targets (issues 3 and 4): 10k reservations in < 2 s of DB time; the bulk path's reservations/s
-over the write phase ≥ 30 % of pgbench's tps.
+over the write phase ≥ 30 % of pgbench's tps. The machine is shared: compare within one run.
 """
 
 import argparse
@@ -289,6 +296,9 @@ def main() -> None:
         default=None,
         help="demands of a first, unmeasured cycle (default: --n)",
     )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="MATCH_WRITE_BATCH (default: the setting's)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     args = parser.parse_args()
     if args.warmup is None:
@@ -326,6 +336,8 @@ def run(args: argparse.Namespace) -> None:
     from marketplace.matching import cycle as cycle_module
     from marketplace.timeutil import hour_index_ceil
 
+    if args.batch:
+        settings.MATCH_WRITE_BATCH = args.batch
     call_command("migrate", verbosity=0)
     t0 = time.perf_counter()
     world = world_build(max(args.n, args.warmup))
@@ -347,39 +359,55 @@ def run(args: argparse.Namespace) -> None:
     tps_before = bench_holds.pgbench(1, args.pgbench_seconds, 10)
     from ledger.audit import ledger_audit
     from ledger.models import Entry, Hold, Transaction
-    from marketplace.models import InterHubTrade, Reservation, ReservationEvent
+    from marketplace.models import Hub, HubLatency, InterHubTrade, Reservation, ReservationEvent
 
     counted = (Reservation, ReservationEvent, Hold, Transaction, Entry, InterHubTrade)
     before = {m: m.objects.count() for m in counted}
     connection = connections["default"]
-    whole = DbTimer()
-    writes = DbTimer()
-    original = bulk.matches_write
-    write_wall: list[float] = []
+    batch_write = bulk._batch_write
+    batch_wall: list[float] = []
 
-    def timed_write(*a: Any, **k: Any) -> Any:
-        with writes.measuring(connection):
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                write_wall.append(time.perf_counter() - t0)
+    def timed_batch(*a: Any, **k: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            batch_write(*a, **k)
+        finally:
+            batch_wall.append(time.perf_counter() - t0)
 
-    cycle_module.matches_write = timed_write  # type: ignore[assignment]
+    bulk._batch_write = timed_batch  # type: ignore[assignment]
+    # The measured cycle runs the steps of ``matching_cycle_run`` one by one, each phase on a
+    # connection of its own, so each phase's server-side DB time can be read once it closed.
+    hub = Hub.objects.get(pk=world.hub.pk)
     connections.close_all()
-    server_before = server_active_seconds()
+    server = [server_active_seconds()]
+    load, writes = DbTimer(), DbTimer()
     t0 = time.perf_counter()
-    with whole.measuring(connection):
-        cycle = cycle_module.matching_cycle_run(world.hub.pk)
-    wall = time.perf_counter() - t0
+    with load.measuring(connection):
+        now = timezone.now()
+        demands, offers = cycle_module.snapshot_load(hub, now)
+        latency = {
+            (str(a), str(b)): float(ms)
+            for a, b, ms in HubLatency.objects.values_list("from_hub_id", "to_hub_id", "latency_ms")
+        }
+        result = cycle_module.engine_solve(
+            hub.matching_policy, demands, offers, latency, hub.matching_time_limit
+        )
+    load_wall = time.perf_counter() - t0
     connections.close_all()
-    server_db = server_active_seconds() - server_before
-    assert cycle is not None
+    server.append(server_active_seconds())
+    t0 = time.perf_counter()
+    with writes.measuring(connection):
+        outcome = bulk.matches_write(result.matches, now=now)
+    write_wall = time.perf_counter() - t0
+    connections.close_all()
+    server.append(server_active_seconds())
+    load_server, write_server = server[1] - server[0], server[2] - server[1]
     tps_after = bench_holds.pgbench(1, args.pgbench_seconds, 10)
     tps = (tps_before + tps_after) / 2
 
     after = {m: m.objects.count() - before[m] for m in counted}
     made = after[Reservation]
+    assert made == len(outcome.made) == args.n, (made, len(outcome.made), outcome.dropped)
     rows = {
         "reservations": made,
         "events": after[ReservationEvent],
@@ -389,31 +417,40 @@ def run(args: argparse.Namespace) -> None:
         "inter-hub trades": after[InterHubTrade],
     }
     audit = ledger_audit()
-    write_s = sum(write_wall)
     print(
         f"demands {args.n}; written: "
         + ", ".join(f"{v} {k}" for k, v in rows.items())
         + f"; batches of {settings.MATCH_WRITE_BATCH}"
     )
-    print(f"{'phase':<24}{'wall s':>8}{'DB s':>8}{'stmts':>8}{'res/s':>8}{'÷ pgbench':>11}")
-    for label, seconds, timer in (
-        ("whole cycle (client)", wall, whole),
-        ("bulk write (client)", write_s, writes),
-    ):
+    print(
+        f"{'phase':<20}{'wall s':>8}{'DB s client':>13}{'DB s server':>13}{'stmts':>7}"
+        f"{'res/s':>8}{'÷ pgbench':>11}"
+    )
+    phases = (
+        ("snapshot + solve", load_wall, load, load_server),
+        ("bulk write", write_wall, writes, write_server),
+        ("whole cycle", load_wall + write_wall, None, load_server + write_server),
+    )
+    for label, seconds, timer, server_s in phases:
+        client = timer.seconds if timer else load.seconds + writes.seconds
+        statements = timer.statements if timer else load.statements + writes.statements
         print(
-            f"{label:<24}{seconds:>8.2f}{timer.seconds:>8.2f}{timer.statements:>8}"
+            f"{label:<20}{seconds:>8.2f}{client:>13.2f}{server_s:>13.2f}{statements:>7}"
             f"{made / seconds:>8.0f}{made / seconds / tps:>10.0%}"
         )
-    print(f"{'whole cycle (server)':<24}{'':>8}{server_db:>8.2f}   pg_stat_database.active_time")
+    print(
+        f"{len(batch_wall)} batches; the longest held its row locks (demands, offers, wallets, "
+        f"vouchers, programmes) for {max(batch_wall) * 1000:.0f} ms"
+    )
     print(
         f"pgbench TPC-B, 1 client, scale 10: {tps_before:.0f} tps before, {tps_after:.0f} after "
         f"(mean {tps:.0f})"
     )
     print(
-        f"bulk write: {made / write_s:.0f} reservations/s = {made / write_s / tps:.0%} of pgbench "
-        f"(target ≥ 30 %); DB time {writes.seconds:.2f} s client-side, "
-        f"{writes.seconds / made * 10000:.2f} s per 10k (target < 2 s); whole cycle "
-        f"{server_db:.2f} s server-side"
+        f"bulk write: {made / write_wall:.0f} reservations/s = {made / write_wall / tps:.0%} of "
+        f"pgbench (target ≥ 30 %); DB time {write_server:.2f} s server-side, "
+        f"{writes.seconds:.2f} s client-side (statements + COMMIT, round trips and the client's "
+        f"COPY formatting included) = {writes.seconds / made * 10000:.2f} s per 10k (target < 2 s)"
     )
     print("bulk write statements by kind (count, client s):")
     for kind, count, seconds in writes.top(10):

@@ -354,3 +354,45 @@ def test_batch_and_a_person_spending_the_same_wallet_never_overdraw_it(site, pro
         "10.00"
     )
     assert ledger_audit() == []
+
+
+@pytest.mark.django_db
+def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer):
+    # given three open demands, and a rule only the database holds (a trigger refusing any
+    # reservation of the second), which the batch's checks cannot foresee
+    start = next_hour(2)
+    demands = [
+        DemandFactory.create(
+            buyer=buyer,
+            gpu_count=1,
+            duration_hours=1,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=12),
+        )
+        for _ in range(3)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_refuse_reservation() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.demand_id = '{demands[1].pk}' THEN RAISE EXCEPTION 'refused' "
+            "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_refuse_reservation BEFORE INSERT ON marketplace_reservation "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_reservation()"
+        )
+    matches = [
+        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
+        for i, d in enumerate(demands)
+    ]
+    # when the cycle writes them in one batch
+    outcome = matches_write(matches, now=timezone.now())
+    # then the batch rolled back and its pairs went one by one: two booked, the refused one
+    # dropped with its reason, nothing of it written
+    assert len(outcome.made) == 2
+    assert outcome.dropped == {str(demands[1].pk): "write_refused"}
+    assert [Demand.objects.get(pk=d.pk).status for d in demands] == ["reserved", "open", "reserved"]
+    assert Demand.objects.get(pk=demands[1].pk).unmatched_reason == "write_refused"
+    assert Reservation.objects.filter(demand__in=demands).count() == 2
+    assert Hold.objects.filter(reservation__demand__in=demands).count() == 2
+    assert ledger_audit() == []
