@@ -12,7 +12,7 @@ balance, the entries' foreign keys are checked at COMMIT, and ledger entries sta
 """
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -44,7 +44,10 @@ class Posting:
 
 
 def transactions_post_bulk(
-    postings: Sequence[Posting], *, parties_locked: bool = False
+    postings: Sequence[Posting],
+    *,
+    parties_locked: bool = False,
+    before_hot: Callable[[], None] | None = None,
 ) -> list[UUID | None]:
     """Post every posting as its own balanced transaction, inside the caller's atomic block.
 
@@ -58,6 +61,8 @@ def transactions_post_bulk(
     the hot ones. With ``parties_locked`` the caller already holds the parties' row locks
     (``SELECT … FOR UPDATE`` by pk); otherwise they are taken here, by pk, before any change.
     Several hot accounts are likewise locked by pk first; one is just updated, last.
+    ``before_hot`` runs between the two groups (the batch writer locks and checks its
+    programmes there, as ``transaction_post``'s ``before_hot``).
     """
     ids: list[UUID | None] = []
     txn_rows: list[tuple[object, ...]] = []
@@ -81,6 +86,8 @@ def transactions_post_bulk(
             delta[account.pk] += amount
             accounts[account.pk] = account
     if not txn_rows:
+        if before_hot is not None:
+            before_hot()
         return ids
     now = timezone.now()
     rows_insert(Transaction, TRANSACTION_FIELDS, [(*row, now) for row in txn_rows])
@@ -91,6 +98,8 @@ def transactions_post_bulk(
     if parties and not parties_locked:
         _lock(parties)
     _apply_many(parties, accounts)
+    if before_hot is not None:
+        before_hot()
     if len(hot) > 1:
         _lock(hot)
     _apply_many(hot, accounts)

@@ -171,50 +171,28 @@ class SplitFacts:
         return lo <= moment < hi
 
 
-def split_facts_load(
-    vouchers: Collection[Voucher],
-    *,
-    balances: dict[UUID, Decimal],
-    buyer_ids: Iterable[UUID],
-    provider_ids: Iterable[UUID],
-    at: datetime,
-) -> SplitFacts:
-    """Load what splitting holds on ``vouchers`` (each with ``programme`` loaded) for
-    ``buyer_ids`` with ``provider_ids``' capacity at ``at`` reads. ``balances`` are the
-    vouchers' ledger balances (CNY by voucher id) the caller read under its locks. The caller
-    holds the programme rows' locks, so the budget and cap used cannot move meanwhile.
-
-    Queries (none without vouchers): held and redeemed voucher parts per programme and buyer
-    (2), approved catalogue entries (1), the buyers' related organisations (1), the region
-    scopes (1) and the share tiers (1, plus 2 when there are tiers).
-    """
-    programmes = {v.programme_id: v.programme for v in vouchers}
-    buyers, providers = set(buyer_ids), set(provider_ids)
-    facts = SplitFacts(
-        at=at,
-        programmes=programmes,
-        balances=dict(balances),
-        budget_used=defaultdict(Decimal),
-        buyer_used=defaultdict(Decimal),
-        approved=set(),
-        related={},
-        regions={pk: (set(), set(), set()) for pk in programmes},
-        tiers={},
-    )
-    if not programmes:
-        return facts
+def limits_used(
+    programmes: dict[UUID, Programme], buyer_ids: Collection[UUID], at: datetime
+) -> tuple[defaultdict[UUID, Decimal], defaultdict[tuple[UUID, UUID], Decimal]]:
+    """What ``programme_limits_left`` subtracts, for many programmes and buyers at once:
+    ``(CNY used by programme id, CNY used by (programme id, buyer id))`` in the programme year
+    of ``at`` — voucher parts still held plus those redeemed. Two queries (one grouped query per
+    table: a row per listed buyer and one for everyone else, per programme)."""
     from marketplace.models import Reservation
 
-    bounds = {pk: _year_bounds(p, programme_year(p, at)) for pk, p in programmes.items()}
+    budget_used: defaultdict[UUID, Decimal] = defaultdict(Decimal)
+    buyer_used: defaultdict[tuple[UUID, UUID], Decimal] = defaultdict(Decimal)
+    if not programmes:
+        return budget_used, buyer_used
+    buyers = list(buyer_ids)
     held = Q()
     redeemed = Q()
-    for pk, (lo, hi) in bounds.items():
+    for pk, p in programmes.items():
+        lo, hi = _year_bounds(p, programme_year(p, at))
         held |= Q(voucher__programme_id=pk, created_at__gte=lo, created_at__lt=hi)
         redeemed |= Q(
             programme_id=pk, reservation__created_at__gte=lo, reservation__created_at__lt=hi
         )
-    # One grouped query per table: a row per batch buyer and one for everyone else, per
-    # programme; the programme's total is the sum of its rows.
     held_rows = (
         Reservation.objects.filter(held, status__in=HELD_STATUSES)
         .values_list(
@@ -236,10 +214,68 @@ def split_facts_load(
     )
     for rows in (held_rows, claim_rows):
         for pk, buyer_id, total in rows:
-            facts.budget_used[pk] += total or ZERO
+            budget_used[pk] += total or ZERO
             if buyer_id is not None:
-                facts.buyer_used[pk, buyer_id] += total or ZERO
+                buyer_used[pk, buyer_id] += total or ZERO
+    return budget_used, buyer_used
 
+
+def limits_kept(used: dict[UUID, set[UUID]], at: datetime) -> bool:
+    """Lock the programme rows of ``used`` (``{programme id: buyer ids}``, by pk: shared by
+    every voucher hold of a programme, so the last lock a batch takes) and tell whether each
+    programme's budget and each listed buyer's annual cap still hold, counting every hold
+    committed before the lock and the caller's own uncommitted ones — ``voucher_limits_kept``
+    for a batch (§5.4, §5.6). Reads the programmes' current limits under the lock."""
+    programmes = {
+        p.pk: p
+        for p in Programme.objects.select_for_update().filter(pk__in=list(used)).order_by("pk")
+    }
+    buyers = {b for ids in used.values() for b in ids}
+    budget_used, buyer_used = limits_used(programmes, buyers, at)
+    for pk, programme in programmes.items():
+        if quantize_money(programme.annual_budget - budget_used[pk]) < 0:
+            return False
+        for buyer_id in used[pk]:
+            if quantize_money(programme.buyer_annual_cap - buyer_used[pk, buyer_id]) < 0:
+                return False
+    return True
+
+
+def split_facts_load(
+    vouchers: Collection[Voucher],
+    *,
+    balances: dict[UUID, Decimal],
+    buyer_ids: Iterable[UUID],
+    provider_ids: Iterable[UUID],
+    at: datetime,
+) -> SplitFacts:
+    """Load what splitting holds on ``vouchers`` (each with ``programme`` loaded) for
+    ``buyer_ids`` with ``provider_ids``' capacity at ``at`` reads. ``balances`` are the
+    vouchers' ledger balances (CNY by voucher id) the caller read under its locks. As
+    ``voucher_split``, it reads the budget and cap used without the programme rows' locks
+    unless the caller holds them: a caller that does not checks them under the locks at the
+    end (``limits_kept``).
+
+    Queries (none without vouchers): held and redeemed voucher parts per programme and buyer
+    (2), approved catalogue entries (1), the buyers' related organisations (1), the region
+    scopes (1) and the share tiers (1, plus 2 when there are tiers).
+    """
+    programmes = {v.programme_id: v.programme for v in vouchers}
+    buyers, providers = set(buyer_ids), set(provider_ids)
+    facts = SplitFacts(
+        at=at,
+        programmes=programmes,
+        balances=dict(balances),
+        budget_used=defaultdict(Decimal),
+        buyer_used=defaultdict(Decimal),
+        approved=set(),
+        related={},
+        regions={pk: (set(), set(), set()) for pk in programmes},
+        tiers={},
+    )
+    if not programmes:
+        return facts
+    facts.budget_used, facts.buyer_used = limits_used(programmes, buyers, at)
     for pk, provider_id, year in CatalogueEntry.objects.filter(
         programme_id__in=list(programmes),
         provider_id__in=providers,

@@ -1,17 +1,17 @@
 """The bulk write path of a matching cycle: the engine's matches written in batches
 (``MATCH_WRITE_BATCH`` per transaction) with a fixed number of statements per batch, not per
-match, under the rules of ``marketplace.services.reservation_create`` (PRODUCT.md §4.4, §5.4).
+match, under the rules of ``marketplace.services.reservation_create`` (PRODUCT.md §4.4, §5.4)
+and with its lock order and concurrency protocol.
 
 Per batch, in one durable transaction, READ COMMITTED:
 
-1. lock, one ``SELECT … FOR UPDATE`` per table and in the service layer's lock order: the
-   demands (by pk) → the offers (by pk) → the demands' vouchers (by pk) → the buyers' wallets
-   and the vouchers' ledger accounts (by pk) → the vouchers' programme rows (by pk; shared by
-   every voucher hold of a programme, so the last lock taken up front). Nothing is read for a
-   check before its row is locked; the shared escrow account is only written, last.
+1. lock, one ``SELECT … FOR UPDATE`` per table, in the service layer's order: the demands (by
+   pk) → the offers (by pk) → the demands' vouchers (by pk) → the buyers' wallets and the
+   vouchers' ledger accounts (by pk). Nothing a check reads from these is read unlocked.
 2. read what the checks need: the demands' accepted models, the GPUs reserved per hour on the
    locked offers, and for voucher demands the split's facts (``vouchers.bulk.SplitFacts``:
-   programme budget and buyer cap used, catalogue, region, tiers, related organisations).
+   programme budget and buyer cap used, catalogue, region, tiers, related organisations) —
+   the budget and cap used without the programme locks, as ``reservation_create`` reads them.
 3. check each pair in order in memory against the locked rows, exactly as one
    ``reservation_create`` call per pair in the same order would (demand open, pair feasible,
    locality, capacity, the §5.4 split, funds), booking each accepted pair's capacity, demand
@@ -20,19 +20,25 @@ Per batch, in one durable transaction, READ COMMITTED:
    demand keeps the reason.
 4. write the accepted pairs with one ``COPY`` each (``marketplace.bulkrows.rows_insert``;
    ``bulk_create`` on SQLite) for reservations, their events, inter-hub trades, payment holds,
-   HOLD ledger transactions and their entries, then one
-   balance UPDATE for every wallet and voucher account of the batch and one for escrow (last):
-   ``ledger.bulk.transactions_post_bulk``. The CHECK constraints still refuse a negative
-   balance; the entries' immutability trigger is untouched (inserts only).
+   HOLD ledger transactions and their entries; one balance UPDATE for every wallet and voucher
+   account of the batch; then the programme rows of the batch's voucher holds are locked (by
+   pk; shared by every voucher hold of a programme, so last) and their budgets and the buyers'
+   caps checked again with the batch counted (``vouchers.bulk.limits_kept``); then one UPDATE
+   of escrow, the hottest row, last (``ledger.bulk.transactions_post_bulk``). The CHECK
+   constraints still refuse a negative balance; the entries' immutability trigger is untouched
+   (inserts only).
 
-About 25 statements a batch whatever its size, against about 9 a reservation one by one. Should
-the database still refuse a batch (a rule it holds that the checks do not model), the batch
-rolls back and its pairs are written one at a time through ``reservation_create``.
+When concurrent holds used what the splits counted on (the last of a budget or cap), the
+batch rolls back and runs once more with the programme rows locked in step 1, after the
+accounts, as ``reservation_create`` retries with ``programme_first``. About 25 statements a
+batch whatever its size, against about 9 a reservation one by one. Should the database still
+refuse a batch (a rule it holds that the checks do not model), the batch rolls back and its
+pairs are written one at a time through ``reservation_create``.
 """
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -53,7 +59,7 @@ from marketplace.models import Demand, InterHubTrade, Offer, Reservation, Reserv
 from marketplace.money import ZERO, bill_amount
 from marketplace.services import _pair_check, reservation_create, reservation_locality_check
 from marketplace.timeutil import HOUR, from_hour_index, hour_index
-from vouchers.bulk import SplitFacts, split_facts_load
+from vouchers.bulk import SplitFacts, limits_kept, split_facts_load
 from vouchers.models import Programme, Voucher
 
 from .engine import Match
@@ -87,16 +93,21 @@ def matches_write(
     for i in range(0, len(matches), size):
         pairs = matches[i : i + size]
         try:
-            _batch_write(pairs, now, outcome, escrow)
+            try:
+                _batch_write(pairs, now, outcome, escrow, programme_first=False)
+            except _ProgrammeLimitsMoved:
+                _batch_write(pairs, now, outcome, escrow, programme_first=True)
         except (IntegrityError, DataError, DomainError) as exc:
             # The database refused a row the checks passed (a rule it holds that they do not
             # model): the batch rolled back; write its pairs one at a time so one bad pair
             # neither drops the others nor stalls the hub's matching cycle after cycle.
-            logger.warning(
-                "batch of %d matches refused (%r); writing them one by one", len(pairs), exc
-            )
+            logger.warning("batch of %d matches refused (%r); one by one now", len(pairs), exc)
             _pairs_write_one_by_one(pairs, now, outcome)
     return outcome
+
+
+class _ProgrammeLimitsMoved(Exception):
+    """Concurrent holds used the programme budget or buyer cap the batch's splits counted on."""
 
 
 def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: BatchOutcome) -> None:
@@ -193,13 +204,20 @@ class _Planned:
     holds: list[tuple[object, ...]] = field(default_factory=list)
     postings: list[Posting] = field(default_factory=list)
     demand_status: dict[str, str] = field(default_factory=dict)
+    # {programme id: buyer ids} of the holds a voucher pays part of
+    programme_buyers: dict[UUID, set[UUID]] = field(default_factory=dict)
 
 
 def _batch_write(
-    pairs: Sequence[Match], now: datetime, outcome: BatchOutcome, escrow: Account
+    pairs: Sequence[Match],
+    now: datetime,
+    outcome: BatchOutcome,
+    escrow: Account,
+    *,
+    programme_first: bool,
 ) -> None:
     with transaction.atomic(durable=True):
-        locked = _lock(pairs)
+        locked = _lock(pairs, programme_first=programme_first)
         listed = _listed_models(list(locked.demands))
         used = _reserved_by_hour(list(locked.offers), now)
         facts = split_facts_load(
@@ -219,7 +237,15 @@ def _batch_write(
                 _plan(m, locked, listed, used, facts, now, escrow, planned)
             except DomainError as exc:
                 dropped[m.demand_id] = exc.code[:40]
-        _write(planned)
+        checked = programme_first or not planned.programme_buyers
+
+        def programme_check() -> None:
+            # The programme rows, locked last (just before escrow): are the budgets and caps
+            # the splits counted on still there, with this batch's holds counted?
+            if not checked and not limits_kept(planned.programme_buyers, now):
+                raise _ProgrammeLimitsMoved
+
+        _write(planned, programme_check)
         reasons: dict[str, list[str]] = defaultdict(list)
         for demand_id, reason in dropped.items():
             demand = locked.demands.get(demand_id)
@@ -233,8 +259,9 @@ def _batch_write(
     outcome.dropped.update(dropped)
 
 
-def _lock(pairs: Sequence[Match]) -> _Locked:
-    """Lock the batch's rows, one statement per table, in the service layer's order."""
+def _lock(pairs: Sequence[Match], *, programme_first: bool) -> _Locked:
+    """Lock the batch's rows, one statement per table, in the service layer's order; the
+    programme rows only with ``programme_first`` (else ``limits_kept`` locks them last)."""
     demands = {
         str(d.pk): d
         for d in Demand.objects.select_for_update(of=("self",))
@@ -278,7 +305,7 @@ def _lock(pairs: Sequence[Match]) -> _Locked:
             voucher_accounts[account.voucher_id] = account
         balances[account.pk] = account.balance
     programme_ids = {v.programme_id for v in vouchers.values()}
-    if programme_ids:
+    if programme_first and programme_ids:
         list(
             Programme.objects.select_for_update()
             .filter(pk__in=programme_ids)
@@ -369,6 +396,7 @@ def _plan(
             in_year=facts.in_year(paying.programme_id, planned.created),
         )
         legs.append((voucher_account, -split.voucher_part))
+        planned.programme_buyers.setdefault(paying.programme_id, set()).add(demand.buyer_id)
     if wallet is not None:
         locked.balances[wallet.pk] -= cash_paid
         legs.append((wallet, -cash_paid))
@@ -438,15 +466,16 @@ def _plan(
     )
 
 
-def _write(planned: _Planned) -> None:
-    """Insert the planned rows (one COPY per table on PostgreSQL) and move the held money."""
+def _write(planned: _Planned, before_hot: Callable[[], None]) -> None:
+    """Insert the planned rows (one COPY per table on PostgreSQL) and move the held money;
+    ``before_hot`` runs after the parties' balances changed, before escrow's."""
     if not planned.reservations:
         return
     rows_insert(Reservation, RESERVATION_FIELDS, planned.reservations)
     rows_insert(ReservationEvent, EVENT_FIELDS, planned.events)
     rows_insert(InterHubTrade, TRADE_FIELDS, planned.trades)
     rows_insert(Hold, HOLD_FIELDS, planned.holds)
-    transactions_post_bulk(planned.postings, parties_locked=True)
+    transactions_post_bulk(planned.postings, parties_locked=True, before_hot=before_hot)
     by_status: dict[str, list[str]] = defaultdict(list)
     for demand_id, status in planned.demand_status.items():
         by_status[status].append(demand_id)

@@ -5,10 +5,12 @@ races on PostgreSQL between a batch and a person booking the last GPUs or spendi
 the same wallet."""
 
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -16,12 +18,13 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from ledger.audit import ledger_audit
-from ledger.models import Account, Hold
-from ledger.services import system_account
+from ledger.models import Account, Hold, Transaction
+from ledger.services import programme_account, system_account, transaction_post
 from marketplace.errors import DomainError
 from marketplace.matching.bulk import matches_write
 from marketplace.matching.engine import Match
 from marketplace.models import Demand, Offer, Reservation
+from marketplace.money import ZERO
 from marketplace.services import offer_peak_reserved, reservation_create, wallet_deposit
 from marketplace.timeutil import from_hour_index, hour_index
 from tests.factories import (
@@ -35,6 +38,7 @@ from tests.factories import (
     SiteFactory,
     next_hour,
 )
+from vouchers.models import Voucher
 from vouchers.services import programme_fund, voucher_issue
 
 # (demand label, offer label, hours after the first start): one voucher demand, one remote
@@ -395,4 +399,95 @@ def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer
     assert Demand.objects.get(pk=demands[1].pk).unmatched_reason == "write_refused"
     assert Reservation.objects.filter(demand__in=demands).count() == 2
     assert Hold.objects.filter(reservation__demand__in=demands).count() == 2
+    assert ledger_audit() == []
+
+
+def _blocked_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _wait_for_blocked(n: int) -> None:
+    for _ in range(600):  # a bounded poll, not a timed assertion
+        if _blocked_on_locks() >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} sessions never waited on a lock")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_batches_racing_for_a_programme_budget_never_pass_it(site, provider):
+    # given a programme whose ¥500 budget for this year's redemptions two buyers' vouchers of
+    # ¥400 could each nearly use up (one issued last year), and one ¥800 demand per buyer
+    programme = ProgrammeFactory.create(code="race", annual_budget=Decimal("500.00"))
+    programme_fund(programme)
+    transaction_post(
+        Transaction.Reason.PROGRAMME_FUNDING,
+        [
+            (system_account(Account.Kind.WORLD), Decimal("-500")),
+            (programme_account(programme.pk), Decimal("500")),
+        ],
+    )
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
+    start = next_hour(2)
+    batches = []
+    for name in ("first", "second"):
+        org = OrganisationFactory.create(name=name, home_site=site)
+        wallet_deposit(organisation=org, amount=Decimal("1000.00"))
+        voucher = voucher_issue(programme=programme, owner=org, face_value=Decimal("400"))
+        if name == "first":
+            Voucher.objects.filter(pk=voucher.pk).update(
+                issued_at=voucher.issued_at - timedelta(days=366)
+            )
+        demand = DemandFactory.create(
+            buyer=org,
+            voucher=voucher,
+            gpu_count=4,
+            duration_hours=20,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=24),
+        )
+        offer = OfferFactory.create(provider=provider, site=site)
+        batches.append([Match(str(demand.pk), str(offer.pk), hour_index(start), "", ZERO, ZERO)])
+    # and another session holding the programme row, so both batches stop at its lock (the
+    # last they take), each having split with the whole budget left
+    db = connection.settings_dict
+    other = psycopg.connect(
+        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"] or 5432
+    )
+    other.execute("SELECT 1 FROM vouchers_programme WHERE id = %s FOR UPDATE", [programme.pk])
+    outcomes: dict[int, Any] = {}
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = matches_write(batches[i], now=timezone.now())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    try:
+        threads[0].start()
+        _wait_for_blocked(1)
+        threads[1].start()
+        _wait_for_blocked(2)
+    finally:
+        other.rollback()  # when the row is let go: the first batch commits its ¥400 hold
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then the second batch found the budget gone under the lock and ran again with the
+    # programme locked first: its voucher pays the ¥100 left, cash the rest
+    parts = {
+        r.buyer.name: (r.voucher_part, r.cash_part)
+        for r in Reservation.objects.filter(voucher__programme=programme).select_related("buyer")
+    }
+    assert [len(outcomes[i].made) for i in (0, 1)] == [1, 1]
+    assert parts == {
+        "first": (Decimal("400.00"), Decimal("400.00")),
+        "second": (Decimal("100.00"), Decimal("700.00")),
+    }
     assert ledger_audit() == []
