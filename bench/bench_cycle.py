@@ -21,7 +21,9 @@ DB time is measured two ways:
   checks and the WAL flush happen there), round trips included; tallied by statement kind;
 * server side, per phase: the growth of ``pg_stat_database.active_time`` of the bench database
   (time its backends spent executing statements, COMMIT included), read after the phase's
-  connection has closed so its statistics are flushed. The measured cycle runs the steps of
+  connection has closed so its statistics are flushed; and the CPU time of the phase's server
+  process from ``/proc`` (its own work, without the waits for a CPU or the disk that a shared
+  machine adds). The measured cycle runs the steps of
   ``matching_cycle_run`` (snapshot and solve, then ``matches_write``) on a connection each.
 
 pgbench TPC-B (1 client, scale 10) runs before and after the cycle; the ratio uses their mean.
@@ -114,6 +116,21 @@ class DbTimer:
     def top(self, n: int = 8) -> list[tuple[str, int, float]]:
         rows = sorted(self.by_kind.items(), key=lambda kv: -kv[1][1])[:n]
         return [(k, int(c), s) for k, (c, s) in rows]
+
+
+def backend_cpu_seconds(connection: Any) -> float | None:
+    """CPU time (user + system) the server process behind ``connection`` has used so far, from
+    ``/proc`` (the server runs on this machine); ``None`` where that cannot be read. Unlike
+    ``active_time`` it leaves out time spent waiting for a CPU or for the disk, so it shows the
+    server's own work when the machine is shared."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_active_seconds() -> float:
@@ -380,7 +397,9 @@ def run(args: argparse.Namespace) -> None:
     hub = Hub.objects.get(pk=world.hub.pk)
     connections.close_all()
     server = [server_active_seconds()]
+    cpu: list[float | None] = []
     load, writes = DbTimer(), DbTimer()
+    cpu_start = backend_cpu_seconds(connection)
     t0 = time.perf_counter()
     with load.measuring(connection):
         now = timezone.now()
@@ -393,12 +412,17 @@ def run(args: argparse.Namespace) -> None:
             hub.matching_policy, demands, offers, latency, hub.matching_time_limit
         )
     load_wall = time.perf_counter() - t0
+    cpu_end = backend_cpu_seconds(connection)
+    cpu.append(cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None)
     connections.close_all()
     server.append(server_active_seconds())
+    cpu_start = backend_cpu_seconds(connection)
     t0 = time.perf_counter()
     with writes.measuring(connection):
         outcome = bulk.matches_write(result.matches, now=now)
     write_wall = time.perf_counter() - t0
+    cpu_end = backend_cpu_seconds(connection)
+    cpu.append(cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None)
     connections.close_all()
     server.append(server_active_seconds())
     load_server, write_server = server[1] - server[0], server[2] - server[1]
@@ -423,20 +447,30 @@ def run(args: argparse.Namespace) -> None:
         + f"; batches of {settings.MATCH_WRITE_BATCH}"
     )
     print(
-        f"{'phase':<20}{'wall s':>8}{'DB s client':>13}{'DB s server':>13}{'stmts':>7}"
-        f"{'res/s':>8}{'÷ pgbench':>11}"
+        f"{'phase':<18}{'wall s':>8}{'DB s client':>13}{'DB s server':>13}{'server CPU s':>14}"
+        f"{'stmts':>7}{'res/s':>8}{'÷ pgbench':>11}"
     )
+
+    def cpu_text(x: float | None) -> str:
+        return f"{x:.2f}" if x is not None else "n/a"
+
+    total_cpu = None if None in cpu else sum(c for c in cpu if c is not None)
     phases = (
-        ("snapshot + solve", load_wall, load, load_server),
-        ("bulk write", write_wall, writes, write_server),
-        ("whole cycle", load_wall + write_wall, None, load_server + write_server),
+        ("snapshot + solve", load_wall, load.seconds, load_server, cpu[0], load.statements),
+        ("bulk write", write_wall, writes.seconds, write_server, cpu[1], writes.statements),
+        (
+            "whole cycle",
+            load_wall + write_wall,
+            load.seconds + writes.seconds,
+            load_server + write_server,
+            total_cpu,
+            load.statements + writes.statements,
+        ),
     )
-    for label, seconds, timer, server_s in phases:
-        client = timer.seconds if timer else load.seconds + writes.seconds
-        statements = timer.statements if timer else load.statements + writes.statements
+    for label, seconds, client, server_s, cpu_s, statements in phases:
         print(
-            f"{label:<20}{seconds:>8.2f}{client:>13.2f}{server_s:>13.2f}{statements:>7}"
-            f"{made / seconds:>8.0f}{made / seconds / tps:>10.0%}"
+            f"{label:<18}{seconds:>8.2f}{client:>13.2f}{server_s:>13.2f}{cpu_text(cpu_s):>14}"
+            f"{statements:>7}{made / seconds:>8.0f}{made / seconds / tps:>10.0%}"
         )
     print(
         f"{len(batch_wall)} batches; the longest held its row locks (demands, offers, wallets, "
@@ -446,11 +480,13 @@ def run(args: argparse.Namespace) -> None:
         f"pgbench TPC-B, 1 client, scale 10: {tps_before:.0f} tps before, {tps_after:.0f} after "
         f"(mean {tps:.0f})"
     )
+    per_10k = 10000 / made
     print(
         f"bulk write: {made / write_wall:.0f} reservations/s = {made / write_wall / tps:.0%} of "
-        f"pgbench (target ≥ 30 %); DB time {write_server:.2f} s server-side, "
-        f"{writes.seconds:.2f} s client-side (statements + COMMIT, round trips and the client's "
-        f"COPY formatting included) = {writes.seconds / made * 10000:.2f} s per 10k (target < 2 s)"
+        f"pgbench (target ≥ 30 %); DB time per 10k reservations (target < 2 s): "
+        f"{write_server * per_10k:.2f} s server-side (active), "
+        f"{writes.seconds * per_10k:.2f} s client-side (statements + COMMIT, round trips and the "
+        f"client's COPY formatting included), server CPU {cpu_text(cpu[1])} s for {made}"
     )
     print("bulk write statements by kind (count, client s):")
     for kind, count, seconds in writes.top(10):

@@ -80,7 +80,7 @@ def matches_write(
     matches: Sequence[Match], *, now: datetime, batch: int | None = None
 ) -> BatchOutcome:
     """Write ``matches`` (engine output, hour-index starts) in batches of ``batch`` pairs
-    (``MATCH_WRITE_BATCH``, default 200), each batch one durable transaction, in the order
+    (``MATCH_WRITE_BATCH``, default 500), each batch one durable transaction, in the order
     given. Returns the ids made and the reasons of the pairs dropped (each also stored as the
     demand's ``unmatched_reason`` while it stays open). ``now`` (UTC) is the cycle's clock:
     starts before it are refused and vouchers are checked at it, as in
