@@ -63,6 +63,7 @@ from vouchers.bulk import SplitFacts, limits_kept, split_facts_load
 from vouchers.models import Programme, Voucher
 
 from .engine import Match
+from .parts_write import parts_write, split_matches
 
 logger = logging.getLogger("marketplace.matching")
 
@@ -84,11 +85,20 @@ def matches_write(
     given. Returns the ids made and the reasons of the pairs dropped (each also stored as the
     demand's ``unmatched_reason`` while it stays open). ``now`` (UTC) is the cycle's clock:
     starts before it are refused and vouchers are checked at it, as in
-    ``reservation_create``."""
+    ``reservation_create``. The parts of split demands (partial fills: ``Match.gpus`` set)
+    are written after the batches, one transaction per demand (``parts_write``): a batch
+    never holds half of a split demand."""
     size: int = batch if batch else settings.MATCH_WRITE_BATCH
     outcome = BatchOutcome()
-    if not matches:
-        return outcome
+    # Partial fills: the parts of a split demand go through ``parts_write``, all or none.
+    matches, split = split_matches(matches)
+    if matches:
+        _whole_write(matches, now, size, outcome)
+    parts_write(split, now=now, made=outcome.made, dropped=outcome.dropped)
+    return outcome
+
+
+def _whole_write(matches: Sequence[Match], now: datetime, size: int, outcome: BatchOutcome) -> None:
     escrow = system_account(Account.Kind.ESCROW)
     for i in range(0, len(matches), size):
         pairs = matches[i : i + size]
@@ -103,7 +113,6 @@ def matches_write(
             # neither drops the others nor stalls the hub's matching cycle after cycle.
             logger.warning("batch of %d matches refused (%r); one by one now", len(pairs), exc)
             _pairs_write_one_by_one(pairs, now, outcome)
-    return outcome
 
 
 class _ProgrammeLimitsMoved(Exception):
