@@ -141,7 +141,10 @@ def _world(tag: str) -> dict[str, Any]:
     # last year's voucher of the reimbursement programme was funded by last year's budget
     transaction_post(
         Transaction.Reason.PROGRAMME_FUNDING,
-        [(system_account(Account.Kind.WORLD), Decimal("-500")), (programme_account(reimb.pk), 500)],
+        [
+            (system_account(Account.Kind.WORLD), Decimal("-500")),
+            (programme_account(reimb.pk), Decimal("500")),
+        ],
     )
     vouchers = {
         "V1": voucher_issue(programme=pos, owner=orgs["rich"], face_value=Decimal("150")),
@@ -254,7 +257,9 @@ def _state(world: dict[str, Any]) -> dict[str, Any]:
     labels: dict[object, str] = world["labels"]
     demands = world["demands"].values()
     reservations = Reservation.objects.filter(demand__in=demands)
-    by_res = {r.pk: f"{labels[r.demand_id]}@{labels[r.offer_id]}" for r in reservations}
+    by_res: dict[object, str] = {
+        r.pk: f"{labels[r.demand_id]}@{labels[r.offer_id]}" for r in reservations
+    }
     rows = sorted(
         (
             by_res[r.pk],
