@@ -379,6 +379,8 @@ def _plan(
     cash_paid = bill if mode == REIMBURSEMENT else split.cash_part
     wallet = locked.wallets.get(demand.buyer_id)
     voucher_account = locked.voucher_accounts.get(paying.pk) if paying is not None else None
+    # A buyer without a wallet account: the one-by-one path creates an empty one, then
+    # refuses the same way (that empty account is not created here).
     if cash_paid and (wallet is None or locked.balances[wallet.pk] < cash_paid):
         raise Unprocessable(
             "Buyer cash wallet balance would go below zero", code="insufficient_funds"
