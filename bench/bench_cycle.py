@@ -300,7 +300,7 @@ def market_round(world: World, n: int, first_hour: int) -> None:
 def main() -> None:
     global BENCH_DB
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=int(os.environ.get("CYCLE_N", "2000")))
+    parser.add_argument("--n", type=int, default=int(os.environ.get("CYCLE_N", "10000")))
     parser.add_argument("--pgbench-seconds", type=int, default=10)
     parser.add_argument(
         "--db-suffix",
