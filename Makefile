@@ -81,7 +81,7 @@ bench-replay: install
 
 ## One whole matching cycle writing CYCLE_N reservations (holds, ledger entries) on PostgreSQL,
 ## next to pgbench TPC-B (own databases, dropped afterwards). Not part of `make test`.
-CYCLE_N ?= 2000
+CYCLE_N ?= 10000
 bench-cycle: install services
 	$(PY) bench/bench_cycle.py --n $(CYCLE_N)
 

@@ -1,40 +1,77 @@
-"""The bulk write path of a matching cycle: the engine's matches written in batches (``BATCH``
-per transaction) instead of one transaction per match, with the same rules as
-``marketplace.services.reservation_create`` (its helpers are reused, not forked).
+"""The bulk write path of a matching cycle: the engine's matches written in batches
+(``MATCH_WRITE_BATCH`` per transaction) with a fixed number of statements per batch, not per
+match, under the rules of ``marketplace.services.reservation_create`` (PRODUCT.md §4.4, §5.4)
+and with its lock order and concurrency protocol.
 
-Per batch, in one durable transaction and in the service layer's lock order:
-demands (by pk) → offers (by pk) → vouchers (by pk) → the buyers' wallets and the vouchers'
-ledger accounts (by pk) → the programmes (by pk) → then each pair's writes, whose postings touch
-only rows already locked plus the shared escrow (hot, last). Capacity of the whole batch is
-re-checked in memory against the locked offers' reservations. A pair that fails a rule is
-rolled back to its savepoint and dropped, its demand keeps the reason; the rest commits.
+Per batch, in one durable transaction, READ COMMITTED:
+
+1. lock, one ``SELECT … FOR UPDATE`` per table, in the service layer's order: the demands (by
+   pk) → the offers (by pk) → the demands' vouchers (by pk) → the buyers' wallets and the
+   vouchers' ledger accounts (by pk). Nothing a check reads from these is read unlocked.
+2. read what the checks need: the demands' accepted models, the GPUs reserved per hour on the
+   locked offers, and for voucher demands the split's facts (``vouchers.bulk.SplitFacts``:
+   programme budget and buyer cap used, catalogue, region, tiers, related organisations) —
+   the budget and cap used without the programme locks, as ``reservation_create`` reads them.
+3. check each pair in order in memory against the locked rows, exactly as one
+   ``reservation_create`` call per pair in the same order would (demand open, pair feasible,
+   locality, capacity, the §5.4 split, funds), booking each accepted pair's capacity, demand
+   status, wallet and voucher balance and programme limits in memory so the next pair sees
+   them. A refused pair is dropped with the code ``reservation_create`` would raise; its
+   demand keeps the reason.
+4. write the accepted pairs with one ``COPY`` each (``marketplace.bulkrows.rows_insert``;
+   ``bulk_create`` on SQLite) for reservations, their events, inter-hub trades, payment holds,
+   HOLD ledger transactions and their entries; one balance UPDATE for every wallet and voucher
+   account of the batch; then the programme rows of the batch's voucher holds are locked (by
+   pk; shared by every voucher hold of a programme, so last) and their budgets and the buyers'
+   caps checked again with the batch counted (``vouchers.bulk.limits_kept``); then one UPDATE
+   of escrow, the hottest row, last (``ledger.bulk.transactions_post_bulk``). The CHECK
+   constraints still refuse a negative balance; the entries' immutability trigger is untouched
+   (inserts only).
+
+When concurrent holds used what the splits counted on (the last of a budget or cap), the
+batch rolls back and runs once more with the programme rows locked in step 1, after the
+accounts, as ``reservation_create`` retries with ``programme_first``. About 25 statements a
+batch whatever its size, against about 9 a reservation one by one. Should the database still
+refuse a batch (a rule it holds that the checks do not model), the batch rolls back and its
+pairs are written one at a time through ``reservation_create``.
 """
 
+import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from uuid import UUID, uuid4
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
-from ledger.models import Account
-from marketplace.errors import Conflict, DomainError
-from marketplace.models import Demand, Offer, Reservation
-from marketplace.services import _pair_check, reservation_locality_check, reservation_write
+from ledger.bulk import Posting, transactions_post_bulk
+from ledger.holds import POINT_OF_SALE, REIMBURSEMENT
+from ledger.models import Account, Hold, Transaction
+from ledger.services import system_account
+from marketplace.bulkrows import rows_insert
+from marketplace.errors import Conflict, DomainError, NotFound, Unprocessable
+from marketplace.models import Demand, InterHubTrade, Offer, Reservation, ReservationEvent
+from marketplace.money import ZERO, bill_amount
+from marketplace.services import _pair_check, reservation_create, reservation_locality_check
 from marketplace.timeutil import HOUR, from_hour_index, hour_index
+from vouchers.bulk import SplitFacts, limits_kept, split_facts_load
 from vouchers.models import Programme, Voucher
 
 from .engine import Match
 from .parts_write import parts_write, split_matches
 
-BATCH = 200
+logger = logging.getLogger("marketplace.matching")
 
 
 @dataclass
 class BatchOutcome:
-    """What a bulk write did: reservation ids made and ``{demand id: reason code}`` dropped."""
+    """What a bulk write did: reservation ids made and ``{demand id: reason code}`` dropped
+    (the last reason of each demand, as ``unmatched_reason`` keeps it)."""
 
     made: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
@@ -44,37 +81,213 @@ def matches_write(
     matches: Sequence[Match], *, now: datetime, batch: int | None = None
 ) -> BatchOutcome:
     """Write ``matches`` (engine output, hour-index starts) in batches of ``batch`` pairs
-    (``MATCH_WRITE_BATCH``, default 200), each batch one durable transaction. Returns the ids
-    made and the reasons of the pairs dropped (each also stored as the demand's
-    ``unmatched_reason``). The parts of split demands are written after the batches, one
-    transaction per demand (``parts_write``)."""
+    (``MATCH_WRITE_BATCH``, default 500), each batch one durable transaction, in the order
+    given. Returns the ids made and the reasons of the pairs dropped (each also stored as the
+    demand's ``unmatched_reason`` while it stays open). ``now`` (UTC) is the cycle's clock:
+    starts before it are refused and vouchers are checked at it, as in
+    ``reservation_create``. The parts of split demands (partial fills: ``Match.gpus`` set)
+    are written after the batches, one transaction per demand (``parts_write``): a batch
+    never holds half of a split demand."""
     size: int = batch if batch else settings.MATCH_WRITE_BATCH
     outcome = BatchOutcome()
     # Partial fills: the parts of a split demand go through ``parts_write``, all or none.
     matches, split = split_matches(matches)
-    for i in range(0, len(matches), size):
-        _batch_write(matches[i : i + size], now, outcome)
+    if matches:
+        _whole_write(matches, now, size, outcome)
     parts_write(split, now=now, made=outcome.made, dropped=outcome.dropped)
     return outcome
 
 
-def _batch_write(pairs: Sequence[Match], now: datetime, outcome: BatchOutcome) -> None:
+def _whole_write(matches: Sequence[Match], now: datetime, size: int, outcome: BatchOutcome) -> None:
+    escrow = system_account(Account.Kind.ESCROW)
+    for i in range(0, len(matches), size):
+        pairs = matches[i : i + size]
+        try:
+            try:
+                _batch_write(pairs, now, outcome, escrow, programme_first=False)
+            except _ProgrammeLimitsMoved:
+                _batch_write(pairs, now, outcome, escrow, programme_first=True)
+        except (IntegrityError, DataError, DomainError) as exc:
+            # The database refused a row the checks passed (a rule it holds that they do not
+            # model): the batch rolled back; write its pairs one at a time so one bad pair
+            # neither drops the others nor stalls the hub's matching cycle after cycle.
+            logger.warning("batch of %d matches refused (%r); one by one now", len(pairs), exc)
+            _pairs_write_one_by_one(pairs, now, outcome)
+
+
+class _ProgrammeLimitsMoved(Exception):
+    """Concurrent holds used the programme budget or buyer cap the batch's splits counted on."""
+
+
+def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: BatchOutcome) -> None:
+    """The fallback of a refused batch: ``reservation_create`` per pair, in order. A pair the
+    database still refuses is dropped with the reason ``write_refused``."""
+    for m in pairs:
+        try:
+            reservation = reservation_create(
+                demand_id=m.demand_id, offer_id=m.offer_id, start=from_hour_index(m.start), now=now
+            )
+        except (Demand.DoesNotExist, Offer.DoesNotExist):
+            outcome.dropped[m.demand_id] = "not_found"
+            continue
+        except (DomainError, IntegrityError, DataError) as exc:
+            reason = exc.code[:40] if isinstance(exc, DomainError) else "write_refused"
+            if not isinstance(exc, DomainError):
+                logger.warning(
+                    "match %s → %s refused by the database: %r", m.demand_id, m.offer_id, exc
+                )
+            outcome.dropped[m.demand_id] = reason
+            Demand.objects.filter(pk=m.demand_id, status=Demand.Status.OPEN).update(
+                unmatched_reason=reason
+            )
+            continue
+        outcome.made.append(str(reservation.pk))
+
+
+@dataclass
+class _Locked:
+    """A batch's rows, read under their row locks."""
+
+    demands: dict[str, Demand]
+    offers: dict[str, Offer]
+    vouchers: dict[UUID, Voucher]
+    wallets: dict[UUID, Account]  # by buyer id
+    voucher_accounts: dict[UUID, Account]  # by voucher id
+    balances: dict[UUID, Decimal]  # by account id, CNY; booked as pairs are accepted
+
+
+RESERVATION_FIELDS = (
+    "id",
+    "demand_id",
+    "offer_id",
+    "buyer_id",
+    "provider_id",
+    "start",
+    "end",
+    "gpu_count",
+    "price_per_gpu_hour",
+    "bill",
+    "voucher_id",
+    "voucher_part",
+    "cash_part",
+    "voucher_note",
+    "locality_tier",
+    "status",
+    "delivered_gpu_hours",
+    "created_at",
+    "updated_at",
+)
+EVENT_FIELDS = ("reservation_id", "from_status", "to_status", "actor_id", "note", "at")
+TRADE_FIELDS = (
+    "id",
+    "reservation_id",
+    "exporting_hub_id",
+    "importing_hub_id",
+    "gpu_hours",
+    "value",
+    "created_at",
+)
+HOLD_FIELDS = (
+    "id",
+    "reservation_id",
+    "mode",
+    "status",
+    "voucher_part",
+    "cash_paid",
+    "refunded_voucher",
+    "refunded_cash",
+    "created_at",
+    "closed_at",
+)
+
+
+@dataclass
+class _Planned:
+    """Rows to write for the accepted pairs, in pair order (tuples in the ``*_FIELDS`` order;
+    every timestamp is the batch's ``created``)."""
+
+    created: datetime
+    reservations: list[tuple[object, ...]] = field(default_factory=list)
+    events: list[tuple[object, ...]] = field(default_factory=list)
+    trades: list[tuple[object, ...]] = field(default_factory=list)
+    holds: list[tuple[object, ...]] = field(default_factory=list)
+    postings: list[Posting] = field(default_factory=list)
+    demand_status: dict[str, str] = field(default_factory=dict)
+    # {programme id: buyer ids} of the holds a voucher pays part of
+    programme_buyers: dict[UUID, set[UUID]] = field(default_factory=dict)
+
+
+def _batch_write(
+    pairs: Sequence[Match],
+    now: datetime,
+    outcome: BatchOutcome,
+    escrow: Account,
+    *,
+    programme_first: bool,
+) -> None:
     with transaction.atomic(durable=True):
-        demands = {
-            str(d.pk): d
-            for d in Demand.objects.select_for_update(of=("self",))
-            .select_related("buyer", "origin_site")
-            .filter(pk__in=[m.demand_id for m in pairs])
-            .order_by("pk")
-        }
-        offers = {
-            str(o.pk): o
-            for o in Offer.objects.select_for_update(of=("self",))
-            .select_related("site", "provider", "accelerator")
-            .filter(pk__in={m.offer_id for m in pairs})
-            .order_by("pk")
-        }
-        voucher_ids = {d.voucher_id for d in demands.values() if d.voucher_id is not None}
+        locked = _lock(pairs, programme_first=programme_first)
+        listed = _listed_models(list(locked.demands))
+        used = _reserved_by_hour(list(locked.offers), now)
+        facts = split_facts_load(
+            list(locked.vouchers.values()),
+            balances={v: locked.balances[a.pk] for v, a in locked.voucher_accounts.items()},
+            buyer_ids={d.buyer_id for d in locked.demands.values() if d.voucher_id},
+            provider_ids={o.provider_id for o in locked.offers.values()},
+            at=now,
+        )
+        # Reservations get ``created_at`` = the wall clock (auto_now_add) as in the one-by-one
+        # path, and count towards the programme year holding it.
+        created = timezone.now()
+        planned = _Planned(created)
+        dropped: dict[str, str] = {}
+        for m in pairs:
+            try:
+                _plan(m, locked, listed, used, facts, now, escrow, planned)
+            except DomainError as exc:
+                dropped[m.demand_id] = exc.code[:40]
+        checked = programme_first or not planned.programme_buyers
+
+        def programme_check() -> None:
+            # The programme rows, locked last (just before escrow): are the budgets and caps
+            # the splits counted on still there, with this batch's holds counted?
+            if not checked and not limits_kept(planned.programme_buyers, now):
+                raise _ProgrammeLimitsMoved
+
+        _write(planned, programme_check)
+        reasons: dict[str, list[str]] = defaultdict(list)
+        for demand_id, reason in dropped.items():
+            demand = locked.demands.get(demand_id)
+            if demand is not None and demand.status == Demand.Status.OPEN:
+                reasons[reason].append(demand_id)
+        for reason, ids in sorted(reasons.items()):
+            Demand.objects.filter(pk__in=ids, status=Demand.Status.OPEN).update(
+                unmatched_reason=reason
+            )
+    outcome.made += [str(r[0]) for r in planned.reservations]
+    outcome.dropped.update(dropped)
+
+
+def _lock(pairs: Sequence[Match], *, programme_first: bool) -> _Locked:
+    """Lock the batch's rows, one statement per table, in the service layer's order; the
+    programme rows only with ``programme_first`` (else ``limits_kept`` locks them last)."""
+    demands = {
+        str(d.pk): d
+        for d in Demand.objects.select_for_update(of=("self",))
+        .select_related("buyer", "origin_site")
+        .filter(pk__in={m.demand_id for m in pairs})
+        .order_by("pk")
+    }
+    offers = {
+        str(o.pk): o
+        for o in Offer.objects.select_for_update(of=("self",))
+        .select_related("site", "provider", "accelerator")
+        .filter(pk__in={m.offer_id for m in pairs})
+        .order_by("pk")
+    }
+    voucher_ids = {d.voucher_id for d in demands.values() if d.voucher_id is not None}
+    vouchers: dict[UUID, Voucher] = {}
+    if voucher_ids:
         vouchers = {
             v.pk: v
             for v in Voucher.objects.select_for_update(of=("self",))
@@ -82,70 +295,203 @@ def _batch_write(pairs: Sequence[Match], now: datetime, outcome: BatchOutcome) -
             .filter(pk__in=voucher_ids)
             .order_by("pk")
         }
-        buyers = {d.buyer_id for d in demands.values()}
-        # The ledger accounts every hold of the batch changes besides escrow, then the
-        # programme rows (hot, shared): as ``voucher_hold_lock`` does for one hold.
-        list(
-            Account.objects.select_for_update()
-            .filter(
-                Q(kind=Account.Kind.WALLET, organisation_id__in=buyers)
-                | Q(kind=Account.Kind.VOUCHER, voucher_id__in=voucher_ids)
-            )
-            .order_by("pk")
-            .values_list("pk", flat=True)
+    buyer_ids = {d.buyer_id for d in demands.values()}
+    wallets: dict[UUID, Account] = {}
+    voucher_accounts: dict[UUID, Account] = {}
+    balances: dict[UUID, Decimal] = {}
+    for account in (
+        Account.objects.select_for_update()
+        .filter(
+            Q(kind=Account.Kind.WALLET, organisation_id__in=buyer_ids)
+            | Q(kind=Account.Kind.VOUCHER, voucher_id__in=voucher_ids)
         )
+        .order_by("pk")
+        .only("pk", "kind", "organisation_id", "voucher_id", "balance", "allow_negative")
+    ):
+        if account.kind == Account.Kind.WALLET and account.organisation_id is not None:
+            wallets[account.organisation_id] = account
+        elif account.voucher_id is not None:
+            voucher_accounts[account.voucher_id] = account
+        balances[account.pk] = account.balance
+    programme_ids = {v.programme_id for v in vouchers.values()}
+    if programme_first and programme_ids:
         list(
             Programme.objects.select_for_update()
-            .filter(pk__in={v.programme_id for v in vouchers.values()})
+            .filter(pk__in=programme_ids)
             .order_by("pk")
             .values_list("pk", flat=True)
         )
-        listed: dict[str, set[object]] = defaultdict(set)
-        for demand_id, acc_id in Demand.accelerators.through.objects.filter(
-            demand_id__in=list(demands)
-        ).values_list("demand_id", "accelerator_id"):
-            listed[str(demand_id)].add(acc_id)
-        used = _reserved_by_hour(list(offers), now)
+    return _Locked(demands, offers, vouchers, wallets, voucher_accounts, balances)
 
-        for m in pairs:
-            demand, offer = demands.get(m.demand_id), offers.get(m.offer_id)
-            if demand is None or offer is None:
-                outcome.dropped[m.demand_id] = "not_found"
-                continue
-            start = from_hour_index(m.start)
-            end = start + demand.duration_hours * HOUR
-            models = listed[m.demand_id]
-            offer.model_listed = offer.accelerator_id in models  # type: ignore[attr-defined]
-            offer.any_model = not models  # type: ignore[attr-defined]
-            hours = range(hour_index(start), hour_index(end))
-            timeline = used[m.offer_id]
-            try:
-                with transaction.atomic():
-                    if demand.status != Demand.Status.OPEN:
-                        raise Conflict(f"demand is {demand.status}", code="demand_not_open")
-                    _pair_check(demand, offer, start, end, now)
-                    reservation_locality_check(demand, offer)
-                    peak = max((timeline[h] for h in hours), default=0)
-                    if peak + demand.gpu_count > offer.gpu_count:
-                        raise Conflict(
-                            "no free capacity for the whole window", code="capacity_exhausted"
-                        )
-                    voucher = vouchers.get(demand.voucher_id) if demand.voucher_id else None
-                    reservation = reservation_write(
-                        demand, offer, start, now, voucher=voucher, programme_locked=True
-                    )
-            except DomainError as exc:
-                demand.status = Demand.objects.values_list("status", flat=True).get(pk=demand.pk)
-                outcome.dropped[m.demand_id] = exc.code[:40]
-                continue
-            for h in hours:
-                timeline[h] += demand.gpu_count
-            outcome.made.append(str(reservation.pk))
-        for dropped_id, reason in outcome.dropped.items():
-            if dropped_id in demands:
-                Demand.objects.filter(pk=dropped_id, status=Demand.Status.OPEN).update(
-                    unmatched_reason=reason
-                )
+
+def _listed_models(demand_ids: list[str]) -> dict[str, set[object]]:
+    """The accelerators each demand lists (none = any model that meets its minimums)."""
+    listed: dict[str, set[object]] = defaultdict(set)
+    for demand_id, acc_id in Demand.accelerators.through.objects.filter(
+        demand_id__in=demand_ids
+    ).values_list("demand_id", "accelerator_id"):
+        listed[str(demand_id)].add(acc_id)
+    return listed
+
+
+def _plan(
+    m: Match,
+    locked: _Locked,
+    listed: dict[str, set[object]],
+    used: dict[str, dict[int, int]],
+    facts: SplitFacts,
+    now: datetime,
+    escrow: Account,
+    planned: _Planned,
+) -> None:
+    """Check one pair as ``reservation_create`` does, in its order, and plan its rows;
+    raise the ``DomainError`` it would raise. Books the pair in the in-memory state."""
+    demand, offer = locked.demands.get(m.demand_id), locked.offers.get(m.offer_id)
+    if demand is None or offer is None:
+        raise NotFound("no such demand or offer", code="not_found")
+    if demand.status != Demand.Status.OPEN:
+        raise Conflict(f"demand is {demand.status}", code="demand_not_open")
+    start = from_hour_index(m.start)
+    end = start + demand.duration_hours * HOUR
+    models = listed[m.demand_id]
+    offer.model_listed = offer.accelerator_id in models  # type: ignore[attr-defined]
+    offer.any_model = not models  # type: ignore[attr-defined]
+    _pair_check(demand, offer, start, end, now)
+    tier = reservation_locality_check(demand, offer)
+    hours = range(hour_index(start), hour_index(end))
+    timeline = used[m.offer_id]
+    if max((timeline[h] for h in hours), default=0) + demand.gpu_count > offer.gpu_count:
+        raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
+
+    voucher = locked.vouchers.get(demand.voucher_id) if demand.voucher_id else None
+    bill = bill_amount(demand.gpu_count, demand.duration_hours, offer.price_per_gpu_hour)
+    split = facts.split(
+        voucher,
+        bill=bill,
+        buyer=demand.buyer,
+        provider=offer.provider,
+        site=offer.site,
+        accelerator=offer.accelerator,
+    )
+    paying = voucher if split.voucher_part > 0 else None
+    # ``ledger.holds.hold_place``: the programme's mode only when the voucher pays a part.
+    mode = paying.programme.redemption_mode if paying is not None else POINT_OF_SALE
+    cash_paid = bill if mode == REIMBURSEMENT else split.cash_part
+    wallet = locked.wallets.get(demand.buyer_id)
+    voucher_account = locked.voucher_accounts.get(paying.pk) if paying is not None else None
+    # A buyer without a wallet account: the one-by-one path creates an empty one, then
+    # refuses the same way (that empty account is not created here).
+    if cash_paid and (wallet is None or locked.balances[wallet.pk] < cash_paid):
+        raise Unprocessable(
+            "Buyer cash wallet balance would go below zero", code="insufficient_funds"
+        )
+    if paying is not None and (
+        voucher_account is None or locked.balances[voucher_account.pk] < split.voucher_part
+    ):
+        raise Unprocessable("Voucher balance would go below zero", code="insufficient_funds")
+
+    # Accepted: book it in memory, then plan its rows (``reservation_write``, ``hold_place``).
+    for h in hours:
+        timeline[h] += demand.gpu_count
+    status = Reservation.Status.CONFIRMED if demand.auto_accept else Reservation.Status.HELD
+    demand.status = Demand.Status.RESERVED if demand.auto_accept else Demand.Status.MATCHED
+    planned.demand_status[m.demand_id] = demand.status
+    legs: list[tuple[Account, Decimal]] = [(escrow, split.voucher_part + cash_paid)]
+    if paying is not None:
+        assert voucher_account is not None
+        locked.balances[voucher_account.pk] -= split.voucher_part
+        facts.count(
+            paying,
+            demand.buyer_id,
+            split.voucher_part,
+            in_year=facts.in_year(paying.programme_id, planned.created),
+        )
+        legs.append((voucher_account, -split.voucher_part))
+        planned.programme_buyers.setdefault(paying.programme_id, set()).add(demand.buyer_id)
+    if wallet is not None:
+        locked.balances[wallet.pk] -= cash_paid
+        legs.append((wallet, -cash_paid))
+
+    rid, at = uuid4(), planned.created
+    planned.reservations.append(
+        (
+            rid,
+            demand.pk,
+            offer.pk,
+            demand.buyer_id,
+            offer.provider_id,
+            start,
+            end,
+            demand.gpu_count,
+            offer.price_per_gpu_hour,
+            bill,
+            paying.pk if paying is not None else None,
+            split.voucher_part,
+            split.cash_part,
+            split.note,
+            tier,
+            status,
+            None,
+            at,
+            at,
+        )
+    )
+    held = Reservation.Status.HELD
+    planned.events.append((rid, "", held, None, f"matched at tier {tier}", at))
+    if demand.auto_accept:
+        planned.events.append((rid, held, Reservation.Status.CONFIRMED, None, "auto-accepted", at))
+    if offer.site.hub_id != demand.origin_site.hub_id:
+        planned.trades.append(
+            (
+                uuid4(),
+                rid,
+                offer.site.hub_id,
+                demand.origin_site.hub_id,
+                demand.gpu_count * demand.duration_hours,
+                bill,
+                at,
+            )
+        )
+    planned.holds.append(
+        (
+            uuid4(),
+            rid,
+            mode,
+            Hold.Status.PENDING,
+            split.voucher_part,
+            cash_paid,
+            ZERO,
+            ZERO,
+            at,
+            None,
+        )
+    )
+    planned.postings.append(
+        Posting(
+            Transaction.Reason.HOLD,
+            legs,
+            reservation_id=rid,
+            voucher_id=paying.pk if paying is not None else None,
+            memo=f"hold ({mode})",
+        )
+    )
+
+
+def _write(planned: _Planned, before_hot: Callable[[], None]) -> None:
+    """Insert the planned rows (one COPY per table on PostgreSQL) and move the held money;
+    ``before_hot`` runs after the parties' balances changed, before escrow's."""
+    if not planned.reservations:
+        return
+    rows_insert(Reservation, RESERVATION_FIELDS, planned.reservations)
+    rows_insert(ReservationEvent, EVENT_FIELDS, planned.events)
+    rows_insert(InterHubTrade, TRADE_FIELDS, planned.trades)
+    rows_insert(Hold, HOLD_FIELDS, planned.holds)
+    transactions_post_bulk(planned.postings, parties_locked=True, before_hot=before_hot)
+    by_status: dict[str, list[str]] = defaultdict(list)
+    for demand_id, status in planned.demand_status.items():
+        by_status[status].append(demand_id)
+    for status, ids in sorted(by_status.items()):
+        Demand.objects.filter(pk__in=ids).update(status=status, unmatched_reason="")
 
 
 def _reserved_by_hour(offer_ids: list[str], now: datetime) -> dict[str, dict[int, int]]:

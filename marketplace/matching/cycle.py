@@ -226,8 +226,11 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
             hub.matching_policy, demands, offers, latency, hub.matching_time_limit
         )
         made = len(matches_write(result.matches, now=now).made)
+        unserved: dict[str, list[str]] = defaultdict(list)
         for demand_id, reason in result.unserved.items():
-            Demand.objects.filter(pk=demand_id, status=Demand.Status.OPEN).update(
+            unserved[reason].append(demand_id)
+        for reason, ids in sorted(unserved.items()):
+            Demand.objects.filter(pk__in=ids, status=Demand.Status.OPEN).update(
                 unmatched_reason=reason
             )
         return MatchingCycle.objects.create(

@@ -1,23 +1,30 @@
 """The bulk write path of a cycle (``marketplace.matching.bulk``) against the one-by-one path
-(``reservation_create`` per match): same reservations, holds, demand states and ledger balances;
-and a race between a batch and a person booking the last GPUs on PostgreSQL."""
+(``reservation_create`` per match): same reservations, holds, demand states and ledger balances
+(every rule: ``test_bulk_write_rules``); a batch's statements do not grow with its size; and
+races on PostgreSQL between a batch and a person booking the last GPUs or spending the last of
+the same wallet."""
 
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.models import Organisation
 from ledger.audit import ledger_audit
-from ledger.models import Account, Hold
-from ledger.services import system_account
+from ledger.models import Account, Hold, Transaction
+from ledger.services import programme_account, system_account, transaction_post
 from marketplace.errors import DomainError
 from marketplace.matching.bulk import matches_write
 from marketplace.matching.engine import Match
 from marketplace.models import Demand, Offer, Reservation
+from marketplace.money import ZERO
 from marketplace.services import offer_peak_reserved, reservation_create, wallet_deposit
 from marketplace.timeutil import from_hour_index, hour_index
 from tests.factories import (
@@ -31,6 +38,7 @@ from tests.factories import (
     SiteFactory,
     next_hour,
 )
+from vouchers.models import Voucher
 from vouchers.services import programme_fund, voucher_issue
 
 # (demand label, offer label, hours after the first start): one voucher demand, one remote
@@ -251,4 +259,235 @@ def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, o
         assert (results["person"], results["batch"], booked) == ("capacity_exhausted", 4, 4)
     assert offer_peak_reserved(offer) == 8
     assert Offer.objects.get(pk=offer.pk).gpu_count == 8
+    assert ledger_audit() == []
+
+
+def _statement_kinds(queries: CaptureQueriesContext) -> list[str]:
+    return [
+        " ".join(q["sql"].split()[:3])
+        for q in queries.captured_queries
+        if "SAVEPOINT" not in q["sql"]
+    ]
+
+
+@pytest.mark.django_db
+def test_a_batch_takes_the_same_statements_whatever_its_size(buyer, offer, voucher):
+    # given open demands of one buyer (the first paying with a voucher) and one hour each
+    def write(n: int) -> list[str]:
+        start = next_hour(2)
+        demands = [
+            DemandFactory.create(
+                buyer=buyer,
+                gpu_count=1,
+                duration_hours=1,
+                voucher=voucher if i == 0 else None,
+                earliest_start=start,
+                latest_end=start + timedelta(hours=48),
+            )
+            for i in range(n)
+        ]
+        matches = [
+            Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
+            for i, d in enumerate(demands)
+        ]
+        with CaptureQueriesContext(connection) as queries:
+            outcome = matches_write(matches, now=timezone.now(), batch=n)
+        assert len(outcome.made) == n
+        return _statement_kinds(queries)
+
+    # when a batch of 2 and a batch of 16 are written, then both send the same statements
+    system_account(Account.Kind.ESCROW)  # (created on first use)
+    few, many = write(2), write(16)
+    assert few == many
+    assert len(many) <= 30
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batch_and_a_person_spending_the_same_wallet_never_overdraw_it(site, provider):
+    # given a buyer with ¥100 and five ¥30 demands: four in a batch, one booked by a person
+    # at the same time on another offer (the wallet is all they share)
+    org = OrganisationFactory.create(name="Thrifty", home_site=site)
+    wallet_deposit(organisation=org, amount=Decimal("100.00"))
+    batch_offer = OfferFactory.create(provider=provider, site=site)
+    person_offer = OfferFactory.create(provider=provider, site=site)
+    start = next_hour(2)
+    window = {"earliest_start": start, "latest_end": start + timedelta(hours=12)}
+    batch = [
+        DemandFactory.create(buyer=org, gpu_count=1, duration_hours=3, **window) for _ in "1234"
+    ]
+    person = DemandFactory.create(buyer=org, gpu_count=1, duration_hours=3, **window)
+    matches = [
+        Match(str(d.pk), str(batch_offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
+        for d in batch
+    ]
+    barrier = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def run_batch() -> None:
+        try:
+            barrier.wait()
+            results["batch"] = matches_write(matches, now=start - timedelta(hours=2))
+        finally:
+            connection.close()
+
+    def run_person() -> None:
+        try:
+            barrier.wait()
+            reservation_create(demand_id=person.pk, offer_id=person_offer.pk, start=start)
+            results["person"] = "ok"
+        except DomainError as exc:
+            results["person"] = exc.code
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run_batch), threading.Thread(target=run_person)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # then exactly three ¥30 holds were made, whoever came first, and ¥10 is left
+    made = len(results["batch"].made) + (results["person"] == "ok")
+    assert made == Reservation.objects.filter(buyer=org).count() == 3
+    if results["person"] == "ok":  # ¥70 left for the batch: two of its four
+        assert list(results["batch"].dropped.values()) == ["insufficient_funds"] * 2
+    else:  # the batch took ¥90 first
+        assert results["person"] == "insufficient_funds"
+        assert list(results["batch"].dropped.values()) == ["insufficient_funds"]
+    assert Account.objects.get(kind=Account.Kind.WALLET, organisation=org).balance == Decimal(
+        "10.00"
+    )
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db
+def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer):
+    # given three open demands, and a rule only the database holds (a trigger refusing any
+    # reservation of the second), which the batch's checks cannot foresee
+    start = next_hour(2)
+    demands = [
+        DemandFactory.create(
+            buyer=buyer,
+            gpu_count=1,
+            duration_hours=1,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=12),
+        )
+        for _ in range(3)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_refuse_reservation() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.demand_id = '{demands[1].pk}' THEN RAISE EXCEPTION 'refused' "
+            "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_refuse_reservation BEFORE INSERT ON marketplace_reservation "
+            "FOR EACH ROW EXECUTE FUNCTION test_refuse_reservation()"
+        )
+    matches = [
+        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
+        for i, d in enumerate(demands)
+    ]
+    # when the cycle writes them in one batch
+    outcome = matches_write(matches, now=timezone.now())
+    # then the batch rolled back and its pairs went one by one: two booked, the refused one
+    # dropped with its reason, nothing of it written
+    assert len(outcome.made) == 2
+    assert outcome.dropped == {str(demands[1].pk): "write_refused"}
+    assert [Demand.objects.get(pk=d.pk).status for d in demands] == ["reserved", "open", "reserved"]
+    assert Demand.objects.get(pk=demands[1].pk).unmatched_reason == "write_refused"
+    assert Reservation.objects.filter(demand__in=demands).count() == 2
+    assert Hold.objects.filter(reservation__demand__in=demands).count() == 2
+    assert ledger_audit() == []
+
+
+def _blocked_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _wait_for_blocked(n: int) -> None:
+    for _ in range(600):  # a bounded poll, not a timed assertion
+        if _blocked_on_locks() >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} sessions never waited on a lock")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_batches_racing_for_a_programme_budget_never_pass_it(site, provider):
+    # given a programme whose ¥500 budget for this year's redemptions two buyers' vouchers of
+    # ¥400 could each nearly use up (one issued last year), and one ¥800 demand per buyer
+    programme = ProgrammeFactory.create(code="race", annual_budget=Decimal("500.00"))
+    programme_fund(programme)
+    transaction_post(
+        Transaction.Reason.PROGRAMME_FUNDING,
+        [
+            (system_account(Account.Kind.WORLD), Decimal("-500")),
+            (programme_account(programme.pk), Decimal("500")),
+        ],
+    )
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
+    start = next_hour(2)
+    batches = []
+    for name in ("first", "second"):
+        org = OrganisationFactory.create(name=name, home_site=site)
+        wallet_deposit(organisation=org, amount=Decimal("1000.00"))
+        voucher = voucher_issue(programme=programme, owner=org, face_value=Decimal("400"))
+        if name == "first":
+            Voucher.objects.filter(pk=voucher.pk).update(
+                issued_at=voucher.issued_at - timedelta(days=366)
+            )
+        demand = DemandFactory.create(
+            buyer=org,
+            voucher=voucher,
+            gpu_count=4,
+            duration_hours=20,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=24),
+        )
+        offer = OfferFactory.create(provider=provider, site=site)
+        batches.append([Match(str(demand.pk), str(offer.pk), hour_index(start), "", ZERO, ZERO)])
+    # and another session holding the programme row, so both batches stop at its lock (the
+    # last they take), each having split with the whole budget left
+    db = connection.settings_dict
+    other = psycopg.connect(
+        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"] or 5432
+    )
+    other.execute("SELECT 1 FROM vouchers_programme WHERE id = %s FOR UPDATE", [programme.pk])
+    outcomes: dict[int, Any] = {}
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = matches_write(batches[i], now=timezone.now())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    try:
+        threads[0].start()
+        _wait_for_blocked(1)
+        threads[1].start()
+        _wait_for_blocked(2)
+    finally:
+        other.rollback()  # when the row is let go: the first batch commits its ¥400 hold
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then the second batch found the budget gone under the lock and ran again with the
+    # programme locked first: its voucher pays the ¥100 left, cash the rest
+    parts = {
+        r.buyer.name: (r.voucher_part, r.cash_part)
+        for r in Reservation.objects.filter(voucher__programme=programme).select_related("buyer")
+    }
+    assert [len(outcomes[i].made) for i in (0, 1)] == [1, 1]
+    assert parts == {
+        "first": (Decimal("400.00"), Decimal("400.00")),
+        "second": (Decimal("100.00"), Decimal("700.00")),
+    }
     assert ledger_audit() == []
