@@ -11,6 +11,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
+from marketplace.search_generation import SearchInvalidatingQuerySet
+
 
 class Hub(models.Model):
     """A national hub node of "East Data, West Computing"."""
@@ -20,6 +22,8 @@ class Hub(models.Model):
         OPTIMAL = "optimal", "Optimal (batch MILP, HiGHS)"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
     code = models.SlugField(max_length=40, unique=True)
     name = models.CharField(max_length=100)
     name_zh = models.CharField(max_length=100, blank=True)
@@ -80,6 +84,8 @@ class Site(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
     code = models.SlugField(max_length=60, unique=True)
     name = models.CharField(max_length=150)
     city = models.CharField(max_length=60)
@@ -107,6 +113,8 @@ class Accelerator(models.Model):
     """A catalogue accelerator model. Free-text names are resolved to ``code`` via ``aliases``."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
     code = models.CharField(max_length=40, unique=True)
     vendor = models.CharField(max_length=40)
     memory_gb = models.PositiveIntegerField(null=True, blank=True)
@@ -144,6 +152,8 @@ class Offer(models.Model):
     }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
     provider = models.ForeignKey(
         "accounts.Organisation", on_delete=models.PROTECT, related_name="offers"
     )
