@@ -74,6 +74,25 @@ end
 """
 
 
+# Every request of a "cold keys" run asks another question (a random max_price of 50-100 CNY,
+# above every seeded price, so the answer's rows are the same): the offer search's page cache
+# misses, and the row measures the search itself.
+COLD_KEYS = """
+local thread_count = 0
+setup = function(thread)
+  thread_count = thread_count + 1
+  thread:set("seed", thread_count)
+end
+init = function(args)
+  math.randomseed(os.time() * 1000 + seed)
+end
+request = function()
+  local price = string.format("%d.%04d", math.random(50, 99), math.random(0, 9999))
+  return wrk.format(nil, wrk.path .. "&max_price=" .. price)
+end
+"""
+
+
 def environment() -> dict[str, str]:
     """The environment of every Django process of the bench (seeding and gunicorn)."""
     return {
@@ -243,6 +262,7 @@ def wrk(
     seconds: int,
     body: str | None = None,
     master: int | None = None,
+    cold: bool = False,
 ) -> dict[str, float]:
     """One ``wrk`` run; returns requests/s, p50 and p99 in ms, socket errors and non-2xx, and
     (with the gunicorn ``master`` pid) the server's CPU milliseconds per request: gunicorn
@@ -253,6 +273,8 @@ def wrk(
     if body is not None:
         lua += 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         lua += f"wrk.body = {json.dumps(body)}\n"
+    if cold:
+        lua += COLD_KEYS
     lua += WRK_DONE
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
@@ -333,6 +355,12 @@ def main() -> int:
     parser.add_argument("--offers-per-site", type=int, default=2)
     parser.add_argument("--reservations", type=int, default=30)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated rows to run besides hello and offer search (default: all), "
+        "e.g. 'search (cold keys),organisation (me)'",
+    )
     args = parser.parse_args()
     BENCH_DB = args.database
     if shutil.which("wrk") is None:
@@ -393,13 +421,21 @@ def main() -> int:
             # the cheapest authenticated API call: DRF, the token query, a small serializer
             ("organisation (me)", f"{base}/api/v1/organisations/me/", None),
             ("offer search", f"{base}{SEARCH}", None),
+            # the same search, each request with another max_price: no cached page to serve
+            ("search (cold keys)", f"{base}{SEARCH}", None),
             ("demand create", f"{base}/api/v1/demands/", demand),
             ("reservation list", f"{base}/api/v1/reservations/", None),
         ]
+        if args.cases:
+            wanted = {"hello (bare Django)", "offer search", *args.cases.split(",")}
+            cases = [case for case in cases if case[0] in wanted]
         for _ in range(args.rounds):
             rows = []
             for name, url, body in cases:
-                wrk(url, token=token, connections=args.connections, seconds=3, body=body)  # warm
+                cold = name == "search (cold keys)"
+                wrk(
+                    url, token=token, connections=args.connections, seconds=3, body=body, cold=cold
+                )  # warm-up
                 rows.append(
                     (
                         name,
@@ -410,6 +446,7 @@ def main() -> int:
                             seconds=args.duration,
                             body=body,
                             master=server.pid,
+                            cold=cold,
                         ),
                     )
                 )

@@ -22,8 +22,6 @@ class Hub(models.Model):
         OPTIMAL = "optimal", "Optimal (batch MILP, HiGHS)"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Bulk writes mark the offer search stale (marketplace.search_generation).
-    objects = SearchInvalidatingQuerySet.as_manager()
     code = models.SlugField(max_length=40, unique=True)
     name = models.CharField(max_length=100)
     name_zh = models.CharField(max_length=100, blank=True)
@@ -36,6 +34,8 @@ class Hub(models.Model):
         "keeps the best answer found: the greedy result at worst when greedy alone fits in 90 % "
         "of the limit, else the demands greedy did not reach wait for the next cycle.",
     )
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -84,8 +84,6 @@ class Site(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Bulk writes mark the offer search stale (marketplace.search_generation).
-    objects = SearchInvalidatingQuerySet.as_manager()
     code = models.SlugField(max_length=60, unique=True)
     name = models.CharField(max_length=150)
     city = models.CharField(max_length=60)
@@ -101,6 +99,8 @@ class Site(models.Model):
         on_delete=models.PROTECT,
         related_name="sites",
     )
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -113,8 +113,6 @@ class Accelerator(models.Model):
     """A catalogue accelerator model. Free-text names are resolved to ``code`` via ``aliases``."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Bulk writes mark the offer search stale (marketplace.search_generation).
-    objects = SearchInvalidatingQuerySet.as_manager()
     code = models.CharField(max_length=40, unique=True)
     vendor = models.CharField(max_length=40)
     memory_gb = models.PositiveIntegerField(null=True, blank=True)
@@ -125,6 +123,8 @@ class Accelerator(models.Model):
     is_domestic = models.BooleanField(default=False)
     aliases = models.JSONField(default=list, blank=True)
     note = models.CharField(max_length=200, blank=True)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -152,8 +152,6 @@ class Offer(models.Model):
     }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # Bulk writes mark the offer search stale (marketplace.search_generation).
-    objects = SearchInvalidatingQuerySet.as_manager()
     provider = models.ForeignKey(
         "accounts.Organisation", on_delete=models.PROTECT, related_name="offers"
     )
@@ -169,6 +167,8 @@ class Offer(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -49,11 +49,62 @@ def cache_seconds() -> int:
     return int(getattr(settings, "OFFER_SEARCH_CACHE_SECONDS", 0))
 
 
+class _Store:
+    """The cache as raw bytes: straight to Redis (one client per process and server, keys made
+    by the cache's own ``make_key``, so its ``KEY_PREFIX`` holds) when the default cache is
+    Django's Redis backend, else through the cache API. Django's Redis backend would build a
+    client and pickle on every call, several times the round trip itself."""
+
+    _clients: dict[str, Any] = {}
+
+    def __init__(self) -> None:
+        self.cache = caches["default"]
+        self.client = None
+        conf = settings.CACHES["default"]
+        if conf["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+            location = conf["LOCATION"]
+            location = location if isinstance(location, str) else location[0]
+            client = self._clients.get(location)
+            if client is None:
+                import redis
+
+                client = self._clients[location] = redis.Redis.from_url(location)
+            self.client = client
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        made = [self.cache.make_key(key) for key in keys]
+        if self.client is not None:
+            return self.client.mget(made)  # type: ignore[return-value]  # bytes: no decoding
+        found = self.cache.get_many(keys)
+        return [found.get(key) for key in keys]
+
+    def set(self, key: str, value: bytes, timeout: int | None) -> None:
+        if self.client is not None:
+            self.client.set(self.cache.make_key(key), value, ex=timeout)
+        else:
+            self.cache.set(key, value, timeout=timeout)
+
+    def add(self, key: str, value: bytes) -> None:
+        if self.client is not None:
+            self.client.set(self.cache.make_key(key), value, nx=True)
+        else:
+            self.cache.add(key, value, timeout=None)
+
+
+def store() -> _Store:
+    """The shared cache of the search pages and the generation (see ``_Store``)."""
+    return _Store()
+
+
+def _new_token() -> bytes:
+    return secrets.token_hex(8).encode()
+
+
 def _bump() -> None:
     if cache_seconds() <= 0:
         return
     try:
-        caches["default"].set(GENERATION_KEY, secrets.token_hex(8), timeout=None)
+        store().set(GENERATION_KEY, _new_token(), timeout=None)
     except Exception:  # Redis down: the pages' TTL bounds how stale a search can be
         logger.exception("could not bump the offer search generation")
 
@@ -71,21 +122,21 @@ def offer_search_changed(using: str = "default") -> None:
         transaction.on_commit(_bump, using=using)
 
 
-def current_generation() -> str | None:
+def current_generation() -> bytes | None:
     """The current generation token (made if missing), or ``None`` when the cache is off or
     does not answer."""
     if cache_seconds() <= 0:
         return None
-    cache = caches["default"]
     try:
-        generation = cache.get(GENERATION_KEY)
+        shared = store()
+        generation = shared.get_many([GENERATION_KEY])[0]
         if generation is None:
-            cache.add(GENERATION_KEY, secrets.token_hex(8), timeout=None)
-            generation = cache.get(GENERATION_KEY)
+            shared.add(GENERATION_KEY, _new_token())
+            generation = shared.get_many([GENERATION_KEY])[0]
     except Exception:
         logger.exception("could not read the offer search generation")
         return None
-    return generation  # type: ignore[no-any-return]
+    return generation
 
 
 def changed_receiver(sender: type, **kwargs: Any) -> None:

@@ -32,14 +32,13 @@ import json
 import logging
 from typing import Any
 
-from django.core.cache import caches
 from django.http import HttpResponse, HttpResponseNotModified
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.models import Organisation
-from marketplace.search_generation import GENERATION_KEY, cache_seconds, current_generation
+from marketplace.search_generation import GENERATION_KEY, cache_seconds, current_generation, store
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class SearchPage:
         self.request = request
         self.view = view
         self.key = key
-        self.generation: str | None = None
+        self.generation: bytes | None = None
 
     @classmethod
     def for_request(
@@ -115,22 +114,24 @@ class SearchPage:
 
     def lookup(self) -> HttpResponse | None:
         """The stored page as a response (or a 304) when it carries the current generation;
-        ``None`` otherwise, after noting the current generation for ``respond``."""
+        ``None`` otherwise, after noting the current generation for ``respond``. One round
+        trip to the cache (the generation and the page together)."""
         if self.key is None:
             return None
         try:
-            found = caches["default"].get_many([GENERATION_KEY, self.key])
+            generation, stored = store().get_many([GENERATION_KEY, self.key])
+            if generation is None:
+                generation = current_generation()
         except Exception:  # the cache is down: search without it
             logger.exception("offer search cache lookup failed")
             self.key = None
             return None
-        generation = found.get(GENERATION_KEY)
-        if generation is None:
-            generation = current_generation()
         self.generation = generation
-        stored = found.get(self.key)
-        if generation is not None and stored is not None and stored[0] == generation:
-            return _answer(self.request, stored[2], stored[1])
+        if generation is not None and stored is not None:
+            # stored: generation, ETag and body, the first two ended by a newline each
+            stored_generation, etag, body = stored.split(b"\n", 2)
+            if stored_generation == generation:
+                return _answer(self.request, body, etag.decode())
         return None
 
     def respond(self, data: Any) -> HttpResponse:
@@ -140,12 +141,12 @@ class SearchPage:
         body = renderer.render(
             data, self.request.accepted_media_type, self.view.get_renderer_context()
         )
+        assert isinstance(body, bytes)  # JSONRenderer writes UTF-8 bytes
         etag = _etag(body)
         if self.key is not None and self.generation is not None:
             try:
-                caches["default"].set(
-                    self.key, (self.generation, etag, body), timeout=cache_seconds()
-                )
+                value = b"%s\n%s\n%s" % (self.generation, etag.encode(), body)
+                store().set(self.key, value, timeout=cache_seconds())
             except Exception:
                 logger.exception("offer search cache store failed")
         return _answer(self.request, body, etag)
