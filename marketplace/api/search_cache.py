@@ -219,7 +219,10 @@ def lean_offer_search(drf_view: Callable[..., HttpResponse]) -> Callable[..., Ht
     unchanged. The wrapper carries the DRF view's attributes, so the OpenAPI schema and the
     permission matrix see the same view class."""
     view_class = drf_view.view_class  # type: ignore[attr-defined]
-    defaults = view_class(**drf_view.view_initkwargs).default_response_headers  # type: ignore[attr-defined]
+    instance = view_class(**drf_view.view_initkwargs)  # type: ignore[attr-defined]
+    if hasattr(instance, "get") and not hasattr(instance, "head"):
+        instance.head = instance.get  # as View.setup does for every request
+    defaults = instance.default_response_headers
 
     @wraps(drf_view)
     def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
