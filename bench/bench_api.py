@@ -22,7 +22,10 @@ What it does, in one run:
 3. runs ``wrk`` (Debian package ``wrk``) with ``--connections`` (50) connections for
    ``--duration`` seconds per endpoint after a short warm-up, ``--rounds`` (2) times: hello, the
    cheapest authenticated call (``GET /api/v1/organisations/me/``), offer search
-   (``GET /api/v1/offers/?accelerator=T4&tier=region``), demand create (``POST
+   (``GET /api/v1/offers/?accelerator=T4&tier=region``: after the first request, pages of the
+   offer search cache), the same search with a random ``max_price`` on every request (``search
+   (cold keys)``: the cache never answers, so the row measures the search itself), demand create
+   (``POST
    /api/v1/demands/``, no Idempotency-Key), reservation list (``GET /api/v1/reservations/``);
    any non-2xx answer or socket error fails the run. Next to each rate it records the server's
    CPU milliseconds per request (gunicorn workers and PostgreSQL backends, from /proc): wrk,
