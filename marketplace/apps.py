@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 class MarketplaceConfig(AppConfig):
@@ -18,3 +18,4 @@ class MarketplaceConfig(AppConfig):
                 signal.connect(
                     changed_receiver, sender=model, dispatch_uid=f"offer-search-{model.__name__}"
                 )
+        post_migrate.connect(changed_receiver, dispatch_uid="offer-search-migrate")

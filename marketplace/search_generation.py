@@ -140,10 +140,9 @@ def current_generation() -> bytes | None:
 
 
 def changed_receiver(sender: type, **kwargs: Any) -> None:
-    """``post_save``/``post_delete`` receiver (``marketplace.apps``): ``offer_search_changed``
-    on the database the instance was written to."""
-    if kwargs.get("raw"):  # loaddata: fixtures are loaded before anything is cached
-        return
+    """``post_save``/``post_delete``/``post_migrate`` receiver (``marketplace.apps``):
+    ``offer_search_changed`` on the database written to (a data migration's historical models
+    send no model signals of the real ones)."""
     offer_search_changed(kwargs.get("using") or "default")
 
 
