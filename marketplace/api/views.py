@@ -12,8 +12,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -100,15 +99,6 @@ class AcceleratorListApi(PublicListApi):
 
 # --- Offers ---------------------------------------------------------------------------------
 
-IF_NONE_MATCH = OpenApiParameter(
-    "If-None-Match",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    required=False,
-    description="An `ETag` of an earlier answer (or `*`): the same page again is a 304 "
-    "without a body. Every search answer carries `ETag` and `Cache-Control: private, no-cache`.",
-)
-
 
 class OfferListCreateApi(PublicListApi):
     """``GET``: search active offers (filters in ``OfferFilter``: accelerator, hub, tier,
@@ -121,12 +111,15 @@ class OfferListCreateApi(PublicListApi):
     def get_queryset(self) -> QuerySet:
         return selectors.offer_search(related=False)  # list() reads values(), not instances
 
+    # ``If-None-Match`` is HTTP's own conditional request header (RFC 9110 §13.1.2), not a
+    # parameter of this operation; the 304 it can lead to is documented.
     @extend_schema(
-        parameters=[IF_NONE_MATCH],
         responses={
             200: OfferSerializer(many=True),
             304: OpenApiResponse(
-                description="Not Modified: the page's `ETag` matches `If-None-Match`; no body."
+                description="Not Modified: the request's `If-None-Match` names this page's "
+                "`ETag` (or is `*`); no body. Every search answer carries a strong `ETag` and "
+                "`Cache-Control: private, no-cache`."
             ),
         },
     )
