@@ -25,6 +25,10 @@ from .models import ApiToken, Membership, Organisation, User
 from .selectors import REQUEST_ORGANISATION_ATTR
 
 TOKEN_PREFIX = "sx_"  # noqa: S105  # a public marker, not a secret
+# Where a view that authenticated the request's token itself before handing it to DRF (the
+# offer search's lean way, marketplace.api.search_cache) leaves ``(secret, user, token,
+# organisation)``: ``HashedTokenAuthentication`` uses it instead of a second lookup.
+PREAUTHENTICATED_ATTR = "_suanli_token_authenticated"
 # ``last_used_at`` is written at most this often per token (a write per request would cost).
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 
@@ -146,7 +150,11 @@ class HashedTokenAuthentication(BaseAuthentication):
             secret = parts[1].decode()
         except UnicodeError as exc:
             raise exceptions.AuthenticationFailed("malformed token") from exc
-        user, token, organisation = token_authenticate(secret)
+        done = getattr(request._request, PREAUTHENTICATED_ATTR, None)
+        if done is not None and done[0] == secret:  # this request's token, looked up already
+            user, token, organisation = done[1:]
+        else:
+            user, token, organisation = token_authenticate(secret)
         setattr(request, REQUEST_ORGANISATION_ATTR, organisation)
         return user, token
 

@@ -22,7 +22,10 @@ What it does, in one run:
 3. runs ``wrk`` (Debian package ``wrk``) with ``--connections`` (50) connections for
    ``--duration`` seconds per endpoint after a short warm-up, ``--rounds`` (2) times: hello, the
    cheapest authenticated call (``GET /api/v1/organisations/me/``), offer search
-   (``GET /api/v1/offers/?accelerator=T4&tier=region``), demand create (``POST
+   (``GET /api/v1/offers/?accelerator=T4&tier=region``: after the first request, pages of the
+   offer search cache), the same search with a random ``max_price`` on every request (``search
+   (cold keys)``: the cache never answers, so the row measures the search itself), demand create
+   (``POST
    /api/v1/demands/``, no Idempotency-Key), reservation list (``GET /api/v1/reservations/``);
    any non-2xx answer or socket error fails the run. Next to each rate it records the server's
    CPU milliseconds per request (gunicorn workers and PostgreSQL backends, from /proc): wrk,
@@ -70,6 +73,25 @@ done = function(summary, latency, requests)
     .. '"p50_us": %d, "p99_us": %d}\\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
     latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+# Every request of a "cold keys" run asks another question (a random max_price of 50-100 CNY,
+# above every seeded price, so the answer's rows are the same): the offer search's page cache
+# misses, and the row measures the search itself.
+COLD_KEYS = """
+local thread_count = 0
+setup = function(thread)
+  thread_count = thread_count + 1
+  thread:set("seed", thread_count)
+end
+init = function(args)
+  math.randomseed(os.time() * 1000 + seed)
+end
+request = function()
+  local price = string.format("%d.%04d", math.random(50, 99), math.random(0, 9999))
+  return wrk.format(nil, wrk.path .. "&max_price=" .. price)
 end
 """
 
@@ -243,6 +265,7 @@ def wrk(
     seconds: int,
     body: str | None = None,
     master: int | None = None,
+    cold: bool = False,
 ) -> dict[str, float]:
     """One ``wrk`` run; returns requests/s, p50 and p99 in ms, socket errors and non-2xx, and
     (with the gunicorn ``master`` pid) the server's CPU milliseconds per request: gunicorn
@@ -253,6 +276,8 @@ def wrk(
     if body is not None:
         lua += 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         lua += f"wrk.body = {json.dumps(body)}\n"
+    if cold:
+        lua += COLD_KEYS
     lua += WRK_DONE
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
@@ -333,6 +358,12 @@ def main() -> int:
     parser.add_argument("--offers-per-site", type=int, default=2)
     parser.add_argument("--reservations", type=int, default=30)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated rows to run besides hello and offer search (default: all), "
+        "e.g. 'search (cold keys),organisation (me)'",
+    )
     args = parser.parse_args()
     BENCH_DB = args.database
     if shutil.which("wrk") is None:
@@ -393,13 +424,21 @@ def main() -> int:
             # the cheapest authenticated API call: DRF, the token query, a small serializer
             ("organisation (me)", f"{base}/api/v1/organisations/me/", None),
             ("offer search", f"{base}{SEARCH}", None),
+            # the same search, each request with another max_price: no cached page to serve
+            ("search (cold keys)", f"{base}{SEARCH}", None),
             ("demand create", f"{base}/api/v1/demands/", demand),
             ("reservation list", f"{base}/api/v1/reservations/", None),
         ]
+        if args.cases:
+            wanted = {"hello (bare Django)", "offer search", *args.cases.split(",")}
+            cases = [case for case in cases if case[0] in wanted]
         for _ in range(args.rounds):
             rows = []
             for name, url, body in cases:
-                wrk(url, token=token, connections=args.connections, seconds=3, body=body)  # warm
+                cold = name == "search (cold keys)"
+                wrk(
+                    url, token=token, connections=args.connections, seconds=3, body=body, cold=cold
+                )  # warm-up
                 rows.append(
                     (
                         name,
@@ -410,6 +449,7 @@ def main() -> int:
                             seconds=args.duration,
                             body=body,
                             master=server.pid,
+                            cold=cold,
                         ),
                     )
                 )

@@ -11,6 +11,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
+from marketplace.search_generation import SearchInvalidatingQuerySet
+
 
 class Hub(models.Model):
     """A national hub node of "East Data, West Computing"."""
@@ -32,6 +34,8 @@ class Hub(models.Model):
         "keeps the best answer found: the greedy result at worst when greedy alone fits in 90 % "
         "of the limit, else the demands greedy did not reach wait for the next cycle.",
     )
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -95,6 +99,8 @@ class Site(models.Model):
         on_delete=models.PROTECT,
         related_name="sites",
     )
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -117,6 +123,8 @@ class Accelerator(models.Model):
     is_domestic = models.BooleanField(default=False)
     aliases = models.JSONField(default=list, blank=True)
     note = models.CharField(max_length=200, blank=True)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
@@ -159,6 +167,8 @@ class Offer(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Bulk writes mark the offer search stale (marketplace.search_generation).
+    objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -9,6 +9,7 @@ from vouchers.api import views as vouchers
 
 from . import provider
 from . import views as market
+from .search_cache import lean_offer_search
 
 urlpatterns = [
     path("auth/token/", accounts.TokenObtainApi.as_view(), name="auth-token"),
@@ -19,7 +20,7 @@ urlpatterns = [
     path("hubs/", market.HubListApi.as_view(), name="hubs"),
     path("sites/", market.SiteListApi.as_view(), name="sites"),
     path("accelerators/", market.AcceleratorListApi.as_view(), name="accelerators"),
-    path("offers/", market.OfferListCreateApi.as_view(), name="offers"),
+    path("offers/", lean_offer_search(market.OfferListCreateApi.as_view()), name="offers"),
     path("offers/<str:id>/", market.OfferDetailApi.as_view(), name="offer-detail"),
     path("offers/<str:id>/pause/", market.OfferPauseApi.as_view(), name="offer-pause"),
     path("offers/<str:id>/activate/", market.OfferActivateApi.as_view(), name="offer-activate"),

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -36,6 +36,7 @@ from .base import (
     object_id,
 )
 from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, StrictFilterBackend
+from .search_cache import SearchPage
 from .serializers import (
     OFFER_VALUES,
     RESERVATION_VALUES,
@@ -110,15 +111,41 @@ class OfferListCreateApi(PublicListApi):
     def get_queryset(self) -> QuerySet:
         return selectors.offer_search(related=False)  # list() reads values(), not instances
 
+    # ``If-None-Match`` is HTTP's own conditional request header (RFC 9110 §13.1.2), not a
+    # parameter of this operation; the 304 it can lead to is documented.
+    @extend_schema(
+        responses={
+            200: OfferSerializer(many=True),
+            304: OpenApiResponse(
+                description="Not Modified: the request's `If-None-Match` names this page's "
+                "`ETag` (or is `*`); no body. Every search answer carries a strong `ETag` and "
+                "`Cache-Control: private, no-cache`."
+            ),
+        },
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.list(request, *args, **kwargs)
+
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """The search's read path, kept lean because it is the API's busiest call: the
         filtered page and its total in one query of plain values (site, hub, provider and
         accelerator joined), written out as ``OfferSerializer`` would without its per-row
-        field machinery (``offer_values_representation``)."""
+        field machinery (``offer_values_representation``).
+
+        Plain JSON pages go through the shared page cache and answer ``If-None-Match``
+        (``marketplace.api.search_cache``): a hit costs the token query only."""
+        cached = SearchPage.for_request(request, self, self.organisation)
+        if cached is not None:
+            hit = cached.lookup()  # notes the generation before the rows are read
+            if hit is not None:
+                return hit  # type: ignore[return-value]  # rendered already
         queryset = self.filter_queryset(self.get_queryset()).values(*OFFER_VALUES)
         page = self.paginate_queryset(queryset)
         assert page is not None  # the API always paginates
-        return self.get_paginated_response(offer_values_representation(page))
+        response = self.get_paginated_response(offer_values_representation(page))
+        if cached is None:
+            return response
+        return cached.respond(response.data)  # type: ignore[return-value]
 
     @extend_schema(request=OfferCreateInputSerializer, responses={201: OfferSerializer, **ERRORS})
     def post(self, request: Request) -> Response:

@@ -184,6 +184,12 @@ CACHES = {
     )
 }
 
+# Rendered offer search pages kept in the cache this many seconds at most (a safety net: every
+# write that changes a search answer makes them stale at once; marketplace.search_generation).
+# 0 turns the page cache off; off by default without Redis (a per-process memory cache cannot
+# see another process's writes).
+OFFER_SEARCH_CACHE_SECONDS = env.int("OFFER_SEARCH_CACHE_SECONDS", default=30 if REDIS_URL else 0)
+
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None

@@ -28,3 +28,5 @@ CACHES = {
         "KEY_PREFIX": DATABASES["default"]["TEST"]["NAME"],
     }
 }
+# The offer search page cache on, as in production (marketplace.search_generation).
+OFFER_SEARCH_CACHE_SECONDS = env.int("OFFER_SEARCH_CACHE_SECONDS", default=30)
