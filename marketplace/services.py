@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as MalformedId
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -28,9 +28,11 @@ from ledger.services import (
     transaction_post,
 )
 from vouchers.models import ReimbursementClaim, Voucher
-from vouchers.services import Split, voucher_hold_lock, voucher_limits_kept, voucher_split
+from vouchers.services import Split, programme_year, voucher_hold_lock, voucher_split
+from vouchers.usage import usage_change
 
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from .holdpath import ProgrammeLimitsMoved, hold_write
 from .locality import tier_between, tier_rank
 from .models import (
     Accelerator,
@@ -468,8 +470,8 @@ def _transition(
     _event(reservation, from_status, to_status, actor, note)
 
 
-class _ProgrammeLimitsMoved(Exception):
-    """A concurrent hold used the programme budget or buyer cap this hold's split counted on."""
+# A concurrent hold used the programme budget or buyer cap this hold's split counted on.
+_ProgrammeLimitsMoved = ProgrammeLimitsMoved
 
 
 def reservation_create(
@@ -489,13 +491,15 @@ def reservation_create(
     escrow. Raises ``Conflict`` (demand not open, ``capacity_exhausted``), ``ValidationFailed``
     (infeasible pair) or ``Unprocessable(code="insufficient_funds")``; nothing is written then.
 
-    READ COMMITTED throughout, no SERIALIZABLE retries. Lock order: demand → offer → voucher →
-    the buyer's and voucher's ledger accounts → programme → escrow. The programme row (shared by
-    every voucher hold of the programme) is locked last, just before the escrow balance: the
-    split reads the budget and cap left without it, and under the lock the programme's limits
-    are checked again with this hold counted. Only when a concurrent hold used what the split
-    counted on (the last of a budget or cap) does the call run once more, then taking the
-    programme lock before the split.
+    READ COMMITTED throughout, no SERIALIZABLE retries. Lock order: demand → offer → the
+    buyer's wallet and the voucher's ledger account (by pk) → the programme row (``FOR KEY
+    SHARE``) → its usage rows (buyer, then budget) → escrow. On PostgreSQL the hold is five
+    round trips with ``BEGIN`` and ``COMMIT`` (``marketplace.holdpath``); the programme's
+    budget row and escrow (shared by every hold) are touched last, just before ``COMMIT``. The
+    split reads the budget and cap left without a lock; the usage rows then grow only by a
+    conditional update that keeps both limits. Only when a concurrent hold used what the split
+    counted on (the last of a budget or cap) does the call run once more, then locking the
+    programme row ``FOR UPDATE`` before the split (two more round trips).
     """
     now = now or timezone.now()
     try:
@@ -513,6 +517,17 @@ def _reservation_create(
     programme_first: bool,
 ) -> Reservation:
     with transaction.atomic(durable=True):
+        if connection.vendor == "postgresql":
+            return hold_write(
+                demand_id,
+                offer_id,
+                start,
+                now,
+                programme_first=programme_first,
+                pair_check=_pair_check,
+                locality_check=reservation_locality_check,
+            )
+        # The embedded default (SQLite): the same rules and rows through the ORM.
         demand = (
             Demand.objects.select_for_update(of=("self",))
             .select_related("buyer", "origin_site", "voucher__programme")
@@ -537,11 +552,7 @@ def _reservation_create(
             raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
         voucher = demand.voucher
         if voucher is not None:
-            voucher = (
-                Voucher.objects.select_for_update(of=("self",))
-                .select_related("programme")
-                .get(pk=voucher.pk)
-            )
+            voucher = Voucher.objects.select_related("programme").get(pk=voucher.pk)
             if programme_first:
                 voucher_hold_lock(voucher, demand.buyer_id)
         return reservation_write(
@@ -813,17 +824,28 @@ def reservation_write(
     demand.unmatched_reason = ""
     demand.save(update_fields=["status", "unmatched_reason"])
 
-    def programme_check() -> None:
-        # Under the programme lock, with this hold counted: still within budget and cap?
-        assert voucher is not None
-        if not voucher_limits_kept(voucher.programme, demand.buyer, now):
-            raise _ProgrammeLimitsMoved
+    year = programme_year(voucher.programme, now) if voucher and reservation.voucher_id else None
 
-    uses_programme = reservation.voucher_id is not None and not programme_locked
+    def programme_usage() -> None:
+        # The programme row KEY SHARE, then the buyer's and the budget's usage rows, growing
+        # only while both stay within the limits (``vouchers.usage``); then escrow.
+        assert voucher is not None and year is not None
+        if usage_change(
+            programme_id=voucher.programme_id,
+            buyer_id=demand.buyer_id,
+            year=year,
+            amount=reservation.voucher_part,
+        ):
+            return
+        if programme_locked:  # cannot happen: nobody can grow the usage under our lock
+            raise Conflict("the programme's limits moved", code="programme_limits_moved")
+        raise _ProgrammeLimitsMoved
+
     hold_place(
         reservation,
         mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
-        before_hot=programme_check if uses_programme else None,
+        programme_year=year,
+        before_hot=programme_usage if reservation.voucher_id else None,
     )
     return reservation
 
