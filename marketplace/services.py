@@ -20,7 +20,14 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import Organisation, User
-from ledger.holds import POINT_OF_SALE, REIMBURSEMENT, hold_place, hold_post, hold_void
+from ledger.holds import (
+    POINT_OF_SALE,
+    REIMBURSEMENT,
+    hold_place,
+    hold_post,
+    hold_refund,
+    hold_void,
+)
 from ledger.models import Account, Hold, Refund, Transaction
 from ledger.services import (
     organisation_account,
@@ -527,37 +534,45 @@ def _reservation_create(
                 pair_check=_pair_check,
                 locality_check=reservation_locality_check,
             )
-        # The embedded default (SQLite): the same rules and rows through the ORM.
-        demand = (
-            Demand.objects.select_for_update(of=("self",))
-            .select_related("buyer", "origin_site", "voucher__programme")
-            .get(pk=demand_id)
+        return reservation_create_orm(demand_id, offer_id, start, now, programme_first)
+
+
+def reservation_create_orm(
+    demand_id: ObjectId, offer_id: ObjectId, start: datetime, now: datetime, programme_first: bool
+) -> Reservation:
+    """``reservation_create``'s hold through the ORM, inside the caller's transaction: the path of
+    the embedded default (SQLite), and the reference the one-statement PostgreSQL path
+    (``marketplace.holdpath``) is tested against — the same rules, the same rows. About twenty
+    statements. Raises ``ProgrammeLimitsMoved`` as ``hold_write`` does."""
+    demand = (
+        Demand.objects.select_for_update(of=("self",))
+        .select_related("buyer", "origin_site", "voucher__programme")
+        .get(pk=demand_id)
+    )
+    if demand.status != Demand.Status.OPEN:
+        raise Conflict(f"demand is {demand.status}", code="demand_not_open")
+    listed = Demand.accelerators.through.objects.filter(demand_id=demand.pk)
+    offer = (
+        Offer.objects.select_for_update(of=("self",))
+        .select_related("site", "provider", "accelerator")
+        .annotate(
+            model_listed=Exists(listed.filter(accelerator_id=OuterRef("accelerator_id"))),
+            any_model=~Exists(listed),
         )
-        if demand.status != Demand.Status.OPEN:
-            raise Conflict(f"demand is {demand.status}", code="demand_not_open")
-        listed = Demand.accelerators.through.objects.filter(demand_id=demand.pk)
-        offer = (
-            Offer.objects.select_for_update(of=("self",))
-            .select_related("site", "provider", "accelerator")
-            .annotate(
-                model_listed=Exists(listed.filter(accelerator_id=OuterRef("accelerator_id"))),
-                any_model=~Exists(listed),
-            )
-            .get(pk=offer_id)
-        )
-        end = start + demand.duration_hours * HOUR
-        _pair_check(demand, offer, start, end, now)
-        reservation_locality_check(demand, offer)
-        if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
-            raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
-        voucher = demand.voucher
-        if voucher is not None:
-            voucher = Voucher.objects.select_related("programme").get(pk=voucher.pk)
-            if programme_first:
-                voucher_hold_lock(voucher, demand.buyer_id)
-        return reservation_write(
-            demand, offer, start, now, voucher=voucher, programme_locked=programme_first
-        )
+        .get(pk=offer_id)
+    )
+    end = start + demand.duration_hours * HOUR
+    _pair_check(demand, offer, start, end, now)
+    reservation_locality_check(demand, offer)
+    if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
+        raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
+    voucher = demand.voucher
+    if voucher is not None:
+        voucher = Voucher.objects.select_related("programme").get(pk=voucher.pk)
+        voucher_hold_lock(voucher, demand.buyer_id, programme=programme_first)
+    return reservation_write(
+        demand, offer, start, now, voucher=voucher, programme_locked=programme_first
+    )
 
 
 def reservation_parts_create(
@@ -1179,6 +1194,71 @@ def reservation_settle(*, reservation_id: ObjectId) -> Reservation:
     return r
 
 
+def reservation_refund(
+    *,
+    reservation_id: ObjectId,
+    amount: Decimal,
+    kind: str = Refund.Kind.DISPUTE,
+    operator: User | None = None,
+    memo: str = "",
+) -> Refund:
+    """An operator refunds ``amount`` CNY of a *settled* reservation (§5.5): a decision on a
+    dispute (``kind="dispute"``) or a service-level credit (``"sla_credit"``).
+
+    The value goes back to the voucher and the wallet in the reservation's original
+    voucher:cash proportion, never more than each part still has paid
+    (``ledger.holds.hold_refund``: cash from the provider's payable, voucher value from the
+    claimant's claims, the voucher value leaving the programme year's usage). The voucher part
+    refunded becomes a negative ``adjustment`` claim line dated now: it lands on the statement
+    of the current period, so a refund after the original line's statement lowers the next
+    statement instead of changing an issued one. Returns the ``Refund`` row.
+
+    Raises ``ValidationFailed`` (field ``amount`` not positive CNY to the fen, field ``kind``),
+    ``NotFound`` (field ``reservation``), ``Conflict(code="not_settled")`` unless settled,
+    ``Conflict(code="refund_exceeds_paid")`` past what is left to refund — also when refunds
+    race (they serialise on the reservation row, and the hold's CHECK constraints hold anyway)
+    — and ``Unprocessable(code="insufficient_funds")`` when the provider's payable is short.
+    """
+    with transaction.atomic(durable=True):
+        try:
+            reservation = (
+                Reservation.objects.select_for_update(of=("self",))
+                .select_related("voucher")
+                .get(pk=reservation_id)
+            )
+        except (Reservation.DoesNotExist, ValueError, MalformedId) as exc:
+            raise NotFound("no such reservation", field="reservation") from exc
+        return _refund_settled(reservation, amount, kind, operator, memo)
+
+
+def _refund_settled(
+    reservation: Reservation, amount: Any, kind: str, operator: User | None, memo: str
+) -> Refund:
+    """``reservation_refund`` under the reservation's row lock, inside the caller's block."""
+    amount = _money_input(amount, "amount", places=2, maximum=Decimal("1000000000"))
+    if kind not in Refund.AFTER_SETTLEMENT:
+        raise ValidationFailed("must be dispute or sla_credit", field="kind")
+    if reservation.status != Reservation.Status.SETTLED:
+        raise Conflict(f"reservation is {reservation.status}, not settled", code="not_settled")
+    refund, _ = hold_refund(reservation, amount=amount, kind=kind, actor=operator, memo=memo)
+    if refund.voucher_amount:
+        voucher = reservation.voucher
+        assert voucher is not None
+        mode = Hold.objects.filter(reservation=reservation).values_list("mode", flat=True).get()
+        ReimbursementClaim.objects.create(
+            kind=ReimbursementClaim.Kind.ADJUSTMENT,
+            refund=refund,
+            programme_id=voucher.programme_id,
+            provider_id=reservation.provider_id,
+            claimant_id=reservation.buyer_id if mode == REIMBURSEMENT else reservation.provider_id,
+            mode=mode,
+            reservation=reservation,
+            voucher=voucher,
+            amount=-refund.voucher_amount,
+        )
+    return refund
+
+
 def reservation_fail(
     *, reservation_id: ObjectId, provider: Organisation, actor: User | None = None
 ) -> Reservation:
@@ -1235,15 +1315,25 @@ def dispute_open(
 
 
 def dispute_decide(
-    *, dispute_id: ObjectId, outcome: str, operator: User | None = None, resolution: str = ""
+    *,
+    dispute_id: ObjectId,
+    outcome: str,
+    operator: User | None = None,
+    resolution: str = "",
+    refund: Decimal | None = None,
 ) -> Dispute:
     """An operator closes an open dispute as ``resolved`` or ``rejected`` with a note.
 
-    Raises ``ValidationFailed`` (field ``outcome``) for another outcome and
-    ``Conflict(code="illegal_transition")`` when the dispute is no longer open.
+    ``refund`` (CNY, resolved disputes of settled reservations only) refunds that much of the
+    reservation in the same transaction (``reservation_refund`` with ``kind="dispute"``).
+    Raises ``ValidationFailed`` (field ``outcome``, or ``refund`` on a rejection),
+    ``Conflict(code="illegal_transition")`` when the dispute is no longer open, and what
+    ``reservation_refund`` raises. Lock order: dispute → reservation.
     """
     if outcome not in (Dispute.Status.RESOLVED, Dispute.Status.REJECTED):
         raise ValidationFailed("must be resolved or rejected", field="outcome")
+    if refund is not None and outcome != Dispute.Status.RESOLVED:
+        raise ValidationFailed("only a resolved dispute refunds", field="refund")
     with transaction.atomic(durable=True):
         try:
             dispute = Dispute.objects.select_for_update().get(pk=dispute_id)
@@ -1251,6 +1341,15 @@ def dispute_decide(
             raise NotFound("no such dispute", field="dispute") from exc
         if dispute.status != Dispute.Status.OPEN:
             raise Conflict(f"dispute is {dispute.status}", code="illegal_transition")
+        if refund is not None:
+            reservation = (
+                Reservation.objects.select_for_update(of=("self",))
+                .select_related("voucher")
+                .get(pk=dispute.reservation_id)
+            )
+            _refund_settled(
+                reservation, refund, Refund.Kind.DISPUTE, operator, f"dispute {dispute.pk}"
+            )
         dispute.status = outcome
         dispute.resolution = resolution[:500]
         dispute.resolved_by = operator

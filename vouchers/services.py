@@ -498,11 +498,12 @@ def programme_limits_left(
     )
 
 
-def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId) -> None:
+def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId, *, programme: bool = True) -> None:
     """Lock what a voucher hold changes, in the hold's lock order, before its split: the buyer's
-    wallet and the voucher's ledger accounts (by pk), then the programme row ``FOR UPDATE`` —
-    which stops every other change of the programme's usage counters (``vouchers.usage``)
-    until commit, so the split can read budget and cap left and know they still hold."""
+    wallet and the voucher's ledger accounts (by pk; the balances read next are then current),
+    then — with ``programme`` — the programme row ``FOR UPDATE``, which stops every other change
+    of the programme's usage counters (``vouchers.usage``) until commit, so the split can read
+    budget and cap left and know they still hold."""
     list(
         Account.objects.select_for_update(no_key=True)
         .filter(
@@ -512,7 +513,10 @@ def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId) -> None:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    Programme.objects.select_for_update().filter(pk=voucher.programme_id).values_list("pk").get()
+    if programme:
+        Programme.objects.select_for_update().filter(pk=voucher.programme_id).values_list(
+            "pk"
+        ).get()
 
 
 def split_with_facts(
