@@ -710,11 +710,20 @@ def statement_issue(
 
     The period is the one holding ``period_start`` (``statement_period_bounds``); it must be
     over in the programme's time zone (else ``Conflict(code="period_not_over")``), so no claim
-    can join it later. Every claim of the provider on the programme settled in the period is
-    listed; ``total`` is their sum (CNY). Issuing the same period again returns the same
-    statement with the same total (reproducible).
+    can join it later. It lists every claim line of the provider on the programme made in the
+    period — redemptions of settled reservations and negative adjustments of refunds after
+    settlement — plus any line from an earlier period whose statement was already issued
+    before the line was made (a late line: it goes on the next statement, never into an issued
+    one). ``total`` is their sum (CNY; negative when adjustments outweigh redemptions).
+    Issuing the same period again returns the same statement with the same total
+    (reproducible).
     """
-    now = now or timezone.now()
+    return _statement_issue(programme_id, provider_id, period_start, now or timezone.now())[0]
+
+
+def _statement_issue(
+    programme_id: ObjectId, provider_id: ObjectId, period_start: date, now: datetime
+) -> tuple[Statement, bool]:
     with transaction.atomic():
         programme = Programme.objects.select_for_update().get(pk=programme_id)
         start, end = statement_period_bounds(programme, period_start)
@@ -724,14 +733,13 @@ def statement_issue(
             programme=programme, provider__pk=provider_id, period_start=start
         ).first()
         if existing is not None:
-            return existing
+            return existing, False
         claims = list(
             ReimbursementClaim.objects.select_for_update()
             .filter(
                 programme=programme,
                 provider__pk=provider_id,
                 statement__isnull=True,
-                created_at__gte=_local_midnight(programme, start),
                 created_at__lt=_local_midnight(programme, end),
             )
             .order_by("pk")
@@ -745,11 +753,12 @@ def statement_issue(
             claim_count=len(claims),
         )
         ReimbursementClaim.objects.filter(pk__in=[c.pk for c in claims]).update(statement=statement)
-    return statement
+    return statement, True
 
 
 def statements_issue_due(*, now: datetime | None = None) -> int:
-    """Issue every statement whose period is over and that has unlisted claims (beat task).
+    """Issue every statement whose period is over and that has unlisted claim lines (beat task).
+    A line made in a period whose statement is already issued waits for the next period.
     Safe to run twice. Returns the number of statements issued."""
     now = now or timezone.now()
     issued = 0
@@ -759,19 +768,20 @@ def statements_issue_due(*, now: datetime | None = None) -> int:
         .order_by("programme_id", "provider_id", "created_at")
     )
     programmes = {p.pk: p for p in Programme.objects.all()}
+    done = set(Statement.objects.values_list("programme_id", "provider_id", "period_start"))
     seen: set[tuple[object, object, date]] = set()
     for programme_id, provider_id, created_at in pending:
         programme = programmes[programme_id]
         local_day = created_at.astimezone(ZoneInfo(programme.time_zone)).date()
         start, end = statement_period_bounds(programme, local_day)
+        while (programme_id, provider_id, start) in done:  # a late line: the next period
+            start, end = statement_period_bounds(programme, end)
         key = (programme_id, provider_id, start)
         if key in seen or _local_midnight(programme, end) > now:
             continue
         seen.add(key)
-        statement_issue(
-            programme_id=programme_id, provider_id=provider_id, period_start=start, now=now
-        )
-        issued += 1
+        _, created = _statement_issue(programme_id, provider_id, start, now)
+        issued += created
     return issued
 
 

@@ -1,7 +1,7 @@
 """Races on PostgreSQL with 24 real threads at once (PRODUCT.md §9): the last voucher balance,
 the last programme budget, the last buyer cap, the last GPUs of an offer, two kinds of refund
-of one reservation, one expiry job run many times at once, one statement paid many times at
-once, and one Idempotency-Key sent many times at once. Exactly the allowed number succeed, the
+of one reservation, refunds of one settled reservation, one expiry job run many times at once,
+one statement paid many times at once, and one Idempotency-Key sent many times at once. Exactly the allowed number succeed, the
 others get a clean domain error, and ``ledger_audit`` stays clean."""
 
 import threading
@@ -26,6 +26,7 @@ from marketplace.services import (
     reservation_cancel,
     reservation_create,
     reservation_fail,
+    reservation_refund,
     reservation_settle,
     reservations_advance,
     reservations_expire_unaccepted,
@@ -230,4 +231,40 @@ def test_one_idempotency_key_sent_many_times_at_once_has_one_effect(buyer):
     wallet = organisation_account(buyer, Account.Kind.WALLET)
     assert wallet.balance == Decimal("100010.00")
     assert IdempotencyKey.objects.filter(key="race-1").count() == 1
+    assert ledger_audit() == []
+
+
+@race
+def test_refunds_of_one_settled_reservation_racing_never_pass_what_was_paid(
+    buyer, provider, offer, voucher
+):
+    # given a settled ¥80 reservation (¥48 voucher, ¥32 cash)
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    reservations_advance(now=r.start)
+    reservations_advance(now=r.end)
+    reservation_settle(reservation_id=r.pk)
+    # when 24 operators refund ¥10 each at once (a dispute and SLA credits)
+    outcomes = run_at_once(
+        [
+            partial(
+                reservation_refund,
+                reservation_id=r.pk,
+                amount=Decimal("10.00"),
+                kind="dispute" if i % 2 else "sla_credit",
+            )
+            for i in range(N)
+        ]
+    )
+    # then exactly eight succeed, the others are refused cleanly, and each part got back exactly
+    # what it paid — ¥6 + ¥4 a time, ¥48 to the voucher and ¥32 to the wallet in all
+    assert outcomes == {"ok": 8, "refund_exceeds_paid": N - 8}
+    hold = Hold.objects.get(reservation=r)
+    assert (hold.refunded_voucher, hold.refunded_cash) == (Decimal("48.00"), Decimal("32.00"))
+    refunds = Refund.objects.filter(hold=hold)
+    assert sorted({(x.voucher_amount, x.cash_amount) for x in refunds}) == [
+        (Decimal("6.00"), Decimal("4.00"))
+    ]
+    assert voucher_account(voucher.pk).balance == Decimal("1000.00")
+    assert organisation_account(buyer, Account.Kind.WALLET).balance == Decimal("100000.00")
     assert ledger_audit() == []
