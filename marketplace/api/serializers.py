@@ -130,6 +130,13 @@ class OfferSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
+    def to_representation(self, instance: Reservation) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        caller = self.context.get("organisation")
+        if caller is None or caller.pk != instance.buyer_id:
+            data["voucher"] = None
+        return data
+
 
 # The offer list's lean path: the columns ``OfferSerializer`` shows, read with ``values()`` in
 # the list's one query (site, hub, provider and accelerator joined), and turned into exactly
@@ -392,7 +399,9 @@ class QuoteSerializer(serializers.Serializer):
 
 
 class ReservationSerializer(serializers.ModelSerializer):
-    """A reservation over ``[start, end)`` (UTC, whole hours) with its bill and split (CNY)."""
+    """A reservation over ``[start, end)`` (UTC, whole hours) with its bill and split (CNY).
+    ``voucher`` is shown to the buyer only (it is the buyer's own object; the provider sees the
+    voucher part, not which voucher paid it): the views pass ``organisation`` in the context."""
 
     demand = serializers.UUIDField(source="demand_id", read_only=True)
     offer = serializers.UUIDField(source="offer_id", read_only=True)
@@ -431,6 +440,13 @@ class ReservationSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
+    def to_representation(self, instance: Reservation) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        caller = self.context.get("organisation")
+        if caller is None or caller.pk != instance.buyer_id:
+            data["voucher"] = None
+        return data
+
 
 # The reservation list's lean path, as the offer list's (tests/api/test_lean_lists.py).
 RESERVATION_VALUES = (
@@ -457,16 +473,19 @@ RESERVATION_VALUES = (
 _FEN = Decimal("0.01")
 
 
-def reservation_values_representation(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``ReservationSerializer(many=True).data`` for rows of
-    ``Reservation.objects.values(*RESERVATION_VALUES)``: ids as strings, times ISO 8601 UTC,
-    ``hours`` and ``gpu_hours`` derived as the model does, prices to 4 places and amounts to 2
-    (CNY, decimal strings)."""
+def reservation_values_representation(
+    rows: Iterable[dict[str, Any]], *, organisation: Any = None
+) -> list[dict[str, Any]]:
+    """``ReservationSerializer(many=True, context={"organisation": organisation}).data`` for
+    rows of ``Reservation.objects.values(*RESERVATION_VALUES)``: ids as strings, times ISO 8601
+    UTC, ``hours`` and ``gpu_hours`` derived as the model does, prices to 4 places and amounts
+    to 2 (CNY, decimal strings), the voucher shown to the buyer only."""
     zone = timezone.get_current_timezone()
+    caller = None if organisation is None else organisation.pk
     out = []
     for row in rows:
         hours = int((row["end"] - row["start"]).total_seconds() // 3600)
-        voucher = row["voucher_id"]
+        voucher = row["voucher_id"] if row["buyer_id"] == caller else None
         out.append(
             {
                 "id": str(row["id"]),
