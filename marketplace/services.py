@@ -34,8 +34,14 @@ from ledger.services import (
     system_account,
     transaction_post,
 )
-from vouchers.models import ReimbursementClaim, Voucher
-from vouchers.services import Split, programme_year, voucher_hold_lock, voucher_split
+from vouchers.models import BILL_CATEGORIES, ReimbursementClaim, Voucher
+from vouchers.services import (
+    BillLine,
+    Split,
+    programme_year,
+    voucher_hold_lock,
+    voucher_split,
+)
 from vouchers.usage import usage_change
 
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -426,21 +432,41 @@ def quote(
     hours: int,
     voucher: Voucher | None = None,
     at: datetime | None = None,
+    extra_lines: Iterable[tuple[str, Decimal]] = (),
 ) -> Split:
     """Bill and voucher/cash split (CNY) for ``gpu_count`` GPUs × ``hours`` on ``offer`` now,
-    without holding anything. ``Split.note`` says why a voucher does not apply."""
+    without holding anything, as the hold would split it (the offer's accelerator selects a
+    share tier). ``extra_lines`` (``(category, amount CNY)``, categories of
+    ``vouchers.models.BILL_CATEGORIES`` other than ``gpu_time``) are other items of the purchase
+    split with it. ``Split.lines`` gives every line (``gpu_time`` first) with its eligible part;
+    they add up to the bill and its parts exactly. ``Split.note`` says why a voucher does not
+    apply. Raises ``ValidationFailed`` (fields ``gpu_count``, ``hours``, ``extra_lines``) and
+    ``NotFound`` (field ``voucher``)."""
     _positive_int(gpu_count, "gpu_count", MAX_GPUS)
     _positive_int(hours, "hours", MAX_HOURS)
     if voucher is not None and voucher.owner_id != buyer.pk:
         raise NotFound("no such voucher", field="voucher")
-    bill = bill_amount(gpu_count, hours, offer.price_per_gpu_hour)
+    lines = [BillLine("gpu_time", bill_amount(gpu_count, hours, offer.price_per_gpu_hour))]
+    for category, amount in extra_lines:
+        if category not in BILL_CATEGORIES or category == "gpu_time":
+            raise ValidationFailed(f"unknown bill category {category!r}", field="extra_lines")
+        if any(line.category == category for line in lines):
+            raise ValidationFailed("one line per category", field="extra_lines")
+        lines.append(
+            BillLine(
+                category,
+                _money_input(amount, "extra_lines", places=2, maximum=Decimal("1000000000")),
+            )
+        )
     return voucher_split(
         voucher,
-        bill=bill,
+        bill=sum((line.amount for line in lines), ZERO),
         buyer=buyer,
         provider=offer.provider,
         site=offer.site,
         at=at or timezone.now(),
+        accelerator=offer.accelerator,
+        lines=lines,
     )
 
 

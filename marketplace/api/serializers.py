@@ -28,6 +28,7 @@ from marketplace.models import (
     SplitScope,
 )
 from marketplace.services import MAX_GPUS, MAX_HOURS, MAX_PRICE
+from vouchers.models import BILL_CATEGORIES
 
 from .base import StrictSerializer
 from .fields import AwareDateTimeField
@@ -376,23 +377,61 @@ class DemandDetailSerializer(DemandSerializer):
 # --- Quotes ---------------------------------------------------------------------------------
 
 
+EXTRA_CATEGORIES = tuple(c for c in BILL_CATEGORIES if c != "gpu_time")
+
+
+class QuoteExtraLineSerializer(StrictSerializer):
+    """Another item of the purchase priced by the provider: ``category`` (``storage``,
+    ``network``, ``software``) and ``amount`` CNY (> 0, at most 2 places)."""
+
+    category = serializers.ChoiceField(choices=EXTRA_CATEGORIES)
+    amount = serializers.DecimalField(
+        max_digits=12, decimal_places=2, min_value=Decimal("0.01"), max_value=Decimal("1000000000")
+    )
+
+
 class QuoteInputSerializer(StrictSerializer):
-    """``gpu_count`` GPUs x ``hours`` on ``offer`` (UUID), optionally paid with ``voucher``."""
+    """``gpu_count`` GPUs x ``hours`` on ``offer`` (UUID), optionally paid with ``voucher``;
+    ``extra_lines``: other items of the purchase to split with it (one per category; a
+    reservation itself bills GPU time only)."""
 
     offer = serializers.UUIDField()
     gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
     hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS)
     voucher = serializers.UUIDField(required=False, allow_null=True)
+    extra_lines = serializers.ListField(
+        child=QuoteExtraLineSerializer(), required=False, max_length=len(EXTRA_CATEGORIES)
+    )
+
+    def validate_extra_lines(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        categories = [line["category"] for line in value]
+        if len(set(categories)) != len(categories):
+            raise serializers.ValidationError("one line per category")
+        return value
+
+
+class QuoteLineSerializer(serializers.Serializer):
+    """One line of the bill: ``category`` and ``amount`` CNY, ``eligible`` when the voucher's
+    programme funds that category, and the line's ``voucher_part`` and ``cash_part`` (they add
+    up to ``amount``; the lines add up to the bill and its parts, exactly)."""
+
+    category = serializers.CharField()
+    amount = amount_field()
+    eligible = serializers.BooleanField()
+    voucher_part = amount_field()
+    cash_part = amount_field()
 
 
 class QuoteSerializer(serializers.Serializer):
     """The bill in CNY and its split: ``voucher_part + cash_part == bill``; ``voucher_note``
-    says why the voucher part is smaller than it could be (empty when it applies in full)."""
+    says why the voucher part is smaller than it could be (empty when it applies in full);
+    ``lines`` the bill by category (``gpu_time`` first) with each line's voucher-eligible part."""
 
     bill = amount_field()
     voucher_part = amount_field()
     cash_part = amount_field()
     voucher_note = serializers.CharField(source="note")
+    lines = QuoteLineSerializer(many=True)
 
 
 # --- Reservations ---------------------------------------------------------------------------

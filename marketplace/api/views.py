@@ -301,8 +301,9 @@ class DemandCancelApi(OrgMixin, APIView):
 
 
 class QuoteApi(OrgMixin, APIView):
-    """The bill (CNY) for ``gpu_count`` GPUs x ``hours`` on an offer and its voucher/cash split,
-    without holding anything. 404 for an offer or voucher the caller cannot see."""
+    """The bill (CNY) for ``gpu_count`` GPUs x ``hours`` on an offer (plus any ``extra_lines``
+    of other categories) and its voucher/cash split, line by line, without holding anything.
+    404 for an offer or voucher the caller cannot see."""
 
     @extend_schema(request=QuoteInputSerializer, responses={200: QuoteSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
@@ -314,6 +315,9 @@ class QuoteApi(OrgMixin, APIView):
             gpu_count=data["gpu_count"],
             hours=data["hours"],
             voucher=_own_voucher(self, data.get("voucher")),
+            extra_lines=[
+                (line["category"], line["amount"]) for line in data.get("extra_lines", [])
+            ],
         )
         return Response(QuoteSerializer(split).data)
 
