@@ -17,7 +17,9 @@ What it does, in one run:
    trips are those plus ``BEGIN`` and ``COMMIT``, which psycopg sends as messages of their own
    (``execute_wrapper`` sees neither);
 4. runs ``pgbench -i`` and ``pgbench -c N -j N -T 20`` (TPC-B) against
-   ``suanli_pgbench_holds`` on the same server, for one client and for ``--clients``;
+   ``suanli_pgbench_holds`` on the same server, for one client and for ``--clients``, before
+   and again after the holds; the ratio is taken against the mean of the two (on a shared
+   machine the load drifts during a run: both rates are printed);
 5. prints the table with the ratios, checks ``ledger_audit`` and drops both databases.
 
 Run: ``make bench-holds`` (or ``.venv/bin/python bench/bench_holds.py --help``). Needs the
@@ -369,21 +371,29 @@ def run(args: argparse.Namespace) -> int:
 
     h = args.holds
     rows: list[Row] = []
-    tps_1 = pgbench(1, args.pgbench_seconds, args.pgbench_scale)
-    tps_n = pgbench(args.clients, args.pgbench_seconds, args.pgbench_scale)
+    before_1 = pgbench(1, args.pgbench_seconds, args.pgbench_scale)
+    before_n = pgbench(args.clients, args.pgbench_seconds, args.pgbench_scale)
     for with_voucher in (False, True):
         label = "reservation_create, " + ("voucher + cash" if with_voucher else "cash only")
         jobs = market.jobs[(with_voucher, 0)]
         make_holds(jobs[: h // 4])  # warm-up: connection, caches, first accounts
         seconds, statements = make_holds(jobs[h : 2 * h])
-        rows.append(Row(label, 1, h, seconds, statements, tps_1, 0.10))
+        rows.append(Row(label, 1, h, seconds, statements, 0.0, 0.10))
         batches = [market.jobs[(with_voucher, c)][2 * h : 3 * h] for c in range(args.clients)]
         seconds, holds, statements = concurrent_holds(batches)
-        rows.append(Row(label, args.clients, holds, seconds, statements, tps_n, 0.10))
+        rows.append(Row(label, args.clients, holds, seconds, statements, 0.0, 0.10))
+    after_1 = pgbench(1, args.pgbench_seconds, args.pgbench_scale)
+    after_n = pgbench(args.clients, args.pgbench_seconds, args.pgbench_scale)
+    tps_1, tps_n = (before_1 + after_1) / 2, (before_n + after_n) / 2
+    for r in rows:
+        r.baseline_tps = tps_1 if r.clients == 1 else tps_n
 
     print()
-    print(f"pgbench TPC-B (scale {args.pgbench_scale}, -T {args.pgbench_seconds}):", end=" ")
-    print(f"{tps_1:.0f} tps with 1 client, {tps_n:.0f} tps with {args.clients} clients")
+    print(
+        f"pgbench TPC-B (scale {args.pgbench_scale}, -T {args.pgbench_seconds}), tps before/after"
+    )
+    print(f"the holds: 1 client {before_1:.0f}/{after_1:.0f} (mean {tps_1:.0f}), ", end="")
+    print(f"{args.clients} clients {before_n:.0f}/{after_n:.0f} (mean {tps_n:.0f})")
     header = (
         f"{'path':<38} {'clients':>7} {'holds':>6} {'holds/s':>8} {'stmts/hold':>10} "
         f"{'trips/hold':>10} {'pgbench tps':>11} {'ratio':>7} {'target':>7}"
@@ -401,10 +411,7 @@ def run(args: argparse.Namespace) -> int:
             f"{trips:>10.1f} {r.baseline_tps:>11.0f} {r.ratio:>6.1%} "
             f"{'≥' if passed else '<'}{r.target:.0%}"
         )
-    print(
-        "matcher bulk path: not measured — main has no bulk reservation writer under "
-        "marketplace/matching/ yet"
-    )
+    print("matcher bulk path: see `make bench-cycle` (bench/bench_cycle.py)")
     problems = ledger_audit()
     print(f"ledger_audit: {'clean' if not problems else problems[:5]}")
     return 0 if ok and not problems else 1
