@@ -2,8 +2,10 @@
 
 Every public service validates on every entry point (API, admin, console, tasks) and raises
 ``marketplace.errors.DomainError`` subclasses with a stable ``code`` and the ``field`` at fault.
-Lock order: demand → offer → voucher → ledger accounts (by pk; the shared hot ones —
-escrow, fees, programme budgets — last) with a hold's programme row just before the hot ones.
+Lock order: demand → offer → voucher row (where one is locked: split demands, the matcher's
+batch, releases) → the parties' ledger accounts (by pk) → the programme row (``FOR KEY SHARE``
+to change its usage counters, ``FOR UPDATE`` to stop them changing) → its usage rows (buyer,
+then budget) → the shared hot accounts (escrow, fees, programme budgets) last.
 """
 
 import uuid
@@ -686,8 +688,9 @@ def _reservation_parts_create(
                 .select_related("programme")
                 .get(pk=voucher.pk)
             )
-            if programme_first:
-                voucher_hold_lock(voucher, demand.buyer_id)
+            # The voucher's balance is read by the split: lock its account (single holds lock
+            # the account, not the voucher row) — and with ``programme_first`` the programme.
+            voucher_hold_lock(voucher, demand.buyer_id, programme=programme_first)
         return reservation_parts_write(
             demand, resolved, start, now, voucher=voucher, programme_locked=programme_first
         )
