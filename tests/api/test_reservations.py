@@ -29,6 +29,15 @@ def test_quote_splits_bill_between_voucher_and_cash(buyer_client, offer, voucher
         "voucher_part": "48.00",
         "cash_part": "32.00",
         "voucher_note": "",
+        "lines": [
+            {
+                "category": "gpu_time",
+                "amount": "80.00",
+                "eligible": True,
+                "voucher_part": "48.00",
+                "cash_part": "32.00",
+            }
+        ],
     }
 
 
