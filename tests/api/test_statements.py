@@ -146,8 +146,12 @@ def test_the_csv_download_is_reproducible(statements, provider_client):
     )
     assert lines[-1] == "total,,,,,,,90.00"
     assert len(lines) == 5
-    again = provider_client.get(f"{URL}{chengdu.pk}/csv/", HTTP_ACCEPT="text/csv")
+    # whatever the client accepts (and no ?format= override): the same CSV, or problem details
+    again = provider_client.get(f"{URL}{chengdu.pk}/csv/", HTTP_ACCEPT="application/json")
     assert again.content == first.content
+    assert provider_client.get(f"{URL}{chengdu.pk}/csv/?format=json").content == first.content
+    missing = provider_client.get(f"{URL}{chengdu.programme_id}/csv/", HTTP_ACCEPT="text/csv")
+    assert error_of(missing)[:2] == (404, "not_found")
 
 
 def test_an_operator_marks_a_statement_paid_once(statements, operator_client, provider_client):

@@ -11,6 +11,7 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, generics, status
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -214,12 +215,24 @@ class CsvRenderer(BaseRenderer):
         return JSONRenderer().render(data)
 
 
+class CsvNegotiation(BaseContentNegotiation):
+    """The download answers CSV (or a problem-details error) whatever the client accepts, and
+    takes no ``?format=`` override."""
+
+    def select_parser(self, request: Request, parsers: Any) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: Any = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
 @extend_schema(parameters=[ID_PATH])
 class StatementCsvApi(StatementAccessMixin, APIView):
     """One statement as CSV (``text/csv``, UTF-8; ``STATEMENT_API_CSV_COLUMNS``, amounts CNY,
     times UTC, a final ``total`` row): the same statement always gives the same bytes."""
 
-    renderer_classes = [JSONRenderer, CsvRenderer]
+    renderer_classes = [CsvRenderer]
+    content_negotiation_class = CsvNegotiation
 
     @extend_schema(
         responses={
