@@ -242,6 +242,18 @@ WRITE_VOUCHER = WRITE.format(
 WRITE_NOTHING = WRITE.format(usage="", escrow_after="FALSE")
 
 
+def _compact(sql: str) -> str:
+    """One line, single spaces: psycopg caches the parsing of a statement's placeholders only up
+    to 4,096 characters (``MAX_CACHED_STATEMENT_LENGTH``); the indented voucher write is longer
+    and would be re-parsed on every hold. (No string literal here holds a double space.)"""
+    return " ".join(sql.split())
+
+
+READ_PAIR, READ_CAPACITY, READ_VOUCHER = map(_compact, (READ_PAIR, READ_CAPACITY, READ_VOUCHER))
+WRITE_CASH, WRITE_VOUCHER, WRITE_NOTHING = map(_compact, (WRITE_CASH, WRITE_VOUCHER, WRITE_NOTHING))
+assert len(WRITE_VOUCHER) <= 4096, "keep the hold's statements within psycopg's parse cache"
+
+
 class ProgrammeLimitsMoved(Exception):
     """A concurrent hold used the programme budget or buyer cap this hold's split counted on."""
 
