@@ -393,7 +393,8 @@ def run(args: argparse.Namespace) -> int:
         f"pgbench TPC-B (scale {args.pgbench_scale}, -T {args.pgbench_seconds}), tps before/after"
     )
     print(f"the holds: 1 client {before_1:.0f}/{after_1:.0f} (mean {tps_1:.0f}), ", end="")
-    print(f"{args.clients} clients {before_n:.0f}/{after_n:.0f} (mean {tps_n:.0f})")
+    clients = f"{args.clients} client{'s' if args.clients > 1 else ''}"
+    print(f"{clients} {before_n:.0f}/{after_n:.0f} (mean {tps_n:.0f})")
     header = (
         f"{'path':<38} {'clients':>7} {'holds':>6} {'holds/s':>8} {'stmts/hold':>10} "
         f"{'trips/hold':>10} {'pgbench tps':>11} {'ratio':>7} {'target':>7}"
