@@ -17,6 +17,7 @@ Amounts are CNY ``Decimal`` to the fen; ``year`` is the programme year
 (``vouchers.services.programme_year``).
 """
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -151,3 +152,97 @@ def usage_read(programme_id: ObjectId, buyer_id: ObjectId, year: int) -> tuple[D
         ).values_list("buyer_id", "used")
     }
     return used.get(None, ZERO), used.get(str(buyer_id), ZERO)
+
+
+# Many usage rows grown at once (the matcher's batch), each only within its limit: the buyers'
+# rows in (programme, buyer) order, then — only if every one of them grew — the budget rows in
+# programme order. The caller holds the programme rows ``FOR UPDATE``.
+USAGE_BOOK = """
+WITH u_buyer AS (
+    INSERT INTO vouchers_programmeusage AS u (programme_id, year, buyer_id, used)
+    SELECT x.p, x.y, x.b, x.a
+    FROM unnest(%(b_programmes)s::uuid[], %(b_years)s::smallint[], %(b_buyers)s::uuid[],
+        %(b_amounts)s::numeric[]) AS x(p, y, b, a)
+    JOIN vouchers_programme pr ON pr.id = x.p
+    WHERE x.a <= pr.buyer_annual_cap
+    ORDER BY x.p, x.b
+    ON CONFLICT (programme_id, year, buyer_id) WHERE buyer_id IS NOT NULL
+    DO UPDATE SET used = u.used + EXCLUDED.used
+    WHERE u.used + EXCLUDED.used
+        <= (SELECT buyer_annual_cap FROM vouchers_programme WHERE id = u.programme_id)
+    RETURNING 1
+),
+u_budget AS (
+    INSERT INTO vouchers_programmeusage AS u (programme_id, year, buyer_id, used)
+    SELECT x.p, x.y, NULL::uuid, x.a
+    FROM unnest(%(p_programmes)s::uuid[], %(p_years)s::smallint[], %(p_amounts)s::numeric[])
+        AS x(p, y, a)
+    JOIN vouchers_programme pr ON pr.id = x.p
+    WHERE x.a <= pr.annual_budget AND (SELECT count(*) FROM u_buyer) = %(b_count)s
+    ORDER BY x.p
+    ON CONFLICT (programme_id, year) WHERE buyer_id IS NULL
+    DO UPDATE SET used = u.used + EXCLUDED.used
+    WHERE u.used + EXCLUDED.used
+        <= (SELECT annual_budget FROM vouchers_programme WHERE id = u.programme_id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM u_buyer), (SELECT count(*) FROM u_budget)"""
+
+
+def usage_book(amounts: Mapping[tuple[Any, Any], Decimal], years: Mapping[Any, int]) -> bool:
+    """Grow the usage of many holds at once (the matcher's batch): ``amounts`` CNY by
+    ``(programme id, buyer id)``, each programme in its year ``years[programme id]``. Locks the
+    programme rows ``FOR UPDATE`` (by pk; the batch's last lock before escrow) and grows every
+    buyer's row and every programme's budget row only if all of them stay within their limits;
+    ``False`` (nothing grown) otherwise. Two statements on PostgreSQL."""
+    amounts = {k: v for k, v in amounts.items() if v}
+    if not amounts:
+        return True
+    programme_ids = sorted({str(p) for p, _ in amounts})
+    list(
+        Programme.objects.select_for_update()
+        .filter(pk__in=programme_ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    totals: dict[str, Decimal] = {}
+    for (p, _), amount in amounts.items():
+        totals[str(p)] = totals.get(str(p), ZERO) + amount
+    year_of = {str(p): y for p, y in years.items()}
+    if connection.vendor != "postgresql":
+        programmes = {str(p.pk): p for p in Programme.objects.filter(pk__in=programme_ids)}
+        grow: dict[tuple[Any, Any], Decimal] = {
+            **amounts,
+            **{(p, None): t for p, t in totals.items()},
+        }
+        rows = {
+            key: ProgrammeUsage.objects.get_or_create(
+                programme_id=key[0],
+                year=year_of[str(key[0])],
+                buyer_id=key[1],
+            )[0]
+            for key in grow
+        }
+        for key, amount in grow.items():
+            programme = programmes[str(key[0])]
+            limit = programme.annual_budget if key[1] is None else programme.buyer_annual_cap
+            if rows[key].used + amount > limit:
+                return False
+        for key, amount in grow.items():
+            ProgrammeUsage.objects.filter(pk=rows[key].pk).update(used=rows[key].used + amount)
+        return True
+    buyers = sorted(amounts, key=lambda k: (str(k[0]), str(k[1])))
+    params: dict[str, Any] = {
+        "b_programmes": [k[0] for k in buyers],
+        "b_years": [year_of[str(k[0])] for k in buyers],
+        "b_buyers": [k[1] for k in buyers],
+        "b_amounts": [amounts[k] for k in buyers],
+        "b_count": len(buyers),
+        "p_programmes": programme_ids,
+        "p_years": [year_of[p] for p in programme_ids],
+        "p_amounts": [totals[p] for p in programme_ids],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(USAGE_BOOK, params)
+        grown_buyers, grown_budgets = cursor.fetchone()
+    return grown_buyers == len(buyers) and grown_budgets == len(programme_ids)
