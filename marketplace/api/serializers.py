@@ -131,13 +131,6 @@ class OfferSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
-    def to_representation(self, instance: Reservation) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        caller = self.context.get("organisation")
-        if caller is None or caller.pk != instance.buyer_id:
-            data["voucher"] = None
-        return data
-
 
 # The offer list's lean path: the columns ``OfferSerializer`` shows, read with ``values()`` in
 # the list's one query (site, hub, provider and accelerator joined), and turned into exactly
