@@ -51,7 +51,8 @@ messages: install
 	msgfmt --check-format -o locale/zh_Hans/LC_MESSAGES/django.mo locale/zh_Hans/LC_MESSAGES/django.po
 
 ## Reservation holds/s through the service layer next to pgbench TPC-B on the local PostgreSQL
-## (own databases suanli_bench_holds and suanli_pgbench_holds, dropped afterwards). Not part of `make test`.
+## (own databases suanli_bench_holds and suanli_pgbench_holds, dropped afterwards; BENCH_DB_SUFFIX
+## appends to both names so runs sharing a server stay apart). Not part of `make test`.
 BENCH_CLIENTS ?= 2
 BENCH_HOLDS ?= 200
 bench-holds: install services

@@ -14,9 +14,12 @@ What it does, in one run:
    ``--clients`` processes at once (each on its own buyers and offers, all sharing the two
    programmes' rows, the escrow account and the tables);
 3. counts the SQL statements each hold sends (``connection.execute_wrapper``) — the round
-   trips are those plus the ``COMMIT``;
+   trips are those plus ``BEGIN`` and ``COMMIT``, which psycopg sends as messages of their own
+   (``execute_wrapper`` sees neither);
 4. runs ``pgbench -i`` and ``pgbench -c N -j N -T 20`` (TPC-B) against
-   ``suanli_pgbench_holds`` on the same server, for one client and for ``--clients``;
+   ``suanli_pgbench_holds`` on the same server, for one client and for ``--clients``, before
+   and again after the holds; the ratio is taken against the mean of the two (on a shared
+   machine the load drifts during a run: both rates are printed);
 5. prints the table with the ratios, checks ``ledger_audit`` and drops both databases.
 
 Run: ``make bench-holds`` (or ``.venv/bin/python bench/bench_holds.py --help``). Needs the
@@ -42,8 +45,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BENCH_DB = "suanli_bench_holds"
-PGBENCH_DB = "suanli_pgbench_holds"
+# ``BENCH_DB_SUFFIX`` keeps the databases of runs sharing one server apart (e.g. ``_alice``).
+DB_SUFFIX = re.sub(r"[^a-z0-9_]", "", os.environ.get("BENCH_DB_SUFFIX", "").lower())
+BENCH_DB = f"suanli_bench_holds{DB_SUFFIX}"
+PGBENCH_DB = f"suanli_pgbench_holds{DB_SUFFIX}"
 HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = os.environ.get("PGPORT", "5432")
 USER = os.environ.get("PGUSER", "postgres")
@@ -366,21 +371,30 @@ def run(args: argparse.Namespace) -> int:
 
     h = args.holds
     rows: list[Row] = []
-    tps_1 = pgbench(1, args.pgbench_seconds, args.pgbench_scale)
-    tps_n = pgbench(args.clients, args.pgbench_seconds, args.pgbench_scale)
+    before_1 = pgbench(1, args.pgbench_seconds, args.pgbench_scale)
+    before_n = pgbench(args.clients, args.pgbench_seconds, args.pgbench_scale)
     for with_voucher in (False, True):
         label = "reservation_create, " + ("voucher + cash" if with_voucher else "cash only")
         jobs = market.jobs[(with_voucher, 0)]
         make_holds(jobs[: h // 4])  # warm-up: connection, caches, first accounts
         seconds, statements = make_holds(jobs[h : 2 * h])
-        rows.append(Row(label, 1, h, seconds, statements, tps_1, 0.10))
+        rows.append(Row(label, 1, h, seconds, statements, 0.0, 0.10))
         batches = [market.jobs[(with_voucher, c)][2 * h : 3 * h] for c in range(args.clients)]
         seconds, holds, statements = concurrent_holds(batches)
-        rows.append(Row(label, args.clients, holds, seconds, statements, tps_n, 0.10))
+        rows.append(Row(label, args.clients, holds, seconds, statements, 0.0, 0.10))
+    after_1 = pgbench(1, args.pgbench_seconds, args.pgbench_scale)
+    after_n = pgbench(args.clients, args.pgbench_seconds, args.pgbench_scale)
+    tps_1, tps_n = (before_1 + after_1) / 2, (before_n + after_n) / 2
+    for r in rows:
+        r.baseline_tps = tps_1 if r.clients == 1 else tps_n
 
     print()
-    print(f"pgbench TPC-B (scale {args.pgbench_scale}, -T {args.pgbench_seconds}):", end=" ")
-    print(f"{tps_1:.0f} tps with 1 client, {tps_n:.0f} tps with {args.clients} clients")
+    print(
+        f"pgbench TPC-B (scale {args.pgbench_scale}, -T {args.pgbench_seconds}), tps before/after"
+    )
+    print(f"the holds: 1 client {before_1:.0f}/{after_1:.0f} (mean {tps_1:.0f}), ", end="")
+    clients = f"{args.clients} client{'s' if args.clients > 1 else ''}"
+    print(f"{clients} {before_n:.0f}/{after_n:.0f} (mean {tps_n:.0f})")
     header = (
         f"{'path':<38} {'clients':>7} {'holds':>6} {'holds/s':>8} {'stmts/hold':>10} "
         f"{'trips/hold':>10} {'pgbench tps':>11} {'ratio':>7} {'target':>7}"
@@ -390,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     ok = True
     for r in rows:
         per_hold = r.statements / r.holds
-        trips = per_hold + 1  # + COMMIT, which execute_wrapper does not see
+        trips = per_hold + 2  # + BEGIN and COMMIT, which execute_wrapper does not see
         passed = r.ratio >= r.target and trips <= 10
         ok = ok and passed
         print(
@@ -398,10 +412,7 @@ def run(args: argparse.Namespace) -> int:
             f"{trips:>10.1f} {r.baseline_tps:>11.0f} {r.ratio:>6.1%} "
             f"{'≥' if passed else '<'}{r.target:.0%}"
         )
-    print(
-        "matcher bulk path: not measured — main has no bulk reservation writer under "
-        "marketplace/matching/ yet"
-    )
+    print("matcher bulk path: see `make bench-cycle` (bench/bench_cycle.py)")
     problems = ledger_audit()
     print(f"ledger_audit: {'clean' if not problems else problems[:5]}")
     return 0 if ok and not problems else 1

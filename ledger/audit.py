@@ -5,7 +5,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from marketplace.models import Reservation
-from vouchers.models import Programme, ReimbursementClaim, Statement, Voucher
+from vouchers.models import Programme, ProgrammeUsage, ReimbursementClaim, Statement, Voucher
 
 from .models import Account, Entry, Hold, Refund, Transaction
 
@@ -23,13 +23,15 @@ def ledger_audit() -> list[str]:
     Checks: each transaction balances to zero and has at least two entries; all entries sum to
     zero; each cached balance equals the sum of its entries; no account that must stay
     non-negative is negative; escrow equals the held parts of reservations not yet released or
-    settled; each reservation's parts add up to its bill; each settled reservation's claim equals
-    the voucher part it kept; voucher balances never exceed their face value; each reservation
+    settled; each reservation's parts add up to its bill; each settled reservation's claim lines
+    add up to the voucher part it kept (after refunds) and each claims account equals its
+    claimant's unpaid lines; voucher balances never exceed their face value; each reservation
     has one hold in the state its status implies, escrow equals the pending holds, refunds
     never exceed what each part paid; each settled reservation has exactly one settlement
     transaction; vouchers issued by a programme in a year stay within its budget and a buyer's
-    within the per-buyer cap; each statement's total and count equal its claims, and a paid
-    statement's transaction moved exactly its total.
+    within the per-buyer cap; the programme usage counters equal the voucher parts of their
+    holds less refunds and stay within budget and cap; each statement's total and count equal
+    its claims, and a paid statement's transaction moved exactly its total.
     """
     problems: list[str] = []
     # Sums are taken in Python over exact Decimal values: SQLite (the embedded default) would
@@ -70,9 +72,7 @@ def ledger_audit() -> list[str]:
     if bad_parts:
         problems.append(f"{bad_parts} reservations whose parts do not add up to the bill")
 
-    for claim in ReimbursementClaim.objects.select_related("reservation"):
-        if claim.amount > claim.reservation.voucher_part:
-            problems.append(f"claim {claim.pk} exceeds the reservation's voucher part")
+    problems += _claims()
 
     for account in Account.objects.filter(
         kind=Account.Kind.VOUCHER, voucher__status="expired", balance__gt=0
@@ -85,6 +85,7 @@ def ledger_audit() -> list[str]:
     problems += _holds_and_refunds(escrow)
     problems += _settlements()
     problems += _programme_limits()
+    problems += _usage()
     problems += _statements()
     return problems
 
@@ -158,6 +159,83 @@ def _programme_limits() -> list[str]:
     for (pid, buyer_id, year), total in by_buyer.items():
         if total > programmes[pid].buyer_annual_cap:
             problems.append(f"buyer {buyer_id} got {total} from {programmes[pid].code} in {year}")
+    return problems
+
+
+def _claims() -> list[str]:
+    """Claim lines against what each settled reservation's voucher part kept, and claims
+    accounts against their claimants' unpaid lines."""
+    problems: list[str] = []
+    lines: dict[object, Decimal] = defaultdict(Decimal)
+    redemptions: dict[object, int] = defaultdict(int)
+    unpaid: dict[object, Decimal] = defaultdict(Decimal)
+    for rid, kind, amount, claimant, status in ReimbursementClaim.objects.values_list(
+        "reservation_id", "kind", "amount", "claimant_id", "status"
+    ):
+        lines[rid] += amount
+        redemptions[rid] += kind == ReimbursementClaim.Kind.REDEMPTION
+        if status == ReimbursementClaim.Status.OPEN:
+            unpaid[claimant] += amount
+    kept: dict[object, Decimal] = {
+        rid: v - refunded
+        for rid, v, refunded in Hold.objects.filter(
+            status=Hold.Status.POSTED, voucher_part__gt=0
+        ).values_list("reservation_id", "voucher_part", "refunded_voucher")
+    }
+    for reservation_id in set(lines) | set(kept):
+        claimed = lines.get(reservation_id, Decimal(0))
+        kept_v = kept.get(reservation_id, Decimal(0))
+        if claimed != kept_v:
+            problems.append(
+                f"reservation {reservation_id}: claim lines {claimed} ≠ voucher part kept {kept_v}"
+            )
+        if redemptions.get(reservation_id, 0) > 1:
+            problems.append(f"reservation {reservation_id} has several redemption claims")
+    for account in Account.objects.filter(kind=Account.Kind.CLAIMS):
+        if account.balance != unpaid.get(account.organisation_id, Decimal(0)):
+            problems.append(
+                f"claims account of {account.organisation_id} holds {account.balance} ≠ "
+                f"its unpaid claim lines {unpaid.get(account.organisation_id, Decimal(0))}"
+            )
+    return problems
+
+
+def _usage() -> list[str]:
+    """Programme usage counters against the holds they count, and against the limits."""
+    problems: list[str] = []
+    programmes: dict[object, Programme] = {p.pk: p for p in Programme.objects.all()}
+    derived: dict[tuple[object, int, object], Decimal] = defaultdict(Decimal)
+    for programme_id, buyer_id, year, v, refunded in Hold.objects.filter(
+        voucher_part__gt=0
+    ).values_list(
+        "reservation__voucher__programme_id",
+        "reservation__buyer_id",
+        "programme_year",
+        "voucher_part",
+        "refunded_voucher",
+    ):
+        if year is None:
+            problems.append(f"a hold of programme {programme_id} counts in no programme year")
+            continue
+        derived[programme_id, year, None] += v - refunded
+        derived[programme_id, year, buyer_id] += v - refunded
+    cached: dict[tuple[object, int, object], Decimal] = {
+        (p, y, b): used
+        for p, y, b, used in ProgrammeUsage.objects.values_list(
+            "programme_id", "year", "buyer_id", "used"
+        )
+    }
+    for key in set(derived) | set(cached):
+        programme, year_of, who = programmes[key[0]], key[1], key[2]
+        used = cached.get(key, Decimal(0))
+        if used != derived.get(key, Decimal(0)):
+            problems.append(
+                f"usage of {programme.code} {year_of} ({who or 'budget'}) cached {used} ≠ "
+                f"holds {derived.get(key, Decimal(0))}"
+            )
+        limit = programme.annual_budget if who is None else programme.buyer_annual_cap
+        if used > limit:
+            problems.append(f"usage of {programme.code} {year_of} ({who or 'budget'}) > {limit}")
     return problems
 
 

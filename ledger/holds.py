@@ -16,7 +16,14 @@ Ledger shapes (``V`` voucher part, ``C`` cash part, ``B = V + C`` the bill):
 
 Undelivered value goes back in the original proportion (``split_proportionally``); a voucher
 refund goes to the voucher, or straight back to its programme when the voucher has already
-lapsed, so an expired voucher's balance lapses exactly once.
+lapsed, so an expired voucher's balance lapses exactly once. Every voucher value that comes back
+also leaves the programme year's usage counters (``vouchers.usage``), in the posting's lock order
+(the parties' accounts, then the programme's usage, then the shared hot accounts).
+
+A settled hold can still be refunded (``hold_refund``: an operator's decision on a dispute, a
+service-level credit): the cash from the provider's payable, the voucher value from the
+claimant's claims (a receivable from the programme, which a negative adjustment line on the next
+statement settles), both in the original proportion and within what each part still has paid.
 """
 
 from collections.abc import Callable
@@ -31,10 +38,12 @@ from django.utils import timezone
 
 from marketplace.errors import Conflict
 from marketplace.money import ZERO, quantize_money, split_proportionally
+from vouchers.usage import usage_change
 
 from .models import Account, Hold, Refund, Transaction
 from .services import (
     Leg,
+    accounts_lock,
     hold_accounts,
     organisation_account,
     system_account,
@@ -42,6 +51,7 @@ from .services import (
 )
 
 if TYPE_CHECKING:
+    from accounts.models import User
     from marketplace.models import Reservation
     from vouchers.models import Voucher
 
@@ -53,6 +63,7 @@ def hold_place(
     reservation: "Reservation",
     *,
     mode: str = POINT_OF_SALE,
+    programme_year: int | None = None,
     before_hot: Callable[[], None] | None = None,
 ) -> Hold:
     """Open the pending hold of a just-created reservation and post its HOLD transaction.
@@ -60,15 +71,21 @@ def hold_place(
     Moves ``reservation.voucher_part`` from the voucher and the cash paid (the cash part, or the
     whole bill in ``reimbursement`` mode) from the buyer's wallet into escrow. Raises
     ``Unprocessable(code="insufficient_funds")`` when the wallet or voucher cannot cover it.
-    The buyer's and the voucher's balances change first; ``before_hot`` (the caller's programme
-    lock and limit check) runs next, and the shared escrow row changes last.
+    The buyer's and the voucher's balances change first; ``before_hot`` (the caller's change of
+    the programme's usage, ``vouchers.usage.usage_change``) runs next, and the shared escrow row
+    changes last. ``programme_year`` is the year the voucher part counts against.
     """
     voucher_part = reservation.voucher_part
     if not voucher_part:
         mode = POINT_OF_SALE
+        programme_year = None
     cash_paid = reservation.bill if mode == REIMBURSEMENT else reservation.cash_part
     hold = Hold.objects.create(
-        reservation=reservation, mode=mode, voucher_part=voucher_part, cash_paid=cash_paid
+        reservation=reservation,
+        mode=mode,
+        voucher_part=voucher_part,
+        cash_paid=cash_paid,
+        programme_year=programme_year,
     )
     escrow, wallet, voucher = hold_accounts(
         reservation.buyer_id, reservation.voucher_id if voucher_part else None
@@ -130,6 +147,28 @@ def cancellation_fee_legs(reservation: "Reservation", fee: Decimal) -> list[Leg]
     ]
 
 
+def usage_give_back(
+    reservation: "Reservation", hold: Hold, amount: Decimal
+) -> Callable[[], None] | None:
+    """The programme usage change returning ``amount`` CNY of voucher value of ``hold`` (a
+    ``before_hot`` hook of the posting), or ``None`` when there is nothing to return."""
+    if not amount:
+        return None
+    assert reservation.voucher is not None and hold.programme_year is not None
+    programme_id = reservation.voucher.programme_id
+
+    def give_back() -> None:
+        usage_change(
+            programme_id=programme_id,
+            buyer_id=reservation.buyer_id,
+            year=hold.programme_year,  # type: ignore[arg-type]
+            amount=-amount,
+            check=False,
+        )
+
+    return give_back
+
+
 def hold_void(
     reservation: "Reservation",
     *,
@@ -141,24 +180,31 @@ def hold_void(
     back — the voucher part to the voucher, the cash to the wallet — less ``fee`` CNY taken from
     the cash side only (vouchers pay for compute, not penalties) and posted as its own
     CANCEL_FEE transaction. Returns the refund (``None`` when nothing came back). Raises
-    ``Conflict(code="hold_closed")`` when the hold is already closed."""
+    ``Conflict(code="hold_closed")`` when the hold is already closed. The accounts of both
+    postings are locked first, in the one posting order (``accounts_lock``), with the voucher
+    part leaving the programme's usage before the shared hot accounts."""
     now = now or timezone.now()
     hold = Hold.objects.get(reservation=reservation)
     _close(hold, Hold.Status.VOIDED, now)
     fee = max(ZERO, min(fee, reservation.cash_part))
-    if fee:
-        transaction_post(
-            Transaction.Reason.CANCEL_FEE,
-            cancellation_fee_legs(reservation, fee),
-            reservation=reservation,
-            memo=f"cancellation fee {fee}",
-        )
+    fee_legs = cancellation_fee_legs(reservation, fee) if fee else []
     cash_back = hold.cash_paid - fee
     legs: list[Leg] = [(system_account(Account.Kind.ESCROW), -(hold.voucher_part + cash_back))]
     if hold.voucher_part:
         assert reservation.voucher is not None
         legs.append((voucher_refund_account(reservation.voucher), hold.voucher_part))
     legs.append((organisation_account(reservation.buyer, Account.Kind.WALLET), cash_back))
+    accounts_lock(
+        [account for account, amount in [*fee_legs, *legs] if amount],
+        before_hot=usage_give_back(reservation, hold, hold.voucher_part),
+    )
+    if fee:
+        transaction_post(
+            Transaction.Reason.CANCEL_FEE,
+            fee_legs,
+            reservation=reservation,
+            memo=f"cancellation fee {fee}",
+        )
     txn = transaction_post(
         Transaction.Reason.RELEASE,
         legs,
@@ -229,6 +275,7 @@ def hold_post(
         reservation=r,
         voucher=r.voucher,
         memo=f"settled for {billable} of {r.bill}",
+        before_hot=usage_give_back(r, hold, refund_v),
     )
     if txn is not None and (refund_v or cash_back):
         _count_refund(hold, refund_v, cash_back)
@@ -242,3 +289,81 @@ def hold_post(
             transaction=txn,
         )
     return txn, paid_v
+
+
+def hold_refund(
+    reservation: "Reservation",
+    *,
+    amount: Decimal,
+    kind: str,
+    actor: "User | None" = None,
+    memo: str = "",
+) -> tuple[Refund, "Account | None"]:
+    """Refund ``amount`` CNY of a settled (posted) hold: an operator's decision on a dispute or
+    a service-level credit, after settlement (``Refund.AFTER_SETTLEMENT`` kinds).
+
+    The amount is split in the reservation's original voucher:cash proportion
+    (``split_proportionally``, the voucher share floored to the fen), then kept within what each
+    part still has paid (a fen moves to the other part when rounding would pass one); more than
+    is left in total is ``Conflict(code="refund_exceeds_paid")`` and changes nothing. The cash
+    goes from the provider's payable back to the buyer's wallet (in ``reimbursement`` mode, where
+    the buyer paid the whole bill in cash, the voucher share too); the voucher value goes from
+    the claimant's claims account back to the voucher (or its programme once the voucher has
+    lapsed) and leaves the programme year's usage. The platform fee is not refunded. One REFUND
+    transaction; the hold's refunded counters grow under their CHECK constraints, so two racing
+    refunds can never pass what was paid. Returns ``(refund, claims account debited or None)``;
+    the caller writes the matching negative claim line. ``Unprocessable(code=
+    "insufficient_funds")`` when the provider's payable cannot cover the cash.
+    Inside the caller's atomic block, under the reservation's row lock.
+    """
+    hold = Hold.objects.get(reservation=reservation)
+    if hold.status != Hold.Status.POSTED:
+        raise Conflict("only a settled reservation can be refunded so", code="not_settled")
+    r = reservation
+    left_v = hold.voucher_part - hold.refunded_voucher
+    if hold.mode == REIMBURSEMENT:
+        left_c = hold.cash_paid - hold.refunded_cash - left_v
+    else:
+        left_c = hold.cash_paid - hold.refunded_cash
+    if amount > left_v + left_c:
+        raise Conflict(
+            f"at most {left_v + left_c} CNY is left to refund",
+            code="refund_exceeds_paid",
+            field="amount",
+        )
+    refund_v, refund_c = split_proportionally(amount, r.voucher_part, r.cash_part)
+    if refund_v > left_v:
+        refund_v, refund_c = left_v, refund_c + (refund_v - left_v)
+    if refund_c > left_c:
+        refund_v, refund_c = refund_v + (refund_c - left_c), left_c
+    cash_back = refund_v + refund_c if hold.mode == REIMBURSEMENT else refund_c
+    legs: list[Leg] = [
+        (organisation_account(r.provider, Account.Kind.PAYABLE), -cash_back),
+        (organisation_account(r.buyer, Account.Kind.WALLET), cash_back),
+    ]
+    claims = None
+    if refund_v:
+        assert r.voucher is not None
+        claimant = r.buyer if hold.mode == REIMBURSEMENT else r.provider
+        claims = organisation_account(claimant, Account.Kind.CLAIMS)
+        legs += [(claims, -refund_v), (voucher_refund_account(r.voucher), refund_v)]
+    txn = transaction_post(
+        Transaction.Reason.REFUND,
+        legs,
+        reservation=r,
+        voucher=r.voucher if refund_v else None,
+        memo=f"refund after settlement ({kind}) {amount}",
+        before_hot=usage_give_back(r, hold, refund_v),
+    )
+    assert txn is not None
+    _count_refund(hold, refund_v, cash_back)
+    refund = Refund.objects.create(
+        hold=hold,
+        kind=kind,
+        voucher_amount=refund_v,
+        cash_amount=cash_back,
+        transaction=txn,
+        actor=actor,
+        memo=memo[:200],
+    )
+    return refund, claims

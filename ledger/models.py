@@ -3,7 +3,10 @@
 Sign convention: an account's balance is the sum of its entries' ``amount``. A transfer of X from
 account A to account B is two entries, A −X and B +X, so each transaction sums to zero. Wallets,
 vouchers, escrow and programme budgets must stay ≥ 0 (``allow_negative`` false, checked by the
-database); only the outside world may go negative (money that entered the system).
+database); only the outside world may go negative (money that entered the system), and a claims
+account (a receivable from a programme), which goes negative when voucher value it was already
+reimbursed for is refunded after settlement (the claimant owes it back; its next statement nets
+it: ``vouchers.models.ReimbursementClaim``).
 """
 
 import uuid
@@ -56,11 +59,12 @@ class Account(models.Model):
             models.CheckConstraint(
                 condition=Q(allow_negative=True) | Q(balance__gte=0), name="account_nonneg"
             ),
-            # Only the outside world may go negative: flipping the flag on a wallet, voucher or
-            # programme account by hand cannot open the way to a negative balance.
+            # Only the outside world and claims receivables may go negative: flipping the flag on
+            # a wallet, voucher, programme or escrow account by hand cannot open the way to a
+            # negative balance.
             models.CheckConstraint(
-                condition=Q(allow_negative=False) | Q(kind="world"),
-                name="account_negative_only_world",
+                condition=Q(allow_negative=False) | Q(kind__in=["world", "claims"]),
+                name="account_negative_world_or_claims",
             ),
             models.UniqueConstraint(
                 fields=["kind", "organisation"],
@@ -94,7 +98,7 @@ class Transaction(models.Model):
         HOLD = "hold", "Reservation hold"
         RELEASE = "release", "Hold released (cancel/expire/fail)"
         SETTLEMENT = "settlement", "Reservation settled"
-        REFUND = "refund", "Undelivered hours refunded"
+        REFUND = "refund", "Refund (undelivered hours, or after settlement)"
         CANCEL_FEE = "cancel_fee", "Cancellation fee"
         VOUCHER_LAPSE = "voucher_lapse", "Expired voucher balance lapsed"
         CLAIM_PAID = "claim_paid", "Reimbursement statement paid"
@@ -145,7 +149,9 @@ class Hold(models.Model):
     UPDATE on the status. ``voucher_part`` left the voucher and ``cash_paid`` left the wallet
     (the cash part in ``point_of_sale`` mode, the whole bill in ``reimbursement`` mode);
     ``refunded_*`` count what went back, and CHECK constraints keep each refund within what
-    that part paid, also under concurrency.
+    that part paid, also under concurrency. ``programme_year`` is the programme year whose budget
+    and buyer cap the voucher part counts against (``vouchers.models.ProgrammeUsage``; empty
+    without a voucher part).
     """
 
     class Status(models.TextChoices):
@@ -163,6 +169,7 @@ class Hold(models.Model):
     cash_paid = models.DecimalField(max_digits=14, decimal_places=2)
     refunded_voucher = models.DecimalField(max_digits=14, decimal_places=2, default=0)
     refunded_cash = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    programme_year = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -193,7 +200,8 @@ class Hold(models.Model):
 
 class Refund(models.Model):
     """Value returned to the buyer from one reservation's hold: ``voucher_amount`` to the
-    voucher (or its programme once the voucher lapsed) and ``cash_amount`` to the wallet, CNY."""
+    voucher (or its programme once the voucher lapsed) and ``cash_amount`` to the wallet, CNY.
+    ``actor`` and ``memo`` record who decided a refund after settlement and why."""
 
     class Kind(models.TextChoices):
         CANCELLATION = "cancellation", "Cancelled by the buyer"
@@ -201,6 +209,11 @@ class Refund(models.Model):
         PROVIDER_FAILURE = "provider_failure", "Provider could not deliver"
         EARLY_COMPLETION = "early_completion", "Ended early"
         PARTIAL_DELIVERY = "partial_delivery", "Delivered in part"
+        DISPUTE = "dispute", "Operator's decision on a dispute (after settlement)"
+        SLA_CREDIT = "sla_credit", "Service-level credit (after settlement)"
+
+    # Refunds of a settled (posted) hold, decided by an operator (``ledger.holds.hold_refund``).
+    AFTER_SETTLEMENT = (Kind.DISPUTE, Kind.SLA_CREDIT)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     hold = models.ForeignKey(Hold, on_delete=models.PROTECT, related_name="refunds")
@@ -208,6 +221,10 @@ class Refund(models.Model):
     voucher_amount = models.DecimalField(max_digits=14, decimal_places=2)
     cash_amount = models.DecimalField(max_digits=14, decimal_places=2)
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="+")
+    actor = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    memo = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -40,9 +40,15 @@ def system_account(kind: str) -> Account:
 
 
 def organisation_account(organisation: Organisation, kind: str) -> Account:
-    """An organisation's wallet, payable or claims account (created on first use)."""
+    """An organisation's wallet, payable or claims account (created on first use). A claims
+    account (a receivable from programmes) may go negative: voucher value refunded after its
+    claim was paid, owed back and netted on the next statement."""
     assert kind in (Account.Kind.WALLET, Account.Kind.PAYABLE, Account.Kind.CLAIMS)
-    account, _ = Account.objects.get_or_create(kind=kind, organisation=organisation)
+    account, _ = Account.objects.get_or_create(
+        kind=kind,
+        organisation=organisation,
+        defaults={"allow_negative": kind == Account.Kind.CLAIMS},
+    )
     return account
 
 
@@ -137,6 +143,34 @@ def transaction_post(
     if before_hot is not None:
         before_hot()
     return txn
+
+
+def accounts_lock(
+    accounts: Iterable[Account], *, before_hot: Callable[[], None] | None = None
+) -> None:
+    """Lock ``accounts`` (``FOR NO KEY UPDATE``, as a balance change does) in the posting order
+    of ``transaction_post`` — the parties' accounts by pk, then ``before_hot`` (a programme's
+    usage change), then the shared hot accounts by pk — for a service that posts several
+    transactions in one database transaction (a release with a cancellation fee), so that
+    together they still lock in the one order every posting uses. Inside the caller's atomic
+    block; on SQLite (which serialises writers) only ``before_hot`` runs."""
+    unique = {a.pk: a for a in accounts}
+    postgres = connection.vendor == "postgresql"
+
+    def lock(hot: bool) -> None:
+        ids = [pk for pk, a in unique.items() if (a.kind in HOT_KINDS) == hot]
+        if postgres and ids:
+            list(
+                Account.objects.select_for_update(no_key=True)
+                .filter(pk__in=ids)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+
+    lock(hot=False)
+    if before_hot is not None:
+        before_hot()
+    lock(hot=True)
 
 
 def _insufficient(account: Account) -> Unprocessable:

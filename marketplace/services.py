@@ -2,8 +2,10 @@
 
 Every public service validates on every entry point (API, admin, console, tasks) and raises
 ``marketplace.errors.DomainError`` subclasses with a stable ``code`` and the ``field`` at fault.
-Lock order: demand → offer → voucher → ledger accounts (by pk; the shared hot ones —
-escrow, fees, programme budgets — last) with a hold's programme row just before the hot ones.
+Lock order: demand → offer → voucher row (where one is locked: split demands, the matcher's
+batch, releases) → the parties' ledger accounts (by pk) → the programme row (``FOR KEY SHARE``
+to change its usage counters, ``FOR UPDATE`` to stop them changing) → its usage rows (buyer,
+then budget) → the shared hot accounts (escrow, fees, programme budgets) last.
 """
 
 import uuid
@@ -15,22 +17,37 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as MalformedId
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import Organisation, User
-from ledger.holds import POINT_OF_SALE, REIMBURSEMENT, hold_place, hold_post, hold_void
+from ledger.holds import (
+    POINT_OF_SALE,
+    REIMBURSEMENT,
+    hold_place,
+    hold_post,
+    hold_refund,
+    hold_void,
+)
 from ledger.models import Account, Hold, Refund, Transaction
 from ledger.services import (
     organisation_account,
     system_account,
     transaction_post,
 )
-from vouchers.models import ReimbursementClaim, Voucher
-from vouchers.services import Split, voucher_hold_lock, voucher_limits_kept, voucher_split
+from vouchers.models import BILL_CATEGORIES, ReimbursementClaim, Voucher
+from vouchers.services import (
+    BillLine,
+    Split,
+    programme_year,
+    voucher_hold_lock,
+    voucher_split,
+)
+from vouchers.usage import usage_change
 
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from .holdpath import ProgrammeLimitsMoved, hold_write
 from .locality import tier_between, tier_rank
 from .models import (
     Accelerator,
@@ -417,21 +434,41 @@ def quote(
     hours: int,
     voucher: Voucher | None = None,
     at: datetime | None = None,
+    extra_lines: Iterable[tuple[str, Decimal]] = (),
 ) -> Split:
     """Bill and voucher/cash split (CNY) for ``gpu_count`` GPUs × ``hours`` on ``offer`` now,
-    without holding anything. ``Split.note`` says why a voucher does not apply."""
+    without holding anything, as the hold would split it (the offer's accelerator selects a
+    share tier). ``extra_lines`` (``(category, amount CNY)``, categories of
+    ``vouchers.models.BILL_CATEGORIES`` other than ``gpu_time``) are other items of the purchase
+    split with it. ``Split.lines`` gives every line (``gpu_time`` first) with its eligible part;
+    they add up to the bill and its parts exactly. ``Split.note`` says why a voucher does not
+    apply. Raises ``ValidationFailed`` (fields ``gpu_count``, ``hours``, ``extra_lines``) and
+    ``NotFound`` (field ``voucher``)."""
     _positive_int(gpu_count, "gpu_count", MAX_GPUS)
     _positive_int(hours, "hours", MAX_HOURS)
     if voucher is not None and voucher.owner_id != buyer.pk:
         raise NotFound("no such voucher", field="voucher")
-    bill = bill_amount(gpu_count, hours, offer.price_per_gpu_hour)
+    lines = [BillLine("gpu_time", bill_amount(gpu_count, hours, offer.price_per_gpu_hour))]
+    for category, amount in extra_lines:
+        if category not in BILL_CATEGORIES or category == "gpu_time":
+            raise ValidationFailed(f"unknown bill category {category!r}", field="extra_lines")
+        if any(line.category == category for line in lines):
+            raise ValidationFailed("one line per category", field="extra_lines")
+        lines.append(
+            BillLine(
+                category,
+                _money_input(amount, "extra_lines", places=2, maximum=Decimal("1000000000")),
+            )
+        )
     return voucher_split(
         voucher,
-        bill=bill,
+        bill=sum((line.amount for line in lines), ZERO),
         buyer=buyer,
         provider=offer.provider,
         site=offer.site,
         at=at or timezone.now(),
+        accelerator=offer.accelerator,
+        lines=lines,
     )
 
 
@@ -468,8 +505,8 @@ def _transition(
     _event(reservation, from_status, to_status, actor, note)
 
 
-class _ProgrammeLimitsMoved(Exception):
-    """A concurrent hold used the programme budget or buyer cap this hold's split counted on."""
+# A concurrent hold used the programme budget or buyer cap this hold's split counted on.
+_ProgrammeLimitsMoved = ProgrammeLimitsMoved
 
 
 def reservation_create(
@@ -489,13 +526,15 @@ def reservation_create(
     escrow. Raises ``Conflict`` (demand not open, ``capacity_exhausted``), ``ValidationFailed``
     (infeasible pair) or ``Unprocessable(code="insufficient_funds")``; nothing is written then.
 
-    READ COMMITTED throughout, no SERIALIZABLE retries. Lock order: demand → offer → voucher →
-    the buyer's and voucher's ledger accounts → programme → escrow. The programme row (shared by
-    every voucher hold of the programme) is locked last, just before the escrow balance: the
-    split reads the budget and cap left without it, and under the lock the programme's limits
-    are checked again with this hold counted. Only when a concurrent hold used what the split
-    counted on (the last of a budget or cap) does the call run once more, then taking the
-    programme lock before the split.
+    READ COMMITTED throughout, no SERIALIZABLE retries. Lock order: demand → offer → the
+    buyer's wallet and the voucher's ledger account (by pk) → the programme row (``FOR KEY
+    SHARE``) → its usage rows (buyer, then budget) → escrow. On PostgreSQL the hold is five
+    round trips with ``BEGIN`` and ``COMMIT`` (``marketplace.holdpath``); the programme's
+    budget row and escrow (shared by every hold) are touched last, just before ``COMMIT``. The
+    split reads the budget and cap left without a lock; the usage rows then grow only by a
+    conditional update that keeps both limits. Only when a concurrent hold used what the split
+    counted on (the last of a budget or cap) does the call run once more, then locking the
+    programme row ``FOR UPDATE`` before the split (two more round trips).
     """
     now = now or timezone.now()
     try:
@@ -513,40 +552,55 @@ def _reservation_create(
     programme_first: bool,
 ) -> Reservation:
     with transaction.atomic(durable=True):
-        demand = (
-            Demand.objects.select_for_update(of=("self",))
-            .select_related("buyer", "origin_site", "voucher__programme")
-            .get(pk=demand_id)
-        )
-        if demand.status != Demand.Status.OPEN:
-            raise Conflict(f"demand is {demand.status}", code="demand_not_open")
-        listed = Demand.accelerators.through.objects.filter(demand_id=demand.pk)
-        offer = (
-            Offer.objects.select_for_update(of=("self",))
-            .select_related("site", "provider", "accelerator")
-            .annotate(
-                model_listed=Exists(listed.filter(accelerator_id=OuterRef("accelerator_id"))),
-                any_model=~Exists(listed),
+        if connection.vendor == "postgresql":
+            return hold_write(
+                demand_id,
+                offer_id,
+                start,
+                now,
+                programme_first=programme_first,
+                pair_check=_pair_check,
+                locality_check=reservation_locality_check,
             )
-            .get(pk=offer_id)
+        return reservation_create_orm(demand_id, offer_id, start, now, programme_first)
+
+
+def reservation_create_orm(
+    demand_id: ObjectId, offer_id: ObjectId, start: datetime, now: datetime, programme_first: bool
+) -> Reservation:
+    """``reservation_create``'s hold through the ORM, inside the caller's transaction: the path of
+    the embedded default (SQLite), and the reference the one-statement PostgreSQL path
+    (``marketplace.holdpath``) is tested against — the same rules, the same rows. About twenty
+    statements. Raises ``ProgrammeLimitsMoved`` as ``hold_write`` does."""
+    demand = (
+        Demand.objects.select_for_update(of=("self",))
+        .select_related("buyer", "origin_site", "voucher__programme")
+        .get(pk=demand_id)
+    )
+    if demand.status != Demand.Status.OPEN:
+        raise Conflict(f"demand is {demand.status}", code="demand_not_open")
+    listed = Demand.accelerators.through.objects.filter(demand_id=demand.pk)
+    offer = (
+        Offer.objects.select_for_update(of=("self",))
+        .select_related("site", "provider", "accelerator")
+        .annotate(
+            model_listed=Exists(listed.filter(accelerator_id=OuterRef("accelerator_id"))),
+            any_model=~Exists(listed),
         )
-        end = start + demand.duration_hours * HOUR
-        _pair_check(demand, offer, start, end, now)
-        reservation_locality_check(demand, offer)
-        if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
-            raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
-        voucher = demand.voucher
-        if voucher is not None:
-            voucher = (
-                Voucher.objects.select_for_update(of=("self",))
-                .select_related("programme")
-                .get(pk=voucher.pk)
-            )
-            if programme_first:
-                voucher_hold_lock(voucher, demand.buyer_id)
-        return reservation_write(
-            demand, offer, start, now, voucher=voucher, programme_locked=programme_first
-        )
+        .get(pk=offer_id)
+    )
+    end = start + demand.duration_hours * HOUR
+    _pair_check(demand, offer, start, end, now)
+    reservation_locality_check(demand, offer)
+    if offer_peak_reserved(offer, start, end) + demand.gpu_count > offer.gpu_count:
+        raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
+    voucher = demand.voucher
+    if voucher is not None:
+        voucher = Voucher.objects.select_related("programme").get(pk=voucher.pk)
+        voucher_hold_lock(voucher, demand.buyer_id, programme=programme_first)
+    return reservation_write(
+        demand, offer, start, now, voucher=voucher, programme_locked=programme_first
+    )
 
 
 def reservation_parts_create(
@@ -634,8 +688,9 @@ def _reservation_parts_create(
                 .select_related("programme")
                 .get(pk=voucher.pk)
             )
-            if programme_first:
-                voucher_hold_lock(voucher, demand.buyer_id)
+            # The voucher's balance is read by the split: lock its account (single holds lock
+            # the account, not the voucher row) — and with ``programme_first`` the programme.
+            voucher_hold_lock(voucher, demand.buyer_id, programme=programme_first)
         return reservation_parts_write(
             demand, resolved, start, now, voucher=voucher, programme_locked=programme_first
         )
@@ -813,17 +868,28 @@ def reservation_write(
     demand.unmatched_reason = ""
     demand.save(update_fields=["status", "unmatched_reason"])
 
-    def programme_check() -> None:
-        # Under the programme lock, with this hold counted: still within budget and cap?
-        assert voucher is not None
-        if not voucher_limits_kept(voucher.programme, demand.buyer, now):
-            raise _ProgrammeLimitsMoved
+    year = programme_year(voucher.programme, now) if voucher and reservation.voucher_id else None
 
-    uses_programme = reservation.voucher_id is not None and not programme_locked
+    def programme_usage() -> None:
+        # The programme row KEY SHARE, then the buyer's and the budget's usage rows, growing
+        # only while both stay within the limits (``vouchers.usage``); then escrow.
+        assert voucher is not None and year is not None
+        if usage_change(
+            programme_id=voucher.programme_id,
+            buyer_id=demand.buyer_id,
+            year=year,
+            amount=reservation.voucher_part,
+        ):
+            return
+        if programme_locked:  # cannot happen: nobody can grow the usage under our lock
+            raise Conflict("the programme's limits moved", code="programme_limits_moved")
+        raise _ProgrammeLimitsMoved
+
     hold_place(
         reservation,
         mode=voucher.programme.redemption_mode if reservation.voucher else POINT_OF_SALE,  # type: ignore[union-attr]
-        before_hot=programme_check if uses_programme else None,
+        programme_year=year,
+        before_hot=programme_usage if reservation.voucher_id else None,
     )
     return reservation
 
@@ -1157,6 +1223,71 @@ def reservation_settle(*, reservation_id: ObjectId) -> Reservation:
     return r
 
 
+def reservation_refund(
+    *,
+    reservation_id: ObjectId,
+    amount: Decimal,
+    kind: str = Refund.Kind.DISPUTE,
+    operator: User | None = None,
+    memo: str = "",
+) -> Refund:
+    """An operator refunds ``amount`` CNY of a *settled* reservation (§5.5): a decision on a
+    dispute (``kind="dispute"``) or a service-level credit (``"sla_credit"``).
+
+    The value goes back to the voucher and the wallet in the reservation's original
+    voucher:cash proportion, never more than each part still has paid
+    (``ledger.holds.hold_refund``: cash from the provider's payable, voucher value from the
+    claimant's claims, the voucher value leaving the programme year's usage). The voucher part
+    refunded becomes a negative ``adjustment`` claim line dated now: it lands on the statement
+    of the current period, so a refund after the original line's statement lowers the next
+    statement instead of changing an issued one. Returns the ``Refund`` row.
+
+    Raises ``ValidationFailed`` (field ``amount`` not positive CNY to the fen, field ``kind``),
+    ``NotFound`` (field ``reservation``), ``Conflict(code="not_settled")`` unless settled,
+    ``Conflict(code="refund_exceeds_paid")`` past what is left to refund — also when refunds
+    race (they serialise on the reservation row, and the hold's CHECK constraints hold anyway)
+    — and ``Unprocessable(code="insufficient_funds")`` when the provider's payable is short.
+    """
+    with transaction.atomic(durable=True):
+        try:
+            reservation = (
+                Reservation.objects.select_for_update(of=("self",))
+                .select_related("voucher")
+                .get(pk=reservation_id)
+            )
+        except (Reservation.DoesNotExist, ValueError, MalformedId) as exc:
+            raise NotFound("no such reservation", field="reservation") from exc
+        return _refund_settled(reservation, amount, kind, operator, memo)
+
+
+def _refund_settled(
+    reservation: Reservation, amount: Any, kind: str, operator: User | None, memo: str
+) -> Refund:
+    """``reservation_refund`` under the reservation's row lock, inside the caller's block."""
+    amount = _money_input(amount, "amount", places=2, maximum=Decimal("1000000000"))
+    if kind not in Refund.AFTER_SETTLEMENT:
+        raise ValidationFailed("must be dispute or sla_credit", field="kind")
+    if reservation.status != Reservation.Status.SETTLED:
+        raise Conflict(f"reservation is {reservation.status}, not settled", code="not_settled")
+    refund, _ = hold_refund(reservation, amount=amount, kind=kind, actor=operator, memo=memo)
+    if refund.voucher_amount:
+        voucher = reservation.voucher
+        assert voucher is not None
+        mode = Hold.objects.filter(reservation=reservation).values_list("mode", flat=True).get()
+        ReimbursementClaim.objects.create(
+            kind=ReimbursementClaim.Kind.ADJUSTMENT,
+            refund=refund,
+            programme_id=voucher.programme_id,
+            provider_id=reservation.provider_id,
+            claimant_id=reservation.buyer_id if mode == REIMBURSEMENT else reservation.provider_id,
+            mode=mode,
+            reservation=reservation,
+            voucher=voucher,
+            amount=-refund.voucher_amount,
+        )
+    return refund
+
+
 def reservation_fail(
     *, reservation_id: ObjectId, provider: Organisation, actor: User | None = None
 ) -> Reservation:
@@ -1213,15 +1344,25 @@ def dispute_open(
 
 
 def dispute_decide(
-    *, dispute_id: ObjectId, outcome: str, operator: User | None = None, resolution: str = ""
+    *,
+    dispute_id: ObjectId,
+    outcome: str,
+    operator: User | None = None,
+    resolution: str = "",
+    refund: Decimal | None = None,
 ) -> Dispute:
     """An operator closes an open dispute as ``resolved`` or ``rejected`` with a note.
 
-    Raises ``ValidationFailed`` (field ``outcome``) for another outcome and
-    ``Conflict(code="illegal_transition")`` when the dispute is no longer open.
+    ``refund`` (CNY, resolved disputes of settled reservations only) refunds that much of the
+    reservation in the same transaction (``reservation_refund`` with ``kind="dispute"``).
+    Raises ``ValidationFailed`` (field ``outcome``, or ``refund`` on a rejection),
+    ``Conflict(code="illegal_transition")`` when the dispute is no longer open, and what
+    ``reservation_refund`` raises. Lock order: dispute → reservation.
     """
     if outcome not in (Dispute.Status.RESOLVED, Dispute.Status.REJECTED):
         raise ValidationFailed("must be resolved or rejected", field="outcome")
+    if refund is not None and outcome != Dispute.Status.RESOLVED:
+        raise ValidationFailed("only a resolved dispute refunds", field="refund")
     with transaction.atomic(durable=True):
         try:
             dispute = Dispute.objects.select_for_update().get(pk=dispute_id)
@@ -1229,6 +1370,15 @@ def dispute_decide(
             raise NotFound("no such dispute", field="dispute") from exc
         if dispute.status != Dispute.Status.OPEN:
             raise Conflict(f"dispute is {dispute.status}", code="illegal_transition")
+        if refund is not None:
+            reservation = (
+                Reservation.objects.select_for_update(of=("self",))
+                .select_related("voucher")
+                .get(pk=dispute.reservation_id)
+            )
+            _refund_settled(
+                reservation, refund, Refund.Kind.DISPUTE, operator, f"dispute {dispute.pk}"
+            )
         dispute.status = outcome
         dispute.resolution = resolution[:500]
         dispute.resolved_by = operator

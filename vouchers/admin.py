@@ -21,6 +21,7 @@ from marketplace.admin_utils import ReadOnlyAdminMixin, run_service_action
 from .models import (
     CatalogueEntry,
     Programme,
+    ProgrammeUsage,
     ReimbursementClaim,
     ShareTier,
     Statement,
@@ -234,15 +235,26 @@ class ReimbursementClaimAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "provider",
         "programme",
         "reservation",
+        "kind",
         "amount",
         "status",
         "created_at",
         "paid_at",
     )
-    list_filter = ("status", "programme")
+    list_filter = ("status", "kind", "programme")
     search_fields = ("id", "provider__name", "reservation__id")
     list_select_related = ("provider", "programme", "reservation")
     date_hierarchy = "created_at"
+
+
+@admin.register(ProgrammeUsage)
+class ProgrammeUsageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Budget and buyer-cap use per programme year (CNY): counters the holds keep, read-only."""
+
+    list_display = ("programme", "year", "buyer", "used")
+    list_filter = ("programme", "year")
+    search_fields = ("programme__code", "buyer__name", "buyer__credit_code")
+    list_select_related = ("programme", "buyer")
 
 
 @admin.register(Statement)

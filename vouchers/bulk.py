@@ -19,25 +19,20 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
-from django.db.models import Case, F, Q, Sum, Value, When
+from django.db.models import Q, Value
 
 from accounts.models import Organisation
 from marketplace.money import ZERO, quantize_money
 
-from .models import CatalogueEntry, Programme, ReimbursementClaim, ShareTier, Voucher
+from .models import CatalogueEntry, Programme, ProgrammeUsage, ShareTier, Voucher
 from .services import (
     BillLine,
     Split,
-    _year_bounds,
     programme_in_effect,
     programme_year,
     split_lines,
     voucher_part_check,
 )
-
-# Reservation statuses whose voucher part counts against a programme's limits (as in
-# ``programme_limits_left``).
-HELD_STATUSES = ("held", "confirmed", "active", "completed")
 
 
 @dataclass(frozen=True)
@@ -152,23 +147,13 @@ class SplitFacts:
         )
         return split
 
-    def count(
-        self, voucher: Voucher, buyer_id: UUID, voucher_part: Decimal, *, in_year: bool
-    ) -> None:
-        """Book a hold's ``voucher_part`` CNY: off the voucher's balance and, when the hold's
-        reservation falls in the programme year of ``at`` (``in_year``), onto the programme's
-        budget and the buyer's cap used."""
+    def count(self, voucher: Voucher, buyer_id: UUID, voucher_part: Decimal) -> None:
+        """Book a hold's ``voucher_part`` CNY: off the voucher's balance and onto the
+        programme's budget and the buyer's cap used in the programme year of ``at`` (every hold
+        counts in the year it is made: ``ledger.models.Hold.programme_year``)."""
         self.balances[voucher.pk] = self.balances.get(voucher.pk, ZERO) - voucher_part
-        if in_year:
-            self.budget_used[voucher.programme_id] += voucher_part
-            self.buyer_used[voucher.programme_id, buyer_id] += voucher_part
-
-    def in_year(self, programme_id: UUID, moment: datetime) -> bool:
-        """Whether ``moment`` falls in the programme year of ``at`` (what counts towards the
-        limits ``limits_left`` reads)."""
-        programme = self.programmes[programme_id]
-        lo, hi = _year_bounds(programme, programme_year(programme, self.at))
-        return lo <= moment < hi
+        self.budget_used[voucher.programme_id] += voucher_part
+        self.buyer_used[voucher.programme_id, buyer_id] += voucher_part
 
 
 def limits_used(
@@ -176,69 +161,23 @@ def limits_used(
 ) -> tuple[defaultdict[UUID, Decimal], defaultdict[tuple[UUID, UUID], Decimal]]:
     """What ``programme_limits_left`` subtracts, for many programmes and buyers at once:
     ``(CNY used by programme id, CNY used by (programme id, buyer id))`` in the programme year
-    of ``at`` — voucher parts still held plus those redeemed. Two queries (one grouped query per
-    table: a row per listed buyer and one for everyone else, per programme)."""
-    from marketplace.models import Reservation
-
+    of ``at`` — the programmes' usage rows (``vouchers.models.ProgrammeUsage``: voucher parts
+    still held plus those redeemed, after refunds). One query."""
     budget_used: defaultdict[UUID, Decimal] = defaultdict(Decimal)
     buyer_used: defaultdict[tuple[UUID, UUID], Decimal] = defaultdict(Decimal)
     if not programmes:
         return budget_used, buyer_used
-    buyers = list(buyer_ids)
-    held = Q()
-    redeemed = Q()
+    rows = Q()
     for pk, p in programmes.items():
-        lo, hi = _year_bounds(p, programme_year(p, at))
-        held |= Q(voucher__programme_id=pk, created_at__gte=lo, created_at__lt=hi)
-        redeemed |= Q(
-            programme_id=pk, reservation__created_at__gte=lo, reservation__created_at__lt=hi
-        )
-    held_rows = (
-        Reservation.objects.filter(held, status__in=HELD_STATUSES)
-        .values_list(
-            "voucher__programme_id",
-            Case(When(buyer_id__in=buyers, then=F("buyer_id")), default=None),
-        )
-        .annotate(s=Sum("voucher_part"))
-    )
-    claim_rows = (
-        ReimbursementClaim.objects.filter(redeemed)
-        .values_list(
-            "programme_id",
-            Case(
-                When(reservation__buyer_id__in=buyers, then=F("reservation__buyer_id")),
-                default=None,
-            ),
-        )
-        .annotate(s=Sum("amount"))
-    )
-    for rows in (held_rows, claim_rows):
-        for pk, buyer_id, total in rows:
-            budget_used[pk] += total or ZERO
-            if buyer_id is not None:
-                buyer_used[pk, buyer_id] += total or ZERO
+        rows |= Q(programme_id=pk, year=programme_year(p, at))
+    for pk, buyer_id, used in ProgrammeUsage.objects.filter(
+        rows, Q(buyer__isnull=True) | Q(buyer_id__in=list(buyer_ids))
+    ).values_list("programme_id", "buyer_id", "used"):
+        if buyer_id is None:
+            budget_used[pk] += used
+        else:
+            buyer_used[pk, buyer_id] += used
     return budget_used, buyer_used
-
-
-def limits_kept(used: dict[UUID, set[UUID]], at: datetime) -> bool:
-    """Lock the programme rows of ``used`` (``{programme id: buyer ids}``, by pk: shared by
-    every voucher hold of a programme, so the last lock a batch takes) and tell whether each
-    programme's budget and each listed buyer's annual cap still hold, counting every hold
-    committed before the lock and the caller's own uncommitted ones — ``voucher_limits_kept``
-    for a batch (§5.4, §5.6). Reads the programmes' current limits under the lock."""
-    programmes = {
-        p.pk: p
-        for p in Programme.objects.select_for_update().filter(pk__in=list(used)).order_by("pk")
-    }
-    buyers = {b for ids in used.values() for b in ids}
-    budget_used, buyer_used = limits_used(programmes, buyers, at)
-    for pk, programme in programmes.items():
-        if quantize_money(programme.annual_budget - budget_used[pk]) < 0:
-            return False
-        for buyer_id in used[pk]:
-            if quantize_money(programme.buyer_annual_cap - buyer_used[pk, buyer_id]) < 0:
-                return False
-    return True
 
 
 def split_facts_load(
@@ -253,12 +192,12 @@ def split_facts_load(
     ``buyer_ids`` with ``provider_ids``' capacity at ``at`` reads. ``balances`` are the
     vouchers' ledger balances (CNY by voucher id) the caller read under its locks. As
     ``voucher_split``, it reads the budget and cap used without the programme rows' locks
-    unless the caller holds them: a caller that does not checks them under the locks at the
-    end (``limits_kept``).
+    unless the caller holds them: a caller that does not books them under the locks at the end
+    (``vouchers.usage.usage_book``, which grows the usage only within the limits).
 
-    Queries (none without vouchers): held and redeemed voucher parts per programme and buyer
-    (2), approved catalogue entries (1), the buyers' related organisations (1), the region
-    scopes (1) and the share tiers (1, plus 2 when there are tiers).
+    Queries (none without vouchers): the programmes' usage rows (1), approved catalogue entries
+    (1), the buyers' related organisations (1), the region scopes (1) and the share tiers (1,
+    plus 2 when there are tiers).
     """
     programmes = {v.programme_id: v.programme for v in vouchers}
     buyers, providers = set(buyer_ids), set(provider_ids)

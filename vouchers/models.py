@@ -190,10 +190,11 @@ class Voucher(models.Model):
 
 
 class Statement(models.Model):
-    """A reimbursement statement: every claim of one provider on one programme made in one
+    """A reimbursement statement: every claim line of one provider on one programme made in one
     period ``[period_start, period_end)`` (dates in the programme's time zone), with its total in
     CNY. Issued once per (programme, provider, period); marking it paid posts one ledger
-    transaction (§5.6)."""
+    transaction (§5.6). Adjustment lines (refunds after settlement) are negative, so a total
+    can be negative: the claimants then pay the programme back when it is marked paid."""
 
     class Status(models.TextChoices):
         ISSUED = "issued", "Issued"
@@ -221,7 +222,6 @@ class Statement(models.Model):
             models.UniqueConstraint(
                 fields=["programme", "provider", "period_start"], name="uniq_statement_period"
             ),
-            models.CheckConstraint(condition=Q(total__gte=0), name="statement_total_nn"),
             models.CheckConstraint(
                 condition=Q(period_end__gt=models.F("period_start")), name="statement_period"
             ),
@@ -236,24 +236,41 @@ class Statement(models.Model):
 
 
 class ReimbursementClaim(models.Model):
-    """A claim on a programme for the voucher part of one settled reservation (§5.5).
+    """One line of reimbursement on a programme (§5.5, §5.6).
 
-    ``claimant`` is the provider in ``point_of_sale`` mode (it deducted the voucher part) and
-    the buyer in ``reimbursement`` mode (it paid in full and is repaid); ``provider`` is always
-    the seller, so statements are per programme, provider and period either way.
+    A ``redemption`` line is the voucher part of one settled reservation (``amount`` > 0). An
+    ``adjustment`` line (``amount`` < 0) takes back voucher value a refund after settlement
+    returned to the voucher (``refund``, e.g. an operator's decision on a dispute): it is dated
+    when the refund was made, so it lands on the statement of *that* period — a refund after the
+    original line's statement was issued or paid lowers the next statement instead of changing
+    an issued one. ``claimant`` is the provider in ``point_of_sale`` mode (it deducted the voucher
+    part) and the buyer in ``reimbursement`` mode (it paid in full and is repaid); ``provider``
+    is always the seller, so statements are per programme, provider and period either way.
     """
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         PAID = "paid", "Paid"
 
+    class Kind(models.TextChoices):
+        REDEMPTION = "redemption", "Redemption (voucher part of a settled reservation)"
+        ADJUSTMENT = "adjustment", "Adjustment (voucher value refunded after settlement)"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     programme = models.ForeignKey(Programme, on_delete=models.PROTECT, related_name="claims")
     provider = models.ForeignKey(
         "accounts.Organisation", on_delete=models.PROTECT, related_name="reimbursement_claims"
     )
-    reservation = models.OneToOneField(
-        "marketplace.Reservation", on_delete=models.PROTECT, related_name="reimbursement_claim"
+    reservation = models.ForeignKey(
+        "marketplace.Reservation", on_delete=models.PROTECT, related_name="reimbursement_claims"
+    )
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.REDEMPTION)
+    refund = models.OneToOneField(
+        "ledger.Refund",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="claim_adjustment",
     )
     claimant = models.ForeignKey(
         "accounts.Organisation", on_delete=models.PROTECT, related_name="claims_made"
@@ -275,8 +292,56 @@ class ReimbursementClaim(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
-            models.CheckConstraint(condition=Q(amount__gt=0), name="claim_amount_pos"),
+            models.CheckConstraint(
+                condition=(Q(kind="redemption") & Q(amount__gt=0) & Q(refund__isnull=True))
+                | (Q(kind="adjustment") & Q(amount__lt=0) & Q(refund__isnull=False)),
+                name="claim_amount_sign",
+            ),
+            models.UniqueConstraint(
+                fields=["reservation"],
+                condition=Q(kind="redemption"),
+                name="uniq_claim_redemption",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"claim {self.id} ({self.amount} CNY)"
+
+
+class ProgrammeUsage(models.Model):
+    """Voucher value counted against a programme's limits in one programme year (§5.4, §5.6):
+    the budget row (``buyer`` empty) and one row per buyer (the per-buyer annual cap).
+
+    ``used`` (CNY) = Σ (voucher part − voucher value refunded) of the holds counted in that year
+    (``ledger.models.Hold.programme_year``): held while the hold is pending, redeemed once it is
+    settled, nothing once voided. It is a cache like a ledger balance, changed only by
+    ``vouchers.usage.usage_change`` (a conditional UPDATE that never passes the limit) and checked
+    against the holds by ``ledger_audit``. The budget row is the programme's shared hot row: holds
+    change it last, just before the escrow balance.
+    """
+
+    programme = models.ForeignKey(Programme, on_delete=models.PROTECT, related_name="usage")
+    year = models.PositiveSmallIntegerField()
+    buyer = models.ForeignKey(
+        "accounts.Organisation", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    used = models.DecimalField(max_digits=16, decimal_places=2, default=0)
+
+    class Meta:
+        verbose_name_plural = "programme usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["programme", "year"],
+                condition=Q(buyer__isnull=True),
+                name="uniq_usage_budget",
+            ),
+            models.UniqueConstraint(
+                fields=["programme", "year", "buyer"],
+                condition=Q(buyer__isnull=False),
+                name="uniq_usage_buyer",
+            ),
+            models.CheckConstraint(condition=Q(used__gte=0), name="usage_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.programme_id} {self.year} {self.buyer_id or 'budget'}: {self.used}"

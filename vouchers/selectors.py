@@ -3,7 +3,7 @@
 import csv
 import io
 
-from django.db.models import DecimalField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import DecimalField, OuterRef, Prefetch, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from accounts.models import Organisation
@@ -20,6 +20,19 @@ STATEMENT_CSV_COLUMNS = (
     "claimant",
     "mode",
     "voucher",
+    "amount_cny",
+)
+# Redemption lines are dated at settlement; adjustment lines (negative: voucher value refunded
+# after settlement) when the refund was made. ``kind`` tells them apart in the API's CSV, which
+# leaves out the voucher (the buyer's own object).
+STATEMENT_API_CSV_COLUMNS = (
+    "claim",
+    "kind",
+    "reservation",
+    "dated_at_utc",
+    "claimant_credit_code",
+    "claimant",
+    "mode",
     "amount_cny",
 )
 
@@ -81,25 +94,58 @@ def statement_claims(*, statement: Statement) -> QuerySet[ReimbursementClaim]:
     return statement.claims.select_related("claimant").order_by("created_at", "id")
 
 
-def statement_csv(*, statement: Statement) -> str:
-    """The statement as CSV (UTF-8 text): one row per claim (``STATEMENT_CSV_COLUMNS``, amounts
-    CNY to the fen, times UTC ISO 8601), then a ``total`` row. The same statement always gives
-    the same bytes."""
+def statement_csv(*, statement: Statement, for_api: bool = False) -> str:
+    """The statement as CSV (UTF-8 text): one row per claim line (``STATEMENT_CSV_COLUMNS`` for
+    the operator's admin, ``STATEMENT_API_CSV_COLUMNS`` with ``for_api``: with the line's kind
+    and without the buyer's voucher), amounts CNY to the fen, times UTC ISO 8601, then a
+    ``total`` row. The same statement always gives the same bytes."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(STATEMENT_CSV_COLUMNS)
+    columns = STATEMENT_API_CSV_COLUMNS if for_api else STATEMENT_CSV_COLUMNS
+    writer.writerow(columns)
     for claim in statement_claims(statement=statement):
-        writer.writerow(
-            [
-                claim.pk,
-                claim.reservation_id,
-                claim.created_at.isoformat(),
-                claim.claimant.credit_code,
-                claim.claimant.name,
-                claim.mode,
-                claim.voucher_id,
-                f"{claim.amount:.2f}",
-            ]
-        )
-    writer.writerow(["total", "", "", "", "", "", "", f"{statement.total:.2f}"])
+        values = {
+            "claim": claim.pk,
+            "kind": claim.kind,
+            "reservation": claim.reservation_id,
+            "settled_at_utc": claim.created_at.isoformat(),
+            "dated_at_utc": claim.created_at.isoformat(),
+            "claimant_credit_code": claim.claimant.credit_code,
+            "claimant": claim.claimant.name,
+            "mode": claim.mode,
+            "voucher": claim.voucher_id,
+            "amount_cny": f"{claim.amount:.2f}",
+        }
+        writer.writerow([values[c] for c in columns])
+    writer.writerow(["total", *[""] * (len(columns) - 2), f"{statement.total:.2f}"])
     return out.getvalue()
+
+
+def statement_list(*, provider: Organisation | None) -> QuerySet[Statement]:
+    """Reimbursement statements, newest period first: a provider's own (``provider``), or every
+    one for an operator (``provider=None``), with programme and provider joined."""
+    statements = Statement.objects.select_related("programme", "provider")
+    if provider is not None:
+        statements = statements.filter(provider=provider)
+    return statements.order_by("-period_start", "programme__code", "id")
+
+
+def statement_get(*, provider: Organisation | None, statement_id: object) -> Statement | None:
+    """One statement the caller may see (``statement_list``) with its lines and their claimants
+    prefetched, or ``None`` (also for another provider's id or a malformed one)."""
+    pk = as_uuid(statement_id)
+    if pk is None:
+        return None
+    return (
+        statement_list(provider=provider)
+        .prefetch_related(
+            Prefetch(
+                "claims",
+                queryset=ReimbursementClaim.objects.select_related("claimant").order_by(
+                    "created_at", "id"
+                ),
+            )
+        )
+        .filter(pk=pk)
+        .first()
+    )

@@ -1,8 +1,11 @@
 """Voucher writes and the voucher/cash split (PRODUCT.md §5.4, §5.6).
 
 Lock order: a voucher's issue locks its programme row, then ledger accounts (by pk); a hold locks
-the voucher row, the buyer's and voucher's accounts, then the programme row (shared by every
-hold of the programme, so as late as possible), then the shared hot accounts (escrow) last.
+the buyer's and the voucher's accounts (by pk; not the voucher row), then the programme row
+``FOR KEY SHARE`` and its usage counters (``vouchers.usage``; the budget row is shared by every
+hold of the programme, so as late as possible), then the shared hot accounts (escrow) last. A
+release or refund locks the voucher row (``voucher_refund_account``) before the accounts; the
+lapse job locks voucher rows, then each voucher's account.
 """
 
 import calendar
@@ -26,7 +29,7 @@ from ledger.services import (
     voucher_account,
 )
 from marketplace.errors import Conflict, Unprocessable, ValidationFailed
-from marketplace.money import ZERO, floor_money, quantize_money
+from marketplace.money import FEN, ZERO, floor_money, quantize_money
 from marketplace.types import ObjectId
 
 from .models import (
@@ -37,6 +40,7 @@ from .models import (
     Voucher,
     VoucherApplication,
 )
+from .usage import usage_read
 
 
 def programme_year(programme: Programme, at: datetime) -> int:
@@ -229,14 +233,28 @@ def voucher_issue(
 
 
 @dataclass(frozen=True)
+class LineSplit:
+    """One bill line and its share of the split: ``voucher_part + cash_part == amount`` (CNY);
+    ``eligible`` when the programme funds the line's category (only then ``voucher_part`` > 0)."""
+
+    category: str
+    amount: Decimal
+    eligible: bool
+    voucher_part: Decimal
+    cash_part: Decimal
+
+
+@dataclass(frozen=True)
 class Split:
     """A bill split: ``voucher_part + cash_part == bill`` (CNY); ``note`` says why the voucher
-    part is what it is (empty when the voucher applies in full)."""
+    part is what it is (empty when the voucher applies in full). ``lines`` split each bill line
+    the same way; their amounts add up to ``bill`` and their parts to the parts, exactly."""
 
     bill: Decimal
     voucher_part: Decimal
     cash_part: Decimal
     note: str = ""
+    lines: tuple[LineSplit, ...] = ()
 
 
 def split_bill(bill: Decimal, max_share: Decimal, *limits: Decimal, note: str = "") -> Split:
@@ -264,14 +282,43 @@ def split_lines(
     *eligible base* — the lines whose category the programme funds — floored to the fen, and
     never more than any of ``limits`` (voucher balance, budget left, buyer's cap left).
 
-    Beijing (20 %, compute only) on ¥80,000 of GPU time and ¥20,000 of storage: base ¥80,000,
-    voucher part ≤ ¥16,000, cash the remaining ¥84,000.
+    The voucher part is spread over the eligible lines in proportion to their amounts (each
+    floored to the fen, the fens left over going to the largest remainders, earlier lines first
+    on a tie), so the lines' parts add up to the parts exactly and no line's voucher part passes
+    its amount. Beijing (20 %, compute only) on ¥80,000 of GPU time and ¥20,000 of storage:
+    base ¥80,000, voucher part ≤ ¥16,000, all of it on the GPU-time line; cash ¥84,000.
     """
     bill = sum((line.amount for line in lines), ZERO)
     base = sum((line.amount for line in lines if line.category in eligible), ZERO)
     voucher = min([floor_money(base * max_share), *[max(ZERO, x) for x in limits]])
     voucher = max(ZERO, voucher)
-    return Split(bill=bill, voucher_part=voucher, cash_part=bill - voucher, note=note)
+    parts = [ZERO] * len(lines)
+    if voucher:
+        remainders: list[tuple[Decimal, int]] = []
+        for i, line in enumerate(lines):
+            if line.category in eligible and line.amount > 0:
+                exact = voucher * line.amount / base
+                parts[i] = floor_money(exact)
+                remainders.append((exact - parts[i], i))
+        left = voucher - sum(parts, ZERO)
+        for _, i in sorted(remainders, key=lambda r: (-r[0], r[1])):
+            if left <= 0:
+                break
+            parts[i] += FEN
+            left -= FEN
+    split_of_lines = tuple(
+        LineSplit(
+            category=line.category,
+            amount=line.amount,
+            eligible=line.category in eligible,
+            voucher_part=part,
+            cash_part=line.amount - part,
+        )
+        for line, part in zip(lines, parts, strict=True)
+    )
+    return Split(
+        bill=bill, voucher_part=voucher, cash_part=bill - voucher, note=note, lines=split_of_lines
+    )
 
 
 def voucher_part_check(
@@ -324,28 +371,103 @@ def programme_share(
     return share
 
 
+@dataclass(frozen=True)
+class VoucherFacts:
+    """What splitting one bill needs to know about a voucher, read together at the hold (§5.4):
+    its ledger ``balance`` (CNY); whether buyer and provider are ``related`` organisations;
+    whether the provider is approved in the programme's catalogue for the year
+    (``in_catalogue``) and the site inside its region (``in_region``); the ``share`` that applies
+    (tiers included); the programme year's ``budget_left`` and the buyer's ``cap_left`` (CNY,
+    negative once passed). ``voucher_facts`` reads them with the ORM; the hold's one-statement
+    read (``marketplace.holdpath``) reads the same in SQL."""
+
+    balance: Decimal
+    related: bool
+    in_catalogue: bool
+    in_region: bool
+    share: Decimal
+    budget_left: Decimal
+    cap_left: Decimal
+
+
+def voucher_facts(
+    voucher: Voucher,
+    *,
+    buyer: Organisation,
+    provider: Organisation,
+    site: object,
+    at: datetime,
+    accelerator: object | None = None,
+) -> VoucherFacts:
+    """``VoucherFacts`` of ``voucher`` for ``provider``'s capacity at ``site`` bought by
+    ``buyer`` at ``at``, read with the ORM (current balances, no locks)."""
+    programme = voucher.programme
+    budget_left, cap_left = programme_limits_left(programme, buyer, at)
+    return VoucherFacts(
+        balance=voucher_account(voucher.pk).balance,
+        related=buyer.related.filter(pk=provider.pk).exists(),
+        in_catalogue=CatalogueEntry.objects.filter(
+            programme=programme,
+            provider=provider,
+            year=programme_year(programme, at),
+            status=CatalogueEntry.Status.APPROVED,
+        ).exists(),
+        in_region=site_in_region(programme, site),
+        share=programme_share(programme, buyer=buyer, accelerator=accelerator),
+        budget_left=budget_left,
+        cap_left=cap_left,
+    )
+
+
+def ineligibility_reason(
+    voucher: Voucher,
+    *,
+    buyer_id: ObjectId,
+    provider_id: ObjectId,
+    at: datetime,
+    related: bool,
+    in_catalogue: bool,
+    in_region: bool,
+) -> str:
+    """The first reason ``voucher`` cannot pay here, as a stable code, or ``""`` (§5.4): not
+    the buyer's, expired (end of its last valid day, Asia/Shanghai), programme not in effect,
+    same or related organisations, provider not approved for the year, site outside the
+    region. Pure: the facts are read by the caller."""
+    if str(voucher.owner_id) != str(buyer_id):
+        return "voucher_not_owned"
+    if voucher.status != Voucher.Status.ACTIVE or at >= voucher.expires_at:
+        return "voucher_expired"
+    if not programme_in_effect(voucher.programme, at):
+        return "programme_not_in_effect"
+    if str(buyer_id) == str(provider_id) or related:
+        return "related_party"
+    if not in_catalogue:
+        return "provider_not_in_catalogue"
+    if not in_region:
+        return "site_outside_region"
+    return ""
+
+
 def voucher_ineligibility(
     voucher: Voucher, *, buyer: Organisation, provider: Organisation, site: object, at: datetime
 ) -> str:
     """Why ``voucher`` cannot pay for ``provider``'s capacity at ``site`` for ``buyer`` at ``at``;
-    an empty string when it can (§5.4). Reasons are stable codes."""
+    an empty string when it can (§5.4). Reasons are stable codes (``ineligibility_reason``)."""
     programme = voucher.programme
-    if voucher.owner_id != buyer.pk:
-        return "voucher_not_owned"
-    if voucher.status != Voucher.Status.ACTIVE or at >= voucher.expires_at:
-        return "voucher_expired"
-    if not programme_in_effect(programme, at):
-        return "programme_not_in_effect"
-    if buyer.pk == provider.pk or buyer.related.filter(pk=provider.pk).exists():
-        return "related_party"
-    year = programme_year(programme, at)
-    if not CatalogueEntry.objects.filter(
-        programme=programme, provider=provider, year=year, status=CatalogueEntry.Status.APPROVED
-    ).exists():
-        return "provider_not_in_catalogue"
-    if not site_in_region(programme, site):
-        return "site_outside_region"
-    return ""
+    return ineligibility_reason(
+        voucher,
+        buyer_id=buyer.pk,
+        provider_id=provider.pk,
+        at=at,
+        related=buyer.related.filter(pk=provider.pk).exists(),
+        in_catalogue=CatalogueEntry.objects.filter(
+            programme=programme,
+            provider=provider,
+            year=programme_year(programme, at),
+            status=CatalogueEntry.Status.APPROVED,
+        ).exists(),
+        in_region=site_in_region(programme, site),
+    )
 
 
 def site_in_region(programme: Programme, site: object) -> bool:
@@ -366,35 +488,24 @@ def programme_limits_left(
     programme: Programme, buyer: Organisation, at: datetime
 ) -> tuple[Decimal, Decimal]:
     """``(budget left, buyer's cap left)`` for redemptions in ``at``'s programme year, in CNY:
-    the annual budget and the per-buyer cap less voucher parts still held (live reservations)
-    and voucher parts actually redeemed (reimbursement claims of settled ones, i.e. after any
-    refund of undelivered hours). Two queries; negative when a limit is passed."""
-    from marketplace.models import Reservation
-
-    lo, hi = _year_bounds(programme, programme_year(programme, at))
-    held = Reservation.objects.filter(
-        voucher__programme=programme,
-        status__in=("held", "confirmed", "active", "completed"),
-        created_at__gte=lo,
-        created_at__lt=hi,
-    ).aggregate(total=Sum("voucher_part"), buyer=Sum("voucher_part", filter=Q(buyer=buyer)))
-    redeemed = ReimbursementClaim.objects.filter(
-        programme=programme, reservation__created_at__gte=lo, reservation__created_at__lt=hi
-    ).aggregate(total=Sum("amount"), buyer=Sum("amount", filter=Q(reservation__buyer=buyer)))
-    budget_used = (held["total"] or ZERO) + (redeemed["total"] or ZERO)
-    buyer_used = (held["buyer"] or ZERO) + (redeemed["buyer"] or ZERO)
+    the annual budget and the per-buyer cap less the voucher parts counted in that year — held
+    by live reservations, redeemed by settled ones after any refund (``ProgrammeUsage``). One
+    query, no locks; negative when a limit is passed."""
+    budget_used, buyer_used = usage_read(programme.pk, buyer.pk, programme_year(programme, at))
     return (
         quantize_money(programme.annual_budget - budget_used),
         quantize_money(programme.buyer_annual_cap - buyer_used),
     )
 
 
-def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId) -> None:
-    """Lock what a voucher hold changes before the programme row, in the hold's lock order
-    (voucher row already locked by the caller → the buyer's wallet and the voucher's ledger
-    accounts by pk → the programme row), so the split reads budget and cap under the lock."""
+def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId, *, programme: bool = True) -> None:
+    """Lock what a voucher hold changes, in the hold's lock order, before its split: the buyer's
+    wallet and the voucher's ledger accounts (by pk; the balances read next are then current),
+    then — with ``programme`` — the programme row ``FOR UPDATE``, which stops every other change
+    of the programme's usage counters (``vouchers.usage``) until commit, so the split can read
+    budget and cap left and know they still hold."""
     list(
-        Account.objects.select_for_update()
+        Account.objects.select_for_update(no_key=True)
         .filter(
             Q(kind=Account.Kind.WALLET, organisation_id=buyer_id)
             | Q(kind=Account.Kind.VOUCHER, voucher_id=voucher.pk)
@@ -402,16 +513,47 @@ def voucher_hold_lock(voucher: Voucher, buyer_id: ObjectId) -> None:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
-    Programme.objects.select_for_update().filter(pk=voucher.programme_id).values_list("pk").get()
+    if programme:
+        Programme.objects.select_for_update().filter(pk=voucher.programme_id).values_list(
+            "pk"
+        ).get()
 
 
-def voucher_limits_kept(programme: Programme, buyer: Organisation, at: datetime) -> bool:
-    """Lock the programme row (shared by every hold of the programme, so callers take it last)
-    and tell whether its budget and ``buyer``'s annual cap still hold, counting every hold
-    committed before the lock and the caller's own uncommitted ones (§5.4, §5.6)."""
-    Programme.objects.select_for_update().filter(pk=programme.pk).values_list("pk").get()
-    budget_left, cap_left = programme_limits_left(programme, buyer, at)
-    return budget_left >= 0 and cap_left >= 0
+def split_with_facts(
+    voucher: Voucher,
+    facts: VoucherFacts,
+    *,
+    bill: Decimal,
+    buyer: Organisation,
+    provider_id: ObjectId,
+    at: datetime,
+    lines: Sequence[BillLine] | None = None,
+) -> Split:
+    """The voucher/cash split of ``bill`` CNY (§5.4) from facts already read: zero voucher part
+    with the reason in ``Split.note`` when the voucher cannot pay here, else
+    ``min(floor_fen(eligible base × share), balance, budget left, cap left)``; checked by
+    ``voucher_part_check``. ``lines`` default to one ``gpu_time`` line of the whole bill."""
+    lines = list(lines) if lines is not None else [BillLine("gpu_time", bill)]
+    if sum((line.amount for line in lines), ZERO) != bill:
+        raise ValueError("bill lines must add up to the bill")
+    programme = voucher.programme
+    eligible = programme.eligible_categories or ()
+    reason = ineligibility_reason(
+        voucher,
+        buyer_id=buyer.pk,
+        provider_id=provider_id,
+        at=at,
+        related=facts.related,
+        in_catalogue=facts.in_catalogue,
+        in_region=facts.in_region,
+    )
+    if reason:
+        return split_lines(lines, facts.share, ZERO, eligible=eligible, note=reason)
+    split = split_lines(
+        lines, facts.share, facts.balance, facts.budget_left, facts.cap_left, eligible=eligible
+    )
+    voucher_part_check(voucher, split.voucher_part, buyer=buyer, lines=lines, share=facts.share)
+    return split
 
 
 def voucher_split(
@@ -430,33 +572,20 @@ def voucher_split(
     ``lines`` default to one ``gpu_time`` line of the whole bill; the voucher pays only for
     the categories its programme funds. ``accelerator`` selects a share tier. The voucher part
     is zero, with the reason in ``Split.note``, when the voucher is not usable here
-    (``voucher_ineligibility``). Services that hold funds call this after locking the programme
-    and voucher rows.
+    (``ineligibility_reason``). Services that hold funds call this after locking the voucher's
+    accounts; the programme's limits are then kept by ``vouchers.usage.usage_change``.
     """
-    lines = list(lines) if lines is not None else [BillLine("gpu_time", bill)]
-    if sum((line.amount for line in lines), ZERO) != bill:
-        raise ValueError("bill lines must add up to the bill")
     if voucher is None:
-        return Split(bill=bill, voucher_part=ZERO, cash_part=bill)
-    reason = voucher_ineligibility(voucher, buyer=buyer, provider=provider, site=site, at=at)
-    if reason:
-        return Split(bill=bill, voucher_part=ZERO, cash_part=bill, note=reason)
-    programme = voucher.programme
-    balance = voucher_account(voucher.pk).balance
-    budget_left, cap_left = programme_limits_left(programme, buyer, at)
-    share = programme_share(programme, buyer=buyer, accelerator=accelerator)
-    split = split_lines(
-        lines,
-        share,
-        balance,
-        budget_left,
-        cap_left,
-        eligible=programme.eligible_categories or (),
+        lines = list(lines) if lines is not None else [BillLine("gpu_time", bill)]
+        if sum((line.amount for line in lines), ZERO) != bill:
+            raise ValueError("bill lines must add up to the bill")
+        return split_lines(lines, Decimal(0), eligible=())
+    facts = voucher_facts(
+        voucher, buyer=buyer, provider=provider, site=site, at=at, accelerator=accelerator
     )
-    voucher_part_check(
-        voucher, split.voucher_part, buyer=buyer, accelerator=accelerator, lines=lines, share=share
+    return split_with_facts(
+        voucher, facts, bill=bill, buyer=buyer, provider_id=provider.pk, at=at, lines=lines
     )
-    return split
 
 
 @transaction.atomic
@@ -472,8 +601,12 @@ def vouchers_lapse_expired(*, now: datetime | None = None) -> int:
         .filter(status=Voucher.Status.ACTIVE, expires_at__lte=now)
         .order_by("pk")
     ):
-        account = voucher_account(voucher.pk)
-        account.refresh_from_db()
+        # Holds lock the voucher's account, not its row: lock the account before reading the
+        # balance, so a hold committing meanwhile cannot make the posting below stale.
+        voucher_account(voucher.pk)
+        account = Account.objects.select_for_update(no_key=True).get(
+            kind=Account.Kind.VOUCHER, voucher_id=voucher.pk
+        )
         transaction_post(
             Transaction.Reason.VOUCHER_LAPSE,
             [
@@ -525,8 +658,13 @@ def voucher_refund_account(voucher_id: ObjectId) -> Account:
     """Where value returned to a voucher goes: the voucher's own account, or — once its unused
     balance has lapsed — straight back to the programme budget (§5.6: unused balance after expiry
     lapses back). A voucher past ``expires_at`` but not yet lapsed keeps it; the daily lapse job
-    sweeps it then."""
-    voucher = Voucher.objects.only("status", "programme_id").get(pk=voucher_id)
+    sweeps it then. The voucher row is locked (``FOR NO KEY UPDATE``) until commit, so the lapse
+    job cannot sweep the balance between this read and the caller's posting."""
+    voucher = (
+        Voucher.objects.select_for_update(no_key=True)
+        .only("status", "programme_id")
+        .get(pk=voucher_id)
+    )
     if voucher.status == Voucher.Status.EXPIRED:
         return programme_account(voucher.programme_id)
     return voucher_account(voucher_id)
@@ -572,11 +710,20 @@ def statement_issue(
 
     The period is the one holding ``period_start`` (``statement_period_bounds``); it must be
     over in the programme's time zone (else ``Conflict(code="period_not_over")``), so no claim
-    can join it later. Every claim of the provider on the programme settled in the period is
-    listed; ``total`` is their sum (CNY). Issuing the same period again returns the same
-    statement with the same total (reproducible).
+    can join it later. It lists every claim line of the provider on the programme made in the
+    period — redemptions of settled reservations and negative adjustments of refunds after
+    settlement — plus any line from an earlier period whose statement was already issued
+    before the line was made (a late line: it goes on the next statement, never into an issued
+    one). ``total`` is their sum (CNY; negative when adjustments outweigh redemptions).
+    Issuing the same period again returns the same statement with the same total
+    (reproducible).
     """
-    now = now or timezone.now()
+    return _statement_issue(programme_id, provider_id, period_start, now or timezone.now())[0]
+
+
+def _statement_issue(
+    programme_id: ObjectId, provider_id: ObjectId, period_start: date, now: datetime
+) -> tuple[Statement, bool]:
     with transaction.atomic():
         programme = Programme.objects.select_for_update().get(pk=programme_id)
         start, end = statement_period_bounds(programme, period_start)
@@ -586,14 +733,13 @@ def statement_issue(
             programme=programme, provider__pk=provider_id, period_start=start
         ).first()
         if existing is not None:
-            return existing
+            return existing, False
         claims = list(
             ReimbursementClaim.objects.select_for_update()
             .filter(
                 programme=programme,
                 provider__pk=provider_id,
                 statement__isnull=True,
-                created_at__gte=_local_midnight(programme, start),
                 created_at__lt=_local_midnight(programme, end),
             )
             .order_by("pk")
@@ -607,11 +753,12 @@ def statement_issue(
             claim_count=len(claims),
         )
         ReimbursementClaim.objects.filter(pk__in=[c.pk for c in claims]).update(statement=statement)
-    return statement
+    return statement, True
 
 
 def statements_issue_due(*, now: datetime | None = None) -> int:
-    """Issue every statement whose period is over and that has unlisted claims (beat task).
+    """Issue every statement whose period is over and that has unlisted claim lines (beat task).
+    A line made in a period whose statement is already issued waits for the next period.
     Safe to run twice. Returns the number of statements issued."""
     now = now or timezone.now()
     issued = 0
@@ -621,19 +768,20 @@ def statements_issue_due(*, now: datetime | None = None) -> int:
         .order_by("programme_id", "provider_id", "created_at")
     )
     programmes = {p.pk: p for p in Programme.objects.all()}
+    done = set(Statement.objects.values_list("programme_id", "provider_id", "period_start"))
     seen: set[tuple[object, object, date]] = set()
     for programme_id, provider_id, created_at in pending:
         programme = programmes[programme_id]
         local_day = created_at.astimezone(ZoneInfo(programme.time_zone)).date()
         start, end = statement_period_bounds(programme, local_day)
+        while (programme_id, provider_id, start) in done:  # a late line: the next period
+            start, end = statement_period_bounds(programme, end)
         key = (programme_id, provider_id, start)
         if key in seen or _local_midnight(programme, end) > now:
             continue
         seen.add(key)
-        statement_issue(
-            programme_id=programme_id, provider_id=provider_id, period_start=start, now=now
-        )
-        issued += 1
+        _, created = _statement_issue(programme_id, provider_id, start, now)
+        issued += created
     return issued
 
 

@@ -28,6 +28,7 @@ from marketplace.models import (
     SplitScope,
 )
 from marketplace.services import MAX_GPUS, MAX_HOURS, MAX_PRICE
+from vouchers.models import BILL_CATEGORIES
 
 from .base import StrictSerializer
 from .fields import AwareDateTimeField
@@ -369,30 +370,70 @@ class DemandDetailSerializer(DemandSerializer):
 # --- Quotes ---------------------------------------------------------------------------------
 
 
+EXTRA_CATEGORIES = tuple(c for c in BILL_CATEGORIES if c != "gpu_time")
+
+
+class QuoteExtraLineSerializer(StrictSerializer):
+    """Another item of the purchase priced by the provider: ``category`` (``storage``,
+    ``network``, ``software``) and ``amount`` CNY (> 0, at most 2 places)."""
+
+    category = serializers.ChoiceField(choices=EXTRA_CATEGORIES)
+    amount = serializers.DecimalField(
+        max_digits=12, decimal_places=2, min_value=Decimal("0.01"), max_value=Decimal("1000000000")
+    )
+
+
 class QuoteInputSerializer(StrictSerializer):
-    """``gpu_count`` GPUs x ``hours`` on ``offer`` (UUID), optionally paid with ``voucher``."""
+    """``gpu_count`` GPUs x ``hours`` on ``offer`` (UUID), optionally paid with ``voucher``;
+    ``extra_lines``: other items of the purchase to split with it (one per category; a
+    reservation itself bills GPU time only)."""
 
     offer = serializers.UUIDField()
     gpu_count = serializers.IntegerField(min_value=1, max_value=MAX_GPUS)
     hours = serializers.IntegerField(min_value=1, max_value=MAX_HOURS)
     voucher = serializers.UUIDField(required=False, allow_null=True)
+    extra_lines = serializers.ListField(
+        child=QuoteExtraLineSerializer(), required=False, max_length=len(EXTRA_CATEGORIES)
+    )
+
+    def validate_extra_lines(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        categories = [line["category"] for line in value]
+        if len(set(categories)) != len(categories):
+            raise serializers.ValidationError("one line per category")
+        return value
+
+
+class QuoteLineSerializer(serializers.Serializer):
+    """One line of the bill: ``category`` and ``amount`` CNY, ``eligible`` when the voucher's
+    programme funds that category, and the line's ``voucher_part`` and ``cash_part`` (they add
+    up to ``amount``; the lines add up to the bill and its parts, exactly)."""
+
+    category = serializers.CharField()
+    amount = amount_field()
+    eligible = serializers.BooleanField()
+    voucher_part = amount_field()
+    cash_part = amount_field()
 
 
 class QuoteSerializer(serializers.Serializer):
     """The bill in CNY and its split: ``voucher_part + cash_part == bill``; ``voucher_note``
-    says why the voucher part is smaller than it could be (empty when it applies in full)."""
+    says why the voucher part is smaller than it could be (empty when it applies in full);
+    ``lines`` the bill by category (``gpu_time`` first) with each line's voucher-eligible part."""
 
     bill = amount_field()
     voucher_part = amount_field()
     cash_part = amount_field()
     voucher_note = serializers.CharField(source="note")
+    lines = QuoteLineSerializer(many=True)
 
 
 # --- Reservations ---------------------------------------------------------------------------
 
 
 class ReservationSerializer(serializers.ModelSerializer):
-    """A reservation over ``[start, end)`` (UTC, whole hours) with its bill and split (CNY)."""
+    """A reservation over ``[start, end)`` (UTC, whole hours) with its bill and split (CNY).
+    ``voucher`` is shown to the buyer only (it is the buyer's own object; the provider sees the
+    voucher part, not which voucher paid it): the views pass ``organisation`` in the context."""
 
     demand = serializers.UUIDField(source="demand_id", read_only=True)
     offer = serializers.UUIDField(source="offer_id", read_only=True)
@@ -431,6 +472,13 @@ class ReservationSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
 
+    def to_representation(self, instance: Reservation) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        caller = self.context.get("organisation")
+        if caller is None or caller.pk != instance.buyer_id:
+            data["voucher"] = None
+        return data
+
 
 # The reservation list's lean path, as the offer list's (tests/api/test_lean_lists.py).
 RESERVATION_VALUES = (
@@ -457,16 +505,19 @@ RESERVATION_VALUES = (
 _FEN = Decimal("0.01")
 
 
-def reservation_values_representation(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``ReservationSerializer(many=True).data`` for rows of
-    ``Reservation.objects.values(*RESERVATION_VALUES)``: ids as strings, times ISO 8601 UTC,
-    ``hours`` and ``gpu_hours`` derived as the model does, prices to 4 places and amounts to 2
-    (CNY, decimal strings)."""
+def reservation_values_representation(
+    rows: Iterable[dict[str, Any]], *, organisation: Any = None
+) -> list[dict[str, Any]]:
+    """``ReservationSerializer(many=True, context={"organisation": organisation}).data`` for
+    rows of ``Reservation.objects.values(*RESERVATION_VALUES)``: ids as strings, times ISO 8601
+    UTC, ``hours`` and ``gpu_hours`` derived as the model does, prices to 4 places and amounts
+    to 2 (CNY, decimal strings), the voucher shown to the buyer only."""
     zone = timezone.get_current_timezone()
+    caller = None if organisation is None else organisation.pk
     out = []
     for row in rows:
         hours = int((row["end"] - row["start"]).total_seconds() // 3600)
-        voucher = row["voucher_id"]
+        voucher = row["voucher_id"] if row["buyer_id"] == caller else None
         out.append(
             {
                 "id": str(row["id"]),

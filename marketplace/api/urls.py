@@ -75,6 +75,14 @@ urlpatterns = [
         vouchers.VoucherApplicationDetailApi.as_view(),
         name="voucher-application-detail",
     ),
+    path("statements/", vouchers.StatementListApi.as_view(), name="statements"),
+    path("statements/<str:id>/", vouchers.StatementDetailApi.as_view(), name="statement-detail"),
+    path("statements/<str:id>/csv/", vouchers.StatementCsvApi.as_view(), name="statement-csv"),
+    path(
+        "statements/<str:id>/mark-paid/",
+        vouchers.StatementMarkPaidApi.as_view(),
+        name="statement-mark-paid",
+    ),
     path("wallet/", ledger.WalletApi.as_view(), name="wallet"),
     path(
         "inter-hub-trades/matrix/",

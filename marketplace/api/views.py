@@ -328,8 +328,9 @@ class DemandCancelApi(OrgMixin, APIView):
 
 
 class QuoteApi(OrgMixin, APIView):
-    """The bill (CNY) for ``gpu_count`` GPUs x ``hours`` on an offer and its voucher/cash split,
-    without holding anything. 404 for an offer or voucher the caller cannot see."""
+    """The bill (CNY) for ``gpu_count`` GPUs x ``hours`` on an offer (plus any ``extra_lines``
+    of other categories) and its voucher/cash split, line by line, without holding anything.
+    404 for an offer or voucher the caller cannot see."""
 
     @extend_schema(request=QuoteInputSerializer, responses={200: QuoteSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
@@ -341,6 +342,9 @@ class QuoteApi(OrgMixin, APIView):
             gpu_count=data["gpu_count"],
             hours=data["hours"],
             voucher=_own_voucher(self, data.get("voucher")),
+            extra_lines=[
+                (line["category"], line["amount"]) for line in data.get("extra_lines", [])
+            ],
         )
         return Response(QuoteSerializer(split).data)
 
@@ -362,11 +366,14 @@ class ReservationListApi(OrgMixin, generics.ListAPIView):
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """As the offer search: the page and its total in one query of plain values, written
-        out as ``ReservationSerializer`` would (``reservation_values_representation``)."""
+        out as ``ReservationSerializer`` would (``reservation_values_representation``; the
+        voucher shown to the buyer only)."""
         queryset = self.filter_queryset(self.get_queryset()).values(*RESERVATION_VALUES)
         page = self.paginate_queryset(queryset)
         assert page is not None  # the API always paginates
-        return self.get_paginated_response(reservation_values_representation(page))
+        return self.get_paginated_response(
+            reservation_values_representation(page, organisation=self.org)
+        )
 
 
 def _reservation(view: OrgMixin, reservation_id: object) -> Reservation:
@@ -382,7 +389,9 @@ class ReservationDetailApi(OrgMixin, APIView):
 
     @extend_schema(responses={200: ReservationSerializer, **ERRORS})
     def get(self, request: Request, id: str) -> Response:
-        return Response(ReservationSerializer(_reservation(self, id)).data)
+        return Response(
+            ReservationSerializer(_reservation(self, id), context={"organisation": self.org}).data
+        )
 
 
 @extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
@@ -399,7 +408,11 @@ class ReservationAcceptApi(OrgMixin, APIView):
         reservation = services.reservation_accept(
             reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request)
         )
-        return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+        return Response(
+            ReservationSerializer(
+                _reservation(self, reservation.pk), context={"organisation": self.org}
+            ).data
+        )
 
 
 @extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
@@ -416,7 +429,11 @@ class ReservationCancelApi(OrgMixin, APIView):
         reservation = services.reservation_cancel(
             reservation_id=object_id(id, "reservation"), buyer=self.org, actor=caller(request)
         )
-        return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+        return Response(
+            ReservationSerializer(
+                _reservation(self, reservation.pk), context={"organisation": self.org}
+            ).data
+        )
 
 
 @extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
@@ -437,7 +454,11 @@ class ReservationUsageApi(OrgMixin, APIView):
             actor=caller(request),
             delivered_gpu_hours=data["delivered_gpu_hours"],
         )
-        return Response(ReservationSerializer(_reservation(self, reservation.pk)).data)
+        return Response(
+            ReservationSerializer(
+                _reservation(self, reservation.pk), context={"organisation": self.org}
+            ).data
+        )
 
 
 # --- Matching: "why no match" (appended by issue 4) ----------------------------------------

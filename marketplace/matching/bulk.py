@@ -22,9 +22,10 @@ Per batch, in one durable transaction, READ COMMITTED:
    ``bulk_create`` on SQLite) for reservations, their events, inter-hub trades, payment holds,
    HOLD ledger transactions and their entries; one balance UPDATE for every wallet and voucher
    account of the batch; then the programme rows of the batch's voucher holds are locked (by
-   pk; shared by every voucher hold of a programme, so last) and their budgets and the buyers'
-   caps checked again with the batch counted (``vouchers.bulk.limits_kept``); then one UPDATE
-   of escrow, the hottest row, last (``ledger.bulk.transactions_post_bulk``). The CHECK
+   pk; shared by every voucher hold of a programme, so last) and the batch's voucher parts
+   grow the programmes' usage rows — each buyer's, then each budget — only if every one stays
+   within its limit (``vouchers.usage.usage_book``, one statement); then one UPDATE of escrow,
+   the hottest row, last (``ledger.bulk.transactions_post_bulk``). The CHECK
    constraints still refuse a negative balance; the entries' immutability trigger is untouched
    (inserts only).
 
@@ -59,8 +60,10 @@ from marketplace.models import Demand, InterHubTrade, Offer, Reservation, Reserv
 from marketplace.money import ZERO, bill_amount
 from marketplace.services import _pair_check, reservation_create, reservation_locality_check
 from marketplace.timeutil import HOUR, from_hour_index, hour_index
-from vouchers.bulk import SplitFacts, limits_kept, split_facts_load
+from vouchers.bulk import SplitFacts, split_facts_load
 from vouchers.models import Programme, Voucher
+from vouchers.services import programme_year
+from vouchers.usage import usage_book
 
 from .engine import Match
 from .parts_write import parts_write, split_matches
@@ -196,6 +199,7 @@ HOLD_FIELDS = (
     "cash_paid",
     "refunded_voucher",
     "refunded_cash",
+    "programme_year",
     "created_at",
     "closed_at",
 )
@@ -215,6 +219,10 @@ class _Planned:
     demand_status: dict[str, str] = field(default_factory=dict)
     # {programme id: buyer ids} of the holds a voucher pays part of
     programme_buyers: dict[UUID, set[UUID]] = field(default_factory=dict)
+    # voucher parts (CNY) by (programme id, buyer id), and each programme's year: the usage
+    # the batch books (``vouchers.usage.usage_book``)
+    usage: dict[tuple[UUID, UUID], Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    years: dict[UUID, int] = field(default_factory=dict)
 
 
 def _batch_write(
@@ -246,13 +254,15 @@ def _batch_write(
                 _plan(m, locked, listed, used, facts, now, escrow, planned)
             except DomainError as exc:
                 dropped[m.demand_id] = exc.code[:40]
-        checked = programme_first or not planned.programme_buyers
 
         def programme_check() -> None:
-            # The programme rows, locked last (just before escrow): are the budgets and caps
-            # the splits counted on still there, with this batch's holds counted?
-            if not checked and not limits_kept(planned.programme_buyers, now):
-                raise _ProgrammeLimitsMoved
+            # The programme rows, locked last (just before escrow), and the batch's voucher
+            # parts onto their usage rows: do the budgets and caps the splits counted on hold?
+            if usage_book(planned.usage, planned.years):
+                return
+            if programme_first:  # cannot happen: nobody grows the usage under our locks
+                raise Conflict("the programme's limits moved", code="programme_limits_moved")
+            raise _ProgrammeLimitsMoved
 
         _write(planned, programme_check)
         reasons: dict[str, list[str]] = defaultdict(list)
@@ -270,7 +280,7 @@ def _batch_write(
 
 def _lock(pairs: Sequence[Match], *, programme_first: bool) -> _Locked:
     """Lock the batch's rows, one statement per table, in the service layer's order; the
-    programme rows only with ``programme_first`` (else ``limits_kept`` locks them last)."""
+    programme rows only with ``programme_first`` (else ``usage_book`` locks them last)."""
     demands = {
         str(d.pk): d
         for d in Demand.objects.select_for_update(of=("self",))
@@ -400,14 +410,11 @@ def _plan(
     if paying is not None:
         assert voucher_account is not None
         locked.balances[voucher_account.pk] -= split.voucher_part
-        facts.count(
-            paying,
-            demand.buyer_id,
-            split.voucher_part,
-            in_year=facts.in_year(paying.programme_id, planned.created),
-        )
+        facts.count(paying, demand.buyer_id, split.voucher_part)
         legs.append((voucher_account, -split.voucher_part))
         planned.programme_buyers.setdefault(paying.programme_id, set()).add(demand.buyer_id)
+        planned.usage[paying.programme_id, demand.buyer_id] += split.voucher_part
+        planned.years[paying.programme_id] = programme_year(paying.programme, now)
     if wallet is not None:
         locked.balances[wallet.pk] -= cash_paid
         legs.append((wallet, -cash_paid))
@@ -462,6 +469,7 @@ def _plan(
             cash_paid,
             ZERO,
             ZERO,
+            planned.years[paying.programme_id] if paying is not None else None,
             at,
             None,
         )

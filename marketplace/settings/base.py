@@ -166,6 +166,10 @@ SPECTACULAR_SETTINGS = {
         "SplitEnum": "marketplace.models.SplitScope",
         "OrganisationKindEnum": "accounts.models.Organisation.Kind",
         "OrganisationStatusEnum": "accounts.models.Organisation.Status",
+        "StatementStatusEnum": "vouchers.models.Statement.Status",
+        "ClaimStatusEnum": "vouchers.models.ReimbursementClaim.Status",
+        "ClaimKindEnum": "vouchers.models.ReimbursementClaim.Kind",
+        "RedemptionModeEnum": "vouchers.models.Programme.RedemptionMode",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

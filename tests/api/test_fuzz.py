@@ -25,11 +25,13 @@ the strict-input tests.
 
 import traceback
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 import schemathesis
 from django.core import signals
 from django.db import close_old_connections
+from django.utils import timezone
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
@@ -38,8 +40,11 @@ from schemathesis.core.result import Err
 from schemathesis.pytest.lazy import get_all_tests
 
 from accounts.tokens import token_create
+from marketplace.models import Reservation
+from marketplace.services import reservation_create, reservation_report_usage, reservation_settle
 from marketplace.wsgi import application
-from tests.factories import DemandFactory, UserFactory
+from tests.factories import DemandFactory, UserFactory, next_hour
+from vouchers.services import statement_issue
 
 EXAMPLES = 100
 SCENARIOS = 60  # stateful scenarios per role
@@ -95,6 +100,19 @@ def world(db, settings, buyer, other_buyer, provider, offer, voucher, reservatio
         user=UserFactory.create(username="fuzz-provider", organisation=provider)
     )
     foreign = DemandFactory.create(buyer=other_buyer)
+    paid = DemandFactory.create(buyer=buyer, voucher=voucher, earliest_start=next_hour(5))
+    settled = reservation_create(demand_id=paid.pk, offer_id=offer.pk, start=paid.earliest_start)
+    Reservation.objects.filter(pk=settled.pk).update(status=Reservation.Status.ACTIVE)
+    reservation_report_usage(
+        reservation_id=settled.pk, provider=provider, delivered_gpu_hours=settled.gpu_hours
+    )
+    reservation_settle(reservation_id=settled.pk)
+    statement = statement_issue(
+        programme_id=voucher.programme_id,
+        provider_id=provider.pk,
+        period_start=timezone.now().date(),
+        now=timezone.now() + timedelta(days=40),
+    )
     ids = [
         str(offer.pk),
         str(voucher.pk),
@@ -102,6 +120,7 @@ def world(db, settings, buyer, other_buyer, provider, offer, voucher, reservatio
         str(reservation.demand_id),
         str(foreign.pk),
         str(voucher.programme_id),
+        str(statement.pk),
     ]
     return {"sme": sme_token, "provider": provider_token, "ids": ids}
 

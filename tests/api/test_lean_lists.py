@@ -73,14 +73,17 @@ def test_reservation_rows_are_written_as_the_reservation_serializer_writes_them(
     Reservation.objects.filter(pk=done.pk).update(status=Reservation.Status.ACTIVE)
     reservation_report_usage(reservation_id=done.pk, provider=provider, delivered_gpu_hours=3)
     rows = Reservation.objects.order_by("start", "id")
-    # when both paths write them
-    lean = reservation_values_representation(rows.values(*RESERVATION_VALUES))
-    full = ReservationSerializer(rows, many=True).data
-    # then they are the same, voucher, delivered GPU-hours and all
-    assert len(lean) == 3
-    assert {r["voucher"] is None for r in lean} == {True, False}
-    assert {r["delivered_gpu_hours"] for r in lean} == {None, 3}
-    assert _json(lean) == _json(full)
+    # when both paths write them, for the buyer and for the provider
+    for caller, sees_voucher in ((buyer, {True, False}), (provider, {True})):
+        lean = reservation_values_representation(
+            rows.values(*RESERVATION_VALUES), organisation=caller
+        )
+        full = ReservationSerializer(rows, many=True, context={"organisation": caller}).data
+        # then they are the same, delivered GPU-hours and all; the voucher only to the buyer
+        assert len(lean) == 3
+        assert {r["voucher"] is None for r in lean} == sees_voucher
+        assert {r["delivered_gpu_hours"] for r in lean} == {None, 3}
+        assert _json(lean) == _json(full)
 
 
 def test_offer_search_reads_its_page_and_total_in_one_query(buyer_client, provider, site):

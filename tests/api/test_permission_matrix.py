@@ -15,18 +15,24 @@ reservation), ``other_provider``, ``operator`` (staff user without an organisati
 in the admin, so the API's organisation-scoped views refuse it with 403).
 """
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, Membership, Organisation
 from accounts.tokens import token_create
 from ledger.models import Account, Entry, IdempotencyKey, Transaction
 from marketplace.models import Demand, Offer, Reservation, Site
-from marketplace.services import reservation_create
+from marketplace.services import (
+    reservation_create,
+    reservation_report_usage,
+    reservation_settle,
+)
 from tests.factories import (
     DemandFactory,
     OfferFactory,
@@ -35,8 +41,14 @@ from tests.factories import (
     UserFactory,
     next_hour,
 )
-from vouchers.models import Voucher, VoucherApplication
-from vouchers.services import voucher_application_submit
+from vouchers.models import (
+    ProgrammeUsage,
+    ReimbursementClaim,
+    Statement,
+    Voucher,
+    VoucherApplication,
+)
+from vouchers.services import statement_issue, voucher_application_submit
 
 pytestmark = pytest.mark.django_db
 
@@ -192,6 +204,26 @@ MATRIX: dict[tuple[str, str], tuple[str | None, str | None, dict[str, int]]] = {
         None,
         _row(sme=200, other_sme=404, provider=404, other_provider=404),
     ),
+    ("statements", "get"): (
+        None,
+        None,
+        _row(sme=403, other_sme=403, provider=200, other_provider=200, operator=200),
+    ),
+    ("statement-detail", "get"): (
+        "statement",
+        None,
+        _row(sme=403, other_sme=403, provider=200, other_provider=404, operator=200),
+    ),
+    ("statement-csv", "get"): (
+        "statement",
+        None,
+        _row(sme=403, other_sme=403, provider=200, other_provider=404, operator=200),
+    ),
+    ("statement-mark-paid", "post"): (
+        "statement",
+        None,
+        _row(sme=403, other_sme=403, provider=403, other_provider=403, operator=200),
+    ),
     ("wallet", "get"): (None, None, _everyone(200, operator=403)),
     ("inter-hub-trade-matrix", "get"): (None, None, _everyone(403, operator=200)),
     ("wallet-deposits", "post"): (
@@ -254,6 +286,20 @@ def world(settings, buyer, other_buyer, provider, offer, voucher, programme):  #
     application = voucher_application_submit(
         buyer=buyer, programme=programme, amount=Decimal("500.00")
     )
+    # a settled reservation paid partly with the voucher, on the provider's statement
+    paid = DemandFactory.create(buyer=buyer, voucher=voucher, earliest_start=next_hour(5))
+    settled = reservation_create(demand_id=paid.pk, offer_id=offer.pk, start=paid.earliest_start)
+    Reservation.objects.filter(pk=settled.pk).update(status=Reservation.Status.ACTIVE)
+    reservation_report_usage(
+        reservation_id=settled.pk, provider=provider, delivered_gpu_hours=settled.gpu_hours
+    )
+    reservation_settle(reservation_id=settled.pk)
+    statement = statement_issue(
+        programme_id=programme.pk,
+        provider_id=provider.pk,
+        period_start=timezone.now().date(),
+        now=timezone.now() + timedelta(days=40),
+    )
     foreign_demand = DemandFactory.create(buyer=other_buyer)
     users = {
         "sme": UserFactory.create(username="m-sme", organisation=buyer),
@@ -294,6 +340,7 @@ def world(settings, buyer, other_buyer, provider, offer, voucher, programme):  #
             "programme": programme.pk,
             "voucher": voucher.pk,
             "application": application.pk,
+            "statement": statement.pk,
         },
         "bodies": {
             "bad_login": {"username": "nobody", "password": "wrong"},
@@ -343,6 +390,9 @@ SNAPSHOT_MODELS = (
     Transaction,
     Entry,
     IdempotencyKey,
+    Statement,
+    ReimbursementClaim,
+    ProgrammeUsage,
 )
 
 

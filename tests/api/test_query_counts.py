@@ -2,6 +2,7 @@
 for 20, and the same for page sizes 5 and 50 (no query per row: related rows are joined or
 prefetched in the selectors)."""
 
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -23,6 +24,7 @@ from tests.factories import (
     ProgrammeFactory,
     SiteFactory,
 )
+from vouchers.models import Statement
 from vouchers.services import voucher_application_submit, voucher_issue
 
 pytestmark = pytest.mark.django_db
@@ -45,13 +47,14 @@ LISTS = [
     ("/api/v1/vouchers/", "buyer"),
     ("/api/v1/voucher-applications/", "buyer"),
     ("/api/v1/ledger/", "buyer"),
+    ("/api/v1/statements/", "provider"),
 ]
 
 
 def _grow(n: int, start: int, *, buyer, provider, site, accelerator, programme, buyer_user):  # type: ignore[no-untyped-def]
     """Add ``n`` rows to every list: reference rows, an offer, a demand paid partly with its own
     voucher, its reservation run, usage-reported and settled (entries, a usage report, a
-    reimbursement claim), a payout, a voucher application, an API token."""
+    reimbursement claim), a payout, a voucher application, an API token, a statement."""
     payable = organisation_account(provider, Account.Kind.PAYABLE)
     for i in range(start, start + n):
         hub = HubFactory.create(code=f"qc-hub-{i}")
@@ -78,6 +81,14 @@ def _grow(n: int, start: int, *, buyer, provider, site, accelerator, programme, 
         )
         voucher_application_submit(buyer=buyer, programme=programme, amount=Decimal("10.00"))
         token_create(user=buyer_user, name=f"qc-{i}")
+        Statement.objects.create(  # one empty monthly statement per past month
+            programme=programme,
+            provider=provider,
+            period_start=date(2000 + i // 12, i % 12 + 1, 1),
+            period_end=date(2000 + (i + 1) // 12, (i + 1) % 12 + 1, 1),
+            total=Decimal(0),
+            claim_count=0,
+        )
 
 
 def _count(client, url: str, page_size: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]

@@ -7,8 +7,9 @@ import pytest
 from ledger.models import Account
 from ledger.services import organisation_account
 from marketplace.models import Reservation
-from marketplace.services import reservations_advance
+from marketplace.services import reservation_create, reservations_advance
 from tests.api.conftest import error_of
+from tests.factories import DemandFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -29,6 +30,15 @@ def test_quote_splits_bill_between_voucher_and_cash(buyer_client, offer, voucher
         "voucher_part": "48.00",
         "cash_part": "32.00",
         "voucher_note": "",
+        "lines": [
+            {
+                "category": "gpu_time",
+                "amount": "80.00",
+                "eligible": True,
+                "voucher_part": "48.00",
+                "cash_part": "32.00",
+            }
+        ],
     }
 
 
@@ -140,3 +150,16 @@ def test_provider_cannot_accept_or_cancel_buyers_reservation(provider_client, he
         assert error_of(response)[:2] == (404, "not_found")
     held_reservation.refresh_from_db()
     assert held_reservation.status == Reservation.Status.HELD
+
+
+def test_the_voucher_of_a_reservation_is_shown_to_its_buyer_only(
+    buyer, offer, voucher, buyer_client, provider_client
+):
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    for client, shown in ((buyer_client, str(voucher.pk)), (provider_client, None)):
+        assert client.get(f"/api/v1/reservations/{r.pk}/").json()["voucher"] == shown
+        rows = client.get("/api/v1/reservations/").json()["results"]
+        assert [x["voucher"] for x in rows] == [shown]
+    # offers never carried a voucher field
+    assert "voucher" not in buyer_client.get(f"/api/v1/offers/{offer.pk}/").json()

@@ -1,7 +1,7 @@
 """A model-based test of the money side (hypothesis ``RuleBasedStateMachine``): random
-sequences of posting offers and demands, matching, confirming, running, settling, cancelling,
-failing, expiring and retrying the same call — with every ledger invariant (``ledger_audit``)
-and the capacity invariant checked after every step."""
+sequences of posting offers and demands, matching, confirming, running, settling, refunding
+after settlement, cancelling, failing, expiring and retrying the same call — with every ledger
+invariant (``ledger_audit``) and the capacity invariant checked after every step."""
 
 import contextlib
 from datetime import timedelta
@@ -28,6 +28,7 @@ from marketplace.services import (
     reservation_cancel,
     reservation_create,
     reservation_fail,
+    reservation_refund,
     reservation_report_usage,
     reservation_settle,
     reservations_advance,
@@ -121,6 +122,18 @@ def test_random_money_histories_keep_the_ledger_clean(buyer, provider, site, vou
             for _ in range(2 if twice else 1):
                 with contextlib.suppress(DomainError):
                     reservation_settle(reservation_id=fresh.pk)
+
+        @rule(
+            r=reservations,
+            amount=st.sampled_from(["0.01", "3.33", "10.00", "1000.00"]),
+            twice=st.booleans(),
+        )
+        def refund_after_settlement(self, r: object, amount: str, twice: bool) -> None:
+            # an operator's decision on a dispute: refused unless settled and within what is left
+            if (fresh := self._fresh(r)) is not None:
+                for _ in range(2 if twice else 1):
+                    with contextlib.suppress(DomainError):
+                        reservation_refund(reservation_id=fresh.pk, amount=Decimal(amount))
 
         @rule(runs=st.integers(1, 2))
         def expire(self, runs: int) -> None:

@@ -1,8 +1,9 @@
 """Races on PostgreSQL with 24 real threads at once (PRODUCT.md §9): the last voucher balance,
-the last programme budget, the last buyer cap, the last GPUs of an offer, two kinds of refund
-of one reservation, one expiry job run many times at once, one statement paid many times at
-once, and one Idempotency-Key sent many times at once. Exactly the allowed number succeed, the
-others get a clean domain error, and ``ledger_audit`` stays clean."""
+the last programme budget (at issue and at hold time), the last buyer cap, the last GPUs of an
+offer, two kinds of refund of one reservation, refunds of one settled reservation, one expiry
+job run many times at once, one statement paid many times at once, and one Idempotency-Key sent
+many times at once. Exactly the allowed number succeed, the others get a clean domain error,
+and ``ledger_audit`` stays clean."""
 
 import threading
 from collections import Counter
@@ -26,12 +27,20 @@ from marketplace.services import (
     reservation_cancel,
     reservation_create,
     reservation_fail,
+    reservation_refund,
     reservation_settle,
     reservations_advance,
     reservations_expire_unaccepted,
+    wallet_deposit,
 )
-from tests.factories import DemandFactory, OrganisationFactory, ProgrammeFactory, UserFactory
-from vouchers.models import Voucher
+from tests.factories import (
+    CatalogueEntryFactory,
+    DemandFactory,
+    OrganisationFactory,
+    ProgrammeFactory,
+    UserFactory,
+)
+from vouchers.models import Programme, ProgrammeUsage, Voucher
 from vouchers.services import (
     programme_fund,
     statement_issue,
@@ -230,4 +239,92 @@ def test_one_idempotency_key_sent_many_times_at_once_has_one_effect(buyer):
     wallet = organisation_account(buyer, Account.Kind.WALLET)
     assert wallet.balance == Decimal("100010.00")
     assert IdempotencyKey.objects.filter(key="race-1").count() == 1
+    assert ledger_audit() == []
+
+
+@race
+def test_refunds_of_one_settled_reservation_racing_never_pass_what_was_paid(
+    buyer, provider, offer, voucher
+):
+    # given a settled ¥80 reservation (¥48 voucher, ¥32 cash)
+    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    reservations_advance(now=r.start)
+    reservations_advance(now=r.end)
+    reservation_settle(reservation_id=r.pk)
+    # when 24 operators refund ¥10 each at once (a dispute and SLA credits)
+    outcomes = run_at_once(
+        [
+            partial(
+                reservation_refund,
+                reservation_id=r.pk,
+                amount=Decimal("10.00"),
+                kind="dispute" if i % 2 else "sla_credit",
+            )
+            for i in range(N)
+        ]
+    )
+    # then exactly eight succeed, the others are refused cleanly, and each part got back exactly
+    # what it paid — ¥6 + ¥4 a time, ¥48 to the voucher and ¥32 to the wallet in all
+    assert outcomes == {"ok": 8, "refund_exceeds_paid": N - 8}
+    hold = Hold.objects.get(reservation=r)
+    assert (hold.refunded_voucher, hold.refunded_cash) == (Decimal("48.00"), Decimal("32.00"))
+    refunds = Refund.objects.filter(hold=hold)
+    assert sorted({(x.voucher_amount, x.cash_amount) for x in refunds}) == [
+        (Decimal("6.00"), Decimal("4.00"))
+    ]
+    assert voucher_account(voucher.pk).balance == Decimal("1000.00")
+    assert organisation_account(buyer, Account.Kind.WALLET).balance == Decimal("100000.00")
+    assert ledger_audit() == []
+
+
+@race
+def test_the_last_of_a_programme_years_budget_taken_by_holds_at_once(site, offer, provider):
+    # given a programme with ¥100 of this year's budget and two buyers holding ¥100 vouchers
+    # issued in earlier years (each year's issue within its budget), so the vouchers could pay
+    # ¥200 this year but the budget allows ¥100
+    today = timezone.now()
+    programme = ProgrammeFactory.create(
+        code="year-budget",
+        annual_budget=Decimal("1000.00"),
+        validity_months=36,
+        effective_from=today.date().replace(year=today.year - 3, month=1, day=1),
+    )
+    programme_fund(programme)
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
+    vouchers = []
+    for years_ago in (1, 2):
+        buyer = OrganisationFactory.create(home_site=site)
+        wallet_deposit(organisation=buyer, amount=Decimal("1000.00"))
+        vouchers.append(
+            voucher_issue(
+                programme=programme,
+                owner=buyer,
+                face_value=Decimal("100.00"),
+                now=today.replace(year=today.year - years_ago),
+            )
+        )
+    Programme.objects.filter(pk=programme.pk).update(annual_budget=Decimal("100.00"))
+    offer.gpu_count = N
+    offer.save()
+    demands = [
+        DemandFactory.create(
+            buyer=vouchers[i % 2].owner, voucher=vouchers[i % 2], gpu_count=1, duration_hours=2
+        )
+        for i in range(N)
+    ]
+    # when 24 holds, each wanting ¥12 of voucher, are made at once
+    outcomes = run_at_once(
+        [
+            partial(reservation_create, demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start)
+            for d in demands
+        ]
+    )
+    # then every hold is made, the voucher parts take exactly the ¥100 left and cash the rest
+    assert outcomes == {"ok": N}
+    parts = list(Reservation.objects.values_list("voucher_part", flat=True))
+    assert sum(parts) == Decimal("100.00")
+    assert sorted(parts, reverse=True)[:9] == [Decimal("12.00")] * 8 + [Decimal("4.00")]
+    used = ProgrammeUsage.objects.get(programme=programme, buyer__isnull=True).used
+    assert used == Decimal("100.00")
     assert ledger_audit() == []

@@ -5,7 +5,13 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from marketplace.api.base import StrictSerializer
-from vouchers.models import Programme, Voucher, VoucherApplication
+from vouchers.models import (
+    Programme,
+    ReimbursementClaim,
+    Statement,
+    Voucher,
+    VoucherApplication,
+)
 
 
 class ProgrammeSerializer(serializers.ModelSerializer):
@@ -85,3 +91,71 @@ class VoucherApplicationSerializer(serializers.ModelSerializer):
             "created_at",
             "decided_at",
         ]
+
+
+class StatementLineSerializer(serializers.ModelSerializer):
+    """One line of a statement: a ``redemption`` (the voucher part of a settled reservation,
+    ``amount`` > 0) or an ``adjustment`` (voucher value refunded after settlement, ``amount``
+    < 0), CNY; ``claimant`` is who is repaid — the provider (``point_of_sale``) or the buyer
+    (``reimbursement``), by credit code; ``created_at`` (UTC) dates the line."""
+
+    reservation = serializers.UUIDField(source="reservation_id", read_only=True)
+    claimant = serializers.CharField(source="claimant.credit_code", read_only=True)
+    claimant_name = serializers.CharField(source="claimant.name", read_only=True)
+    amount = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+
+    class Meta:
+        model = ReimbursementClaim
+        fields = [
+            "id",
+            "kind",
+            "reservation",
+            "claimant",
+            "claimant_name",
+            "mode",
+            "amount",
+            "status",
+            "created_at",
+            "paid_at",
+        ]
+
+
+class StatementSerializer(serializers.ModelSerializer):
+    """A reimbursement statement of one programme (code), provider and period
+    ``[period_start, period_end)`` (dates in the programme's time zone): ``total`` CNY over
+    ``claim_count`` lines (negative when refunds after settlement outweigh redemptions),
+    ``issued`` or ``paid`` (``paid_at`` UTC)."""
+
+    programme: serializers.SlugRelatedField[Programme] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
+    programme_name = serializers.CharField(source="programme.name", read_only=True)
+    provider = serializers.UUIDField(source="provider_id", read_only=True)
+    provider_name = serializers.CharField(source="provider.name", read_only=True)
+    total = serializers.DecimalField(max_digits=16, decimal_places=2, read_only=True)
+
+    class Meta:
+        model = Statement
+        fields = [
+            "id",
+            "programme",
+            "programme_name",
+            "provider",
+            "provider_name",
+            "period_start",
+            "period_end",
+            "total",
+            "claim_count",
+            "status",
+            "issued_at",
+            "paid_at",
+        ]
+
+
+class StatementDetailSerializer(StatementSerializer):
+    """A statement with its ``lines`` (creation time, then id: the CSV's order)."""
+
+    lines = StatementLineSerializer(source="claims", many=True, read_only=True)
+
+    class Meta(StatementSerializer.Meta):
+        fields = [*StatementSerializer.Meta.fields, "lines"]

@@ -1,21 +1,34 @@
-"""Vouchers API: programmes (public), the caller's vouchers and voucher applications."""
+"""Vouchers API: programmes (public), the caller's vouchers and voucher applications, and
+reimbursement statements (providers: their own; operators: all, and mark paid)."""
 
+import re
+from datetime import date
+from typing import Any
+
+import django_filters
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
-from rest_framework import generics, status
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, generics, status
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.api.base import ERRORS, ID_PATH, OrgMixin
+from accounts.models import Organisation
+from marketplace.api.base import ERRORS, ID_PATH, IDEMPOTENCY_HEADER, OrgMixin, idempotent
 from marketplace.api.filters import StrictFilterBackend
-from marketplace.errors import NotFound
+from marketplace.errors import NotFound, PermissionDenied, ValidationFailed
 from vouchers import selectors
-from vouchers.models import Voucher, VoucherApplication
-from vouchers.services import voucher_application_submit
+from vouchers.models import Programme, Statement, Voucher, VoucherApplication
+from vouchers.services import statement_mark_paid, voucher_application_submit
 
 from .serializers import (
     ProgrammeSerializer,
+    StatementDetailSerializer,
+    StatementSerializer,
     VoucherApplicationInputSerializer,
     VoucherApplicationSerializer,
     VoucherSerializer,
@@ -105,3 +118,158 @@ class VoucherApplicationDetailApi(OrgMixin, APIView):
         if application is None:
             raise NotFound("no such voucher application", field="voucher_application")
         return Response(VoucherApplicationSerializer(application).data)
+
+
+# --- Reimbursement statements (issue 3) -----------------------------------------------------
+
+PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+class StatementFilter(django_filters.FilterSet):
+    """``programme`` (code; unknown = 400), ``status`` (``issued`` or ``paid``), ``period``
+    (``YYYY-MM``: the statements whose period holds that month — a quarterly statement matches
+    each of its three months)."""
+
+    programme = django_filters.ModelChoiceFilter(
+        queryset=Programme.objects.all(), to_field_name="code"
+    )
+    status = django_filters.ChoiceFilter(choices=Statement.Status.choices)
+    period = django_filters.CharFilter(method="filter_period", max_length=7)
+
+    class Meta:
+        model = Statement
+        fields: list[str] = []
+
+    def filter_period(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
+        match = PERIOD.match(value)
+        if match is None:
+            raise ValidationFailed("a month as YYYY-MM", field="period")
+        month = date(int(match[1]), int(match[2]), 1)
+        return queryset.filter(period_start__lte=month, period_end__gt=month)
+
+
+class StatementAccessMixin(OrgMixin):
+    """Statements are read by the providers they pay (their own) and by operators (staff users,
+    all of them); anyone else gets 403 ``not_a_provider`` (or ``no_organisation``)."""
+
+    organisation_required = False
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if request.user.is_staff:
+            return
+        if self.organisation is None:
+            raise exceptions.PermissionDenied(
+                "you do not belong to an organisation", code="no_organisation"
+            )
+        if not self.organisation.is_provider:
+            raise exceptions.PermissionDenied(
+                "statements are for the providers they pay", code="not_a_provider"
+            )
+
+    @property
+    def provider_scope(self) -> Organisation | None:
+        """The provider whose statements the caller sees; ``None`` for an operator (all)."""
+        return None if self.request.user.is_staff else self.organisation  # type: ignore[attr-defined]
+
+    def statement(self, statement_id: str) -> Statement:
+        found = selectors.statement_get(provider=self.provider_scope, statement_id=statement_id)
+        if found is None:
+            raise NotFound("no such statement", field="statement")
+        return found
+
+
+class StatementListApi(StatementAccessMixin, generics.ListAPIView):
+    """Reimbursement statements, newest period first: the caller's own (a provider) or all (an
+    operator). Filters: ``programme`` (code), ``period`` (``YYYY-MM``), ``status``."""
+
+    serializer_class = StatementSerializer
+    filterset_class = StatementFilter
+    queryset = Statement.objects.none()  # schema introspection only; see get_queryset
+    filter_backends = [StrictFilterBackend]
+
+    def get_queryset(self) -> QuerySet:
+        return selectors.statement_list(provider=self.provider_scope)
+
+
+@extend_schema(parameters=[ID_PATH])
+class StatementDetailApi(StatementAccessMixin, APIView):
+    """One statement with its lines (404 for another provider's)."""
+
+    @extend_schema(responses={200: StatementDetailSerializer, **ERRORS})
+    def get(self, request: Request, id: str) -> Response:
+        return Response(StatementDetailSerializer(self.statement(id)).data)
+
+
+class CsvRenderer(BaseRenderer):
+    """``text/csv`` for the statement download. The download view answers with the CSV itself;
+    an error rendered here is still the one problem-details JSON body."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: Any = None, context: Any = None) -> Any:
+        if isinstance(data, str):
+            return data.encode()
+        return JSONRenderer().render(data)
+
+
+class CsvNegotiation(BaseContentNegotiation):
+    """The download answers CSV (or a problem-details error) whatever the client accepts, and
+    takes no ``?format=`` override."""
+
+    def select_parser(self, request: Request, parsers: Any) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: Any = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
+@extend_schema(parameters=[ID_PATH])
+class StatementCsvApi(StatementAccessMixin, APIView):
+    """One statement as CSV (``text/csv``, UTF-8; ``STATEMENT_API_CSV_COLUMNS``, amounts CNY,
+    times UTC, a final ``total`` row): the same statement always gives the same bytes."""
+
+    renderer_classes = [CsvRenderer]
+    content_negotiation_class = CsvNegotiation
+
+    @extend_schema(
+        responses={
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.STR, description="The statement's lines as CSV, then the total."
+            ),
+            **ERRORS,
+        }
+    )
+    def get(self, request: Request, id: str) -> HttpResponse:
+        statement = self.statement(id)
+        response = HttpResponse(
+            selectors.statement_csv(statement=statement, for_api=True),
+            content_type="text/csv; charset=utf-8",
+        )
+        response["Content-Disposition"] = (
+            f'attachment; filename="statement-{statement.programme.code}-'
+            f'{statement.period_start:%Y-%m}.csv"'
+        )
+        return response
+
+
+@extend_schema(parameters=[ID_PATH, IDEMPOTENCY_HEADER])
+class StatementMarkPaidApi(StatementAccessMixin, APIView):
+    """An operator marks a statement paid: one ledger transaction moves each line's amount from
+    its claimant's claims to the provider's payable (``point_of_sale``) or the buyer's wallet
+    (``reimbursement``). 403 ``not_operator`` for everyone else; 409 ``already_paid`` the second
+    time; 422 ``insufficient_funds`` when a negative statement's claimant cannot pay back.
+    Accepts ``Idempotency-Key`` (a retry with it replays the first 200)."""
+
+    @extend_schema(
+        request=None,
+        responses={200: StatementDetailSerializer, 409: ERRORS[400], 422: ERRORS[400], **ERRORS},
+    )
+    @idempotent
+    def post(self, request: Request, id: str) -> Response:
+        if not request.user.is_staff:
+            raise PermissionDenied("operators only", code="not_operator")
+        statement = statement_mark_paid(statement_id=self.statement(id).pk)
+        return Response(StatementDetailSerializer(self.statement(str(statement.pk))).data)

@@ -1,0 +1,125 @@
+"""Quotes give the bill line by line (issue 3): each category with its voucher-eligible part as
+the programme's data defines it, the lines adding up exactly to the bill and its parts; extra
+lines (storage, network, software) are validated strictly."""
+
+from decimal import Decimal
+
+import pytest
+
+from tests.api.conftest import error_of
+from tests.factories import CatalogueEntryFactory, OfferFactory, ProgrammeFactory
+from vouchers.services import programme_fund, voucher_issue
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/quotes/"
+
+
+def _sum(lines, key):  # type: ignore[no-untyped-def]
+    return sum((Decimal(line[key]) for line in lines), Decimal(0))
+
+
+def test_a_cash_quote_is_one_gpu_time_line(buyer_client, offer):
+    body = buyer_client.post(URL, {"offer": str(offer.pk), "gpu_count": 4, "hours": 2}).json()
+    assert body["lines"] == [
+        {
+            "category": "gpu_time",
+            "amount": "80.00",
+            "eligible": False,
+            "voucher_part": "0.00",
+            "cash_part": "80.00",
+        }
+    ]
+
+
+def test_beijing_pays_20_percent_of_gpu_time_and_nothing_of_storage(
+    buyer, provider, site, accelerator, buyer_client
+):
+    # given Beijing (20 %, compute only) and ¥80,000 of GPU time plus ¥20,000 of storage
+    beijing = ProgrammeFactory.create(
+        code="beijing",
+        max_share=Decimal("0.2000"),
+        buyer_annual_cap=Decimal("2000000.00"),
+        eligible_categories=["gpu_time"],
+    )
+    programme_fund(beijing)
+    CatalogueEntryFactory.create(programme=beijing, provider=provider)
+    voucher = voucher_issue(programme=beijing, owner=buyer, face_value=Decimal("50000.00"))
+    offer = OfferFactory.create(provider=provider, site=site, accelerator=accelerator)
+    body = buyer_client.post(
+        URL,
+        {
+            "offer": str(offer.pk),
+            "gpu_count": 8,
+            "hours": 1000,
+            "voucher": str(voucher.pk),
+            "extra_lines": [{"category": "storage", "amount": "20000.00"}],
+        },
+        format="json",
+    ).json()
+    # then the voucher pays ¥16,000, all of it on the GPU-time line, and the lines add up
+    assert (body["bill"], body["voucher_part"], body["cash_part"]) == (
+        "100000.00",
+        "16000.00",
+        "84000.00",
+    )
+    assert [(x["category"], x["eligible"], x["voucher_part"]) for x in body["lines"]] == [
+        ("gpu_time", True, "16000.00"),
+        ("storage", False, "0.00"),
+    ]
+    assert _sum(body["lines"], "amount") == Decimal(body["bill"])
+    assert _sum(body["lines"], "voucher_part") == Decimal(body["voucher_part"])
+    assert _sum(body["lines"], "cash_part") == Decimal(body["cash_part"])
+
+
+def test_a_programme_funding_storage_spreads_the_voucher_over_both_lines(
+    buyer, provider, site, accelerator, buyer_client
+):
+    programme = ProgrammeFactory.create(
+        code="both", max_share=Decimal("0.3000"), eligible_categories=["gpu_time", "storage"]
+    )
+    programme_fund(programme)
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
+    voucher = voucher_issue(programme=programme, owner=buyer, face_value=Decimal("1000.00"))
+    offer = OfferFactory.create(
+        provider=provider, site=site, accelerator=accelerator, price_per_gpu_hour=Decimal("100.01")
+    )
+    body = buyer_client.post(
+        URL,
+        {
+            "offer": str(offer.pk),
+            "gpu_count": 1,
+            "hours": 1,
+            "voucher": str(voucher.pk),
+            "extra_lines": [{"category": "storage", "amount": "33.33"}],
+        },
+        format="json",
+    ).json()
+    # 30 % of ¥133.34 = ¥40.00: ¥30.00 on GPU time, ¥10.00 on storage (largest remainder)
+    assert body["voucher_part"] == "40.00"
+    assert [(x["category"], x["voucher_part"], x["cash_part"]) for x in body["lines"]] == [
+        ("gpu_time", "30.00", "70.01"),
+        ("storage", "10.00", "23.33"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [{"category": "gpu_time", "amount": "1.00"}],
+        [{"category": "cooling", "amount": "1.00"}],
+        [{"category": "storage", "amount": "0.00"}],
+        [{"category": "storage", "amount": "1.001"}],
+        [{"category": "storage", "amount": "1.00", "note": "x"}],
+        [{"category": "storage", "amount": "1.00"}, {"category": "storage", "amount": "2.00"}],
+        "storage",
+    ],
+)
+def test_bad_extra_lines_are_a_400_naming_the_field(buyer_client, offer, lines):
+    response = buyer_client.post(
+        URL,
+        {"offer": str(offer.pk), "gpu_count": 1, "hours": 1, "extra_lines": lines},
+        format="json",
+    )
+    status, _, field = error_of(response)
+    assert (status, field) == (400, "extra_lines")
