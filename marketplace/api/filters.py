@@ -171,6 +171,11 @@ class OfferFilter(StrictFilterSet):
 
     def is_valid(self) -> bool:
         valid = super().is_valid()
+        ordering = self.data.get("ordering")
+        if ordering is not None and not all(part.strip() for part in ordering.split(",")):
+            # django-filter skips empty items (``?ordering=,``): a client meant something
+            self.form.add_error("ordering", "every comma-separated item must be a field")
+            valid = False
         for name in ("window_start", "window_end"):
             if name in self.form.cleaned_data and is_naive_iso(self.data.get(name)):
                 self.form.add_error(name, "must include a time zone offset, e.g. Z")

@@ -32,3 +32,14 @@ def test_an_empty_filter_value_on_provider_lists_is_a_400(provider_client):
 def test_offer_patch_documents_its_409(buyer_client):
     schema = buyer_client.get("/api/schema/", {"format": "json"}).json()
     assert "409" in schema["paths"]["/api/v1/offers/{id}/"]["patch"]["responses"]
+
+
+@pytest.mark.parametrize("ordering", [",", "price,", ",-price", "price,,available_from"])
+def test_an_empty_ordering_item_is_a_400(buyer_client, ordering):
+    response = buyer_client.get("/api/v1/offers/", {"ordering": ordering})
+    assert error_of(response) == (400, "invalid", "ordering")
+
+
+def test_a_good_ordering_list_still_orders(buyer_client, offer):
+    response = buyer_client.get("/api/v1/offers/", {"ordering": "-price,available_from"})
+    assert response.status_code == 200
