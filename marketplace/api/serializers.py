@@ -480,28 +480,9 @@ class ReservationSerializer(serializers.ModelSerializer):
         return data
 
 
-# The reservation list's lean path, as the offer list's (tests/api/test_lean_lists.py).
-RESERVATION_VALUES = (
-    "id",
-    "status",
-    "demand_id",
-    "offer_id",
-    "buyer_id",
-    "provider_id",
-    "start",
-    "end",
-    "gpu_count",
-    "price_per_gpu_hour",
-    "bill",
-    "voucher_id",
-    "voucher_part",
-    "cash_part",
-    "voucher_note",
-    "locality_tier",
-    "delivered_gpu_hours",
-    "created_at",
-    "updated_at",
-)
+# The reservation list's lean path, as the offer list's (tests/api/test_lean_lists.py): every
+# column of the row, by attribute name (``demand_id``, not ``demand``).
+RESERVATION_VALUES = tuple(field.attname for field in Reservation._meta.concrete_fields)
 _FEN = Decimal("0.01")
 
 
