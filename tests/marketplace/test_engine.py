@@ -2,6 +2,7 @@
 
 import time
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,11 +14,13 @@ from marketplace.matching.engine import (
     VoucherSnap,
     solve_greedy,
 )
-
-CHENGDU = SiteRef("s-cd", "Chengdu", "Chengdu", "cc")
-DEYANG = SiteRef("s-dy", "Deyang", "Chengdu", "cc")
-CHONGQING = SiteRef("s-cq", "Chongqing", "Chongqing", "cc")
-QINGYANG = SiteRef("s-qy", "Qingyang", "Qingyang", "gansu")
+from tests.marketplace.snaps import (
+    CHENGDU,
+    DEYANG,
+    QINGYANG,
+    make_demand,
+    make_offer,
+)
 
 
 def offer(
@@ -30,45 +33,13 @@ def offer(
     provider: str = "p1",
     model: str = "A100",
 ) -> OfferSnap:
-    return OfferSnap(
-        id=id,
-        provider=provider,
-        model=model,
-        site=site,
-        price=Decimal(price),
-        gpu_count=gpus,
-        start=start,
-        end=end,
+    return make_offer(
+        id, site=site, price=price, gpus=gpus, start=start, end=end, provider=provider, model=model
     )
 
 
-def demand(
-    id: str,
-    gpus: int = 4,
-    duration: int = 2,
-    start: int = 0,
-    end: int = 48,
-    price: str = "20",
-    limit: str = "national",
-    posted: int = 0,
-    voucher: VoucherSnap | None = None,
-    origin: SiteRef = CHENGDU,
-) -> DemandSnap:
-    return DemandSnap(
-        id=id,
-        buyer="b1",
-        related=frozenset(),
-        models=frozenset({"A100"}),
-        gpu_count=gpus,
-        duration=duration,
-        start=start,
-        end=end,
-        max_price=Decimal(price),
-        origin=origin,
-        limit=limit,
-        posted=posted,
-        voucher=voucher,
-    )
+def demand(id: str, gpus: int = 4, duration: int = 2, **kw: Any) -> DemandSnap:
+    return make_demand(id, gpus=gpus, duration=duration, **kw)
 
 
 def test_nearest_tier_wins_over_a_cheaper_remote_offer():

@@ -4,6 +4,7 @@ invariants both policies keep on random instances. No database."""
 import copy
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,12 +19,16 @@ from marketplace.matching.engine import (
     solve_greedy,
 )
 from marketplace.matching.optimal import OptimalSettings, solve_optimal
+from tests.marketplace.snaps import (
+    CHENGDU,
+    CHONGQING,
+    DEYANG,
+    GUIYANG,
+    QINGYANG,
+    make_demand,
+    make_offer,
+)
 
-CHENGDU = SiteRef("s-cd", "Chengdu", "Chengdu", "cc")
-DEYANG = SiteRef("s-dy", "Deyang", "Chengdu", "cc")
-CHONGQING = SiteRef("s-cq", "Chongqing", "Chongqing", "cc")
-QINGYANG = SiteRef("s-qy", "Qingyang", "Qingyang", "gansu")
-GUIYANG = SiteRef("s-gy", "Guiyang", "Guiyang", "guizhou")
 SITES = [CHENGDU, DEYANG, CHONGQING, QINGYANG, GUIYANG]
 LATENCY = {("cc", "gansu"): 12.0, ("cc", "guizhou"): 8.0}
 
@@ -38,46 +43,20 @@ def offer(
     provider: str = "p1",
     listed: int = 0,
 ) -> OfferSnap:
-    return OfferSnap(
-        id=id,
-        provider=provider,
-        model="A100",
+    return make_offer(
+        id,
         site=site,
-        price=Decimal(price),
-        gpu_count=gpus,
+        price=price,
+        gpus=gpus,
         start=start,
         end=end,
+        provider=provider,
         listed=listed,
     )
 
 
-def demand(
-    id: str,
-    gpus: int = 4,
-    duration: int = 4,
-    start: int = 0,
-    end: int = 48,
-    price: str = "20",
-    limit: str = "national",
-    posted: int = 0,
-    origin: SiteRef = CHENGDU,
-    voucher: VoucherSnap | None = None,
-) -> DemandSnap:
-    return DemandSnap(
-        id=id,
-        buyer="b1",
-        related=frozenset(),
-        models=frozenset({"A100"}),
-        gpu_count=gpus,
-        duration=duration,
-        start=start,
-        end=end,
-        max_price=Decimal(price),
-        origin=origin,
-        limit=limit,
-        posted=posted,
-        voucher=voucher,
-    )
+def demand(id: str, gpus: int = 4, duration: int = 4, **kw: Any) -> DemandSnap:
+    return make_demand(id, gpus=gpus, duration=duration, **kw)
 
 
 def picks(result: Result) -> list[tuple[str, str, int]]:
@@ -242,7 +221,17 @@ def build(raw_offers: list, raw_demands: list) -> tuple[list[DemandSnap], list[O
         o.used = [min(used, gpus)] * length
         offers.append(o)
     demands = [
-        demand(f"d{i}", g, dur, s, s + dur + slack, str(p), limit, i, origin)
+        demand(
+            f"d{i}",
+            g,
+            dur,
+            start=s,
+            end=s + dur + slack,
+            price=str(p),
+            limit=limit,
+            posted=i,
+            origin=origin,
+        )
         for i, (g, dur, s, slack, p, origin, limit) in enumerate(raw_demands)
     ]
     return demands, offers

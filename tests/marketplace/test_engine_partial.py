@@ -1,6 +1,7 @@
 """Partial fills on plain data (``marketplace.matching.partial``): no database."""
 
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,68 +16,25 @@ from marketplace.matching.engine import (
 )
 from marketplace.matching.optimal import OptimalSettings
 from marketplace.matching.partial import MAX_PARTS, solve_optimal_split, split_reach
+from tests.marketplace.snaps import (
+    CHONGQING,
+    QINGYANG,
+    make_demand,
+    make_offer,
+)
 
 CHENGDU_A = SiteRef("s-cd-a", "Chengdu", "Chengdu", "cc")
 CHENGDU_B = SiteRef("s-cd-b", "Chengdu", "Chengdu", "cc")
-CHONGQING = SiteRef("s-cq", "Chongqing", "Chongqing", "cc")
-QINGYANG = SiteRef("s-qy", "Qingyang", "Qingyang", "gansu")
 
 
-def offer(
-    id: str,
-    site: SiteRef = CHENGDU_A,
-    price: str = "10",
-    gpus: int = 8,
-    start: int = 0,
-    end: int = 48,
-    provider: str = "p1",
-    used: list[int] | None = None,
-    listed: int = 0,
-) -> OfferSnap:
-    return OfferSnap(
-        id=id,
-        provider=provider,
-        model="A100",
-        site=site,
-        price=Decimal(price),
-        gpu_count=gpus,
-        start=start,
-        end=end,
-        used=list(used) if used else [],
-        listed=listed,
-    )
+def offer(id: str, site: SiteRef = CHENGDU_A, **kw: Any) -> OfferSnap:
+    return make_offer(id, site=site, **kw)
 
 
 def demand(
-    id: str = "d",
-    gpus: int = 16,
-    duration: int = 4,
-    start: int = 0,
-    end: int = 48,
-    price: str = "20",
-    split: str = "site",
-    min_part: int = 1,
-    limit: str = "national",
-    posted: int = 0,
-    voucher: VoucherSnap | None = None,
+    id: str = "d", gpus: int = 16, split: str = "site", origin: SiteRef = CHENGDU_A, **kw: Any
 ) -> DemandSnap:
-    return DemandSnap(
-        id=id,
-        buyer="b1",
-        related=frozenset(),
-        models=frozenset({"A100"}),
-        gpu_count=gpus,
-        duration=duration,
-        start=start,
-        end=end,
-        max_price=Decimal(price),
-        origin=CHENGDU_A,
-        limit=limit,
-        posted=posted,
-        voucher=voucher,
-        split=split,
-        min_part=min_part,
-    )
+    return make_demand(id, gpus=gpus, split=split, origin=origin, **kw)
 
 
 def parts(result) -> list[tuple[str, str, int | None, int]]:  # type: ignore[no-untyped-def]
@@ -286,10 +244,10 @@ offers_st = st.lists(
         lambda i, site, price, gpus, start, length, busy: offer(
             f"o{i}",
             SITES[site],
-            str(price),
-            gpus,
-            start,
-            start + length,
+            price=str(price),
+            gpus=gpus,
+            start=start,
+            end=start + length,
             provider=f"p{i % 3}",
             used=[min(busy, gpus)] * length,
             listed=i,
@@ -312,13 +270,13 @@ demands_st = st.lists(
         lambda i, gpus, duration, start, slack, price, split, min_part, limit: demand(
             f"d{i}",
             gpus,
-            duration,
-            start,
-            start + duration + slack,
-            str(price),
             split,
-            min(min_part, gpus),
-            limit,
+            duration=duration,
+            start=start,
+            end=start + duration + slack,
+            price=str(price),
+            min_part=min(min_part, gpus),
+            limit=limit,
             posted=i,
         ),
         st.integers(0, 10_000),
@@ -343,10 +301,10 @@ home_offers_st = st.lists(
         lambda i, site, price, gpus, start, busy, hole: offer(
             f"h{i}",
             SITES[site],
-            str(price),
-            gpus,
-            start,
-            start + 40,
+            price=str(price),
+            gpus=gpus,
+            start=start,
+            end=start + 40,
             provider=f"p{i % 3}",
             used=[min(busy, gpus) if not hole <= h < hole + 6 else 0 for h in range(40)],
             listed=i,
@@ -369,12 +327,12 @@ split_demands_st = st.lists(
         lambda i, gpus, duration, start, slack, split, min_part: demand(
             f"d{i}",
             gpus,
-            duration,
-            start,
-            start + duration + slack,
-            "12",
             split,
-            min(min_part, gpus),
+            duration=duration,
+            start=start,
+            end=start + duration + slack,
+            price="12",
+            min_part=min(min_part, gpus),
             posted=i,
         ),
         st.integers(0, 10_000),
