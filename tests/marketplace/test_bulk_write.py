@@ -199,6 +199,40 @@ def test_batch_path_writes_exactly_what_the_one_by_one_path_writes(accelerator):
     assert ledger_audit() == []
 
 
+def _race_batch_with_person(
+    matches: list[Match], start: Any, person: Demand, offer: Offer
+) -> dict[str, Any]:
+    """Run ``matches_write(matches)`` (two hours before ``start``) and a person's
+    ``reservation_create(person, offer, start)`` at once on two connections. Returns
+    ``{"batch": BatchOutcome, "person": "ok" or the DomainError code}``."""
+    barrier = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def run_batch() -> None:
+        try:
+            barrier.wait()
+            results["batch"] = matches_write(matches, now=start - timedelta(hours=2))
+        finally:
+            connection.close()
+
+    def run_person() -> None:
+        try:
+            barrier.wait()
+            reservation_create(demand_id=person.pk, offer_id=offer.pk, start=start)
+            results["person"] = "ok"
+        except DomainError as exc:
+            results["person"] = exc.code
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run_batch), threading.Thread(target=run_person)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
 @pytest.mark.django_db(transaction=True)
 def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, other_buyer, offer):
     # given an 8-GPU offer, a batch of 10 two-GPU demands (the batch alone would fill it) and
@@ -225,31 +259,8 @@ def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, o
         Match(str(d.pk), str(offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
         for d in batch
     ]
-    barrier = threading.Barrier(2)
-    results: dict[str, object] = {}
-
-    def run_batch() -> None:
-        try:
-            barrier.wait()
-            results["batch"] = len(matches_write(matches, now=start - timedelta(hours=2)).made)
-        finally:
-            connection.close()
-
-    def run_person() -> None:
-        try:
-            barrier.wait()
-            reservation_create(demand_id=person.pk, offer_id=offer.pk, start=start)
-            results["person"] = "ok"
-        except DomainError as exc:
-            results["person"] = exc.code
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run_batch), threading.Thread(target=run_person)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = _race_batch_with_person(matches, start, person, offer)
+    results["batch"] = len(results["batch"].made)
     # then either the person got 6 GPUs and the batch one 2-GPU booking, or the batch got four
     # and the person none: never more than 8 GPUs at any hour
     booked = Reservation.objects.filter(offer=offer).count()
@@ -321,31 +332,7 @@ def test_batch_and_a_person_spending_the_same_wallet_never_overdraw_it(site, pro
         Match(str(d.pk), str(batch_offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
         for d in batch
     ]
-    barrier = threading.Barrier(2)
-    results: dict[str, Any] = {}
-
-    def run_batch() -> None:
-        try:
-            barrier.wait()
-            results["batch"] = matches_write(matches, now=start - timedelta(hours=2))
-        finally:
-            connection.close()
-
-    def run_person() -> None:
-        try:
-            barrier.wait()
-            reservation_create(demand_id=person.pk, offer_id=person_offer.pk, start=start)
-            results["person"] = "ok"
-        except DomainError as exc:
-            results["person"] = exc.code
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run_batch), threading.Thread(target=run_person)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = _race_batch_with_person(matches, start, person, person_offer)
     # then exactly three ¥30 holds were made, whoever came first, and ¥10 is left
     made = len(results["batch"].made) + (results["person"] == "ok")
     assert made == Reservation.objects.filter(buyer=org).count() == 3
