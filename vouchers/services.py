@@ -406,12 +406,7 @@ def voucher_facts(
     return VoucherFacts(
         balance=voucher_account(voucher.pk).balance,
         related=buyer.related.filter(pk=provider.pk).exists(),
-        in_catalogue=CatalogueEntry.objects.filter(
-            programme=programme,
-            provider=provider,
-            year=programme_year(programme, at),
-            status=CatalogueEntry.Status.APPROVED,
-        ).exists(),
+        in_catalogue=provider_in_catalogue(programme, provider, at),
         in_region=site_in_region(programme, site),
         share=programme_share(programme, buyer=buyer, accelerator=accelerator),
         budget_left=budget_left,
@@ -460,14 +455,20 @@ def voucher_ineligibility(
         provider_id=provider.pk,
         at=at,
         related=buyer.related.filter(pk=provider.pk).exists(),
-        in_catalogue=CatalogueEntry.objects.filter(
-            programme=programme,
-            provider=provider,
-            year=programme_year(programme, at),
-            status=CatalogueEntry.Status.APPROVED,
-        ).exists(),
+        in_catalogue=provider_in_catalogue(programme, provider, at),
         in_region=site_in_region(programme, site),
     )
+
+
+def provider_in_catalogue(programme: Programme, provider: Organisation, at: datetime) -> bool:
+    """Whether ``provider`` has an approved catalogue entry of ``programme`` for the programme
+    year that ``at`` falls in (§5.4: vouchers pay approved providers only)."""
+    return CatalogueEntry.objects.filter(
+        programme=programme,
+        provider=provider,
+        year=programme_year(programme, at),
+        status=CatalogueEntry.Status.APPROVED,
+    ).exists()
 
 
 def site_in_region(programme: Programme, site: object) -> bool:
