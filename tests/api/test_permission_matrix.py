@@ -30,8 +30,6 @@ from ledger.models import Account, Entry, IdempotencyKey, Transaction
 from marketplace.models import Demand, Offer, Reservation, Site
 from marketplace.services import (
     reservation_create,
-    reservation_report_usage,
-    reservation_settle,
 )
 from tests.factories import (
     DemandFactory,
@@ -40,6 +38,7 @@ from tests.factories import (
     SiteFactory,
     UserFactory,
     next_hour,
+    settled_reservation,
 )
 from vouchers.models import (
     ProgrammeUsage,
@@ -273,6 +272,9 @@ def world(settings, buyer, other_buyer, provider, offer, voucher, programme):  #
     paused = OfferFactory.create(
         provider=provider, site=offer.site, accelerator=offer.accelerator, status="paused"
     )
+    # a settled reservation paid partly with the voucher, on the provider's statement (first: its
+    # life is moved along by the clock, which would move the reservations below too)
+    settled_reservation(buyer, offer, voucher, hours_ahead=5)
     demand = DemandFactory.create(buyer=buyer)
     bought = DemandFactory.create(buyer=buyer)
     bought.accelerators.add(offer.accelerator)
@@ -286,14 +288,6 @@ def world(settings, buyer, other_buyer, provider, offer, voucher, programme):  #
     application = voucher_application_submit(
         buyer=buyer, programme=programme, amount=Decimal("500.00")
     )
-    # a settled reservation paid partly with the voucher, on the provider's statement
-    paid = DemandFactory.create(buyer=buyer, voucher=voucher, earliest_start=next_hour(5))
-    settled = reservation_create(demand_id=paid.pk, offer_id=offer.pk, start=paid.earliest_start)
-    Reservation.objects.filter(pk=settled.pk).update(status=Reservation.Status.ACTIVE)
-    reservation_report_usage(
-        reservation_id=settled.pk, provider=provider, delivered_gpu_hours=settled.gpu_hours
-    )
-    reservation_settle(reservation_id=settled.pk)
     statement = statement_issue(
         programme_id=programme.pk,
         provider_id=provider.pk,

@@ -13,20 +13,16 @@ from ledger.audit import ledger_audit
 from ledger.models import Account, IdempotencyKey, Transaction
 from ledger.services import organisation_account, system_account, transaction_post
 from marketplace.services import (
-    reservation_create,
     reservation_refund,
-    reservation_settle,
-    reservations_advance,
 )
 from tests.api.conftest import error_of
 from tests.factories import (
     CatalogueEntryFactory,
-    DemandFactory,
     OfferFactory,
     ProgrammeFactory,
     ProviderFactory,
     UserFactory,
-    next_hour,
+    settled_reservation,
 )
 from vouchers.models import Statement
 from vouchers.services import programme_fund, statement_issue, voucher_issue
@@ -36,33 +32,29 @@ pytestmark = pytest.mark.django_db
 URL = "/api/v1/statements/"
 
 
-def _settle(buyer, offer, voucher, hours_ahead: int = 1):  # type: ignore[no-untyped-def]
-    start = next_hour(hours_ahead)
-    demand = DemandFactory.create(
-        buyer=buyer, voucher=voucher, earliest_start=start, latest_end=start + timedelta(hours=6)
-    )
-    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=start)
-    reservations_advance(now=r.start)
-    reservations_advance(now=r.end)
-    return reservation_settle(reservation_id=r.pk)
-
-
 @pytest.fixture
 def statements(buyer, provider, offer, voucher, programme, site, accelerator):  # type: ignore[no-untyped-def]
     """This month's statements (issued as if a month had passed) of two programmes for the
     provider (one with a refund's negative line) and one of another provider."""
     later = timezone.now() + timedelta(days=40)
     today = timezone.now().date()
-    first = _settle(buyer, offer, voucher)
-    _settle(buyer, offer, voucher, 3)
+    first = settled_reservation(buyer, offer, voucher)
+    settled_reservation(buyer, offer, voucher, hours_ahead=3)
     reservation_refund(reservation_id=first.pk, amount=Decimal("10.00"))
     beijing = ProgrammeFactory.create(code="beijing", max_share=Decimal("0.2000"))
     programme_fund(beijing)
     CatalogueEntryFactory.create(programme=beijing, provider=provider)
-    _settle(buyer, offer, voucher_issue(programme=beijing, owner=buyer, face_value=Decimal(100)), 5)
+    settled_reservation(
+        buyer,
+        offer,
+        voucher_issue(programme=beijing, owner=buyer, face_value=Decimal(100)),
+        hours_ahead=5,
+    )
     other = ProviderFactory.create(name="Other DC", home_site=site)
     CatalogueEntryFactory.create(programme=programme, provider=other)
-    _settle(buyer, OfferFactory.create(provider=other, site=site, accelerator=accelerator), voucher)
+    settled_reservation(
+        buyer, OfferFactory.create(provider=other, site=site, accelerator=accelerator), voucher
+    )
     issued = {
         (p.code, who.name): statement_issue(
             programme_id=p.pk, provider_id=who.pk, period_start=today, now=later
@@ -178,7 +170,7 @@ def test_a_negative_statement_the_provider_cannot_pay_back_is_refused(
 ):
     # given a claim paid on one statement, then refunded in full (the provider owes ¥48 back)
     # and the provider's payable emptied by a payout
-    r = _settle(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     later = timezone.now() + timedelta(days=40)
     first = statement_issue(
         programme_id=programme.pk,

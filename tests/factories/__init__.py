@@ -26,6 +26,36 @@ def next_hour(hours_ahead: int = 1):  # type: ignore[no-untyped-def]
     return from_hour_index(hour_index_ceil(timezone.now()) + hours_ahead)
 
 
+def settled_reservation(  # type: ignore[no-untyped-def]
+    buyer, offer, voucher=None, *, hours_ahead: int = 1, delivered: int | None = None
+):
+    """A reservation of ``buyer``'s new demand (paid with ``voucher`` if given) on ``offer``,
+    starting ``hours_ahead`` hours after the next whole hour, taken through its life by the
+    services: held, started, delivered (``delivered`` GPU-hours reported by the provider, or the
+    whole booking when the clock passes its end) and settled. Returns the settled
+    ``Reservation``."""
+    from marketplace.services import (
+        reservation_create,
+        reservation_report_usage,
+        reservation_settle,
+        reservations_advance,
+    )
+
+    start = next_hour(hours_ahead)
+    demand = DemandFactory.create(
+        buyer=buyer, voucher=voucher, earliest_start=start, latest_end=start + timedelta(hours=8)
+    )
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=start)
+    reservations_advance(now=r.start)
+    if delivered is not None:
+        reservation_report_usage(
+            reservation_id=r.pk, provider=r.provider, delivered_gpu_hours=delivered
+        )
+    else:
+        reservations_advance(now=r.end)
+    return reservation_settle(reservation_id=r.pk)
+
+
 class HubFactory(factory.django.DjangoModelFactory[Hub]):
     class Meta:
         model = Hub

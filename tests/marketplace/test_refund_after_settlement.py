@@ -20,11 +20,8 @@ from marketplace.services import (
     dispute_open,
     reservation_create,
     reservation_refund,
-    reservation_report_usage,
-    reservation_settle,
-    reservations_advance,
 )
-from tests.factories import DemandFactory, next_hour
+from tests.factories import DemandFactory, next_hour, settled_reservation
 from vouchers.models import ProgrammeUsage, ReimbursementClaim, Statement
 from vouchers.services import (
     statement_issue,
@@ -44,22 +41,6 @@ def balance(account: Account) -> Decimal:
     return account.balance
 
 
-def settled(buyer, offer, voucher, *, delivered: int | None = None):  # type: ignore[no-untyped-def]
-    start = next_hour(1)
-    demand = DemandFactory.create(
-        buyer=buyer, voucher=voucher, earliest_start=start, latest_end=start + timedelta(hours=8)
-    )
-    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=start)
-    reservations_advance(now=r.start)
-    if delivered is not None:
-        reservation_report_usage(
-            reservation_id=r.pk, provider=r.provider, delivered_gpu_hours=delivered
-        )
-    else:
-        reservations_advance(now=r.end)
-    return reservation_settle(reservation_id=r.pk)
-
-
 def budget_used(programme) -> Decimal:  # type: ignore[no-untyped-def]
     return ProgrammeUsage.objects.get(programme=programme, buyer__isnull=True).used
 
@@ -68,7 +49,7 @@ def test_a_refund_returns_value_in_the_original_proportion(
     buyer, provider, offer, voucher, programme
 ):
     # given a settled ¥80 reservation (¥48 voucher, ¥32 cash)
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     wallet = organisation_account(buyer, Account.Kind.WALLET)
     payable = organisation_account(provider, Account.Kind.PAYABLE)
     claims = organisation_account(provider, Account.Kind.CLAIMS)
@@ -103,7 +84,7 @@ def test_a_refund_returns_value_in_the_original_proportion(
 
 
 def test_refunds_never_pass_what_each_part_still_paid(buyer, offer, voucher):
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     reservation_refund(reservation_id=r.pk, amount=Decimal("50.00"), kind="sla_credit")
     rows_before = Refund.objects.count()
     with pytest.raises(Conflict) as over:
@@ -120,7 +101,7 @@ def test_refunds_never_pass_what_each_part_still_paid(buyer, offer, voucher):
 
 
 def test_a_fen_goes_to_cash_and_parts_always_add_up(buyer, offer, voucher):
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     refunds = [reservation_refund(reservation_id=r.pk, amount=Decimal("0.01")) for _ in range(3)]
     # 60 % of a fen floors to nothing: each fen is cash, and each refund adds up to its amount
     assert [(x.voucher_amount, x.cash_amount) for x in refunds] == [
@@ -131,7 +112,7 @@ def test_a_fen_goes_to_cash_and_parts_always_add_up(buyer, offer, voucher):
 
 def test_a_partly_delivered_reservation_refunds_at_most_what_was_billed(buyer, offer, voucher):
     # given 4 of 8 GPU-hours delivered: ¥40 billed, ¥24 + ¥16 refunded at settlement
-    r = settled(buyer, offer, voucher, delivered=4)
+    r = settled_reservation(buyer, offer, voucher, delivered=4)
     with pytest.raises(Conflict):
         reservation_refund(reservation_id=r.pk, amount=Decimal("40.01"))
     refund = reservation_refund(reservation_id=r.pk, amount=Decimal("40.00"))
@@ -146,7 +127,7 @@ def test_reimbursement_mode_refunds_cash_and_lowers_the_buyers_claim(
 ):
     programme.redemption_mode = "reimbursement"
     programme.save()
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     wallet = organisation_account(buyer, Account.Kind.WALLET)
     buyer_claims = organisation_account(buyer, Account.Kind.CLAIMS)
     payable = organisation_account(provider, Account.Kind.PAYABLE)
@@ -166,7 +147,7 @@ def test_a_refund_after_the_statement_was_paid_lowers_the_next_statement(
     buyer, provider, offer, voucher, programme
 ):
     # given a settled reservation whose claim was listed on a paid statement
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     today = timezone.now().date()
     later = timezone.now() + timedelta(days=40)
     first = statement_issue(
@@ -195,7 +176,7 @@ def test_a_refund_after_the_statement_was_paid_lowers_the_next_statement(
 
 
 def test_a_refund_to_a_lapsed_voucher_goes_back_to_the_programme(buyer, offer, voucher, programme):
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     vouchers_lapse_expired(now=voucher.expires_at + timedelta(seconds=1))
     budget = programme_account(programme.pk)
     before = balance(budget)
@@ -226,7 +207,7 @@ def test_only_a_settled_reservation_is_refunded_so_and_bad_input_is_named(buyer,
 def test_a_dispute_resolved_with_a_refund_refunds_in_the_same_transaction(
     buyer, provider, offer, voucher
 ):
-    r = settled(buyer, offer, voucher)
+    r = settled_reservation(buyer, offer, voucher)
     dispute = dispute_open(reservation_id=r.pk, organisation=buyer, reason="half the GPUs idle")
     with pytest.raises(ValidationFailed):
         dispute_decide(dispute_id=dispute.pk, outcome="rejected", refund=Decimal("10.00"))

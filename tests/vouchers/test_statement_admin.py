@@ -7,8 +7,7 @@ from django.utils import timezone
 
 from ledger.audit import ledger_audit
 from ledger.models import Transaction
-from marketplace.services import reservation_create, reservation_settle, reservations_advance
-from tests.factories import DemandFactory, UserFactory
+from tests.factories import UserFactory, settled_reservation
 from vouchers.models import Statement
 from vouchers.services import statement_issue
 
@@ -18,11 +17,7 @@ pytestmark = pytest.mark.django_db
 def test_operator_marks_a_statement_paid_once_and_downloads_it(
     client, buyer, provider, offer, voucher, programme
 ):
-    demand = DemandFactory.create(buyer=buyer, voucher=voucher)
-    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
-    reservations_advance(now=r.start)
-    reservations_advance(now=r.end)
-    reservation_settle(reservation_id=r.pk)
+    settled_reservation(buyer, offer, voucher)
     statement = statement_issue(
         programme_id=programme.pk,
         provider_id=provider.pk,
