@@ -16,6 +16,7 @@ ZH = {
     "Home": "首页",
     "Programme": "算力券项目",
     "Annual budget": "年度预算",
+    "Used this year": "本年度已用",
     "Issued": "已发放",
     "Held": "冻结中",
     "Redeemed": "已兑付",

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate, TruncMonth
+from django.utils import timezone
 
 from accounts.models import Organisation
 from ledger.models import Account, Entry
@@ -27,7 +28,8 @@ from marketplace.models import (
     ReservationEvent,
 )
 from marketplace.selectors import offer_search
-from vouchers.models import Programme, ReimbursementClaim, Voucher
+from vouchers.models import Programme, ProgrammeUsage, ReimbursementClaim, Voucher
+from vouchers.services import programme_year
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ZERO = Decimal("0.00")
@@ -270,17 +272,28 @@ def provider_utilisation(
 @dataclass(frozen=True)
 class ProgrammeBudget:
     programme: Programme
+    used_this_year: Decimal
     issued: Decimal
     held: Decimal
     redeemed: Decimal
     left: Decimal
 
 
-def programme_budgets() -> list[ProgrammeBudget]:
-    """Per programme, in CNY: face value of vouchers issued, voucher parts currently held in
-    escrow (held/confirmed/active/completed reservations), redeemed (settled reservations'
-    reimbursement claims) and budget left (the programme budget account's balance)."""
+def programme_budgets(now: datetime | None = None) -> list[ProgrammeBudget]:
+    """Per programme, in CNY: voucher value used in the current programme year against the
+    annual budget (the usage counter holds are checked against, ``vouchers.ProgrammeUsage``:
+    held plus redeemed, less refunds), face value of vouchers issued, voucher parts currently
+    held in escrow (held/confirmed/active/completed reservations), redeemed (settled
+    reservations' reimbursement claims) and budget left (the programme budget account's
+    balance). ``now`` (UTC, default the current time) picks each programme's year."""
+    now = now or timezone.now()
     programmes = list(Programme.objects.order_by("code"))
+    used = {
+        (programme_id, year): amount
+        for programme_id, year, amount in ProgrammeUsage.objects.filter(
+            buyer__isnull=True
+        ).values_list("programme_id", "year", "used")
+    }
     issued = dict(
         Voucher.objects.values_list("programme_id").annotate(s=Sum("face_value")).order_by()
     )
@@ -301,6 +314,7 @@ def programme_budgets() -> list[ProgrammeBudget]:
     return [
         ProgrammeBudget(
             p,
+            used.get((p.pk, programme_year(p, now)), ZERO),
             issued.get(p.pk) or ZERO,
             held.get(p.pk) or ZERO,
             redeemed.get(p.pk) or ZERO,

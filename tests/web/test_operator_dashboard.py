@@ -1,5 +1,6 @@
 """The operator dashboard in the admin: staff only, the numbers from the ledger, fixed queries."""
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -8,7 +9,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import User
-from marketplace.services import reservation_create
+from marketplace.services import reservation_cancel, reservation_create
 from tests.factories import DemandFactory, next_hour
 
 pytestmark = pytest.mark.django_db
@@ -36,6 +37,29 @@ def test_dashboard_numbers(operator, buyer, offer, voucher):
     assert "every candidate offer is over your price limit" in body
     assert body.count("<svg viewBox") == 2
     assert voucher.face_value == Decimal("1000.00")
+
+
+def _budget_row(client: Client, programme_name: str) -> list[str]:
+    body = client.get("/admin/dashboard/").content.decode()
+    table = body.split('<table id="budgets">', 1)[1].split("</table>", 1)[0]
+    for row in re.findall(r"<tr><th scope=\"row\">(.*?)</tr>", table):
+        if row.startswith(programme_name + "<"):
+            return re.findall(r'<td class="num">(.*?)</td>', row)
+    raise AssertionError(f"no budget row for {programme_name}")
+
+
+def test_used_this_year_follows_the_usage_counter_the_holds_are_checked_against(
+    operator, buyer, offer, voucher
+):
+    name = voucher.programme.name
+    annual, used, *_ = _budget_row(operator, name)
+    assert used == "¥0.00"
+    # a hold takes ¥48 of the voucher against this year's budget
+    r = _book(buyer, offer, voucher, 2)
+    assert _budget_row(operator, name)[:2] == [annual, "¥48.00"]
+    # cancelled before it starts: the voucher part goes back, and so does the year's usage
+    reservation_cancel(reservation_id=r.pk, buyer=buyer)
+    assert _budget_row(operator, name)[:2] == [annual, "¥0.00"]
 
 
 def test_dashboard_is_staff_only(buyer_user):
