@@ -195,7 +195,9 @@ CACHES = {
 OFFER_SEARCH_CACHE_SECONDS = env.int("OFFER_SEARCH_CACHE_SECONDS", default=30 if REDIS_URL else 0)
 
 # --- Celery -----------------------------------------------------------------------------
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# The in-process broker names its host, or kombu warns "No hostname was supplied" at each eager
+# task (Celery acquires a producer even when it runs the task in-process).
+CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
