@@ -152,6 +152,8 @@ ZH = {
     "Confirm cancellation": "确认取消",
     "Keep the reservation": "保留预订",
     "Reservation": "预订",
+    "Dispute": "争议",
+    "Resolve with this refund": "按此金额退款并结案",
     "Offer": "报价",
     "When": "时间",
     "%(h)s hour": ["%(h)s 小时"],

@@ -90,3 +90,21 @@ def provider_client(provider_user) -> APIClient:  # type: ignore[no-untyped-def]
     client = APIClient()
     client.force_authenticate(provider_user)
     return client
+
+
+@pytest.fixture
+def operator():  # type: ignore[no-untyped-def]
+    """A superuser ``operator`` (the operators' admin)."""
+    from accounts.models import User
+
+    return User.objects.create_superuser("operator", "op@example.com", "pw-Secret-123")
+
+
+@pytest.fixture
+def operator_client(operator):  # type: ignore[no-untyped-def]
+    """A Django test client logged in as ``operator``."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(operator)
+    return client

@@ -7,11 +7,10 @@ import pytest
 from django.contrib import admin
 from django.core.management import call_command
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from accounts.models import Organisation, User
+from accounts.models import Organisation
 from ledger.models import Account
 from ledger.services import voucher_account
 from marketplace.models import Hub, Offer, Reservation
@@ -21,18 +20,6 @@ from vouchers.models import CatalogueEntry, Programme, Voucher, VoucherApplicati
 from vouchers.services import voucher_application_submit, voucher_issue
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def operator() -> User:
-    return User.objects.create_superuser("operator", "op@example.com", "pw-Secret-123")
-
-
-@pytest.fixture
-def operator_client(operator: User) -> Client:
-    client = Client()
-    client.force_login(operator)
-    return client
 
 
 @pytest.fixture

@@ -223,3 +223,45 @@ def test_a_dispute_resolved_with_a_refund_refunds_in_the_same_transaction(
     )
     assert Dispute.objects.get(pk=dispute.pk).status == "resolved"
     assert ledger_audit() == []
+
+
+def _refund_action(client, disputes, **form):  # type: ignore[no-untyped-def]
+    data = {"action": "resolve_with_refund", "_selected_action": [str(d.pk) for d in disputes]}
+    if form:
+        data |= {"apply": "1", **form}
+    return client.post("/admin/marketplace/dispute/", data, follow=True)
+
+
+def test_an_operator_resolves_a_dispute_with_a_refund_from_the_admin(
+    operator_client, buyer, offer, voucher
+):
+    r = settled_reservation(buyer, offer, voucher)
+    dispute = dispute_open(reservation_id=r.pk, organisation=buyer, reason="half the GPUs idle")
+    second = settled_reservation(buyer, offer, voucher, hours_ahead=4)
+    other = dispute_open(reservation_id=second.pk, organisation=buyer, reason="late start")
+    # the action asks for one dispute only
+    page = _refund_action(operator_client, [dispute, other]).content.decode()
+    assert "Choose exactly one dispute to refund." in page
+    # the intermediate page shows the bill and asks the amount
+    page = _refund_action(operator_client, [dispute]).content.decode()
+    assert 'name="amount"' in page and "¥80.00" in page
+    # more than was paid: the form says so and nothing changes
+    page = _refund_action(operator_client, [dispute], amount="80.01", note="").content.decode()
+    assert "at most 80.00 CNY is left to refund" in page
+    assert Dispute.objects.get(pk=dispute.pk).status == "open"
+    assert not Refund.objects.exists()
+    # a bad amount is the form's own error
+    page = _refund_action(operator_client, [dispute], amount="-1", note="").content.decode()
+    assert "Ensure this value is greater than or equal to 0.01." in page
+    assert not Refund.objects.exists()
+    # ¥10: resolved, refunded 60:40 like the bill, with the operator's note
+    page = _refund_action(
+        operator_client, [dispute], amount="10.00", note="credited for idle GPUs"
+    ).content.decode()
+    assert "resolved with a refund of ¥10.00" in page
+    dispute.refresh_from_db()
+    assert (dispute.status, dispute.resolution) == ("resolved", "credited for idle GPUs")
+    refund = Refund.objects.get(kind="dispute")
+    assert (refund.voucher_amount, refund.cash_amount) == (Decimal("6.00"), Decimal("4.00"))
+    assert Dispute.objects.get(pk=other.pk).status == "open"
+    assert ledger_audit() == []
