@@ -251,48 +251,50 @@ class Bucket:
             self.free[i, o.start - self.start : o.end - self.start] = o.gpu_count - np.asarray(
                 o.used, dtype=np.int16
             )
-        self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        span = self.end - self.start
+        self._hours = np.arange(span, dtype=np.int16)
+        self._span = np.full(span, span, dtype=np.int16)
+        # per GPU count: free-run lengths, hours × rows (transposed: one C-order argmax over a
+        # window finds the earliest hour, then the first listed row)
+        self._runs: dict[int, np.ndarray] = {}
         self._dirty: dict[int, set[int]] = {}  # rows booked since the runs were computed
 
     def _free_runs(self, free: np.ndarray, gpus: int) -> np.ndarray:
-        """Per row and hour: consecutive hours from that hour with ≥ ``gpus`` free."""
-        n = free.shape[-1]
-        hours = np.arange(n, dtype=np.int16)
-        blocked = np.where(free >= gpus, np.int16(n), hours)
+        """Per row (or for one row) and hour: consecutive hours from that hour with ≥ ``gpus``
+        free (the span's end counts as blocked)."""
+        blocked = np.where(free >= gpus, self._span, self._hours)
         nxt = np.minimum.accumulate(blocked[..., ::-1], axis=-1)[..., ::-1]
-        return nxt - hours
+        return nxt - self._hours
 
-    def _runs_for(self, gpus: int) -> tuple[np.ndarray, np.ndarray]:
-        found = self._runs.get(gpus)
-        if found is None:
-            runs = self._free_runs(self.free, gpus)
-            found = (runs, runs.max(axis=0))
-            self._runs[gpus] = found
+    def _runs_for(self, gpus: int) -> np.ndarray:
+        runs = self._runs.get(gpus)
+        if runs is None:
+            runs = self._runs[gpus] = np.ascontiguousarray(self._free_runs(self.free, gpus).T)
             self._dirty[gpus] = set()
-        elif self._dirty[gpus]:
-            rows = sorted(self._dirty[gpus])
-            self._dirty[gpus] = set()
-            runs = found[0]
-            runs[rows] = self._free_runs(self.free[rows], gpus)
-            found = (runs, runs.max(axis=0))
-            self._runs[gpus] = found
-        return found
+            return runs
+        dirty = self._dirty[gpus]
+        if len(dirty) == 1:  # the usual case: one booking since the last query
+            row = dirty.pop()
+            runs[:, row] = self._free_runs(self.free[row], gpus)
+        elif dirty:
+            rows = sorted(dirty)
+            dirty.clear()
+            runs[:, rows] = self._free_runs(self.free[rows], gpus).T
+        return runs
 
     def earliest(self, gpus: int, duration: int, lo: int, hi: int) -> tuple[int, int] | None:
         """``(row, start)`` of the earliest fit over the bucket, first listed on ties: every
         hour of ``[start, start + duration)`` inside ``[lo, hi)`` has ``gpus`` free on the
-        offer ``self.offers[row]``; ``None`` if no offer of the bucket fits. Uses the longest
-        free run from each hour (per row, and its maximum over rows): O(hours) per query."""
+        offer ``self.offers[row]``; ``None`` if no offer of the bucket fits. Reads the longest
+        free run from each hour of each row, cached per GPU count and refreshed for the rows
+        booked since: O(candidate starts × offers) per query."""
         lo, hi = max(lo, self.start), min(hi, self.end)
         if hi - lo < duration:
             return None
-        runs, best = self._runs_for(gpus)
-        a, b = lo - self.start, hi - self.start - duration + 1
-        ok = best[a:b] >= duration
-        h = int(ok.argmax())
-        if not ok[h]:
+        ok = self._runs_for(gpus)[lo - self.start : hi - self.start - duration + 1] >= duration
+        h, row = divmod(int(ok.argmax()), ok.shape[1])  # row-major: earliest hour, first row
+        if not ok[h, row]:
             return None
-        row = int((runs[:, a + h] >= duration).argmax())
         return row, lo + h
 
     def fits(
