@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from operator import attrgetter
 
 import numpy as np
 
@@ -244,14 +245,16 @@ class Bucket:
         self.min_duration = first.min_duration
         self.start = min(o.start for o in offers)
         self.end = max(o.end for o in offers)
-        self.free = np.zeros((len(offers), self.end - self.start), dtype=np.int16)
-        self.row: dict[str, int] = {}
-        for i, o in enumerate(offers):
-            self.row[o.id] = i
-            self.free[i, o.start - self.start : o.end - self.start] = o.gpu_count - np.asarray(
-                o.used, dtype=np.int16
-            )
+        self.row = {o.id: i for i, o in enumerate(offers)}
         span = self.end - self.start
+        counts = np.array([o.gpu_count for o in offers], dtype=np.int16)
+        if all(o.start == self.start and o.end == self.end for o in offers):  # one conversion
+            self.free = counts[:, None] - np.array([o.used for o in offers], dtype=np.int16)
+        else:
+            self.free = np.zeros((len(offers), span), dtype=np.int16)
+            for i, o in enumerate(offers):
+                a = o.start - self.start
+                self.free[i, a : o.end - self.start] = counts[i] - np.array(o.used, dtype=np.int16)
         self._hours = np.arange(span, dtype=np.int16)
         self._span = np.full(span, span, dtype=np.int16)
         # per GPU count: free-run lengths, hours × rows (transposed: one C-order argmax over a
@@ -318,7 +321,8 @@ class Bucket:
     def took(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
         row = self.row[offer.id]
         a = start - self.start
-        self.free[row, a : a + duration] -= gpus
+        hours = self.free[row, a : a + duration]
+        np.subtract(hours, gpus, out=hours)
         for rows in self._dirty.values():
             rows.add(row)
 
@@ -359,7 +363,7 @@ class OfferIndex:
                 for bucket in made:
                     for o in bucket.offers:
                         self.bucket_of[o.id] = bucket
-        self._rings: dict[tuple[frozenset[str], SiteRef, str], Ring] = {}
+        self._rings: dict[tuple[frozenset[str], str, str, str, str], Ring] = {}
 
     def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
         """Book ``gpus`` on ``offer`` over ``[start, start + duration)`` and update the index."""
@@ -367,11 +371,12 @@ class OfferIndex:
         self.bucket_of[offer.id].took(offer, gpus, start, duration)
 
     def ring(self, demand: DemandSnap) -> Ring:
-        key = (demand.models, demand.origin, demand.limit)
+        origin = demand.origin
+        # what the ring depends on, in plain hashable values (str hashes are cached)
+        key = (demand.models, origin.city, origin.metro, origin.hub, demand.limit)
         ring = self._rings.get(key)
         if ring is None:
-            ring = self._ring(*key)
-            self._rings[key] = ring
+            ring = self._rings[key] = self._ring(demand.models, origin, demand.limit)
         return ring
 
     def _ring(self, models: frozenset[str], origin: SiteRef, limit_name: str) -> Ring:
@@ -399,8 +404,11 @@ class OfferIndex:
 def cost_floor(demand: DemandSnap, price: Decimal) -> Decimal:
     """The least the buyer can pay for ``demand`` at ``price`` after its voucher (CNY): the
     bill less the voucher's largest possible part; non-decreasing in ``price``."""
-    bill = bill_of(demand.gpu_count, demand.duration, price)
-    v = demand.voucher
+    return least_cash(bill_of(demand.gpu_count, demand.duration, price), demand.voucher)
+
+
+def least_cash(bill: Decimal, v: VoucherSnap | None) -> Decimal:
+    """``bill`` (CNY) less the largest part voucher ``v`` could pay of it."""
     if v is None:
         return bill
     share = (bill * v.max_share).quantize(FEN, rounding=ROUND_DOWN)
@@ -428,7 +436,9 @@ def solve_greedy(
     """
     index = OfferIndex(offers, latency or {})
     result = Result(matches=[], unserved={})
-    ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
+    # higher limit price first, then (a stable sort) earlier posting, then id
+    ordered = sorted(demands, key=attrgetter("posted", "id"))
+    ordered.sort(key=attrgetter("max_price"), reverse=True)
     for i, demand in enumerate(ordered):
         if deadline is not None and time.perf_counter() >= deadline:
             result.solver["not_reached"] = len(ordered) - i
@@ -475,8 +485,8 @@ def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str,
             if price > max_price:
                 blocked = max(blocked, 1)
                 break
-            floor = cost_floor(demand, price)
-            if best_key is not None and floor > best_key[0]:
+            bill = bill_of(gpus, duration, price)
+            if best_key is not None and least_cash(bill, demand.voucher) > best_key[0]:
                 break
             if bucket.min_duration > duration:
                 blocked = max(blocked, 3)
@@ -489,7 +499,6 @@ def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str,
             if found is None:
                 blocked = max(blocked, 4)
                 continue
-            bill = bill_of(gpus, duration, price)
             # the voucher's part is the same for every offer of a bucket (same provider and
             # site): the bucket's earliest fit is its best pair
             row, start = found
