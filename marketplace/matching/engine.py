@@ -295,9 +295,10 @@ class Bucket:
         if hi - lo < duration:
             return None
         ok = self._runs_for(gpus)[lo - self.start : hi - self.start - duration + 1] >= duration
-        h, row = divmod(int(ok.argmax()), ok.shape[1])  # row-major: earliest hour, first row
-        if not ok[h, row]:
+        k = int(ok.argmax())  # row-major: the earliest hour, then the first listed row
+        if not ok.item(k):
             return None
+        h, row = divmod(k, ok.shape[1])
         return row, lo + h
 
     def fits(
@@ -323,8 +324,12 @@ class Bucket:
         a = start - self.start
         hours = self.free[row, a : a + duration]
         np.subtract(hours, gpus, out=hours)
-        for rows in self._dirty.values():
-            rows.add(row)
+        # the runs for ``g`` GPUs change only if some hour went from ≥ g free to < g
+        free = hours.tolist()
+        least, most = min(free), max(free) + gpus
+        for g, rows in self._dirty.items():
+            if least < g <= most:
+                rows.add(row)
 
 
 @dataclass
@@ -364,6 +369,15 @@ class OfferIndex:
                     for o in bucket.offers:
                         self.bucket_of[o.id] = bucket
         self._rings: dict[tuple[frozenset[str], str, str, str, str], Ring] = {}
+        self._bills: dict[tuple[int, int, Decimal], Decimal] = {}
+
+    def bill(self, gpus: int, hours: int, price: Decimal) -> Decimal:
+        """``bill_of(gpus, hours, price)``, memoised for the cycle (CNY)."""
+        key = (gpus, hours, price)
+        bill = self._bills.get(key)
+        if bill is None:
+            bill = self._bills[key] = bill_of(gpus, hours, price)
+        return bill
 
     def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
         """Book ``gpus`` on ``offer`` over ``[start, start + duration)`` and update the index."""
@@ -485,7 +499,7 @@ def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str,
             if price > max_price:
                 blocked = max(blocked, 1)
                 break
-            bill = bill_of(gpus, duration, price)
+            bill = index.bill(gpus, duration, price)
             if best_key is not None and least_cash(bill, demand.voucher) > best_key[0]:
                 break
             if bucket.min_duration > duration:
