@@ -173,31 +173,32 @@ def test_indexed_greedy_equals_the_plain_scan(offers, demands, used):
 
 
 def test_inside_a_bucket_the_earlier_start_wins_then_the_first_listed():
-    # given three interchangeable offers: the first listed is busy at hour 0, the other two
-    # are free from hour 0
+    # given three interchangeable offers of 8 GPUs (one bucket): the first listed is full in
+    # hour 0, the other two are free
     offers = [
         OfferSnap(f"o{i}", "p1", "A100", SITES[0], Decimal("10"), 8, 0, 24, listed=i)
         for i in range(3)
     ]
     offers[0].used[0] = 8
     d = DemandSnap(
-        "d",
-        "b1",
-        frozenset(),
-        frozenset({"A100"}),
-        4,
-        2,
-        0,
-        24,
-        Decimal("20"),
-        SITES[0],
-        "city",
-        0,
+        id="d",
+        buyer="b1",
+        related=frozenset(),
+        models=frozenset({"A100"}),
+        gpu_count=4,
+        duration=2,
+        start=0,
+        end=24,
+        max_price=Decimal("20"),
+        origin=SITES[0],
+        limit="city",
+        posted=0,
     )
-    # when one demand is placed, then a second like it
-    result = solve_greedy([d, replace(d, id="e", posted=1)], offers)
+    # when 4 GPUs, then 8, then 8 are asked for two hours from hour 0
+    asks = [d, replace(d, id="e", gpu_count=8, posted=1), replace(d, id="f", gpu_count=8, posted=2)]
+    result = solve_greedy(asks, offers)
     # then the earliest start wins over listing order, and at one start the first listed wins
-    assert [(m.offer_id, m.start) for m in result.matches] == [("o1", 0), ("o1", 0)]
+    assert [(m.offer_id, m.start) for m in result.matches] == [("o1", 0), ("o2", 0), ("o0", 1)]
 
 
 bucket_offer_st = st.tuples(
