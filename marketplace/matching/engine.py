@@ -235,8 +235,9 @@ class Bucket:
     """Offers interchangeable but for capacity and listing order: same model, site, price,
     provider and minimum duration, in listing order. Keeps the free-GPU matrix (offers × hours
     of the bucket's span, 0 outside an offer's window) so one vectorised query answers "which
-    offer of the bucket fits earliest" for all its offers at once; answers are memoised until
-    the bucket's next booking."""
+    offer of the bucket fits earliest" for all its offers at once. The free runs behind that
+    query are kept per GPU count; a booking makes its row stale only for the GPU counts whose
+    free/blocked hours it changed, and a stale row is recomputed at the next query."""
 
     def __init__(self, offers: list[OfferSnap]) -> None:
         self.offers = offers
