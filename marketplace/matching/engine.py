@@ -321,12 +321,15 @@ class Bucket:
         return [(int(rows[i]), lo + int(first[i]), lo + int(last[i])) for i in order]
 
     def took(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
+        """Record a booking of ``gpus`` on ``offer`` over ``[start, start + duration)``."""
         row = self.row[offer.id]
         a = start - self.start
         hours = self.free[row, a : a + duration]
         np.subtract(hours, gpus, out=hours)
         # the runs for ``g`` GPUs change only if some hour went from ≥ g free to < g
         free = hours.tolist()
+        if not free:  # an empty booking changes nothing
+            return
         least, most = min(free), max(free) + gpus
         for g, rows in self._dirty.items():
             if least < g <= most:
