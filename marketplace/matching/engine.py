@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from operator import attrgetter
 
 import numpy as np
 
@@ -234,8 +235,9 @@ class Bucket:
     """Offers interchangeable but for capacity and listing order: same model, site, price,
     provider and minimum duration, in listing order. Keeps the free-GPU matrix (offers × hours
     of the bucket's span, 0 outside an offer's window) so one vectorised query answers "which
-    offer of the bucket fits earliest" for all its offers at once; answers are memoised until
-    the bucket's next booking."""
+    offer of the bucket fits earliest" for all its offers at once. The free runs behind that
+    query are kept per GPU count; a booking makes its row stale only for the GPU counts whose
+    free/blocked hours it changed, and a stale row is recomputed at the next query."""
 
     def __init__(self, offers: list[OfferSnap]) -> None:
         self.offers = offers
@@ -244,55 +246,60 @@ class Bucket:
         self.min_duration = first.min_duration
         self.start = min(o.start for o in offers)
         self.end = max(o.end for o in offers)
-        self.free = np.zeros((len(offers), self.end - self.start), dtype=np.int16)
-        self.row: dict[str, int] = {}
-        for i, o in enumerate(offers):
-            self.row[o.id] = i
-            self.free[i, o.start - self.start : o.end - self.start] = o.gpu_count - np.asarray(
-                o.used, dtype=np.int16
-            )
-        self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.row = {o.id: i for i, o in enumerate(offers)}
+        span = self.end - self.start
+        counts = np.array([o.gpu_count for o in offers], dtype=np.int16)
+        if all(o.start == self.start and o.end == self.end for o in offers):  # one conversion
+            self.free = counts[:, None] - np.array([o.used for o in offers], dtype=np.int16)
+        else:
+            self.free = np.zeros((len(offers), span), dtype=np.int16)
+            for i, o in enumerate(offers):
+                a = o.start - self.start
+                self.free[i, a : o.end - self.start] = counts[i] - np.array(o.used, dtype=np.int16)
+        self._hours = np.arange(span, dtype=np.int16)
+        self._span = np.full(span, span, dtype=np.int16)
+        # per GPU count: free-run lengths, hours × rows (transposed: one C-order argmax over a
+        # window finds the earliest hour, then the first listed row)
+        self._runs: dict[int, np.ndarray] = {}
         self._dirty: dict[int, set[int]] = {}  # rows booked since the runs were computed
 
     def _free_runs(self, free: np.ndarray, gpus: int) -> np.ndarray:
-        """Per row and hour: consecutive hours from that hour with ≥ ``gpus`` free."""
-        n = free.shape[-1]
-        hours = np.arange(n, dtype=np.int16)
-        blocked = np.where(free >= gpus, np.int16(n), hours)
+        """Per row (or for one row) and hour: consecutive hours from that hour with ≥ ``gpus``
+        free (the span's end counts as blocked)."""
+        blocked = np.where(free >= gpus, self._span, self._hours)
         nxt = np.minimum.accumulate(blocked[..., ::-1], axis=-1)[..., ::-1]
-        return nxt - hours
+        return nxt - self._hours
 
-    def _runs_for(self, gpus: int) -> tuple[np.ndarray, np.ndarray]:
-        found = self._runs.get(gpus)
-        if found is None:
-            runs = self._free_runs(self.free, gpus)
-            found = (runs, runs.max(axis=0))
-            self._runs[gpus] = found
+    def _runs_for(self, gpus: int) -> np.ndarray:
+        runs = self._runs.get(gpus)
+        if runs is None:
+            runs = self._runs[gpus] = np.ascontiguousarray(self._free_runs(self.free, gpus).T)
             self._dirty[gpus] = set()
-        elif self._dirty[gpus]:
-            rows = sorted(self._dirty[gpus])
-            self._dirty[gpus] = set()
-            runs = found[0]
-            runs[rows] = self._free_runs(self.free[rows], gpus)
-            found = (runs, runs.max(axis=0))
-            self._runs[gpus] = found
-        return found
+            return runs
+        dirty = self._dirty[gpus]
+        if len(dirty) == 1:  # the usual case: one booking since the last query
+            row = dirty.pop()
+            runs[:, row] = self._free_runs(self.free[row], gpus)
+        elif dirty:
+            rows = sorted(dirty)
+            dirty.clear()
+            runs[:, rows] = self._free_runs(self.free[rows], gpus).T
+        return runs
 
     def earliest(self, gpus: int, duration: int, lo: int, hi: int) -> tuple[int, int] | None:
         """``(row, start)`` of the earliest fit over the bucket, first listed on ties: every
         hour of ``[start, start + duration)`` inside ``[lo, hi)`` has ``gpus`` free on the
-        offer ``self.offers[row]``; ``None`` if no offer of the bucket fits. Uses the longest
-        free run from each hour (per row, and its maximum over rows): O(hours) per query."""
+        offer ``self.offers[row]``; ``None`` if no offer of the bucket fits. Reads the longest
+        free run from each hour of each row, cached per GPU count and refreshed for the rows
+        booked since: O(candidate starts × offers) per query."""
         lo, hi = max(lo, self.start), min(hi, self.end)
         if hi - lo < duration:
             return None
-        runs, best = self._runs_for(gpus)
-        a, b = lo - self.start, hi - self.start - duration + 1
-        ok = best[a:b] >= duration
-        h = int(ok.argmax())
-        if not ok[h]:
+        ok = self._runs_for(gpus)[lo - self.start : hi - self.start - duration + 1] >= duration
+        k = int(ok.argmax())  # row-major: the earliest hour, then the first listed row
+        if not ok.item(k):
             return None
-        row = int((runs[:, a + h] >= duration).argmax())
+        h, row = divmod(k, ok.shape[1])
         return row, lo + h
 
     def fits(
@@ -314,11 +321,19 @@ class Bucket:
         return [(int(rows[i]), lo + int(first[i]), lo + int(last[i])) for i in order]
 
     def took(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
+        """Record a booking of ``gpus`` on ``offer`` over ``[start, start + duration)``."""
         row = self.row[offer.id]
         a = start - self.start
-        self.free[row, a : a + duration] -= gpus
-        for rows in self._dirty.values():
-            rows.add(row)
+        hours = self.free[row, a : a + duration]
+        np.subtract(hours, gpus, out=hours)
+        # the runs for ``g`` GPUs change only if some hour went from ≥ g free to < g
+        free = hours.tolist()
+        if not free:  # an empty booking changes nothing
+            return
+        least, most = min(free), max(free) + gpus
+        for g, rows in self._dirty.items():
+            if least < g <= most:
+                rows.add(row)
 
 
 @dataclass
@@ -357,7 +372,16 @@ class OfferIndex:
                 for bucket in made:
                     for o in bucket.offers:
                         self.bucket_of[o.id] = bucket
-        self._rings: dict[tuple[frozenset[str], SiteRef, str], Ring] = {}
+        self._rings: dict[tuple[frozenset[str], str, str, str, str], Ring] = {}
+        self._bills: dict[tuple[int, int, Decimal], Decimal] = {}
+
+    def bill(self, gpus: int, hours: int, price: Decimal) -> Decimal:
+        """``bill_of(gpus, hours, price)``, memoised for the cycle (CNY)."""
+        key = (gpus, hours, price)
+        bill = self._bills.get(key)
+        if bill is None:
+            bill = self._bills[key] = bill_of(gpus, hours, price)
+        return bill
 
     def take(self, offer: OfferSnap, gpus: int, start: int, duration: int) -> None:
         """Book ``gpus`` on ``offer`` over ``[start, start + duration)`` and update the index."""
@@ -365,11 +389,12 @@ class OfferIndex:
         self.bucket_of[offer.id].took(offer, gpus, start, duration)
 
     def ring(self, demand: DemandSnap) -> Ring:
-        key = (demand.models, demand.origin, demand.limit)
+        origin = demand.origin
+        # what the ring depends on, in plain hashable values (str hashes are cached)
+        key = (demand.models, origin.city, origin.metro, origin.hub, demand.limit)
         ring = self._rings.get(key)
         if ring is None:
-            ring = self._ring(*key)
-            self._rings[key] = ring
+            ring = self._rings[key] = self._ring(demand.models, origin, demand.limit)
         return ring
 
     def _ring(self, models: frozenset[str], origin: SiteRef, limit_name: str) -> Ring:
@@ -397,8 +422,11 @@ class OfferIndex:
 def cost_floor(demand: DemandSnap, price: Decimal) -> Decimal:
     """The least the buyer can pay for ``demand`` at ``price`` after its voucher (CNY): the
     bill less the voucher's largest possible part; non-decreasing in ``price``."""
-    bill = bill_of(demand.gpu_count, demand.duration, price)
-    v = demand.voucher
+    return least_cash(bill_of(demand.gpu_count, demand.duration, price), demand.voucher)
+
+
+def least_cash(bill: Decimal, v: VoucherSnap | None) -> Decimal:
+    """``bill`` (CNY) less the largest part voucher ``v`` could pay of it."""
     if v is None:
         return bill
     share = (bill * v.max_share).quantize(FEN, rounding=ROUND_DOWN)
@@ -426,7 +454,9 @@ def solve_greedy(
     """
     index = OfferIndex(offers, latency or {})
     result = Result(matches=[], unserved={})
-    ordered = sorted(demands, key=lambda d: (-d.max_price, d.posted, d.id))
+    # higher limit price first, then (a stable sort) earlier posting, then id
+    ordered = sorted(demands, key=attrgetter("posted", "id"))
+    ordered.sort(key=attrgetter("max_price"), reverse=True)
     for i, demand in enumerate(ordered):
         if deadline is not None and time.perf_counter() >= deadline:
             result.solver["not_reached"] = len(ordered) - i
@@ -473,8 +503,8 @@ def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str,
             if price > max_price:
                 blocked = max(blocked, 1)
                 break
-            floor = cost_floor(demand, price)
-            if best_key is not None and floor > best_key[0]:
+            bill = index.bill(gpus, duration, price)
+            if best_key is not None and least_cash(bill, demand.voucher) > best_key[0]:
                 break
             if bucket.min_duration > duration:
                 blocked = max(blocked, 3)
@@ -487,7 +517,6 @@ def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str,
             if found is None:
                 blocked = max(blocked, 4)
                 continue
-            bill = bill_of(gpus, duration, price)
             # the voucher's part is the same for every offer of a bucket (same provider and
             # site): the bucket's earliest fit is its best pair
             row, start = found

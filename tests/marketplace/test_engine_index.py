@@ -1,6 +1,7 @@
 """The indexed greedy walk (offer buckets, locality rings, free-run queries, early exit) gives
 exactly the answer of a plain scan of every (demand, offer) pair — the reference below."""
 
+from dataclasses import replace
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from marketplace.matching.engine import (
     REASONS,
     DemandSnap,
     Match,
+    OfferIndex,
     OfferSnap,
     SiteRef,
     VoucherSnap,
@@ -168,3 +170,76 @@ def test_indexed_greedy_equals_the_plain_scan(offers, demands, used):
     assert result.matches == matches
     assert result.unserved == unserved
     assert [o.used for o in o1] == [o.used for o in o2]
+
+
+def test_inside_a_bucket_the_earlier_start_wins_then_the_first_listed():
+    # given three interchangeable offers of 8 GPUs (one bucket): the first listed is full in
+    # hour 0, the other two are free
+    offers = [
+        OfferSnap(f"o{i}", "p1", "A100", SITES[0], Decimal("10"), 8, 0, 24, listed=i)
+        for i in range(3)
+    ]
+    offers[0].used[0] = 8
+    d = DemandSnap(
+        id="d",
+        buyer="b1",
+        related=frozenset(),
+        models=frozenset({"A100"}),
+        gpu_count=4,
+        duration=2,
+        start=0,
+        end=24,
+        max_price=Decimal("20"),
+        origin=SITES[0],
+        limit="city",
+        posted=0,
+    )
+    # when 4 GPUs, then 8, then 8 are asked for two hours from hour 0
+    asks = [d, replace(d, id="e", gpu_count=8, posted=1), replace(d, id="f", gpu_count=8, posted=2)]
+    result = solve_greedy(asks, offers)
+    # then the earliest start wins over listing order, and at one start the first listed wins
+    assert [(m.offer_id, m.start) for m in result.matches] == [("o1", 0), ("o2", 0), ("o0", 1)]
+
+
+bucket_offer_st = st.tuples(
+    st.integers(1, 8),  # GPUs
+    st.integers(0, 4),  # start
+    st.integers(6, 20),  # end
+    st.lists(st.integers(0, 8), min_size=1, max_size=5),  # used pattern
+)
+step_st = st.tuples(
+    st.integers(1, 8),  # GPUs
+    st.integers(1, 6),  # duration
+    st.integers(0, 16),  # earliest start
+    st.integers(0, 6),  # slack
+    st.booleans(),  # book the fit found
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    offers=st.lists(bucket_offer_st, min_size=1, max_size=6),
+    steps=st.lists(step_st, min_size=1, max_size=30),
+)
+def test_bucket_earliest_equals_a_scan_of_its_offers_between_bookings(offers, steps):
+    """The cached free runs per GPU count, refreshed only for the rows and GPU counts a booking
+    changed, answer as a scan of every offer: earliest start, then first listed."""
+    snaps = []
+    for i, (gpus, start, end, pattern) in enumerate(offers):
+        o = OfferSnap(f"o{i}", "p1", "A100", SITES[0], Decimal("10"), gpus, start, end, listed=i)
+        o.used = [min(gpus, pattern[h % len(pattern)]) for h in range(end - start)]
+        snaps.append(o)
+    index = OfferIndex(snaps, {})
+    (bucket,) = index.by_model["A100"][SITES[0]]
+    for gpus, duration, lo, slack, book in steps:
+        hi = lo + duration + slack
+        fits = [
+            (s, row)
+            for row, o in enumerate(bucket.offers)
+            if (s := o.earliest_fit(gpus, duration, lo, hi)) is not None
+        ]
+        expected = (min(fits)[1], min(fits)[0]) if fits else None
+        assert bucket.earliest(gpus, duration, lo, hi) == expected
+        if book and expected is not None:
+            index.take(bucket.offers[expected[0]], gpus, expected[1], duration)
+            assert (bucket.free >= 0).all()
