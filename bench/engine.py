@@ -58,19 +58,14 @@ def capacity_bound(
     hours: list[float] = []
     for i, d in enumerate(demands):
         hours.append(float(d.gpu_count * d.duration))
-        for entries in index.ring(d).tiers:
-            for bucket, _ in entries:
-                if bucket.price > d.max_price:
-                    break
-                if bucket.min_duration > d.duration or bucket.provider == d.buyer:
-                    continue
-                if bucket.earliest(d.gpu_count, d.duration, d.start, d.end) is None:
-                    continue
-                b = bucket_ids.setdefault(id(bucket), len(cap))
-                if b == len(cap):
-                    cap.append(float(bucket.free.sum()))
-                cols_d.append(i)
-                cols_b.append(b)
+        for bucket in index.usable(d):
+            if bucket.earliest(d.gpu_count, d.duration, d.start, d.end) is None:
+                continue
+            b = bucket_ids.setdefault(id(bucket), len(cap))
+            if b == len(cap):
+                cap.append(float(bucket.free.sum()))
+            cols_d.append(i)
+            cols_b.append(b)
     n_d, n_b, n_x = len(demands), len(cap), len(cols_d)
     # columns: y_0..y_{n_d-1}, then x; rows: n_d balance rows (= 0), n_b capacity rows
     lp = highspy.HighsLp()

@@ -12,7 +12,7 @@ offer id. Capacity taken by a match is removed from the offer's timeline before 
 """
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from operator import attrgetter
@@ -396,6 +396,19 @@ class OfferIndex:
         if ring is None:
             ring = self._rings[key] = self._ring(demand.models, origin, demand.limit)
         return ring
+
+    def usable(self, demand: DemandSnap) -> Iterator[Bucket]:
+        """The buckets of ``demand``'s ring that pass its limit price, its duration (each
+        offer's minimum) and the self-trade rule, nearest tier first and cheapest first within
+        a tier. No timeline is queried: a bucket yielded may still have no free window."""
+        max_price, duration, buyer = demand.max_price, demand.duration, demand.buyer
+        for entries in self.ring(demand).tiers:
+            for bucket, _ in entries:
+                if bucket.price > max_price:
+                    break
+                if bucket.min_duration > duration or bucket.provider == buyer:
+                    continue
+                yield bucket
 
     def _ring(self, models: frozenset[str], origin: SiteRef, limit_name: str) -> Ring:
         limit = tier_rank(limit_name)

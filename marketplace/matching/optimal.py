@@ -263,14 +263,7 @@ def _components(
         key = (d.models, d.origin, d.limit, d.max_price, d.buyer, min(d.duration, longest_min))
         found = cache.get(key)
         if found is None:
-            usable = []
-            for entries in index.ring(d).tiers:
-                for bucket, _ in entries:
-                    if bucket.price > d.max_price:
-                        break
-                    if bucket.min_duration > d.duration or bucket.provider == d.buyer:
-                        continue
-                    usable.append(number[id(bucket)])
+            usable = [number[id(bucket)] for bucket in index.usable(d)]
             found = frozenset(usable)
             cache[key] = found
             if usable:
