@@ -122,7 +122,8 @@ class VoucherApplicationDetailApi(OrgMixin, APIView):
 
 # --- Reimbursement statements (issue 3) -----------------------------------------------------
 
-PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# Years 0001-9999: ``datetime.date`` has no year 0.
+PERIOD = re.compile(r"^(?!0000)(\d{4})-(0[1-9]|1[0-2])$")
 
 
 class StatementFilter(django_filters.FilterSet):
