@@ -254,14 +254,24 @@ def offer_peak_reserved(
 @transaction.atomic
 def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -> Offer:
     """Edit an offer under its row lock. Reservations already made are untouched; lowering
-    ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``."""
+    ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``;
+    moving the window so that it ends in the past raises ``ValidationFailed`` (field
+    ``available_until``, code ``window_in_past``), as ``offer_create`` does."""
     offer = _offer_locked(offer_id, provider)
     if offer.status in (Offer.Status.WITHDRAWN, Offer.Status.EXPIRED):
         raise Conflict(f"offer is {offer.status}", code="illegal_transition")
+    window = (offer.available_from, offer.available_until)
     for key, value in fields.items():
         if key in OFFER_FIELDS:
             setattr(offer, key, value)
     _offer_check(offer)
+    # As on creation, a window that ends in the past is refused when the update moves it
+    # (an edit that leaves the window alone, e.g. the price, is not refused for that).
+    moved = (offer.available_from, offer.available_until) != window
+    if moved and offer.available_until <= timezone.now():
+        raise ValidationFailed(
+            "window already over", code="window_in_past", field="available_until"
+        )
     if offer.gpu_count < offer_peak_reserved(offer):
         raise Conflict(
             "capacity below what is already reserved", code="below_reserved", field="gpu_count"

@@ -1,10 +1,14 @@
 """Inputs a second independent review (the "breaker") found crashing or silently ignored: each
 is now a 4xx naming the parameter or field, and nothing changes."""
 
-import pytest
+from datetime import timedelta
 
+import pytest
+from django.utils import timezone
+
+from marketplace.models import Offer
 from tests.api.conftest import error_of
-from tests.factories import DemandFactory
+from tests.factories import DemandFactory, next_hour
 
 pytestmark = pytest.mark.django_db
 
@@ -34,3 +38,31 @@ def test_a_query_parameter_given_twice_is_a_400_not_its_last_value(
     response = buyer_client.get(f"{url}?{query}")
     # then it is refused, naming the parameter
     assert error_of(response) == (400, "invalid", field)
+
+
+def test_an_offer_cannot_be_moved_into_the_past_by_a_partial_update(provider_client, offer):
+    before = (offer.available_from, offer.available_until)
+    past_from = next_hour(0) - timedelta(days=30)
+    response = provider_client.patch(
+        f"/api/v1/offers/{offer.pk}/",
+        {
+            "available_from": past_from.isoformat(),
+            "available_until": (past_from + timedelta(days=1)).isoformat(),
+        },
+        format="json",
+    )
+    assert error_of(response) == (400, "window_in_past", "available_until")
+    offer.refresh_from_db()
+    assert (offer.available_from, offer.available_until) == before
+    assert offer.status == Offer.Status.ACTIVE
+
+
+def test_a_partial_update_that_keeps_a_future_window_is_still_allowed(provider_client, offer):
+    until = offer.available_until + timedelta(hours=5)
+    response = provider_client.patch(
+        f"/api/v1/offers/{offer.pk}/", {"available_until": until.isoformat()}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    offer.refresh_from_db()
+    assert offer.available_until == until
+    assert offer.available_until > timezone.now()
