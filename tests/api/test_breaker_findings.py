@@ -9,6 +9,7 @@ from django.utils import timezone
 from marketplace.models import Offer
 from tests.api.conftest import error_of
 from tests.factories import DemandFactory, next_hour
+from vouchers.models import VoucherApplication
 
 pytestmark = pytest.mark.django_db
 
@@ -66,3 +67,15 @@ def test_a_partial_update_that_keeps_a_future_window_is_still_allowed(provider_c
     offer.refresh_from_db()
     assert offer.available_until == until
     assert offer.available_until > timezone.now()
+
+
+def test_a_provider_applying_for_a_voucher_is_a_403_like_every_buyer_action(
+    provider_client, programme
+):
+    response = provider_client.post(
+        "/api/v1/voucher-applications/",
+        {"programme": str(programme.pk), "amount": "100.00"},
+        format="json",
+    )
+    assert error_of(response) == (403, "not_a_buyer", None)
+    assert not VoucherApplication.objects.exists()

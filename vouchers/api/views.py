@@ -85,7 +85,7 @@ class VoucherDetailApi(OrgMixin, APIView):
 
 class VoucherApplicationListCreateApi(OrgMixin, generics.ListAPIView):
     """``GET``: the caller's applications, newest first. ``POST``: apply for a voucher of
-    ``amount`` CNY; 400 naming ``amount`` below the programme's minimum, 400 ``not_a_buyer``
+    ``amount`` CNY; 400 naming ``amount`` below the programme's minimum, 403 ``not_a_buyer``
     for a provider-only organisation."""
 
     serializer_class = VoucherApplicationSerializer
