@@ -21,6 +21,7 @@ import numpy as np
 from marketplace.locality import TIERS, tier_between, tier_rank
 
 FEN = Decimal("0.01")
+_INT16_MAX = int(np.iinfo(np.int16).max)
 
 # Reasons an unserved demand reports, in the order the rules are applied (first blocker wins).
 REASONS = (
@@ -244,12 +245,17 @@ class Bucket:
         self.min_duration = first.min_duration
         self.start = min(o.start for o in offers)
         self.end = max(o.end for o in offers)
-        self.free = np.zeros((len(offers), self.end - self.start), dtype=np.int16)
+        # int16 keeps the matrix small; a bucket whose GPU counts or span (hours, also stored
+        # in this type by ``_free_runs``) do not fit takes int32 (offers of up to ``MAX_GPUS``
+        # GPUs and windows of any length are valid input, and must not stop the hub's cycle).
+        fits16 = max(max(o.gpu_count for o in offers), self.end - self.start) <= _INT16_MAX
+        self.dtype: type[np.signedinteger] = np.int16 if fits16 else np.int32
+        self.free = np.zeros((len(offers), self.end - self.start), dtype=self.dtype)
         self.row: dict[str, int] = {}
         for i, o in enumerate(offers):
             self.row[o.id] = i
             self.free[i, o.start - self.start : o.end - self.start] = o.gpu_count - np.asarray(
-                o.used, dtype=np.int16
+                o.used, dtype=self.dtype
             )
         self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._dirty: dict[int, set[int]] = {}  # rows booked since the runs were computed
@@ -257,8 +263,8 @@ class Bucket:
     def _free_runs(self, free: np.ndarray, gpus: int) -> np.ndarray:
         """Per row and hour: consecutive hours from that hour with ≥ ``gpus`` free."""
         n = free.shape[-1]
-        hours = np.arange(n, dtype=np.int16)
-        blocked = np.where(free >= gpus, np.int16(n), hours)
+        hours = np.arange(n, dtype=self.dtype)
+        blocked = np.where(free >= gpus, self.dtype(n), hours)
         nxt = np.minimum.accumulate(blocked[..., ::-1], axis=-1)[..., ::-1]
         return nxt - hours
 
