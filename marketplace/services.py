@@ -256,14 +256,27 @@ def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -
     """Edit an offer under its row lock. Reservations already made are untouched; lowering
     ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``;
     moving the window so that it ends in the past raises ``ValidationFailed`` (field
-    ``available_until``, code ``window_in_past``), as ``offer_create`` does."""
+    ``available_until``, code ``window_in_past``), as ``offer_create`` does; changing the
+    ``site`` or ``accelerator`` of an offer that has reservations (any status) raises
+    ``Conflict(code="offer_has_reservations")`` naming the field."""
     offer = _offer_locked(offer_id, provider)
     if offer.status in (Offer.Status.WITHDRAWN, Offer.Status.EXPIRED):
         raise Conflict(f"offer is {offer.status}", code="illegal_transition")
     window = (offer.available_from, offer.available_until)
+    placed = {"site": offer.site_id, "accelerator": offer.accelerator_id}
     for key, value in fields.items():
         if key in OFFER_FIELDS:
             setattr(offer, key, value)
+    # A reservation is capacity of this model at this site: moving the offer or changing its
+    # model would change what every reservation made on it (and its bill, locality tier and
+    # voucher eligibility, fixed at the hold) stands for (§3).
+    for name, before in placed.items():
+        if getattr(offer, f"{name}_id") != before and offer.reservations.exists():
+            raise Conflict(
+                f"the offer has reservations; its {name} cannot change",
+                code="offer_has_reservations",
+                field=name,
+            )
     _offer_check(offer)
     # As on creation, a window that ends in the past is refused when the update moves it
     # (an edit that leaves the window alone, e.g. the price, is not refused for that).
