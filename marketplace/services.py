@@ -313,6 +313,16 @@ def offer_set_status(*, offer_id: ObjectId, provider: Organisation, status: str)
     return offer
 
 
+def offers_expire(*, now: datetime | None = None) -> int:
+    """Mark active and paused offers whose window has ended (``available_until`` ≤ ``now``,
+    UTC) ``expired`` (§3); they leave the offer search. Reservations made on them are
+    untouched. Returns how many offers changed; running it again changes nothing."""
+    now = now or timezone.now()
+    return Offer.objects.filter(
+        status__in=(Offer.Status.ACTIVE, Offer.Status.PAUSED), available_until__lte=now
+    ).update(status=Offer.Status.EXPIRED, updated_at=now)
+
+
 # --- Demands ---------------------------------------------------------------------------------
 
 
