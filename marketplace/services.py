@@ -254,14 +254,37 @@ def offer_peak_reserved(
 @transaction.atomic
 def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -> Offer:
     """Edit an offer under its row lock. Reservations already made are untouched; lowering
-    ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``."""
+    ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``;
+    moving the window so that it ends in the past raises ``ValidationFailed`` (field
+    ``available_until``, code ``window_in_past``), as ``offer_create`` does; changing the
+    ``site`` or ``accelerator`` of an offer that has reservations (any status) raises
+    ``Conflict(code="offer_has_reservations")`` naming the field."""
     offer = _offer_locked(offer_id, provider)
     if offer.status in (Offer.Status.WITHDRAWN, Offer.Status.EXPIRED):
         raise Conflict(f"offer is {offer.status}", code="illegal_transition")
+    window = (offer.available_from, offer.available_until)
+    placed = {"site": offer.site_id, "accelerator": offer.accelerator_id}
     for key, value in fields.items():
         if key in OFFER_FIELDS:
             setattr(offer, key, value)
+    # A reservation is capacity of this model at this site: moving the offer or changing its
+    # model would change what every reservation made on it (and its bill, locality tier and
+    # voucher eligibility, fixed at the hold) stands for (§3).
+    for name, before in placed.items():
+        if getattr(offer, f"{name}_id") != before and offer.reservations.exists():
+            raise Conflict(
+                f"the offer has reservations; its {name} cannot change",
+                code="offer_has_reservations",
+                field=name,
+            )
     _offer_check(offer)
+    # As on creation, a window that ends in the past is refused when the update moves it
+    # (an edit that leaves the window alone, e.g. the price, is not refused for that).
+    moved = (offer.available_from, offer.available_until) != window
+    if moved and offer.available_until <= timezone.now():
+        raise ValidationFailed(
+            "window already over", code="window_in_past", field="available_until"
+        )
     if offer.gpu_count < offer_peak_reserved(offer):
         raise Conflict(
             "capacity below what is already reserved", code="below_reserved", field="gpu_count"
@@ -288,6 +311,16 @@ def offer_set_status(*, offer_id: ObjectId, provider: Organisation, status: str)
     offer.status = status
     offer.save(update_fields=["status", "updated_at"])
     return offer
+
+
+def offers_expire(*, now: datetime | None = None) -> int:
+    """Mark active and paused offers whose window has ended (``available_until`` ≤ ``now``,
+    UTC) ``expired`` (§3); they leave the offer search. Reservations made on them are
+    untouched. Returns how many offers changed; running it again changes nothing."""
+    now = now or timezone.now()
+    return Offer.objects.filter(
+        status__in=(Offer.Status.ACTIVE, Offer.Status.PAUSED), available_until__lte=now
+    ).update(status=Offer.Status.EXPIRED, updated_at=now)
 
 
 # --- Demands ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from marketplace.matching.cycle import matching_cycle_run
 from marketplace.models import Hub, Reservation
 from marketplace.services import (
     demands_expire,
+    offers_expire,
     reservation_settle,
     reservations_advance,
     reservations_expire_unaccepted,
@@ -122,6 +123,12 @@ def settle_reservation(reservation_id: str) -> bool:
 def expire_demands(at: str | None = None) -> int:
     """Expire open demands whose window can no longer hold their duration."""
     return demands_expire(now=_now(at))
+
+
+@shared_task(name="marketplace.tasks.expire_offers")
+def expire_offers(at: str | None = None) -> int:
+    """Expire active and paused offers whose window has ended."""
+    return offers_expire(now=_now(at))
 
 
 @shared_task(name="vouchers.tasks.lapse_expired_vouchers")

@@ -28,7 +28,7 @@ from ledger.services import (
     transaction_post,
     voucher_account,
 )
-from marketplace.errors import Conflict, Unprocessable, ValidationFailed
+from marketplace.errors import Conflict, PermissionDenied, Unprocessable, ValidationFailed
 from marketplace.money import FEN, ZERO, floor_money, quantize_money
 from marketplace.types import ObjectId
 
@@ -98,14 +98,15 @@ def voucher_application_submit(
     Raises ``ValidationFailed`` (field ``amount``) for an amount that is not positive CNY to the
     fen, below the programme's minimum voucher amount or above its per-buyer annual cap;
     ``ValidationFailed(code="programme_not_in_effect")`` outside the programme's effective
-    window; ``ValidationFailed(code="not_a_buyer")`` when the organisation is not a buyer.
+    window; ``PermissionDenied(code="not_a_buyer")`` when the organisation is not a buyer (a
+    403, as for every other buyer action).
     """
     try:
         amount = Decimal(str(amount))
     except (ArithmeticError, ValueError) as exc:
         raise ValidationFailed("not a decimal number", field="amount") from exc
     if not buyer.is_buyer:
-        raise ValidationFailed("only SMEs (buyers) can apply for vouchers", code="not_a_buyer")
+        raise PermissionDenied("only SMEs (buyers) can apply for vouchers", code="not_a_buyer")
     if not amount.is_finite() or amount <= 0 or amount != quantize_money(amount):
         raise ValidationFailed("amount must be positive CNY to the fen", field="amount")
     if amount > programme.buyer_annual_cap:

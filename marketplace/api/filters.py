@@ -22,7 +22,8 @@ from marketplace.services import MAX_GPUS, MAX_PRICE, accelerator_ids_resolve
 
 class StrictFilterBackend(DjangoFilterBackend):
     """django-filter, plus: any query parameter other than the view's filters, ``page`` and
-    ``page_size`` is refused with a 400 naming it, and so is a filter given an empty value."""
+    ``page_size`` is refused with a 400 naming it, and so is a parameter given more than once
+    or a filter given an empty value."""
 
     always_allowed = frozenset({"page", "page_size"})
 
@@ -34,6 +35,11 @@ class StrictFilterBackend(DjangoFilterBackend):
         unknown = sorted(set(request.query_params) - allowed)
         if unknown:
             raise ValidationError({name: ["unknown query parameter"] for name in unknown})
+        # A parameter given twice would be read as its last value only (the first silently
+        # ignored): every filter and page parameter here takes one value.
+        repeated = sorted(name for name, values in request.query_params.lists() if len(values) > 1)
+        if repeated:
+            raise ValidationError({name: ["give this parameter once"] for name in repeated})
         # django-filter reads an empty value as "no filter"; a client that sends ``?status=``
         # meant something, so it is refused like any other bad value.
         blank = sorted(

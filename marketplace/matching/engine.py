@@ -22,6 +22,7 @@ import numpy as np
 from marketplace.locality import TIERS, tier_between, tier_rank
 
 FEN = Decimal("0.01")
+_INT16_MAX = int(np.iinfo(np.int16).max)
 
 # Reasons an unserved demand reports, in the order the rules are applied (first blocker wins).
 REASONS = (
@@ -248,16 +249,21 @@ class Bucket:
         self.end = max(o.end for o in offers)
         self.row = {o.id: i for i, o in enumerate(offers)}
         span = self.end - self.start
-        counts = np.array([o.gpu_count for o in offers], dtype=np.int16)
+        # int16 keeps the matrix small; a bucket whose GPU counts or span (hours, also stored
+        # in this type by ``_free_runs``) do not fit takes int32 (offers of up to ``MAX_GPUS``
+        # GPUs and windows of any length are valid input, and must not stop the hub's cycle).
+        fits16 = max(max(o.gpu_count for o in offers), span) <= _INT16_MAX
+        dtype: type[np.signedinteger] = np.int16 if fits16 else np.int32
+        counts = np.array([o.gpu_count for o in offers], dtype=dtype)
         if all(o.start == self.start and o.end == self.end for o in offers):  # one conversion
-            self.free = counts[:, None] - np.array([o.used for o in offers], dtype=np.int16)
+            self.free = counts[:, None] - np.array([o.used for o in offers], dtype=dtype)
         else:
-            self.free = np.zeros((len(offers), span), dtype=np.int16)
+            self.free = np.zeros((len(offers), span), dtype=dtype)
             for i, o in enumerate(offers):
                 a = o.start - self.start
-                self.free[i, a : o.end - self.start] = counts[i] - np.array(o.used, dtype=np.int16)
-        self._hours = np.arange(span, dtype=np.int16)
-        self._span = np.full(span, span, dtype=np.int16)
+                self.free[i, a : o.end - self.start] = counts[i] - np.array(o.used, dtype=dtype)
+        self._hours = np.arange(span, dtype=dtype)
+        self._span = np.full(span, span, dtype=dtype)
         # per GPU count: free-run lengths, hours × rows (transposed: one C-order argmax over a
         # window finds the earliest hour, then the first listed row)
         self._runs: dict[int, np.ndarray] = {}

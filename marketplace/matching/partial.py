@@ -205,7 +205,13 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     """The plan of one group at the earliest common start that holds the whole demand (the
     module doc), or ``None``. An upper bound (each offer's most free GPUs in the window)
     rules a short group out before any start is tried."""
-    lo, hi, duration, least = demand.start, demand.end, demand.duration, demand.min_part
+    duration, least = demand.duration, demand.min_part
+    # Only hours some offer of the group is available can hold a part: the matrix spans
+    # those, not a window that may reach years past them (valid input, e.g. to 9999).
+    lo = max(demand.start, min(bucket.start for bucket, _, _ in group.buckets))
+    hi = min(demand.end, max(bucket.end for bucket, _, _ in group.buckets))
+    if hi - lo < duration:
+        return None
     offers, rows, rank, price, distance, listed = group.rows(lo, hi)
     peak = rows.max(axis=1)
     if int(peak[peak >= least].sum()) < demand.gpu_count:
@@ -367,8 +373,11 @@ def split_reach(demand: DemandSnap, offers: Iterable[OfferSnap], *, top: int = 3
             continue
         groups.setdefault(scope_key(s.id, s.hub, demand.split), []).append(offer)
     reach: list[Reach] = []
-    lo, hi, duration = demand.start, demand.end, demand.duration
+    duration = demand.duration
     for key, members in groups.items():
+        # as in ``_group_plan``: only the hours the group's offers are available
+        lo = max(demand.start, min(o.start for o in members))
+        hi = min(demand.end, max(o.end for o in members))
         rows = _free_rows(members, lo, hi)
         best = Reach(key, len(members), 0, None)
         for start in _starts(rows, lo, hi, duration):

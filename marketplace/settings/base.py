@@ -263,6 +263,7 @@ CELERY_BEAT_SCHEDULE = {
     "advance-reservations": {"task": "marketplace.tasks.advance_reservations", "schedule": 60.0},
     "settle-completed": {"task": "marketplace.tasks.settle_completed", "schedule": 300.0},
     "expire-demands": {"task": "marketplace.tasks.expire_demands", "schedule": 300.0},
+    "expire-offers": {"task": "marketplace.tasks.expire_offers", "schedule": 300.0},
     "lapse-expired-vouchers": {
         "task": "vouchers.tasks.lapse_expired_vouchers",
         "schedule": 86400.0,

@@ -196,7 +196,7 @@ MATRIX: dict[tuple[str, str], tuple[str | None, str | None, dict[str, int]]] = {
     ("voucher-applications", "post"): (
         None,
         "application",
-        _row(sme=201, other_sme=201, provider=400, other_provider=400),
+        _row(sme=201, other_sme=201, provider=403, other_provider=403),
     ),
     ("voucher-application-detail", "get"): (
         "application",

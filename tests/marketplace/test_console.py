@@ -8,6 +8,7 @@ from accounts.models import Organisation
 from marketplace.models import Offer, Reservation, Site
 from marketplace.services import reservation_create
 from tests.factories import (
+    AcceleratorFactory,
     ClusterFactory,
     DemandFactory,
     HubFactory,
@@ -288,3 +289,39 @@ def test_changelist_filters_do_not_reveal_other_providers_sites(console, offer, 
     # then only sites our provider's own offers use appear in the site filter
     assert "Rival Private DC" not in page
     assert offer.site.name in page
+
+
+def test_site_and_model_of_a_reserved_offer_cannot_change_on_edit(console, buyer, offer):
+    # given a reservation on the provider's offer, and another site and model it could choose
+    demand = DemandFactory.create(buyer=buyer, gpu_count=4)
+    demand.accelerators.add(offer.accelerator)
+    reservation = reservation_create(
+        demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start
+    )
+    own_site = SiteFactory.create(code="own-dc", provider=offer.provider, hub=offer.site.hub)
+    other_model = AcceleratorFactory.create(code="H20-96G")
+    for field, form in [
+        ("site", _offer_form(own_site, offer.accelerator_id, gpu_count="8")),
+        ("accelerator", _offer_form(offer.site, other_model.pk, gpu_count="8")),
+    ]:
+        # when the provider moves the offer or changes its model
+        response = console.post(f"/console/marketplace/offer/{offer.pk}/change/", form)
+        # then the form says why and the offer (so the reservation) is what was reserved
+        assert response.status_code == 200, field
+        assert response.context["adminform"].form.errors == {
+            field: [f"the offer has reservations; its {field} cannot change"]
+        }
+        offer.refresh_from_db()
+        assert (offer.site_id, offer.accelerator_id, offer.gpu_count) == (
+            reservation.offer.site_id,
+            reservation.offer.accelerator_id,
+            8,
+        )
+    # while an offer without reservations may still be moved
+    spare = OfferFactory.create(provider=offer.provider, site=offer.site, accelerator=other_model)
+    response = console.post(
+        f"/console/marketplace/offer/{spare.pk}/change/", _offer_form(own_site, other_model.pk)
+    )
+    assert response.status_code == 302
+    spare.refresh_from_db()
+    assert spare.site_id == own_site.pk

@@ -85,7 +85,7 @@ class VoucherDetailApi(OrgMixin, APIView):
 
 class VoucherApplicationListCreateApi(OrgMixin, generics.ListAPIView):
     """``GET``: the caller's applications, newest first. ``POST``: apply for a voucher of
-    ``amount`` CNY; 400 naming ``amount`` below the programme's minimum, 400 ``not_a_buyer``
+    ``amount`` CNY; 400 naming ``amount`` below the programme's minimum, 403 ``not_a_buyer``
     for a provider-only organisation."""
 
     serializer_class = VoucherApplicationSerializer
@@ -122,7 +122,8 @@ class VoucherApplicationDetailApi(OrgMixin, APIView):
 
 # --- Reimbursement statements (issue 3) -----------------------------------------------------
 
-PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# Years 0001-9999: ``datetime.date`` has no year 0.
+PERIOD = re.compile(r"^(?!0000)(\d{4})-(0[1-9]|1[0-2])$")
 
 
 class StatementFilter(django_filters.FilterSet):
