@@ -303,7 +303,8 @@ class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             else:
                 self.message_user(
                     request,
-                    f"{dispute}: resolved with a refund of ¥{form.cleaned_data['amount']}.",
+                    f"Dispute {dispute.pk}: resolved with a refund of "
+                    f"¥{form.cleaned_data['amount']}.",
                     level=messages.SUCCESS,
                 )
                 return None

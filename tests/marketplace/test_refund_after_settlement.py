@@ -258,7 +258,7 @@ def test_an_operator_resolves_a_dispute_with_a_refund_from_the_admin(
     page = _refund_action(
         operator_client, [dispute], amount="10.00", note="credited for idle GPUs"
     ).content.decode()
-    assert "resolved with a refund of ¥10.00" in page
+    assert f"Dispute {dispute.pk}: resolved with a refund of ¥10.00." in page
     dispute.refresh_from_db()
     assert (dispute.status, dispute.resolution) == ("resolved", "credited for idle GPUs")
     refund = Refund.objects.get(kind="dispute")
