@@ -360,6 +360,8 @@ ZH = {
     "no free capacity for the whole window": "整个时段内没有空闲算力",
     "offer too small": "报价的 GPU 数量不足",
     "capacity below what is already reserved": "容量低于已预订的数量",
+    "the offer has reservations; its site cannot change": "该报价已有预订，站点不能再改",
+    "the offer has reservations; its accelerator cannot change": "该报价已有预订，加速卡型号不能再改",
     "only buyers post demands": "只有买方可以发布需求",
     "only buyers have a wallet": "只有买方拥有钱包",
     "only SMEs (buyers) can apply for vouchers": "只有中小企业（买方）可以申请算力券",

@@ -114,6 +114,16 @@ SHAPES: list[tuple[str, str, Promise]] = [
         r"capacity below what is already reserved",
         _("capacity below what is already reserved"),
     ),
+    (
+        "offer_has_reservations",
+        r"the offer has reservations; its site cannot change",
+        _("the offer has reservations; its site cannot change"),
+    ),
+    (
+        "offer_has_reservations",
+        r"the offer has reservations; its accelerator cannot change",
+        _("the offer has reservations; its accelerator cannot change"),
+    ),
     # who may do what
     ("not_a_buyer", r"only buyers post demands", _("only buyers post demands")),
     ("not_a_buyer", r"only buyers have a wallet", _("only buyers have a wallet")),
