@@ -359,6 +359,7 @@ ZH = {
     "the time to accept has passed": "接受期限已过",
     "no free capacity for the whole window": "整个时段内没有空闲算力",
     "offer too small": "报价的 GPU 数量不足",
+    "ends more than 366 days ahead": "结束时间超过 366 天之后",
     "capacity below what is already reserved": "容量低于已预订的数量",
     "the offer has reservations; its site cannot change": "该报价已有预订，站点不能再改",
     "the offer has reservations; its accelerator cannot change": "该报价已有预订，加速卡型号不能再改",

@@ -11,7 +11,7 @@ then budget) → the shared hot accounts (escrow, fees, programme budgets) last.
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -68,6 +68,11 @@ from .types import ObjectId
 MAX_GPUS = 100_000
 MAX_HOURS = 24 * 366
 MAX_PRICE = Decimal("100000")
+# How far ahead capacity may be listed or asked for: an offer's ``available_until`` and a
+# demand's ``latest_end`` are at most this far from now (366 days, a year and a leap day). The
+# engine holds each offer's free GPUs hour by hour, so an unbounded window (the API would take
+# 9999-12-31) would cost every cycle of its hub gigabytes; a year covers every real contract.
+MAX_HORIZON = timedelta(days=366)
 # Most parts (reservations) one split demand is written as; the engine's
 # ``marketplace.matching.partial.MAX_PARTS`` (kept ORM-free there, equal by a test).
 MAX_SPLIT_PARTS = 16
@@ -203,6 +208,22 @@ def _offer_check(offer: Offer) -> None:
     _provider_check(offer.provider)
 
 
+def _window_current(end: datetime, field: str, *, now: datetime, past_message: str) -> None:
+    """Refuse a window that ends at or before ``now`` (``window_in_past``) or more than
+    ``MAX_HORIZON`` after it (``window_too_far``), naming ``field``."""
+    if end <= now:
+        raise ValidationFailed(past_message, code="window_in_past", field=field)
+    _within_horizon(end, field, now=now)
+
+
+def _within_horizon(end: datetime, field: str, *, now: datetime) -> None:
+    """Refuse a window ending more than ``MAX_HORIZON`` after ``now`` (``window_too_far``)."""
+    if end > now + MAX_HORIZON:
+        raise ValidationFailed(
+            f"ends more than {MAX_HORIZON.days} days ahead", code="window_too_far", field=field
+        )
+
+
 def _provider_check(provider: Organisation) -> None:
     if not provider.is_provider:
         raise PermissionDenied("only providers list offers", code="not_a_provider")
@@ -216,10 +237,12 @@ def offer_create(*, provider: Organisation, activate: bool = True, **fields: Any
     hours, price CNY per GPU-hour (≤ 4 places). Raises ``ValidationFailed`` naming the field."""
     offer = Offer(provider=provider, **{k: v for k, v in fields.items() if k in OFFER_FIELDS})
     _offer_check(offer)
-    if offer.available_until <= timezone.now():
-        raise ValidationFailed(
-            "window already over", code="window_in_past", field="available_until"
-        )
+    _window_current(
+        offer.available_until,
+        "available_until",
+        now=timezone.now(),
+        past_message="window already over",
+    )
     offer.status = Offer.Status.ACTIVE if activate else Offer.Status.DRAFT
     offer.save()
     return offer
@@ -255,8 +278,9 @@ def offer_peak_reserved(
 def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -> Offer:
     """Edit an offer under its row lock. Reservations already made are untouched; lowering
     ``gpu_count`` below the peak already reserved raises ``Conflict(code="below_reserved")``;
-    moving the window so that it ends in the past raises ``ValidationFailed`` (field
-    ``available_until``, code ``window_in_past``), as ``offer_create`` does; changing the
+    moving the window so that it ends in the past or more than ``MAX_HORIZON`` ahead raises
+    ``ValidationFailed`` (field ``available_until``, code ``window_in_past`` or
+    ``window_too_far``), as ``offer_create`` does; changing the
     ``site`` or ``accelerator`` of an offer that has reservations (any status) raises
     ``Conflict(code="offer_has_reservations")`` naming the field."""
     offer = _offer_locked(offer_id, provider)
@@ -278,12 +302,14 @@ def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -
                 field=name,
             )
     _offer_check(offer)
-    # As on creation, a window that ends in the past is refused when the update moves it
-    # (an edit that leaves the window alone, e.g. the price, is not refused for that).
-    moved = (offer.available_from, offer.available_until) != window
-    if moved and offer.available_until <= timezone.now():
-        raise ValidationFailed(
-            "window already over", code="window_in_past", field="available_until"
+    # As on creation, a window that ends in the past or too far ahead is refused when the
+    # update moves it (an edit that leaves the window alone, e.g. the price, is not refused).
+    if (offer.available_from, offer.available_until) != window:
+        _window_current(
+            offer.available_until,
+            "available_until",
+            now=timezone.now(),
+            past_message="window already over",
         )
     if offer.gpu_count < offer_peak_reserved(offer):
         raise Conflict(
@@ -347,6 +373,7 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
     first = max(hour_index_ceil(demand.earliest_start), hour_index_ceil(now))
     if hour_index(demand.latest_end) <= hour_index_ceil(now):
         raise ValidationFailed("window already passed", code="window_in_past", field="latest_end")
+    _within_horizon(demand.latest_end, "latest_end", now=now)
     if hour_index(demand.latest_end) - first < demand.duration_hours:
         raise ValidationFailed(
             "window cannot hold the duration", code="window_too_short", field="duration_hours"

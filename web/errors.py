@@ -72,6 +72,7 @@ SHAPES: list[tuple[str, str, Promise]] = [
     ),
     ("window_in_past", r"window already passed", _("window already passed")),
     ("window_in_past", r"window already over", _("window already over")),
+    ("window_too_far", r"ends more than 366 days ahead", _("ends more than 366 days ahead")),
     ("window_too_short", r"window cannot hold the duration", _("window cannot hold the duration")),
     # accelerators (accelerators_resolve)
     (

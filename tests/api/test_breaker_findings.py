@@ -58,6 +58,19 @@ def test_an_offer_cannot_be_moved_into_the_past_by_a_partial_update(provider_cli
     assert offer.status == Offer.Status.ACTIVE
 
 
+def test_an_offer_cannot_be_moved_past_the_listing_horizon_by_a_partial_update(
+    provider_client, offer
+):
+    before = offer.available_until
+    for until in ("9999-12-31T23:00:00Z", next_hour(367 * 24).isoformat()):
+        response = provider_client.patch(
+            f"/api/v1/offers/{offer.pk}/", {"available_until": until}, format="json"
+        )
+        assert error_of(response) == (400, "window_too_far", "available_until")
+    offer.refresh_from_db()
+    assert offer.available_until == before
+
+
 def test_a_partial_update_that_keeps_a_future_window_is_still_allowed(provider_client, offer):
     until = offer.available_until + timedelta(hours=5)
     response = provider_client.patch(

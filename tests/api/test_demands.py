@@ -63,6 +63,8 @@ def test_post_demand_resolves_accelerators_and_starts_open(
             "latest_end",
         ),
         ({"duration_hours": 30}, "window_too_short", "duration_hours"),
+        ({"latest_end": "9999-12-31T23:00:00Z"}, "window_too_far", "latest_end"),
+        ({"latest_end": next_hour(367 * 24).isoformat()}, "window_too_far", "latest_end"),
         ({"accelerators": ["GTX-1080"]}, "unknown_accelerator", "accelerators"),
         ({"max_price_per_gpu_hour": "NaN"}, "invalid", "max_price_per_gpu_hour"),
         ({"max_price_per_gpu_hour": "Infinity"}, "invalid", "max_price_per_gpu_hour"),

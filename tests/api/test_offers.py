@@ -204,6 +204,8 @@ def test_provider_creates_offer(provider_client, site):
         ({"price_per_gpu_hour": "NaN"}, "price_per_gpu_hour"),
         ({"accelerator": "GTX-1080"}, "accelerator"),
         ({"gpu_count": 0}, "gpu_count"),
+        ({"available_until": "9999-12-31T23:00:00Z"}, "available_until"),
+        ({"available_until": next_hour(367 * 24).isoformat()}, "available_until"),
     ],
 )
 def test_provider_create_offer_bad_input_is_400_and_nothing_created(
