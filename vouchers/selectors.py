@@ -9,6 +9,7 @@ from django.db.models.functions import Coalesce
 from accounts.models import Organisation
 from ledger.models import Account
 from marketplace.selectors import as_uuid
+from marketplace.spreadsheet import cell_text
 
 from .models import Programme, ReimbursementClaim, Statement, Voucher, VoucherApplication
 
@@ -98,7 +99,8 @@ def statement_csv(*, statement: Statement, for_api: bool = False) -> str:
     """The statement as CSV (UTF-8 text): one row per claim line (``STATEMENT_CSV_COLUMNS`` for
     the operator's admin, ``STATEMENT_API_CSV_COLUMNS`` with ``for_api``: with the line's kind
     and without the buyer's voucher), amounts CNY to the fen, times UTC ISO 8601, then a
-    ``total`` row. The same statement always gives the same bytes."""
+    ``total`` row. Names are written through ``cell_text`` (no spreadsheet formulas). The same
+    statement always gives the same bytes."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     columns = STATEMENT_API_CSV_COLUMNS if for_api else STATEMENT_CSV_COLUMNS
@@ -111,7 +113,7 @@ def statement_csv(*, statement: Statement, for_api: bool = False) -> str:
             "settled_at_utc": claim.created_at.isoformat(),
             "dated_at_utc": claim.created_at.isoformat(),
             "claimant_credit_code": claim.claimant.credit_code,
-            "claimant": claim.claimant.name,
+            "claimant": cell_text(claim.claimant.name),
             "mode": claim.mode,
             "voucher": claim.voucher_id,
             "amount_cny": f"{claim.amount:.2f}",

@@ -35,6 +35,7 @@ from marketplace import services
 from marketplace.errors import DomainError
 from marketplace.models import Demand
 from marketplace.selectors import as_uuid
+from marketplace.spreadsheet import cell_text
 from vouchers import selectors as voucher_selectors
 from vouchers.services import voucher_application_submit
 
@@ -556,7 +557,7 @@ def statement(request: HttpRequest, org: Organisation) -> HttpResponse:
 @buyer_page
 def statement_csv(request: HttpRequest, org: Organisation) -> HttpResponse:
     """Every ledger entry of the organisation as CSV (UTF-8 with BOM for spreadsheet apps);
-    times ISO 8601 in Asia/Shanghai, amounts CNY with 2 places."""
+    times ISO 8601 in Asia/Shanghai, amounts CNY with 2 places, memos through ``cell_text``."""
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="statement.csv"'
     response.write("\ufeff")
@@ -584,7 +585,7 @@ def statement_csv(request: HttpRequest, org: Organisation) -> HttpResponse:
                 entry.account.voucher_id or "",
                 txn.reservation_id or "",
                 f"{entry.amount:.2f}",
-                txn.memo,
+                cell_text(txn.memo),
             ]
         )
     return response

@@ -2,6 +2,8 @@
 mark them paid (idempotent); strict filters by programme, period and status; detail with lines;
 CSV download. Errors are problem details naming the parameter."""
 
+import csv
+import io
 from datetime import timedelta
 from decimal import Decimal
 
@@ -9,12 +11,11 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.models import Organisation
 from ledger.audit import ledger_audit
 from ledger.models import Account, IdempotencyKey, Transaction
 from ledger.services import organisation_account, system_account, transaction_post
-from marketplace.services import (
-    reservation_refund,
-)
+from marketplace.services import reservation_refund
 from tests.api.conftest import error_of
 from tests.factories import (
     CatalogueEntryFactory,
@@ -144,6 +145,19 @@ def test_the_csv_download_is_reproducible(statements, provider_client):
     assert provider_client.get(f"{URL}{chengdu.pk}/csv/?format=json").content == first.content
     missing = provider_client.get(f"{URL}{chengdu.programme_id}/csv/", HTTP_ACCEPT="text/csv")
     assert error_of(missing)[:2] == (404, "not_found")
+
+
+def test_a_name_that_looks_like_a_formula_is_written_as_text(statements, provider_client):
+    # given a claimant whose name (chosen at signup) would run as a spreadsheet formula
+    chengdu = statements[("chengdu-2025", "Provider DC")]
+    formula = '=HYPERLINK("http://example.com/x","open")'
+    Organisation.objects.filter(pk=chengdu.provider_id).update(name=formula)
+    # when the statement is downloaded, then the name is text and the amounts stay numbers
+    text = provider_client.get(f"{URL}{chengdu.pk}/csv/").content.decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    claimant = rows[0].index("claimant")
+    assert {row[claimant] for row in rows[1:-1]} == {"'" + formula}
+    assert rows[-1][-1] == "90.00"
 
 
 def test_an_operator_marks_a_statement_paid_once(statements, operator_client, provider_client):
