@@ -28,9 +28,7 @@ from accounts.models import ApiToken, Membership, Organisation
 from accounts.tokens import token_create
 from ledger.models import Account, Entry, IdempotencyKey, Transaction
 from marketplace.models import Demand, Offer, Reservation, Site
-from marketplace.services import (
-    reservation_create,
-)
+from marketplace.services import reservation_create
 from tests.factories import (
     DemandFactory,
     OfferFactory,
