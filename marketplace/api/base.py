@@ -3,6 +3,7 @@ serializers, UUID path ids, and ``Idempotency-Key`` replay (PRODUCT.md §6.1).""
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable
 from functools import wraps
@@ -26,13 +27,15 @@ from marketplace.selectors import as_uuid
 ID_PATH = OpenApiParameter(
     "id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The object's UUID."
 )
+# A key is 1-255 visible ASCII characters (no spaces): the header's schema and the check agree.
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,255}")
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
     {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
     OpenApiParameter.HEADER,
     required=False,
-    description="Up to 255 printable characters. The same key and body replay the first "
-    "successful response; the same key with another body is a 422 "
+    description="1 to 255 visible ASCII characters (no spaces). The same key and body replay "
+    "the first successful response; the same key with another body is a 422 "
     "`idempotency_key_reused`.",
 )
 
@@ -156,9 +159,9 @@ def idempotent(handler: Handler) -> Handler:
         key = request.headers.get("Idempotency-Key")
         if key is None:
             return handler(view, request, *args, **kwargs)
-        if not 1 <= len(key) <= 255 or not key.isprintable():
+        if IDEMPOTENCY_KEY.fullmatch(key) is None:
             raise ValidationFailed(
-                "must be 1-255 printable characters",
+                "must be 1-255 visible ASCII characters, no spaces",
                 code="invalid_idempotency_key",
                 field="Idempotency-Key",
             )

@@ -52,10 +52,13 @@ def test_refused_request_releases_its_key(buyer_client, buyer):
     assert _deposit(buyer_client, "5.00", "k-3").status_code == 201
 
 
-def test_overlong_key_is_400(buyer_client, buyer):
-    response = _deposit(buyer_client, "5.00", "k" * 256)
+@pytest.mark.parametrize("key", ["k" * 256, "two words", "clé-1", "tab\tkey"])
+def test_a_key_outside_its_schema_is_400(buyer_client, buyer, key):
+    # the header's schema: 1-255 visible ASCII characters (^[!-~]+$)
+    response = _deposit(buyer_client, "5.00", key)
     assert error_of(response) == (400, "invalid_idempotency_key", "Idempotency-Key")
     assert organisation_account(buyer, Account.Kind.WALLET).balance == Decimal("100000.00")
+    assert not IdempotencyKey.objects.exists()
 
 
 def test_demand_create_replays_and_creates_one_demand(buyer_client, accelerator):
