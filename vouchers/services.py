@@ -181,9 +181,13 @@ def voucher_issue(
     (else ``Unprocessable(code="programme_budget_exhausted")``), the programme must be in effect
     (``ValidationFailed(code="programme_not_in_effect")``) and the buyer's vouchers issued
     in this calendar year (Asia/Shanghai) plus this one must not pass ``buyer_annual_cap``
-    (else ``Unprocessable(code="buyer_cap_exceeded")``).
+    (else ``Unprocessable(code="buyer_cap_exceeded")``). Vouchers go to approved organisations
+    only (``Conflict(code="organisation_not_approved")``): an SME may apply while its
+    registration is pending, but the operator approves the organisation first.
     """
     now = now or timezone.now()
+    if owner.status != Organisation.Status.APPROVED:
+        raise Conflict("organisation is not approved", code="organisation_not_approved")
     if not programme_in_effect(programme, now):
         raise ValidationFailed(
             "the programme is not in effect", code="programme_not_in_effect", field="programme"

@@ -7,9 +7,9 @@ import pytest
 
 from ledger.models import Account
 from ledger.services import programme_account, voucher_account
-from marketplace.errors import Unprocessable, ValidationFailed
-from tests.factories import ProgrammeFactory
-from vouchers.models import Voucher
+from marketplace.errors import Conflict, Unprocessable, ValidationFailed
+from tests.factories import OrganisationFactory, ProgrammeFactory
+from vouchers.models import Voucher, VoucherApplication
 from vouchers.services import (
     programme_fund,
     voucher_application_approve,
@@ -70,6 +70,28 @@ def test_approving_twice_issues_one_voucher(programme, buyer):
     with pytest.raises(Exception, match="approved"):
         voucher_application_approve(application_id=application.pk)
     assert Voucher.objects.filter(application=application).count() == 1
+
+
+def test_a_pending_organisation_may_apply_but_gets_no_voucher_until_approved(programme, site):
+    # given an SME whose registration is still pending, applying for a voucher
+    pending = OrganisationFactory.create(name="New SME", home_site=site, status="pending")
+    application = voucher_application_submit(
+        buyer=pending, programme=programme, amount=Decimal("100.00")
+    )
+    budget = programme_account(programme.pk).balance
+    # when the operator approves the application before the organisation, then it is refused
+    with pytest.raises(Conflict) as refused:
+        voucher_application_approve(application_id=application.pk)
+    assert refused.value.code == "organisation_not_approved"
+    # and nothing changed: no voucher, the budget untouched, the application still submitted
+    assert not Voucher.objects.exists()
+    assert programme_account(programme.pk).balance == budget
+    assert VoucherApplication.objects.get(pk=application.pk).status == "submitted"
+    # once the organisation is approved, the same application issues its voucher
+    pending.status = "approved"
+    pending.save()
+    voucher = voucher_application_approve(application_id=application.pk)
+    assert voucher_account(voucher.pk).balance == Decimal("100.00")
 
 
 def test_expiry_is_the_end_of_the_last_valid_day_in_shanghai(programme):
