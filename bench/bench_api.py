@@ -6,8 +6,8 @@ no DRF), with a p99 under 100 ms. Demand create and reservation list are measure
 
 What it does, in one run:
 
-1. creates its own PostgreSQL database (``suanli_bench_api``; ``--database`` or
-   ``BENCH_API_DB``), migrates it, loads the reference
+1. creates its own PostgreSQL database (``suanli_bench_api`` plus ``BENCH_DB_SUFFIX``, as the
+   other benches; ``--database`` or ``BENCH_API_DB``), migrates it, loads the reference
    data (``load_reference``: hubs, sites, the accelerator catalogue) and seeds a market: one
    provider per public site with one active offer per accelerator model (``--offers-per-site``
    sizes of each), an SME at ``chengdu-tianfu`` with a funded wallet, an API token and
@@ -54,11 +54,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-BENCH_DB = os.environ.get("BENCH_API_DB", "suanli_bench_api")  # --database
-HOST = os.environ.get("PGHOST", "127.0.0.1")
-PORT = os.environ.get("PGPORT", "5432")
-USER = os.environ.get("PGUSER", "postgres")
+from bench_holds import DB_SUFFIX, HOST, PORT, USER, admin_sql  # noqa: E402
+
+BENCH_DB = os.environ.get("BENCH_API_DB", f"suanli_bench_api{DB_SUFFIX}")  # --database
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 QUEUE = f"bench-api-{os.getpid()}"
 HOME_SITE = "chengdu-tianfu"
@@ -110,17 +110,6 @@ def environment() -> dict[str, str]:
         "API_RATE_WRITE_IP": "100000000/min",
         "PYTHONPATH": str(ROOT),
     }
-
-
-def admin_sql(*statements: str) -> None:
-    """Run statements on the server's ``postgres`` database (CREATE/DROP DATABASE)."""
-    import psycopg
-
-    with psycopg.connect(
-        host=HOST, port=PORT, user=USER, dbname="postgres", autocommit=True
-    ) as conn:
-        for sql in statements:
-            conn.execute(sql)  # type: ignore[arg-type]
 
 
 def manage(*args: str) -> None:
