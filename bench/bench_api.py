@@ -13,12 +13,13 @@ What it does, in one run:
    sizes of each), an SME at ``chengdu-tianfu`` with a funded wallet, an API token and
    ``--reservations`` confirmed reservations;
 2. starts ``gunicorn`` (pinned in ``pyproject.toml``) with the product's
-   ``docker/gunicorn.conf.py`` (``--workers``, default 2 per CPU: sync workers, each waiting on
-   PostgreSQL part of the time; ``--threads`` for gthread; workers are not recycled during the
-   runs) on 127.0.0.1 with ``bench.api_settings`` (the production settings on plain HTTP, with
-   the bench URLconf that adds ``/bench/hello/``), Redis as cache and Celery broker (a queue of
-   its own, deleted afterwards); write rate limits are lifted through the environment
-   (``API_RATE_WRITE_USER``/``API_RATE_WRITE_IP``) so the bench measures the API, not a 429;
+   ``docker/gunicorn.conf.py`` (``--workers`` and ``--threads`` default to its own: gthread
+   workers, 2 per CPU with 4 threads each, keeping connections alive; ``--threads 1`` for sync
+   workers; workers are not recycled during the runs) on 127.0.0.1 with ``bench.api_settings``
+   (the production settings on plain HTTP, with the bench URLconf that adds ``/bench/hello/``),
+   Redis as cache and Celery broker (a queue of its own, deleted afterwards); write
+   rate limits are lifted through the environment (``API_RATE_WRITE_USER``/
+   ``API_RATE_WRITE_IP``) so the bench measures the API, not a 429;
 3. runs ``wrk`` (Debian package ``wrk``) with ``--connections`` (50) connections for
    ``--duration`` seconds per endpoint after a short warm-up, ``--rounds`` (2) times: hello, the
    cheapest authenticated call (``GET /api/v1/organisations/me/``), offer search
@@ -41,6 +42,7 @@ cores); compare the ratios.
 import argparse
 import json
 import os
+import runpy
 import secrets
 import shutil
 import signal
@@ -323,15 +325,19 @@ def main() -> int:
     global BENCH_DB
     cpus = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    product = runpy.run_path(str(ROOT / "docker" / "gunicorn.conf.py"))  # its defaults
     parser.add_argument(
         "--workers",
         type=int,
-        default=2 * cpus,
-        help="gunicorn worker processes (default 2 per CPU: a sync worker waiting on "
-        "PostgreSQL leaves its core to another)",
+        default=product["workers"],
+        help="gunicorn worker processes (default: docker/gunicorn.conf.py's, %(default)s)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="threads per worker (1: sync workers)"
+        "--threads",
+        type=int,
+        default=product["threads"],
+        help="threads per worker (1: sync workers; default: docker/gunicorn.conf.py's, "
+        "%(default)s)",
     )
     parser.add_argument(
         "--max-requests",
