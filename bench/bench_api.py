@@ -6,19 +6,20 @@ no DRF), with a p99 under 100 ms. Demand create and reservation list are measure
 
 What it does, in one run:
 
-1. creates its own PostgreSQL database (``suanli_bench_api``; ``--database`` or
-   ``BENCH_API_DB``), migrates it, loads the reference
+1. creates its own PostgreSQL database (``suanli_bench_api`` plus ``BENCH_DB_SUFFIX``, as the
+   other benches; ``--database`` or ``BENCH_API_DB``), migrates it, loads the reference
    data (``load_reference``: hubs, sites, the accelerator catalogue) and seeds a market: one
    provider per public site with one active offer per accelerator model (``--offers-per-site``
    sizes of each), an SME at ``chengdu-tianfu`` with a funded wallet, an API token and
    ``--reservations`` confirmed reservations;
 2. starts ``gunicorn`` (pinned in ``pyproject.toml``) with the product's
-   ``docker/gunicorn.conf.py`` (``--workers``, default 2 per CPU: sync workers, each waiting on
-   PostgreSQL part of the time; ``--threads`` for gthread; workers are not recycled during the
-   runs) on 127.0.0.1 with ``bench.api_settings`` (the production settings on plain HTTP, with
-   the bench URLconf that adds ``/bench/hello/``), Redis as cache and Celery broker (a queue of
-   its own, deleted afterwards); write rate limits are lifted through the environment
-   (``API_RATE_WRITE_USER``/``API_RATE_WRITE_IP``) so the bench measures the API, not a 429;
+   ``docker/gunicorn.conf.py`` (``--workers`` and ``--threads`` default to its own: gthread
+   workers, 2 per CPU with 4 threads each, keeping connections alive; ``--threads 1`` for sync
+   workers; workers are not recycled during the runs) on 127.0.0.1 with ``bench.api_settings``
+   (the production settings on plain HTTP, with the bench URLconf that adds ``/bench/hello/``),
+   Redis as cache and Celery broker (a queue of its own, deleted afterwards); write
+   rate limits are lifted through the environment (``API_RATE_WRITE_USER``/
+   ``API_RATE_WRITE_IP``) so the bench measures the API, not a 429;
 3. runs ``wrk`` (Debian package ``wrk``) with ``--connections`` (50) connections for
    ``--duration`` seconds per endpoint after a short warm-up, ``--rounds`` (2) times: hello, the
    cheapest authenticated call (``GET /api/v1/organisations/me/``), offer search
@@ -41,6 +42,7 @@ cores); compare the ratios.
 import argparse
 import json
 import os
+import runpy
 import secrets
 import shutil
 import signal
@@ -54,11 +56,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-BENCH_DB = os.environ.get("BENCH_API_DB", "suanli_bench_api")  # --database
-HOST = os.environ.get("PGHOST", "127.0.0.1")
-PORT = os.environ.get("PGPORT", "5432")
-USER = os.environ.get("PGUSER", "postgres")
+from bench_holds import DB_SUFFIX, HOST, PORT, USER, admin_sql  # noqa: E402
+
+BENCH_DB = os.environ.get("BENCH_API_DB", f"suanli_bench_api{DB_SUFFIX}")  # --database
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 QUEUE = f"bench-api-{os.getpid()}"
 HOME_SITE = "chengdu-tianfu"
@@ -110,17 +112,6 @@ def environment() -> dict[str, str]:
         "API_RATE_WRITE_IP": "100000000/min",
         "PYTHONPATH": str(ROOT),
     }
-
-
-def admin_sql(*statements: str) -> None:
-    """Run statements on the server's ``postgres`` database (CREATE/DROP DATABASE)."""
-    import psycopg
-
-    with psycopg.connect(
-        host=HOST, port=PORT, user=USER, dbname="postgres", autocommit=True
-    ) as conn:
-        for sql in statements:
-            conn.execute(sql)  # type: ignore[arg-type]
 
 
 def manage(*args: str) -> None:
@@ -334,15 +325,19 @@ def main() -> int:
     global BENCH_DB
     cpus = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    product = runpy.run_path(str(ROOT / "docker" / "gunicorn.conf.py"))  # its defaults
     parser.add_argument(
         "--workers",
         type=int,
-        default=2 * cpus,
-        help="gunicorn worker processes (default 2 per CPU: a sync worker waiting on "
-        "PostgreSQL leaves its core to another)",
+        default=product["workers"],
+        help="gunicorn worker processes (default: docker/gunicorn.conf.py's, %(default)s)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="threads per worker (1: sync workers)"
+        "--threads",
+        type=int,
+        default=product["threads"],
+        help="threads per worker (1: sync workers; default: docker/gunicorn.conf.py's, "
+        "%(default)s)",
     )
     parser.add_argument(
         "--max-requests",

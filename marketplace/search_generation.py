@@ -31,7 +31,9 @@ writes).
 """
 
 import logging
+import os
 import secrets
+import threading
 from typing import Any
 
 from django.conf import settings
@@ -50,12 +52,18 @@ def cache_seconds() -> int:
 
 
 class _Store:
-    """The cache as raw bytes: straight to Redis (one client per process and server, keys made
-    by the cache's own ``make_key``, so its ``KEY_PREFIX`` holds) when the default cache is
-    Django's Redis backend, else through the cache API. Django's Redis backend would build a
-    client and pickle on every call, several times the round trip itself."""
+    """The cache as raw bytes: straight to Redis (keys made by the cache's own ``make_key``, so
+    its ``KEY_PREFIX`` holds) when the default cache is Django's Redis backend, else through
+    the cache API. Django's Redis backend would build a client and pickle on every call,
+    several times the round trip itself.
 
-    _clients: dict[str, Any] = {}
+    Each thread of each process keeps one client per server holding one connection of its own
+    (``single_connection_client``): taking a connection from a pool and giving it back on
+    every call costs about as much CPU as the round trip (the offer search's cache hit makes
+    one). A forked process (gunicorn, Celery's prefork pool) makes its own: a connection is
+    never shared across a fork. Broken connections are made again by redis-py's retries."""
+
+    _local = threading.local()
 
     def __init__(self) -> None:
         self.cache = caches["default"]
@@ -64,11 +72,20 @@ class _Store:
         if conf["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
             location = conf["LOCATION"]
             location = location if isinstance(location, str) else location[0]
-            client = self._clients.get(location)
+            clients: dict[tuple[int, str], Any] | None = getattr(self._local, "clients", None)
+            if clients is None:
+                clients = self._local.clients = {}
+            pid = os.getpid()
+            client = clients.get((pid, location))
             if client is None:
                 import redis
 
-                client = self._clients[location] = redis.Redis.from_url(location)
+                for made_in in [key for key in clients if key[0] != pid]:
+                    del clients[made_in]  # the parent's, before a fork (redis-py closes it
+                    # only in the process that opened it)
+                client = clients[(pid, location)] = redis.Redis.from_url(
+                    location, single_connection_client=True
+                )
             self.client = client
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:

@@ -6,11 +6,13 @@ from marketplace.console import console_site
 from ops import views as ops_views
 
 urlpatterns = [
+    # The API first: Django tries the patterns in order, and the web UI's are many (about 35
+    # failed matches on every API request when they came first; no web path starts with api/).
+    path("api/v1/", include("marketplace.api.urls")),
     path("", include("web.urls")),  # the SME web UI (and the operator dashboard in the admin)
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     path("console/", console_site.urls),
-    path("api/v1/", include("marketplace.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
 ]

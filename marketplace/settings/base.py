@@ -321,8 +321,11 @@ DB_PREPARE_THRESHOLD = env("DB_PREPARE_THRESHOLD", default="5")
 def pg_binding(db: dict) -> dict:  # type: ignore[type-arg]
     """Bind parameters on the server (psycopg's ``Cursor`` instead of Django's default
     client-side binding, which writes every value into the SQL text so no two queries are the
-    same) and let psycopg prepare the queries that repeat (``DB_PREPARE_THRESHOLD``)."""
+    same) and let psycopg prepare the queries that repeat (``DB_PREPARE_THRESHOLD``). The
+    backend is ``marketplace.postgresql`` (Django's, with a ``CONN_HEALTH_CHECKS`` check that
+    sends no query while the connection is idle and live)."""
     if "postgresql" in db.get("ENGINE", ""):
+        db["ENGINE"] = "marketplace.postgresql"
         options = db.setdefault("OPTIONS", {})
         options["server_side_binding"] = True
         options["prepare_threshold"] = int(DB_PREPARE_THRESHOLD) if DB_PREPARE_THRESHOLD else None

@@ -7,7 +7,7 @@ Two parts, each run once as an SME and once as a provider, each with a real hash
   status code, content type, headers and body conform to the schema, invalid data refused, …).
   Path ids are swapped for ids of real objects of the caller (and of another organisation) in
   a fixed share of the examples, so the detail and action endpoints are exercised past their
-  404s. (Why the loop over operations is ours: ``_fuzz``.)
+  404s.
 * **Stateful** (schemathesis's state machine over the schema's OpenAPI ``links``,
   ``marketplace.api.schema.LINKS``): scenarios of up to ``STEPS`` calls in which a created or
   listed object's id is fed to the operations on it — demand create → get / explain / cancel,
@@ -15,16 +15,22 @@ Two parts, each run once as an SME and once as a provider, each with a real hash
   usage, … — so the fuzzed ids are real. Same checks; the test also asserts that linked calls
   really reached existing objects (2xx on an id-taking operation).
 
-Requests go in-process through the WSGI application; the schema is loaded lazily by a session
-fixture (not at import, so other test runs do not pay for it), from the test database. The world
-of rows is built once per test, inside its transaction. Schemathesis's "coverage" phase
+Requests go in-process through the WSGI application. Both parts use schemathesis's public API:
+the schema is loaded from ``/api/schema/`` through the WSGI application when this module is
+imported (``schemathesis.openapi.from_wsgi``; generating it needs no database), so
+``@SCHEMA.parametrize()`` makes one pytest test per operation and role. That costs every
+collection of this module a few seconds (the schema's generation), also under ``-m 'not fuzz'``.
+(The lazy ``schemathesis.pytest.from_fixture`` would load it only when the tests run, but
+schemathesis 4.32.5 renames ``request.node._nodeid``, which pytest 9.2's nodes no longer have:
+``AttributeError: 'Function' object has no attribute '_nodeid'`` on every run.) The world of
+rows is built for each test, inside its transaction. Schemathesis's "coverage" phase
 (hundreds of deterministic boundary cases per operation, 4-5x the requests, about 20 more
 minutes here) is off: its findings are pinned as plain tests in ``test_fuzz_findings.py`` and in
 the strict-input tests.
 """
 
-import traceback
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -35,9 +41,6 @@ from django.utils import timezone
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
-from schemathesis.core.failures import FailureGroup
-from schemathesis.core.result import Err
-from schemathesis.pytest.lazy import get_all_tests
 
 from accounts.tokens import token_create
 from marketplace.models import Reservation
@@ -71,12 +74,8 @@ CONFIG = SchemathesisConfig.from_dict(
 )
 
 
-@pytest.fixture(scope="session")
-def api_schema(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
-    """The live schema from ``/api/schema/``, fetched through the WSGI application in this
-    process when the fuzz tests run, from the test database."""
-    with django_db_blocker.unblock():
-        return schemathesis.openapi.from_wsgi("/api/schema/", application, config=CONFIG)
+# The live schema, served by the application in this process (see the module docstring).
+SCHEMA = schemathesis.openapi.from_wsgi("/api/schema/", application, config=CONFIG)
 
 
 @pytest.fixture(autouse=True)
@@ -145,55 +144,29 @@ def _call(case, token: str, ids: list[str]) -> None:  # type: ignore[no-untyped-
     case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=ALL_CHECKS)
 
 
-def _fuzz(api_schema, token: str, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
-    """Every operation of the schema through schemathesis's own per-operation Hypothesis test
-    (its generation modes, examples and seed per operation, as ``schema.parametrize()`` builds
-    them), in this one pytest test; all failures are collected and reported together.
+@pytest.fixture
+def calls() -> Iterator[Counter[str]]:
+    """Requests made by one operation's test; afterwards, that it made at least ``EXAMPLES``."""
+    made: Counter[str] = Counter()
+    yield made
+    assert sum(made.values()) >= EXAMPLES, dict(made)
 
-    Why not the public pytest API: schemathesis 4.32.5 (the newest release) runs a lazy
-    ``schemathesis.pytest.from_fixture(...).parametrize()`` test by renaming
-    ``request.node._nodeid``, which pytest 9.2's nodes no longer have (AttributeError on every
-    run); the eager ``schema.parametrize()`` needs the schema at import, in every test run. So
-    the loop is ours, over ``schemathesis.pytest.lazy.get_all_tests`` (what ``parametrize``
-    runs); the stateful test below uses the public ``as_state_machine()``."""
-    calls: Counter[str] = Counter()
-    failures: list[str] = []
 
-    def test(case):  # type: ignore[no-untyped-def]
-        calls[case.operation.label] += 1
-        _call(case, token, ids)
-
-    tests = list(
-        get_all_tests(schema=api_schema, test_func=test, settings=HYPOTHESIS, given_kwargs={})
-    )
-    assert len(tests) >= 40, "the schema lost operations"
-    for result in tests:
-        if isinstance(result, Err):
-            failures.append(f"schema error: {result.err()}")
-            continue
-        operation, operation_test = result.ok()
-        try:
-            operation_test()
-        except FailureGroup as exc:
-            failures.append(f"{operation.label}:\n{exc}")
-        except Exception:
-            failures.append(f"{operation.label}:\n{traceback.format_exc()}")
-    summary = ", ".join(f"{label} {n}" for label, n in sorted(calls.items()))
-    assert not failures, f"{len(failures)} operations failed\n\n" + "\n\n".join(failures)
-    # Every operation ran, each with its EXAMPLES generated requests.
-    assert len(calls) == len(tests) and min(calls.values()) >= EXAMPLES, summary
+def test_the_schema_has_every_operation() -> None:
+    # (an operation the schema cannot describe is a failing test of its own, from parametrize)
+    assert len(list(SCHEMA.get_all_operations())) >= 40, "the schema lost operations"
 
 
 @pytest.mark.fuzz
 @pytest.mark.django_db
-def test_api_conforms_to_its_schema_as_sme(api_schema, world):  # type: ignore[no-untyped-def]
-    _fuzz(api_schema, world["sme"], world["ids"])
-
-
-@pytest.mark.fuzz
-@pytest.mark.django_db
-def test_api_conforms_to_its_schema_as_provider(api_schema, world):  # type: ignore[no-untyped-def]
-    _fuzz(api_schema, world["provider"], world["ids"])
+@pytest.mark.parametrize("role", ROLES)
+@SCHEMA.parametrize()
+@HYPOTHESIS
+def test_api_conforms_to_its_schema(case, world, role, calls):  # type: ignore[no-untyped-def]
+    """Every operation (one test each, schemathesis's generation modes, explicit examples and
+    derandomized generation), as an SME and as a provider, all checks on every response."""
+    calls[case.operation.label] += 1
+    _call(case, world[role], world["ids"])
 
 
 def _id_operation(label: str) -> bool:
@@ -203,14 +176,14 @@ def _id_operation(label: str) -> bool:
 @pytest.mark.fuzz
 @pytest.mark.django_db
 @pytest.mark.parametrize("role", ROLES)
-def test_linked_operations_statefully(api_schema, world, role):  # type: ignore[no-untyped-def]
+def test_linked_operations_statefully(world, role):  # type: ignore[no-untyped-def]
     """Scenarios along the schema's links with real ids, as ``role``; all checks on every
     step; linked calls must reach existing objects."""
     token = world[role]
     reached: Counter[str] = Counter()
     steps: Counter[str] = Counter()
 
-    class Scenario(api_schema.as_state_machine()):  # type: ignore[misc]
+    class Scenario(SCHEMA.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case):  # type: ignore[no-untyped-def]
             return {"headers": {"Authorization": f"Token {token}"}}
 

@@ -6,8 +6,11 @@ never crosses scopes, refused input is never stored, a hit costs the token query
 Searches go through a real token (``Authorization: Token``), so they take the lean way of a hit
 as production does; the cache is the test Redis (``marketplace.settings.test``)."""
 
+import gc
+import os
 import threading
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
@@ -17,7 +20,13 @@ from rest_framework.test import APIClient
 from accounts.models import Organisation
 from accounts.tokens import token_create, token_revoke
 from marketplace.models import Accelerator, Hub, Offer, Site
-from marketplace.search_generation import cache_seconds, offer_search_changed, store
+from marketplace.search_generation import (
+    GENERATION_KEY,
+    cache_seconds,
+    current_generation,
+    offer_search_changed,
+    store,
+)
 from marketplace.services import offer_create, offer_set_status, offer_update
 from tests.api.conftest import PROBLEM_MEMBERS
 from tests.factories import (
@@ -61,6 +70,35 @@ def _page_keys() -> int:
 
 def test_the_cache_is_on_in_the_tests() -> None:
     assert cache_seconds() > 0
+
+
+def test_the_store_keeps_a_connection_per_thread_and_a_forked_process_makes_its_own() -> None:
+    shared = store()
+    client: Any = shared.client  # redis-py's, for its connection (the test only)
+    assert client is not None and store().client is shared.client
+    connection_ = client.connection
+    in_thread: list[object] = []
+    thread = threading.Thread(target=lambda: in_thread.append(store().client))
+    thread.start()
+    thread.join()
+    assert in_thread[0] is not shared.client
+    assert current_generation() is not None  # made if missing: the key the processes read
+    sock = connection_._sock  # the parent's open connection
+    assert sock is not None
+    child = os.fork()
+    if child == 0:  # the child: its own client, works, and dropping the parent's closes nothing
+        code = 1
+        try:
+            mine = store()
+            gc.collect()
+            if mine.client is not shared.client and mine.get_many([GENERATION_KEY])[0]:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert shared.get_many([GENERATION_KEY])[0]
+    assert connection_._sock is sock  # the same connection, not a reconnect
 
 
 def test_a_hit_costs_the_token_query_only_and_gives_the_same_bytes(client, offer):  # type: ignore[no-untyped-def]
