@@ -57,34 +57,51 @@ BENCH_DB = "suanli_bench_cycle"
 def _kind(sql: str) -> str:
     """A statement's kind for the tally: verb and first table (``SELECT … FOR UPDATE`` apart)."""
     verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
-    match = re.search(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', sql, re.IGNORECASE)
+    match = re.search(r'(?:^\s*COPY|FROM|INTO|UPDATE)\s+"?(\w+)"?', sql, re.IGNORECASE)
     table = match.group(1) if match else ""
     if verb == "SELECT" and "FOR UPDATE" in sql.upper():
         verb = "SELECT FOR UPDATE"
     return f"{verb} {table}".strip()
 
 
+def _run_ns(pid: int | None) -> int:
+    """Nanoseconds process ``pid`` has run on a CPU so far (``/proc/<pid>/schedstat``); 0
+    where that cannot be read."""
+    if pid is None:
+        return 0
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class DbTimer:
     """Client-side DB time: every statement's wall time (execute wrapper) plus COMMIT and
-    ROLLBACK (the connection's ``_commit``/``_rollback``), round trip included."""
+    ROLLBACK (the connection's ``_commit``/``_rollback``), round trip included; and, given
+    the server process's ``pid``, the CPU time that process spent on each (its run time from
+    ``/proc``, so the waits for a CPU or the disk of a shared machine are left out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None) -> None:
         self.seconds = 0.0
         self.statements = 0
-        self.by_kind: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+        self.pid = pid
+        # kind → [count, client s, server CPU s]
+        self.by_kind: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
 
-    def _add(self, kind: str, seconds: float) -> None:
+    def _add(self, kind: str, seconds: float, cpu_ns: int) -> None:
         self.seconds += seconds
         self.statements += 1
         self.by_kind[kind][0] += 1
         self.by_kind[kind][1] += seconds
+        self.by_kind[kind][2] += cpu_ns / 1e9
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        t0 = time.perf_counter()
+        c0, t0 = _run_ns(self.pid), time.perf_counter()
         try:
             return execute(sql, params, many, context)
         finally:
-            self._add(_kind(sql), time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self._add(_kind(sql), t1 - t0, _run_ns(self.pid) - c0)
 
     @contextmanager
     def measuring(self, connection: Any) -> Iterator[None]:
@@ -96,11 +113,12 @@ class DbTimer:
             original = getattr(connection, name)
 
             def timed(original: Any = original, name: str = name) -> Any:
-                t0 = time.perf_counter()
+                c0, t0 = _run_ns(self.pid), time.perf_counter()
                 try:
                     return original()
                 finally:
-                    self._add(name[1:].upper(), time.perf_counter() - t0)
+                    t1 = time.perf_counter()
+                    self._add(name[1:].upper(), t1 - t0, _run_ns(self.pid) - c0)
 
             setattr(connection, name, timed)
         try:
@@ -113,9 +131,19 @@ class DbTimer:
                 else:
                     setattr(connection, name, before)
 
-    def top(self, n: int = 8) -> list[tuple[str, int, float]]:
+    def top(self, n: int = 8) -> list[tuple[str, int, float, float]]:
+        """The ``n`` statement kinds that took the most client time: (kind, count, client s,
+        server CPU s)."""
         rows = sorted(self.by_kind.items(), key=lambda kv: -kv[1][1])[:n]
-        return [(k, int(c), s) for k, (c, s) in rows]
+        return [(k, int(c), s, cpu) for k, (c, s, cpu) in rows]
+
+
+def backend_pid(connection: Any) -> int:
+    """The process id of the server process behind ``connection`` (connecting if need be)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    return int(pid)
 
 
 def backend_cpu_seconds(connection: Any) -> float | None:
@@ -123,9 +151,7 @@ def backend_cpu_seconds(connection: Any) -> float | None:
     ``/proc`` (the server runs on this machine); ``None`` where that cannot be read. Unlike
     ``active_time`` it leaves out time spent waiting for a CPU or for the disk, so it shows the
     server's own work when the machine is shared."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        (pid,) = cursor.fetchone()
+    pid = backend_pid(connection)
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -400,6 +426,7 @@ def run(args: argparse.Namespace) -> None:
     cpu: list[float | None] = []
     load, writes = DbTimer(), DbTimer()
     cpu_start = backend_cpu_seconds(connection)
+    load.pid = backend_pid(connection)
     t0 = time.perf_counter()
     with load.measuring(connection):
         now = timezone.now()
@@ -417,6 +444,7 @@ def run(args: argparse.Namespace) -> None:
     connections.close_all()
     server.append(server_active_seconds())
     cpu_start = backend_cpu_seconds(connection)
+    writes.pid = backend_pid(connection)
     t0 = time.perf_counter()
     with writes.measuring(connection):
         outcome = bulk.matches_write(result.matches, now=now)
@@ -488,9 +516,9 @@ def run(args: argparse.Namespace) -> None:
         f"{writes.seconds * per_10k:.2f} s client-side (statements + COMMIT, round trips and the "
         f"client's COPY formatting included), server CPU {cpu_text(cpu[1])} s for {made}"
     )
-    print("bulk write statements by kind (count, client s):")
-    for kind, count, seconds in writes.top(10):
-        print(f"  {kind:<44}{count:>6}{seconds:>8.3f}")
+    print("bulk write statements by kind (count, client s, server CPU s):")
+    for kind, count, seconds, cpu_s in writes.top(12):
+        print(f"  {kind:<44}{count:>6}{seconds:>8.3f}{cpu_s:>8.3f}")
     print(f"ledger audit: {'clean' if not audit else audit[:3]}")
 
 

@@ -113,14 +113,27 @@ class Transaction(models.Model):
         on_delete=models.PROTECT,
         related_name="transactions",
     )
+    # Indexed only where set (``transaction_voucher_idx``): most transactions move cash.
     voucher = models.ForeignKey(
-        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "vouchers.Voucher",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     memo = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["voucher"],
+                condition=Q(voucher__isnull=False),
+                name="transaction_voucher_idx",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.reason} {self.id}"

@@ -263,8 +263,15 @@ class Demand(models.Model):
         help_text="Fewest GPUs on any one offer when the demand is split (e.g. 8 for whole "
         "8-GPU nodes); at most gpu_count.",
     )
+    # Indexed only where set (``demand_voucher_idx``): most demands pay cash, and the matcher's
+    # status UPDATE of each demand would otherwise add an index entry for every NULL.
     voucher = models.ForeignKey(
-        "vouchers.Voucher", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "vouchers.Voucher",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     auto_accept = models.BooleanField(default=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
@@ -273,7 +280,12 @@ class Demand(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(
+                fields=["voucher"], condition=Q(voucher__isnull=False), name="demand_voucher_idx"
+            ),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(gpu_count__gt=0), name="demand_gpu_count_pos"),
             models.CheckConstraint(condition=Q(duration_hours__gt=0), name="demand_duration_pos"),
@@ -329,7 +341,10 @@ class Reservation(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     demand = models.ForeignKey(Demand, on_delete=models.PROTECT, related_name="reservations")
-    offer = models.ForeignKey(Offer, on_delete=models.PROTECT, related_name="reservations")
+    # No index of its own: the (offer, status) index below leads with it.
+    offer = models.ForeignKey(
+        Offer, on_delete=models.PROTECT, related_name="reservations", db_index=False
+    )
     buyer = models.ForeignKey(
         "accounts.Organisation", on_delete=models.PROTECT, related_name="purchases"
     )
@@ -341,12 +356,14 @@ class Reservation(models.Model):
     gpu_count = models.PositiveIntegerField()
     price_per_gpu_hour = models.DecimalField(max_digits=12, decimal_places=4)
     bill = models.DecimalField(max_digits=14, decimal_places=2)
+    # Indexed only where set (``reservation_voucher_idx``): most reservations pay cash.
     voucher = models.ForeignKey(
         "vouchers.Voucher",
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         related_name="reservations",
+        db_index=False,
     )
     voucher_part = models.DecimalField(max_digits=14, decimal_places=2, default=0)
     cash_part = models.DecimalField(max_digits=14, decimal_places=2, default=0)
@@ -362,6 +379,11 @@ class Reservation(models.Model):
         indexes = [
             models.Index(fields=["offer", "status"]),
             models.Index(fields=["status", "start"]),
+            models.Index(
+                fields=["voucher"],
+                condition=Q(voucher__isnull=False),
+                name="reservation_voucher_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(end__gt=F("start")), name="reservation_window"),
@@ -392,14 +414,23 @@ class ReservationEvent(models.Model):
     reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events")
     from_status = models.CharField(max_length=10, blank=True)
     to_status = models.CharField(max_length=10)
+    # Indexed only where set (``event_actor_idx``): the matcher's events have no actor.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     note = models.CharField(max_length=200, blank=True)
     at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["at", "id"]
+        indexes = [
+            models.Index(fields=["actor"], condition=Q(actor__isnull=False), name="event_actor_idx")
+        ]
 
     def __str__(self) -> str:
         return f"{self.from_status or '∅'} → {self.to_status}"

@@ -180,6 +180,35 @@ def limits_used(
     return budget_used, buyer_used
 
 
+def region_scopes(
+    programme_ids: Iterable[UUID],
+) -> dict[UUID, tuple[set[UUID], set[UUID], set[UUID]]]:
+    """Each programme's region scope, ``(hub ids, cluster ids, site ids)`` (all empty: no
+    limit), for many programmes in one query."""
+    ids = list(programme_ids)
+    regions: dict[UUID, tuple[set[UUID], set[UUID], set[UUID]]] = {
+        pk: (set(), set(), set()) for pk in ids
+    }
+    if not ids:
+        return regions
+    scopes = (
+        Programme.hubs.through.objects.filter(programme_id__in=ids)
+        .values_list("programme_id", Value(0), "hub_id")
+        .union(
+            Programme.clusters.through.objects.filter(programme_id__in=ids).values_list(
+                "programme_id", Value(1), "cluster_id"
+            ),
+            Programme.sites.through.objects.filter(programme_id__in=ids).values_list(
+                "programme_id", Value(2), "site_id"
+            ),
+            all=True,
+        )
+    )
+    for pk, scope, target_id in scopes:
+        regions[pk][scope].add(target_id)
+    return regions
+
+
 def split_facts_load(
     vouchers: Collection[Voucher],
     *,
@@ -227,22 +256,7 @@ def split_facts_load(
         "from_organisation_id", "to_organisation_id"
     ):
         facts.related.setdefault(a, set()).add(b)
-    ids = list(programmes)
-    scopes = (
-        Programme.hubs.through.objects.filter(programme_id__in=ids)
-        .values_list("programme_id", Value(0), "hub_id")
-        .union(
-            Programme.clusters.through.objects.filter(programme_id__in=ids).values_list(
-                "programme_id", Value(1), "cluster_id"
-            ),
-            Programme.sites.through.objects.filter(programme_id__in=ids).values_list(
-                "programme_id", Value(2), "site_id"
-            ),
-            all=True,
-        )
-    )
-    for pk, scope, target_id in scopes:
-        facts.regions[pk][scope].add(target_id)
+    facts.regions = region_scopes(programmes)
     for tier in ShareTier.objects.filter(programme_id__in=list(programmes)).prefetch_related(
         "accelerators", "buyers"
     ):

@@ -26,8 +26,9 @@ Per batch, in one durable transaction, READ COMMITTED:
    grow the programmes' usage rows — each buyer's, then each budget — only if every one stays
    within its limit (``vouchers.usage.usage_book``, one statement); then one UPDATE of escrow,
    the hottest row, last (``ledger.bulk.transactions_post_bulk``). The CHECK
-   constraints still refuse a negative balance; the entries' immutability trigger is untouched
-   (inserts only).
+   constraints still refuse a negative balance; the copied rows' foreign keys are checked at
+   the end of each COPY (``SET CONSTRAINTS ALL IMMEDIATE``) instead of at COMMIT; the entries'
+   immutability trigger is untouched (inserts only).
 
 When concurrent holds used what the splits counted on (the last of a budget or cap), the
 batch rolls back and runs once more with the programme rows locked in step 1, after the
@@ -46,7 +47,7 @@ from decimal import Decimal
 from uuid import UUID, uuid4
 
 from django.conf import settings
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -490,6 +491,14 @@ def _write(planned: _Planned, before_hot: Callable[[], None]) -> None:
     ``before_hot`` runs after the parties' balances changed, before escrow's."""
     if not planned.reservations:
         return
+    if connection.vendor == "postgresql":
+        # Check the copied rows' foreign keys at the end of each COPY rather than at COMMIT:
+        # the same checks, made while the rows and index pages they touch are fresh, instead
+        # of queued as deferred trigger events and fetched again at COMMIT (about 10 % less
+        # server CPU for the batch). Each table is copied after the rows it references; a
+        # violation is an IntegrityError either way. Lasts until the batch's transaction ends.
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     rows_insert(Reservation, RESERVATION_FIELDS, planned.reservations)
     rows_insert(ReservationEvent, EVENT_FIELDS, planned.events)
     rows_insert(InterHubTrade, TRADE_FIELDS, planned.trades)

@@ -23,10 +23,12 @@ from marketplace.models import (
     Offer,
     Reservation,
 )
+from marketplace.money import quantize_money
 from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
 from marketplace.types import ObjectId
+from vouchers.bulk import limits_used, region_scopes
 from vouchers.models import CatalogueEntry, Voucher
-from vouchers.services import programme_limits_left, programme_year
+from vouchers.services import programme_year
 
 from .bulk import matches_write
 from .engine import DemandSnap, OfferSnap, Result, SiteRef, VoucherSnap, solve_greedy
@@ -173,19 +175,26 @@ def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherS
         status=CatalogueEntry.Status.APPROVED,
     ).values_list("programme_id", "provider_id", "year"):
         approved[(programme_id, year)].add(str(provider_id))
+    # What ``programme_limits_left`` and the programmes' region relations give, for every
+    # voucher's programme at once (one query each, not five a voucher).
+    programmes = {v.programme_id: v.programme for v in unique.values()}
+    budget_used, buyer_used = limits_used(programmes, {v.owner_id for v in unique.values()}, now)
+    regions = region_scopes(programmes)
     for v in unique.values():
         if v.status != Voucher.Status.ACTIVE or now >= v.expires_at:
             continue
         p = v.programme
-        budget_left, cap_left = programme_limits_left(p, v.owner, now)
+        budget_left = quantize_money(p.annual_budget - budget_used[p.pk])
+        cap_left = quantize_money(p.buyer_annual_cap - buyer_used[p.pk, v.owner_id])
+        hubs, clusters, sites = regions[p.pk]
         snaps[str(v.pk)] = VoucherSnap(
             id=str(v.pk),
             max_share=p.max_share,
             available=min(balances.get(v.pk, Decimal(0)), budget_left, cap_left),
             providers=frozenset(approved[(p.pk, programme_year(p, now))]),
-            hubs=frozenset(str(x) for x in p.hubs.values_list("pk", flat=True)),
-            clusters=frozenset(str(x) for x in p.clusters.values_list("pk", flat=True)),
-            sites=frozenset(str(x) for x in p.sites.values_list("pk", flat=True)),
+            hubs=frozenset(str(x) for x in hubs),
+            clusters=frozenset(str(x) for x in clusters),
+            sites=frozenset(str(x) for x in sites),
         )
     return snaps
 
