@@ -13,9 +13,9 @@ What it does, in one run:
    sizes of each), an SME at ``chengdu-tianfu`` with a funded wallet, an API token and
    ``--reservations`` confirmed reservations;
 2. starts ``gunicorn`` (pinned in ``pyproject.toml``) with the product's
-   ``docker/gunicorn.conf.py`` (``--workers`` and ``--threads`` default to its own: gthread
-   workers, 2 per CPU with 4 threads each, keeping connections alive; ``--threads 1`` for sync
-   workers; workers are not recycled during the runs) on 127.0.0.1 with ``bench.api_settings``
+   ``docker/gunicorn.conf.py`` (``--workers`` and ``--threads`` default to its own: sync
+   workers, 2 per CPU; ``--threads`` above 1 for gthread workers; workers are not recycled
+   during the runs) on 127.0.0.1 with ``bench.api_settings``
    (the production settings on plain HTTP, with the bench URLconf that adds ``/bench/hello/``),
    Redis as cache and Celery broker (a queue of its own, deleted afterwards); write
    rate limits are lifted through the environment (``API_RATE_WRITE_USER``/

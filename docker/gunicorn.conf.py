@@ -3,20 +3,15 @@
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-# Threaded workers (gthread): every request waits on PostgreSQL or Redis for part of its time
-# (the API's busiest call, an offer search served from the cache, waits on both), and a
-# worker's other threads use the core meanwhile; they also keep connections alive between
-# requests (``keepalive``), which sync workers cannot (they close the connection after each
-# answer, so every request of a client or proxy pays a new TCP connection). Two workers per
-# core with four threads each served the most requests per second and the cheapest on the
-# 2-core development machine (bench/bench_api.py, 50 connections: a quarter to a third less
-# server CPU per request than four sync workers, for the bare hello view and the offer search
-# alike; 2 or 4 workers with 2 or 4 threads in between). The price is a longer tail: a kept-alive
-# connection stays with the worker that accepted it, so p99 is a larger multiple of p50 than
-# with sync workers' one shared accept queue. GUNICORN_THREADS=1 gives sync workers. Each
-# thread holds its own database connection: workers x threads of them per web process.
+# Sync workers, two per core, by default: on the 2-core development machine (bench/bench_api.py,
+# wrk with 50 connections, 2026-11-29, two rounds each, same session) they kept the API's tail
+# short — offer search p99 75-89 ms at 36-37 % of the bare hello view's rate — while threaded
+# workers (gthread, 4 threads each, kept-alive connections) spent a quarter less CPU per request
+# but left a long tail (search p99 333-348 ms): a kept-alive connection stays with the worker
+# that accepted it, whereas sync workers share one accept queue. GUNICORN_THREADS > 1 switches
+# to gthread (each thread then holds its own database connection: workers x threads of them).
 workers = int(os.environ.get("GUNICORN_WORKERS") or 2 * (os.cpu_count() or 1))
-threads = int(os.environ.get("GUNICORN_THREADS") or 4)
+threads = int(os.environ.get("GUNICORN_THREADS") or 1)
 worker_class = "gthread" if threads > 1 else "sync"
 # A request is bounded by the database statement/lock timeouts first; this is the backstop.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
