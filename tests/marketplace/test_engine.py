@@ -24,18 +24,9 @@ from tests.marketplace.snaps import (
 
 
 def offer(
-    id: str,
-    site: SiteRef = CHENGDU,
-    price: str = "10",
-    gpus: int = 8,
-    start: int = 0,
-    end: int = 48,
-    provider: str = "p1",
-    model: str = "A100",
+    id: str, site: SiteRef = CHENGDU, price: str = "10", gpus: int = 8, **kw: Any
 ) -> OfferSnap:
-    return make_offer(
-        id, site=site, price=price, gpus=gpus, start=start, end=end, provider=provider, model=model
-    )
+    return make_offer(id, site=site, price=price, gpus=gpus, **kw)
 
 
 def demand(id: str, gpus: int = 4, duration: int = 2, **kw: Any) -> DemandSnap:

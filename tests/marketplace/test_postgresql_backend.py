@@ -39,20 +39,27 @@ def _wait_readable(wrapper: Any) -> None:
     assert poller.poll(30_000), "nothing arrived on the connection"
 
 
+def _is_usable_traced(own) -> tuple[bool, bytes]:  # type: ignore[no-untyped-def]
+    """``own.is_usable()`` and the libpq protocol trace of what it sent and received."""
+    with tempfile.TemporaryFile() as trace:
+        own.connection.pgconn.trace(trace.fileno())
+        try:
+            usable = own.is_usable()
+        finally:
+            own.connection.pgconn.untrace()
+        trace.seek(0)
+        return usable, trace.read()
+
+
 def test_the_settings_use_the_backend() -> None:
     assert connection.settings_dict["ENGINE"] == "marketplace.postgresql"
     assert isinstance(connections["default"], DatabaseWrapper)
 
 
 def test_a_live_idle_connection_is_usable_without_a_round_trip(own) -> None:  # type: ignore[no-untyped-def]
-    with tempfile.TemporaryFile() as trace:
-        own.connection.pgconn.trace(trace.fileno())
-        try:
-            assert own.is_usable()
-        finally:
-            own.connection.pgconn.untrace()
-        trace.seek(0)
-        assert trace.read() == b""  # libpq sent and received nothing
+    usable, traffic = _is_usable_traced(own)
+    assert usable
+    assert traffic == b""  # libpq sent and received nothing
 
 
 def test_a_connection_the_server_ended_is_not_usable(own) -> None:  # type: ignore[no-untyped-def]
@@ -79,14 +86,9 @@ def test_a_notification_waiting_falls_back_to_select_1(own) -> None:  # type: ig
     finally:
         other.close()
     _wait_readable(own)
-    with tempfile.TemporaryFile() as trace:
-        own.connection.pgconn.trace(trace.fileno())
-        try:
-            assert own.is_usable()
-        finally:
-            own.connection.pgconn.untrace()
-        trace.seek(0)
-        assert b"SELECT 1" in trace.read()
+    usable, traffic = _is_usable_traced(own)
+    assert usable
+    assert b"SELECT 1" in traffic
 
 
 def test_a_closed_connection_is_not_usable(own) -> None:  # type: ignore[no-untyped-def]
