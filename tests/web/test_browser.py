@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from accounts.models import Organisation, User
@@ -51,6 +52,11 @@ def browser() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+            # The connection the test's own ORM calls used (with Playwright's sync API running)
+            # outlived pytest-django's teardown, which then could not drop the test database
+            # ("1 other session"; that session's last query was the test's own). Closing the
+            # connections here, before that teardown, leaves none behind.
+            connections.close_all()
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
