@@ -15,13 +15,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from marketplace.bulkrows import rows_insert
 from marketplace.errors import Unprocessable
+from marketplace.ids import ordered_uuid
 from marketplace.types import ObjectId
 
 from .models import Account, Entry, Transaction
@@ -76,7 +77,7 @@ def transactions_post_bulk(
             continue
         if sum(x for _, x in legs) != 0:
             raise ValueError(f"unbalanced transaction {posting.reason}: {legs}")
-        txn_id = uuid4()
+        txn_id = ordered_uuid()
         ids.append(txn_id)
         txn_rows.append(
             (txn_id, posting.reason, posting.reservation_id, posting.voucher_id, posting.memo[:200])

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
@@ -57,6 +57,7 @@ from ledger.models import Account, Hold, Transaction
 from ledger.services import system_account
 from marketplace.bulkrows import rows_insert
 from marketplace.errors import Conflict, DomainError, NotFound, Unprocessable
+from marketplace.ids import ordered_uuid
 from marketplace.models import Demand, InterHubTrade, Offer, Reservation, ReservationEvent
 from marketplace.money import ZERO, bill_amount
 from marketplace.services import _pair_check, reservation_create, reservation_locality_check
@@ -420,7 +421,7 @@ def _plan(
         locked.balances[wallet.pk] -= cash_paid
         legs.append((wallet, -cash_paid))
 
-    rid, at = uuid4(), planned.created
+    rid, at = ordered_uuid(), planned.created
     planned.reservations.append(
         (
             rid,
@@ -451,7 +452,7 @@ def _plan(
     if offer.site.hub_id != demand.origin_site.hub_id:
         planned.trades.append(
             (
-                uuid4(),
+                ordered_uuid(),
                 rid,
                 offer.site.hub_id,
                 demand.origin_site.hub_id,
@@ -462,7 +463,7 @@ def _plan(
         )
     planned.holds.append(
         (
-            uuid4(),
+            ordered_uuid(),
             rid,
             mode,
             Hold.Status.PENDING,
