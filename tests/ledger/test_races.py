@@ -81,6 +81,24 @@ def run_at_once(jobs: list[Callable[[], Any]]) -> Counter[str]:
     return Counter(outcomes)
 
 
+def _hold_all_at_once(offer, demands):  # type: ignore[no-untyped-def]
+    """``reservation_create`` of every demand on ``offer`` at its earliest start, all at once
+    on their own connections; ``{outcome: count}``."""
+    return run_at_once(
+        [
+            partial(reservation_create, demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start)
+            for d in demands
+        ]
+    )
+
+
+def _assert_voucher_parts_took_exactly_100() -> None:
+    """Voucher parts of ¥12 wanted per hold: eight whole parts, one ¥4 remainder, ¥100 in all."""
+    parts = list(Reservation.objects.values_list("voucher_part", flat=True))
+    assert sum(parts) == Decimal("100.00")
+    assert sorted(parts, reverse=True)[:9] == [Decimal("12.00")] * 8 + [Decimal("4.00")]
+
+
 @race
 def test_last_programme_budget(site):
     programme = ProgrammeFactory.create(code="small", annual_budget=Decimal("1000.00"))
@@ -123,17 +141,10 @@ def test_last_voucher_balance(buyer, offer, programme):
         DemandFactory.create(buyer=buyer, voucher=voucher, gpu_count=1, duration_hours=2)
         for _ in range(N)
     ]
-    outcomes = run_at_once(
-        [
-            partial(reservation_create, demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start)
-            for d in demands
-        ]
-    )
+    outcomes = _hold_all_at_once(offer, demands)
     # then every hold succeeds, the voucher pays exactly its ¥100 and cash the rest
     assert outcomes == {"ok": N}
-    parts = list(Reservation.objects.values_list("voucher_part", flat=True))
-    assert sum(parts) == Decimal("100.00")
-    assert sorted(parts, reverse=True)[:9] == [Decimal("12.00")] * 8 + [Decimal("4.00")]
+    _assert_voucher_parts_took_exactly_100()
     assert voucher_account(voucher.pk).balance == 0
     assert ledger_audit() == []
 
@@ -314,17 +325,10 @@ def test_the_last_of_a_programme_years_budget_taken_by_holds_at_once(site, offer
         for i in range(N)
     ]
     # when 24 holds, each wanting ¥12 of voucher, are made at once
-    outcomes = run_at_once(
-        [
-            partial(reservation_create, demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start)
-            for d in demands
-        ]
-    )
+    outcomes = _hold_all_at_once(offer, demands)
     # then every hold is made, the voucher parts take exactly the ¥100 left and cash the rest
     assert outcomes == {"ok": N}
-    parts = list(Reservation.objects.values_list("voucher_part", flat=True))
-    assert sum(parts) == Decimal("100.00")
-    assert sorted(parts, reverse=True)[:9] == [Decimal("12.00")] * 8 + [Decimal("4.00")]
+    _assert_voucher_parts_took_exactly_100()
     used = ProgrammeUsage.objects.get(programme=programme, buyer__isnull=True).used
     assert used == Decimal("100.00")
     assert ledger_audit() == []
