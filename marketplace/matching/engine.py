@@ -438,14 +438,9 @@ class OfferIndex:
         return Ring(tiers[: limit + 1], beyond)
 
 
-def cost_floor(demand: DemandSnap, price: Decimal) -> Decimal:
-    """The least the buyer can pay for ``demand`` at ``price`` after its voucher (CNY): the
-    bill less the voucher's largest possible part; non-decreasing in ``price``."""
-    return least_cash(bill_of(demand.gpu_count, demand.duration, price), demand.voucher)
-
-
 def least_cash(bill: Decimal, v: VoucherSnap | None) -> Decimal:
-    """``bill`` (CNY) less the largest part voucher ``v`` could pay of it."""
+    """``bill`` (CNY) less the largest part voucher ``v`` could pay of it: the least the buyer
+    can pay after the voucher, non-decreasing in the price behind ``bill``."""
     if v is None:
         return bill
     share = (bill * v.max_share).quantize(FEN, rounding=ROUND_DOWN)
@@ -504,7 +499,7 @@ def best_pair(demand: DemandSnap, index: OfferIndex) -> tuple[Match | None, str,
     """The best feasible pair of ``demand`` in its nearest tier that has one, else the furthest
     rule any offer passed (``REASONS``). Within a tier buckets are walked cheapest first; the
     walk stops at the first bucket over the limit price, or once the least cost the next bucket
-    could reach after the voucher (``cost_floor``) exceeds the best found; a bucket whose
+    could reach after the voucher (``least_cash``) exceeds the best found; a bucket whose
     envelope has no fit, or whose best possible key loses, is skipped whole. Returns ``(match,
     reason, pairs evaluated)`` — the (demand, offer) pairs whose timeline was queried."""
     ring = index.ring(demand)
