@@ -236,6 +236,15 @@ def _batch_write(
     programme_first: bool,
 ) -> None:
     with transaction.atomic(durable=True):
+        if connection.vendor == "postgresql":
+            # Every read of the batch looks rows up by key (its demands, offers, accounts, the
+            # demands' models) in pages the cycle's snapshot has just read. With the default
+            # random_page_cost of 4 (a spinning disk) the planner scans the whole demand table
+            # for a batch of 500 ids instead of probing the primary key (3-4 ms more a lookup on
+            # 20k demands). 1.1 is the usual value for data in memory or on SSD; SET LOCAL
+            # keeps it to this transaction.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL random_page_cost = 1.1")
         locked = _lock(pairs, programme_first=programme_first)
         listed = _listed_models(list(locked.demands))
         used = _reserved_by_hour(list(locked.offers), now)
