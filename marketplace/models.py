@@ -189,6 +189,8 @@ class Offer(models.Model):
                 condition=Q(available_until__gt=F("available_from")), name="offer_window_valid"
             ),
             models.CheckConstraint(condition=Q(min_duration_hours__gte=1), name="offer_min_dur"),
+            # What a reservation's composite foreign key (offer, provider) refers to.
+            models.UniqueConstraint(fields=["id", "provider"], name="offer_id_provider_key"),
         ]
 
     def __str__(self) -> str:
@@ -298,6 +300,8 @@ class Demand(models.Model):
             models.CheckConstraint(
                 condition=Q(split__in=["none", "site", "hub"]), name="demand_split_valid"
             ),
+            # What a reservation's composite foreign key (demand, buyer) refers to.
+            models.UniqueConstraint(fields=["id", "buyer"], name="demand_id_buyer_key"),
             models.CheckConstraint(
                 condition=Q(min_gpus_per_part__gte=1) & Q(min_gpus_per_part__lte=F("gpu_count")),
                 name="demand_min_part_valid",
@@ -340,16 +344,36 @@ class Reservation(models.Model):
     CAPACITY_STATUSES = ("held", "confirmed", "active", "completed", "settled")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    demand = models.ForeignKey(Demand, on_delete=models.PROTECT, related_name="reservations")
+    # On PostgreSQL the four relations below are two composite foreign keys (migration
+    # ``marketplace/0010``): (demand, buyer) → the demand's (id, buyer) and (offer, provider)
+    # → the offer's (id, provider). Each checks that the row exists, as a single-column key
+    # would, and also that the buyer is the demand's and the provider the offer's; the
+    # organisations' own existence follows from the demand's and offer's keys. Two checks a
+    # reservation instead of four (the matcher's bulk write inserts thousands per cycle).
+    # ``db_constraint=False`` tells Django the single-column constraints are not there;
+    # PROTECT is Django's, as before. SQLite keeps the single-column keys it was created with.
+    demand = models.ForeignKey(
+        Demand, on_delete=models.PROTECT, related_name="reservations", db_constraint=False
+    )
     # No index of its own: the (offer, status) index below leads with it.
     offer = models.ForeignKey(
-        Offer, on_delete=models.PROTECT, related_name="reservations", db_index=False
+        Offer,
+        on_delete=models.PROTECT,
+        related_name="reservations",
+        db_index=False,
+        db_constraint=False,
     )
     buyer = models.ForeignKey(
-        "accounts.Organisation", on_delete=models.PROTECT, related_name="purchases"
+        "accounts.Organisation",
+        on_delete=models.PROTECT,
+        related_name="purchases",
+        db_constraint=False,
     )
     provider = models.ForeignKey(
-        "accounts.Organisation", on_delete=models.PROTECT, related_name="sales"
+        "accounts.Organisation",
+        on_delete=models.PROTECT,
+        related_name="sales",
+        db_constraint=False,
     )
     start = models.DateTimeField()
     end = models.DateTimeField()

@@ -1,0 +1,115 @@
+# A reservation's buyer is its demand's and its provider its offer's. On PostgreSQL the four
+# single-column foreign keys of marketplace_reservation (demand, offer, buyer, provider) become
+# two composite ones, (demand_id, buyer_id) → marketplace_demand (id, buyer_id) and
+# (offer_id, provider_id) → marketplace_offer (id, provider_id): each row is checked twice
+# instead of four times (the matcher's bulk write inserts thousands a cycle), and a buyer or
+# provider that is not the demand's or offer's is refused, which the old keys allowed. The
+# organisations' existence follows from the demand's and the offer's own keys. Both are
+# NOT NULL columns, so MATCH SIMPLE checks every row. The indexes stay as they were.
+#
+# SQLite (the embedded default) keeps the single-column keys its table was created with: it
+# cannot add a constraint to an existing table.
+
+import django.db.models.deletion
+from django.conf import settings
+from django.db import migrations, models
+
+TABLE = "marketplace_reservation"
+SINGLE = ("demand_id", "offer_id", "buyer_id", "provider_id")
+COMPOSITE = (
+    ("reservation_demand_buyer_fk", "demand_id, buyer_id", "marketplace_demand", "id, buyer_id"),
+    (
+        "reservation_offer_provider_fk",
+        "offer_id, provider_id",
+        "marketplace_offer",
+        "id, provider_id",
+    ),
+)
+SINGLE_BACK = (
+    ("demand_id", "marketplace_demand"),
+    ("offer_id", "marketplace_offer"),
+    ("buyer_id", "accounts_organisation"),
+    ("provider_id", "accounts_organisation"),
+)
+
+
+def _single_keys(schema_editor):
+    """Names of the single-column foreign keys on SINGLE's columns (Django's hashed names)."""
+    connection = schema_editor.connection
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, TABLE)
+    return sorted(
+        name
+        for name, c in constraints.items()
+        if c["foreign_key"] and len(c["columns"]) == 1 and c["columns"][0] in SINGLE
+    )
+
+
+def to_composite(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    for name in _single_keys(schema_editor):
+        schema_editor.execute(f'ALTER TABLE {TABLE} DROP CONSTRAINT "{name}"')
+    for name, columns, target, target_columns in COMPOSITE:
+        schema_editor.execute(
+            f"ALTER TABLE {TABLE} ADD CONSTRAINT {name} FOREIGN KEY ({columns}) "
+            f"REFERENCES {target} ({target_columns}) DEFERRABLE INITIALLY DEFERRED"
+        )
+
+
+def to_single(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    for name, *_ in COMPOSITE:
+        schema_editor.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {name}")
+    for column, target in SINGLE_BACK:
+        schema_editor.execute(
+            f"ALTER TABLE {TABLE} ADD CONSTRAINT reservation_{column}_fk FOREIGN KEY ({column}) "
+            f"REFERENCES {target} (id) DEFERRABLE INITIALLY DEFERRED"
+        )
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('accounts', '0003_api_token'),
+        ('marketplace', '0009_partial_fk_indexes'),
+        ('vouchers', '0004_programme_usage_from_holds'),
+        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
+    ]
+
+    operations = [
+        migrations.AddConstraint(
+            model_name='demand',
+            constraint=models.UniqueConstraint(fields=('id', 'buyer'), name='demand_id_buyer_key'),
+        ),
+        migrations.AddConstraint(
+            model_name='offer',
+            constraint=models.UniqueConstraint(fields=('id', 'provider'), name='offer_id_provider_key'),
+        ),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='reservation',
+                    name='buyer',
+                    field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='purchases', to='accounts.organisation'),
+                ),
+                migrations.AlterField(
+                    model_name='reservation',
+                    name='demand',
+                    field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='reservations', to='marketplace.demand'),
+                ),
+                migrations.AlterField(
+                    model_name='reservation',
+                    name='offer',
+                    field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='reservations', to='marketplace.offer'),
+                ),
+                migrations.AlterField(
+                    model_name='reservation',
+                    name='provider',
+                    field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, related_name='sales', to='accounts.organisation'),
+                ),
+            ],
+            database_operations=[migrations.RunPython(to_composite, to_single)],
+        ),
+    ]
