@@ -152,8 +152,9 @@ class Offer(models.Model):
     }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No index of its own: the unique (provider, id) index below leads with it.
     provider = models.ForeignKey(
-        "accounts.Organisation", on_delete=models.PROTECT, related_name="offers"
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="offers", db_index=False
     )
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="offers")
     accelerator = models.ForeignKey(Accelerator, on_delete=models.PROTECT, related_name="offers")
@@ -189,8 +190,9 @@ class Offer(models.Model):
                 condition=Q(available_until__gt=F("available_from")), name="offer_window_valid"
             ),
             models.CheckConstraint(condition=Q(min_duration_hours__gte=1), name="offer_min_dur"),
-            # What a reservation's composite foreign key (offer, provider) refers to.
-            models.UniqueConstraint(fields=["id", "provider"], name="offer_id_provider_key"),
+            # What a reservation's composite foreign key (offer, provider) refers to; it also
+            # serves the provider's offers (the foreign key's index).
+            models.UniqueConstraint(fields=["provider", "id"], name="offer_provider_id_key"),
         ]
 
     def __str__(self) -> str:
@@ -235,8 +237,9 @@ class Demand(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No index of its own: the unique (buyer, id) index below leads with it.
     buyer = models.ForeignKey(
-        "accounts.Organisation", on_delete=models.PROTECT, related_name="demands"
+        "accounts.Organisation", on_delete=models.PROTECT, related_name="demands", db_index=False
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -300,8 +303,9 @@ class Demand(models.Model):
             models.CheckConstraint(
                 condition=Q(split__in=["none", "site", "hub"]), name="demand_split_valid"
             ),
-            # What a reservation's composite foreign key (demand, buyer) refers to.
-            models.UniqueConstraint(fields=["id", "buyer"], name="demand_id_buyer_key"),
+            # What a reservation's composite foreign key (demand, buyer) refers to; it also
+            # serves the buyer's demands (the foreign key's index).
+            models.UniqueConstraint(fields=["buyer", "id"], name="demand_buyer_id_key"),
             models.CheckConstraint(
                 condition=Q(min_gpus_per_part__gte=1) & Q(min_gpus_per_part__lte=F("gpu_count")),
                 name="demand_min_part_valid",

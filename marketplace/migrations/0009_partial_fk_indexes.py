@@ -11,18 +11,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-
-def unindexed(model_name, name, field, table, index, column):
-    """Drop the index Django made for a foreign key (its state: db_index=False)."""
-    return migrations.SeparateDatabaseAndState(
-        state_operations=[migrations.AlterField(model_name=model_name, name=name, field=field)],
-        database_operations=[
-            migrations.RunSQL(
-                f'DROP INDEX IF EXISTS "{index}"',
-                reverse_sql=f'CREATE INDEX "{index}" ON "{table}" ("{column}")',
-            )
-        ],
-    )
+from marketplace.migrations._ops import unindexed
 
 
 class Migration(migrations.Migration):

@@ -50,8 +50,8 @@ def test_the_reservation_table_has_the_two_composite_keys_and_the_voucher_key() 
         (tuple(c["columns"]), c["foreign_key"][0]) for c in constraints.values() if c["foreign_key"]
     )
     assert keys == [
-        (("demand_id", "buyer_id"), "marketplace_demand"),
-        (("offer_id", "provider_id"), "marketplace_offer"),
+        (("buyer_id", "demand_id"), "marketplace_demand"),
+        (("provider_id", "offer_id"), "marketplace_offer"),
         (("voucher_id",), "vouchers_voucher"),
     ]
 
