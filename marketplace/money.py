@@ -4,6 +4,10 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 FEN = Decimal("0.01")
 ZERO = Decimal("0.00")
+# The largest bill the ledger and the reservations store (``DecimalField(max_digits=14,
+# decimal_places=2)``): a demand or quote whose bill could pass it is refused when it is made,
+# not at every matching cycle that tries to write it.
+MAX_BILL = Decimal("999999999999.99")
 
 
 def quantize_money(amount: Decimal) -> Decimal:

@@ -60,7 +60,7 @@ from .models import (
     Site,
     SplitScope,
 )
-from .money import ZERO, bill_amount, quantize_money
+from .money import MAX_BILL, ZERO, bill_amount, quantize_money
 from .prepared import PreparedQuery
 from .timeutil import HOUR, hour_index, hour_index_ceil, is_whole_hour
 from .types import ObjectId
@@ -387,6 +387,23 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
         raise ValidationFailed(
             "must be at most gpu_count", code="min_part_too_large", field="min_gpus_per_part"
         )
+    _bill_storable(
+        demand.gpu_count,
+        demand.duration_hours,
+        demand.max_price_per_gpu_hour,
+        "max_price_per_gpu_hour",
+    )
+
+
+def _bill_storable(gpu_count: int, hours: int, price: Decimal, field: str) -> None:
+    """Refuse (``bill_too_large``, naming ``field``) a bill of ``gpu_count × hours × price``
+    CNY over ``MAX_BILL``, the largest the ledger stores."""
+    if bill_amount(gpu_count, hours, price) > MAX_BILL:
+        raise ValidationFailed(
+            f"gpu_count × hours × price per GPU-hour would bill more than ¥{MAX_BILL:,}",
+            code="bill_too_large",
+            field=field,
+        )
 
 
 @transaction.atomic
@@ -506,6 +523,11 @@ def quote(
     ``NotFound`` (field ``voucher``)."""
     _positive_int(gpu_count, "gpu_count", MAX_GPUS)
     _positive_int(hours, "hours", MAX_HOURS)
+    if gpu_count > offer.gpu_count:
+        raise ValidationFailed(
+            f"the offer lists {offer.gpu_count} GPUs", code="more_than_offered", field="gpu_count"
+        )
+    _bill_storable(gpu_count, hours, offer.price_per_gpu_hour, "hours")
     if voucher is not None and voucher.owner_id != buyer.pk:
         raise NotFound("no such voucher", field="voucher")
     lines = [BillLine("gpu_time", bill_amount(gpu_count, hours, offer.price_per_gpu_hour))]
@@ -984,6 +1006,14 @@ def _pair_check(
         raise ValidationFailed("offer over the demand's price limit", code="over_price")
     if (demand.gpu_count if gpus is None else gpus) > offer.gpu_count:
         raise ValidationFailed("offer too small", code="capacity_exhausted")
+    # A demand made before ``demand_check`` bounded its bill: refused here, pair by pair, so it
+    # cannot make the database refuse every batch it is in.
+    _bill_storable(
+        demand.gpu_count if gpus is None else gpus,
+        demand.duration_hours,
+        offer.price_per_gpu_hour,
+        "gpu_count",
+    )
     # ``model_listed``/``any_model``: annotations of the offer's locked read (no extra query)
     if not (offer.any_model or offer.model_listed):  # type: ignore[attr-defined]
         raise ValidationFailed("accelerator not acceptable", code="model_mismatch")

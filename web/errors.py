@@ -111,6 +111,16 @@ SHAPES: list[tuple[str, str, Promise]] = [
     ),
     ("capacity_exhausted", r"offer too small", _("offer too small")),
     (
+        "bill_too_large",
+        r"gpu_count × hours × price per GPU-hour would bill more than ¥(?P<limit>[\d,.]+)",
+        _("gpu_count × hours × price per GPU-hour would bill more than ¥%(limit)s"),
+    ),
+    (
+        "more_than_offered",
+        r"the offer lists (?P<count>\d+) GPUs",
+        _("the offer lists %(count)s GPUs"),
+    ),
+    (
         "below_reserved",
         r"capacity below what is already reserved",
         _("capacity below what is already reserved"),
@@ -205,6 +215,8 @@ CODES: dict[str, Promise] = {
     "accept_ttl_passed": _("the time to accept has passed"),
     "capacity_exhausted": _("capacity was taken by another booking"),
     "below_reserved": _("capacity below what is already reserved"),
+    "bill_too_large": _("the bill would be larger than the ledger can hold"),
+    "more_than_offered": _("more GPUs than the offer lists"),
     "not_a_buyer": _("only buyers can do this"),
     "not_a_provider": _("only providers can do this"),
     "organisation_not_approved": _("organisation is not approved"),

@@ -70,6 +70,17 @@ def test_post_demand_resolves_accelerators_and_starts_open(
         ({"max_price_per_gpu_hour": "Infinity"}, "invalid", "max_price_per_gpu_hour"),
         ({"max_price_per_gpu_hour": "12.12345"}, "invalid", "max_price_per_gpu_hour"),
         ({"gpu_count": 0}, "invalid", "gpu_count"),
+        # 100,000 GPUs × 200 h × ¥60,000 would bill ¥1.2 × 10^12, more than the ledger stores
+        (
+            {
+                "gpu_count": 100_000,
+                "duration_hours": 200,
+                "latest_end": next_hour(240).isoformat(),
+                "max_price_per_gpu_hour": "60000",
+            },
+            "bill_too_large",
+            "max_price_per_gpu_hour",
+        ),
         ({"locality_limit": "planet"}, "invalid", "locality_limit"),
         ({"earliest_start": "tomorrow"}, "invalid", "earliest_start"),
         ({"priority": "high"}, "invalid", "priority"),

@@ -123,3 +123,26 @@ def test_bad_extra_lines_are_a_400_naming_the_field(buyer_client, offer, lines):
     )
     status, _, field = error_of(response)
     assert (status, field) == (400, "extra_lines")
+
+
+def test_a_quote_for_more_gpus_than_the_offer_lists_is_400_naming_gpu_count(buyer_client, offer):
+    response = buyer_client.post(URL, {"offer": str(offer.pk), "gpu_count": 9, "hours": 2})
+    assert error_of(response) == (400, "more_than_offered", "gpu_count")
+
+
+def test_a_quote_billing_more_than_the_ledger_stores_is_400_naming_hours(
+    buyer_client, provider, site, accelerator
+):
+    # 100,000 GPUs × 8,000 h × ¥2,000 = ¥1.6 × 10^12, over the ¥999,999,999,999.99 a bill holds
+    huge = OfferFactory.create(
+        provider=provider,
+        site=site,
+        accelerator=accelerator,
+        gpu_count=100_000,
+        price_per_gpu_hour=Decimal("2000"),
+    )
+    response = buyer_client.post(URL, {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 8000})
+    assert error_of(response) == (400, "bill_too_large", "hours")
+    ok = buyer_client.post(URL, {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 4000})
+    assert ok.status_code == 200, ok.json()
+    assert ok.json()["bill"] == "800000000000.00"

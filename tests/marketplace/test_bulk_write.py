@@ -348,6 +348,50 @@ def test_batch_and_a_person_spending_the_same_wallet_never_overdraw_it(site, pro
 
 
 @pytest.mark.django_db
+def test_a_demand_whose_bill_the_ledger_cannot_hold_is_dropped_alone(buyer, provider, site, offer):
+    # given a demand made before demands' bills were bounded (10,000 GPUs × 1,001 h at
+    # ¥100,000: ¥1.001 × 10^12, over the 14 digits a bill holds) on an offer big enough, and
+    # an ordinary demand in the same batch
+    wallet_deposit(organisation=buyer, amount=Decimal("1000.00"))
+    start = next_hour(2)
+    huge_offer = OfferFactory.create(
+        provider=provider,
+        site=site,
+        accelerator=offer.accelerator,
+        gpu_count=10_000,
+        available_until=start + timedelta(hours=1100),
+        price_per_gpu_hour=Decimal("100000"),
+    )
+    legacy = DemandFactory.create(
+        buyer=buyer,
+        gpu_count=10_000,
+        duration_hours=1001,
+        earliest_start=start,
+        latest_end=start + timedelta(hours=1100),
+        max_price_per_gpu_hour=Decimal("100000"),
+    )
+    ordinary = DemandFactory.create(
+        buyer=buyer,
+        gpu_count=1,
+        duration_hours=1,
+        earliest_start=start,
+        latest_end=start + timedelta(hours=4),
+    )
+    matches = [
+        Match(str(legacy.pk), str(huge_offer.pk), hour_index(start), "", Decimal(0), Decimal(0)),
+        Match(str(ordinary.pk), str(offer.pk), hour_index(start), "", Decimal(0), Decimal(0)),
+    ]
+    # when the cycle writes them in one batch
+    outcome = matches_write(matches, now=timezone.now())
+    # then the legacy demand alone is dropped, with its reason, and the batch wrote the other
+    assert outcome.dropped == {str(legacy.pk): "bill_too_large"}
+    assert [str(r.demand_id) for r in Reservation.objects.all()] == [str(ordinary.pk)]
+    legacy.refresh_from_db()
+    assert (legacy.status, legacy.unmatched_reason) == ("open", "bill_too_large")
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db
 def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer):
     # given three open demands, and a rule only the database holds (a trigger refusing any
     # reservation of the second), which the batch's checks cannot foresee

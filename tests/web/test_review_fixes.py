@@ -374,6 +374,11 @@ def test_domain_messages_are_translated_and_keep_english_as_the_service_says():
         ValidationFailed(
             "above the programme's per-buyer annual cap ¥50000.00", code="buyer_cap_exceeded"
         ),
+        ValidationFailed(
+            "gpu_count × hours × price per GPU-hour would bill more than ¥999,999,999,999.99",
+            code="bill_too_large",
+        ),
+        ValidationFailed("the offer lists 8 GPUs", code="more_than_offered"),
         NotFound("no such demand", field="demand"),
     ]
     with translation.override("en"):
@@ -384,6 +389,7 @@ def test_domain_messages_are_translated_and_keep_english_as_the_service_says():
         assert text != exc.message, exc.message
         assert any("\u4e00" <= ch <= "\u9fff" for ch in text), text
     assert "100000" in zh[0] and "NOPE" in zh[10] and "已取消" in zh[4]
+    assert "¥999,999,999,999.99" in zh[-3] and "8 块" in zh[-2]
     # an unknown code keeps the service's message
     with translation.override("zh-hans"):
         assert domain_message(Conflict("odd", code="brand_new")) == "odd"
