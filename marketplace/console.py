@@ -40,6 +40,7 @@ from .services import (
     offer_peak_reserved,
     offer_set_status,
     offer_update,
+    site_move_check,
 )
 
 _UNSET = object()
@@ -156,6 +157,13 @@ class ConsoleSiteForm(forms.ModelForm):
         hub, cluster = data.get("hub"), data.get("cluster")
         if hub is not None and cluster is not None and cluster.hub_id != hub.pk:
             self.add_error("cluster", _("This cluster belongs to another hub."))
+        if self.instance.pk is not None:
+            try:
+                site_move_check(self.instance, self.changed_data)
+            except DomainError as exc:
+                from web.errors import domain_message
+
+                self.add_error(exc.field, domain_message(exc))
         return data
 
 

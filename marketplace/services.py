@@ -274,6 +274,27 @@ def offer_peak_reserved(
     return peak
 
 
+# Where a site is, as the locality tiers and the inter-hub trades see it (§4.2).
+SITE_PLACE_FIELDS = ("hub", "city", "metro_area")
+
+
+def site_move_check(site: Site, changed: Iterable[str]) -> None:
+    """Refuse moving a site that has reservations: ``changed`` names the fields an edit
+    changes; changing any of ``SITE_PLACE_FIELDS`` (hub, city, metro area) of a site whose
+    offers have reservations (any status) raises ``Conflict(code="site_has_reservations")``
+    naming the first such field. Each of those reservations got its locality tier, and those
+    across hubs their inter-hub trade, from where the site was when it was made (§4.2, §3):
+    moving the site afterwards would change what they stand for. Its code, name and cluster
+    may still change (within its hub: the console's form checks the cluster's hub)."""
+    moved = [name for name in SITE_PLACE_FIELDS if name in set(changed)]
+    if moved and site.pk is not None and Reservation.objects.filter(offer__site=site).exists():
+        raise Conflict(
+            f"the site has reservations; its {moved[0]} cannot change",
+            code="site_has_reservations",
+            field=moved[0],
+        )
+
+
 @transaction.atomic
 def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -> Offer:
     """Edit an offer under its row lock. Reservations already made are untouched; lowering

@@ -135,6 +135,11 @@ SHAPES: list[tuple[str, str, Promise]] = [
         r"the offer has reservations; its accelerator cannot change",
         _("the offer has reservations; its accelerator cannot change"),
     ),
+    (
+        "site_has_reservations",
+        r"the site has reservations; its (?P<field>\w+) cannot change",
+        _("the site has reservations; its %(field)s cannot change"),
+    ),
     # who may do what
     ("not_a_buyer", r"only buyers post demands", _("only buyers post demands")),
     ("not_a_buyer", r"only buyers have a wallet", _("only buyers have a wallet")),
@@ -217,6 +222,7 @@ CODES: dict[str, Promise] = {
     "below_reserved": _("capacity below what is already reserved"),
     "bill_too_large": _("the bill would be larger than the ledger can hold"),
     "more_than_offered": _("more GPUs than the offer lists"),
+    "site_has_reservations": _("the site has reservations; where it is cannot change"),
     "not_a_buyer": _("only buyers can do this"),
     "not_a_provider": _("only providers can do this"),
     "organisation_not_approved": _("organisation is not approved"),
@@ -236,6 +242,9 @@ _COMPILED = [(code, re.compile(pattern), template) for code, pattern, template i
 _FIELDS: dict[str, Promise] = {
     "earliest_start": _("the earliest start"),
     "available_from": _("available from"),
+    "hub": _("hub"),
+    "city": _("city"),
+    "metro_area": _("metro area"),
 }
 _ACCOUNTS: dict[str, Promise] = {
     "Buyer cash wallet": _("wallet"),

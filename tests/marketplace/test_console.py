@@ -325,3 +325,60 @@ def test_site_and_model_of_a_reserved_offer_cannot_change_on_edit(console, buyer
     assert response.status_code == 302
     spare.refresh_from_db()
     assert spare.site_id == own_site.pk
+
+
+def _site_form(site: Site, **change: str) -> dict[str, str]:
+    form = {
+        "code": site.code,
+        "name": site.name,
+        "city": site.city,
+        "metro_area": site.metro_area,
+        "hub": str(site.hub_id),
+        "cluster": "",
+    }
+    form.update(change)
+    return form
+
+
+def test_a_site_with_reservations_keeps_its_hub_city_and_metro_area(console, buyer, offer):
+    # given the provider's own site with a reservation on an offer there
+    own = SiteFactory.create(
+        code="own-dc", provider=offer.provider, hub=offer.site.hub, city="Chengdu"
+    )
+    Offer.objects.filter(pk=offer.pk).update(site=own)
+    demand = DemandFactory.create(buyer=buyer, gpu_count=4, locality_limit="national")
+    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    far = HubFactory.create(code="gansu")
+    url = f"/console/marketplace/site/{own.pk}/change/"
+    for field, value in [("hub", str(far.pk)), ("city", "Qingyang"), ("metro_area", "Qingyang")]:
+        # when the provider moves it
+        response = console.post(url, _site_form(own, **{field: value}))
+        # then the form says why and the site stays where its reservation was made
+        assert response.status_code == 200, field
+        assert response.context["adminform"].form.errors == {
+            field: [f"the site has reservations; its {field} cannot change"]
+        }
+        own.refresh_from_db()
+        assert (own.hub_id, own.city, own.metro_area) == (offer.site.hub_id, "Chengdu", "Chengdu")
+    # while its name may still change, and a site without reservations may move
+    assert console.post(url, _site_form(own, name="Renamed DC")).status_code == 302
+    assert Site.objects.get(pk=own.pk).name == "Renamed DC"
+    spare = SiteFactory.create(code="spare-dc", provider=offer.provider, hub=offer.site.hub)
+    response = console.post(
+        f"/console/marketplace/site/{spare.pk}/change/", _site_form(spare, hub=str(far.pk))
+    )
+    assert response.status_code == 302
+    assert Site.objects.get(pk=spare.pk).hub_id == far.pk
+
+
+def test_a_moved_site_is_refused_in_chinese_on_a_chinese_console(provider_user, buyer, offer):
+    own = SiteFactory.create(code="own-dc", provider=offer.provider, hub=offer.site.hub)
+    Offer.objects.filter(pk=offer.pk).update(site=own)
+    demand = DemandFactory.create(buyer=buyer, gpu_count=4, locality_limit="national")
+    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    client = Client(headers={"accept-language": "zh-hans"})
+    client.force_login(provider_user)
+    response = client.post(
+        f"/console/marketplace/site/{own.pk}/change/", _site_form(own, city="Qingyang")
+    )
+    assert response.context["adminform"].form.errors == {"city": ["该站点已有预订，城市不能再改"]}
