@@ -540,8 +540,9 @@ def quote(
     ``vouchers.models.BILL_CATEGORIES`` other than ``gpu_time``) are other items of the purchase
     split with it. ``Split.lines`` gives every line (``gpu_time`` first) with its eligible part;
     they add up to the bill and its parts exactly. ``Split.note`` says why a voucher does not
-    apply. Raises ``ValidationFailed`` (fields ``gpu_count``, ``hours``, ``extra_lines``) and
-    ``NotFound`` (field ``voucher``)."""
+    apply. Raises ``ValidationFailed`` (fields ``gpu_count``, ``hours``, ``extra_lines``; code
+    ``bill_too_large`` naming ``hours`` when the GPU time alone, or ``extra_lines`` when the
+    whole bill, would pass ``MAX_BILL``) and ``NotFound`` (field ``voucher``)."""
     _positive_int(gpu_count, "gpu_count", MAX_GPUS)
     _positive_int(hours, "hours", MAX_HOURS)
     if gpu_count > offer.gpu_count:
@@ -563,9 +564,18 @@ def quote(
                 _money_input(amount, "extra_lines", places=2, maximum=Decimal("1000000000")),
             )
         )
+    bill = sum((line.amount for line in lines), ZERO)
+    # The GPU time alone may fit while the extra lines carry the whole bill past what a bill
+    # holds (the quote's amounts are 14 digits, as the ledger's).
+    if bill > MAX_BILL:
+        raise ValidationFailed(
+            f"the lines would bill more than ¥{MAX_BILL:,}",
+            code="bill_too_large",
+            field="extra_lines",
+        )
     return voucher_split(
         voucher,
-        bill=sum((line.amount for line in lines), ZERO),
+        bill=bill,
         buyer=buyer,
         provider=offer.provider,
         site=offer.site,

@@ -146,3 +146,34 @@ def test_a_quote_billing_more_than_the_ledger_stores_is_400_naming_hours(
     ok = buyer_client.post(URL, {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 4000})
     assert ok.status_code == 200, ok.json()
     assert ok.json()["bill"] == "800000000000.00"
+
+
+def test_extra_lines_carrying_the_bill_past_what_it_holds_are_400_naming_extra_lines(
+    buyer_client, provider, site, accelerator
+):
+    # given GPU time just under the ¥999,999,999,999.99 a bill holds: 100,000 GPUs × 100 h ×
+    # ¥99,999.9999 = ¥999,999,999,000.00
+    huge = OfferFactory.create(
+        provider=provider,
+        site=site,
+        accelerator=accelerator,
+        gpu_count=100_000,
+        price_per_gpu_hour=Decimal("99999.9999"),
+    )
+    body = {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 100}
+    # when ¥1,000 of storage would carry the whole bill one fen past it
+    response = buyer_client.post(
+        URL,
+        {**body, "extra_lines": [{"category": "storage", "amount": "1000.00"}]},
+        format="json",
+    )
+    # then the quote is refused naming the extra lines (not a 500 writing out the bill)
+    assert error_of(response) == (400, "bill_too_large", "extra_lines")
+    # while ¥999.99 of storage still fits, to the fen
+    ok = buyer_client.post(
+        URL,
+        {**body, "extra_lines": [{"category": "storage", "amount": "999.99"}]},
+        format="json",
+    )
+    assert ok.status_code == 200, ok.json()
+    assert ok.json()["bill"] == "999999999999.99"
