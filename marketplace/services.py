@@ -280,14 +280,25 @@ SITE_PLACE_FIELDS = ("hub", "city", "metro_area")
 
 def site_move_check(site: Site, changed: Iterable[str]) -> None:
     """Refuse moving a site that has reservations: ``changed`` names the fields an edit
-    changes; changing any of ``SITE_PLACE_FIELDS`` (hub, city, metro area) of a site whose
-    offers have reservations (any status) raises ``Conflict(code="site_has_reservations")``
-    naming the first such field. Each of those reservations got its locality tier, and those
-    across hubs their inter-hub trade, from where the site was when it was made (§4.2, §3):
-    moving the site afterwards would change what they stand for. Its code, name and cluster
-    may still change (within its hub: the console's form checks the cluster's hub)."""
+    changes; changing any of ``SITE_PLACE_FIELDS`` (hub, city, metro area) of a site that a
+    reservation (any status) is at, through its offer, or comes from, as its demand's origin
+    site (a buyer's home site), raises ``Conflict(code="site_has_reservations")`` naming the
+    first such field. Each of those reservations got its locality tier, and those across hubs
+    their inter-hub trade (exporting hub: the offer's site's, importing hub: the origin's),
+    from where both sites were when it was made (§4.2, §3): moving either afterwards would
+    change what they stand for. Its code, name and cluster may still change (within its hub:
+    the console's form checks the cluster's hub). The console's and the operator admin's
+    site forms call it."""
     moved = [name for name in SITE_PLACE_FIELDS if name in set(changed)]
-    if moved and site.pk is not None and Reservation.objects.filter(offer__site=site).exists():
+    if (
+        moved
+        and site.pk is not None
+        # two probes, each down its own index, rather than one OR across two joins
+        and (
+            Reservation.objects.filter(offer__site=site).exists()
+            or Reservation.objects.filter(demand__origin_site=site).exists()
+        )
+    ):
         raise Conflict(
             f"the site has reservations; its {moved[0]} cannot change",
             code="site_has_reservations",

@@ -1,12 +1,14 @@
 """Provider console at /console/ (PRODUCT.md §6.3): scoped to the provider's organisation."""
 
+from decimal import Decimal
+
 import pytest
 from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Organisation
 from marketplace.models import Offer, Reservation, Site
-from marketplace.services import reservation_create
+from marketplace.services import reservation_create, wallet_deposit
 from tests.factories import (
     AcceleratorFactory,
     ClusterFactory,
@@ -382,3 +384,28 @@ def test_a_moved_site_is_refused_in_chinese_on_a_chinese_console(provider_user, 
         f"/console/marketplace/site/{own.pk}/change/", _site_form(own, city="Qingyang")
     )
     assert response.context["adminform"].form.errors == {"city": ["该站点已有预订，城市不能再改"]}
+
+
+def test_a_site_a_reservation_comes_from_keeps_its_place(provider, provider_user, offer):
+    # given a provider that also buys, whose home site is its own data centre, and a
+    # reservation of its demand (origin: that site) on another provider's offer
+    own = SiteFactory.create(code="own-dc", provider=provider, hub=offer.site.hub, city="Chengdu")
+    Organisation.objects.filter(pk=provider.pk).update(kind=Organisation.Kind.BOTH, home_site=own)
+    seller = ProviderFactory.create(name="Seller DC")
+    Offer.objects.filter(pk=offer.pk).update(provider=seller)
+    provider.refresh_from_db()
+    wallet_deposit(organisation=provider, amount=Decimal("1000.00"))
+    demand = DemandFactory.create(buyer=provider, origin_site=own, locality_limit="national")
+    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    client = Client()
+    client.force_login(provider_user)
+    # when it moves its home site to another city
+    response = client.post(
+        f"/console/marketplace/site/{own.pk}/change/", _site_form(own, city="Qingyang")
+    )
+    # then the form says why and the site stays where the reservation came from
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "city": ["the site has reservations; its city cannot change"]
+    }
+    assert Site.objects.get(pk=own.pk).city == "Chengdu"
