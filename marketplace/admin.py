@@ -33,7 +33,7 @@ from .models import (
     ReservationEvent,
     Site,
 )
-from .services import dispute_decide, offer_set_status
+from .services import dispute_decide, offer_set_status, site_move_check
 
 
 class ClusterInline(admin.TabularInline):
@@ -67,8 +67,28 @@ class HubLatencyAdmin(admin.ModelAdmin):
     ordering = ("from_hub__code", "to_hub__code")
 
 
+class SiteAdminForm(forms.ModelForm):
+    """The operator's site form: a site that reservations are at or come from keeps its hub,
+    city and metro area (``site_move_check``), as in the provider console."""
+
+    class Meta:
+        model = Site
+        fields = ("code", "name", "city", "metro_area", "hub", "cluster", "provider")
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if self.instance.pk is not None:
+            try:
+                site_move_check(self.instance, self.changed_data)
+            except DomainError as exc:
+                self.add_error(exc.field, exc.message)
+        return data
+
+
 @admin.register(Site)
 class SiteAdmin(admin.ModelAdmin):
+    form = SiteAdminForm
     list_display = ("code", "name", "city", "metro_area", "hub", "cluster", "provider")
     list_filter = ("hub", "cluster", ("provider", admin.EmptyFieldListFilter))
     search_fields = ("code", "name", "city", "metro_area", "provider__name")

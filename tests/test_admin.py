@@ -13,9 +13,15 @@ from django.urls import reverse
 from accounts.models import Organisation
 from ledger.models import Account
 from ledger.services import voucher_account
-from marketplace.models import Hub, Offer, Reservation
+from marketplace.models import Hub, Offer, Reservation, Site
 from marketplace.services import reservation_create
-from tests.factories import DemandFactory, HubFactory, OrganisationFactory
+from tests.factories import (
+    DemandFactory,
+    HubFactory,
+    OfferFactory,
+    OrganisationFactory,
+    SiteFactory,
+)
 from vouchers.models import CatalogueEntry, Programme, Voucher, VoucherApplication
 from vouchers.services import voucher_application_submit, voucher_issue
 
@@ -263,3 +269,46 @@ def test_hub_matching_time_limit_is_at_least_one_second(operator, rf, limit, val
         assert list(form.errors) == ["matching_time_limit"]
         hub.refresh_from_db()
         assert hub.matching_time_limit == 10
+
+
+def _site_form(site: Any, **change: str) -> dict[str, str]:
+    form = {
+        "code": site.code,
+        "name": site.name,
+        "city": site.city,
+        "metro_area": site.metro_area,
+        "hub": str(site.hub_id),
+        "cluster": str(site.cluster_id or ""),
+        "provider": str(site.provider_id or ""),
+    }
+    form.update(change)
+    return form
+
+
+def test_operator_cannot_move_a_site_a_reservation_is_at_or_comes_from(
+    operator_client, buyer, provider, accelerator
+):
+    # given a reservation from the buyer's home site in Chengdu to an offer at a site in
+    # Qingyang (another hub: it recorded an inter-hub trade between the two)
+    home = buyer.home_site
+    remote = SiteFactory.create(code="qingyang-dc", city="Qingyang", metro_area="Qingyang")
+    offer = OfferFactory.create(provider=provider, site=remote, accelerator=accelerator)
+    demand = DemandFactory.create(buyer=buyer, gpu_count=4, locality_limit="national")
+    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    elsewhere = HubFactory.create(code="guizhou")
+    for site in (remote, home):
+        before = (site.hub_id, site.city, site.metro_area)
+        url = reverse("admin:marketplace_site_change", args=[site.pk])
+        for field, value in [("hub", str(elsewhere.pk)), ("city", "Gui'an"), ("metro_area", "X")]:
+            # when the operator moves it
+            response = operator_client.post(url, _site_form(site, **{field: value}))
+            # then the form says why and the site stays where the reservation was made
+            assert response.status_code == 200, (site.code, field)
+            assert response.context["adminform"].form.errors == {
+                field: [f"the site has reservations; its {field} cannot change"]
+            }
+            site.refresh_from_db()
+            assert (site.hub_id, site.city, site.metro_area) == before
+        # while its name may still change
+        assert operator_client.post(url, _site_form(site, name="Renamed")).status_code == 302
+        assert Site.objects.get(pk=site.pk).name == "Renamed"
