@@ -11,7 +11,8 @@ from django.db.models import Avg, F, Max
 from ledger.models import Account, Transaction
 from marketplace import reference
 from marketplace.models import Accelerator, Cluster, Hub, HubLatency, Site
-from marketplace.services import accelerators_resolve
+from marketplace.services import accelerators_resolve, reservation_create
+from tests.factories import DemandFactory, OfferFactory
 from vouchers.models import Programme
 
 pytestmark = pytest.mark.django_db
@@ -141,6 +142,38 @@ def test_reload_restores_shipped_values_and_keeps_ids():
     hub_after = Hub.objects.get(code="guizhou")
     assert (hub_after.pk, hub_after.name) == (hub.pk, "Guizhou")
     assert "hubs 8 (unchanged 7, updated 1)" in out
+
+
+def test_reload_keeps_a_reserved_site_where_its_reservations_were_made(buyer, provider):
+    # given a reference site an operator moved to another city while it had no reservation,
+    # and then a reservation on an offer there
+    _load()
+    site = Site.objects.filter(provider=None).exclude(pk=buyer.home_site_id).first()
+    assert site is not None
+    shipped = (site.hub_id, site.cluster_id, site.city, site.metro_area)
+    Site.objects.filter(pk=site.pk).update(city="Elsewhere", metro_area="Elsewhere", name="Old")
+    offer = OfferFactory.create(provider=provider, site=site)
+    demand = DemandFactory.create(buyer=buyer, gpu_count=4, locality_limit="national")
+    demand.accelerators.add(offer.accelerator)
+    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    # when the command runs again (every deploy runs it)
+    out = _load()
+    # then the site keeps the place its reservation was made at (its name is the shipped one)
+    after = Site.objects.get(pk=site.pk)
+    assert (after.hub_id, after.cluster_id, after.city, after.metro_area) == (
+        shipped[0],
+        shipped[1],
+        "Elsewhere",
+        "Elsewhere",
+    )
+    assert after.name != "Old"
+    assert "kept in place 1" in out
+    # while a moved site without reservations gets its shipped place back
+    spare = Site.objects.filter(provider=None).exclude(pk__in=[site.pk, buyer.home_site_id])[0]
+    city = spare.city
+    Site.objects.filter(pk=spare.pk).update(city="Elsewhere")
+    _load()
+    assert Site.objects.get(pk=spare.pk).city == city
 
 
 def test_hub_latency_average_and_max_match_product_spec():

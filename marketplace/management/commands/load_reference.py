@@ -1,7 +1,9 @@
 """``manage.py load_reference``: load the shipped reference data of PRODUCT.md §2.
 
 Idempotent: rows are matched by their code (hub pairs for latencies) and only written when a
-shipped value differs, so a second run creates nothing, changes nothing and keeps every id.
+shipped value differs, so a second run creates nothing, changes nothing and keeps every id. A
+reference site that reservations are at or come from keeps its hub, cluster, city and metro
+area (``site_move_check``) whatever the shipped data says.
 Programme budget accounts are funded once (``vouchers.services.programme_fund``).
 """
 
@@ -18,7 +20,9 @@ from django.db import models, transaction
 
 from ledger.services import programme_account
 from marketplace import reference
+from marketplace.errors import DomainError
 from marketplace.models import Accelerator, Cluster, Hub, HubLatency, Site
+from marketplace.services import SITE_PLACE_FIELDS, site_move_check
 from vouchers.models import Programme
 from vouchers.services import programme_fund
 
@@ -108,6 +112,21 @@ def load_reference(*, today: date | None = None) -> dict[str, Counter[str]]:
                 "cluster_id": cluster,
                 "provider_id": None,
             }
+            if existing is not None:
+                moved = [
+                    name
+                    for name in SITE_PLACE_FIELDS
+                    if getattr(existing, f"{name}_id" if name == "hub" else name)
+                    != values[f"{name}_id" if name == "hub" else name]
+                ]
+                try:
+                    site_move_check(existing, moved)
+                except DomainError:
+                    # Reservations are at or come from it: it keeps its place (and its
+                    # cluster, of that hub) as the console and the admin would.
+                    for name in ("hub_id", "cluster_id", "city", "metro_area"):
+                        values.pop(name)
+                    stats["sites"]["kept in place"] += 1
             sites[row["code"]] = _upsert(  # type: ignore[assignment]
                 Site, {"code": row["code"]}, values, stats["sites"]
             )
