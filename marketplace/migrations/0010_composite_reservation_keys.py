@@ -1,17 +1,23 @@
 # A reservation's buyer is its demand's and its provider its offer's. On PostgreSQL the four
 # single-column foreign keys of marketplace_reservation (demand, offer, buyer, provider) become
-# two composite ones, (demand_id, buyer_id) → marketplace_demand (id, buyer_id) and
-# (offer_id, provider_id) → marketplace_offer (id, provider_id): each row is checked twice
+# two composite ones, (buyer_id, demand_id) → marketplace_demand (buyer_id, id) and
+# (provider_id, offer_id) → marketplace_offer (provider_id, id): each row is checked twice
 # instead of four times (the matcher's bulk write inserts thousands a cycle), and a buyer or
 # provider that is not the demand's or offer's is refused, which the old keys allowed. The
 # organisations' existence follows from the demand's and the offer's own keys. Both are
 # NOT NULL columns, so MATCH SIMPLE checks every row. The referenced unique indexes lead with
-# the organisation, (buyer_id, id) and (provider_id, id), so they replace the indexes of the
-# demand's buyer and the offer's provider keys (dropped: one index fewer to write when a
-# demand's status changes). The reservation's own indexes stay as they were.
+# the organisation, so they replace the indexes of the demand's buyer and the offer's provider
+# keys (dropped: one index fewer to write when a demand's status changes). The reservation's
+# own indexes stay as they were.
+#
+# Online on PostgreSQL (not atomic): the unique indexes are built CONCURRENTLY and then
+# attached as constraints; the composite keys are added NOT VALID and validated afterwards
+# (VALIDATE takes a lock that lets writes go on); the old keys are dropped only then, so the
+# table is never without its keys. A run cut short can be run again (IF NOT EXISTS / IF EXISTS).
 #
 # SQLite (the embedded default) keeps the single-column keys its table was created with: it
-# cannot add a constraint to an existing table.
+# cannot add a constraint to an existing table. Django's state says they are not there, so a
+# later migration that rebuilds the reservation table on SQLite would leave them out.
 
 import django.db.models.deletion
 from django.conf import settings
@@ -50,31 +56,71 @@ def _single_keys(schema_editor):
     )
 
 
+UNIQUE = (
+    ("marketplace_demand", "demand_buyer_id_key", "buyer_id, id", ("buyer", "id")),
+    ("marketplace_offer", "offer_provider_id_key", "provider_id, id", ("provider", "id")),
+)
+
+
+def unique_add(apps, schema_editor):
+    for table, name, columns, fields in UNIQUE:
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(
+                f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({columns})"
+            )
+            schema_editor.execute(
+                f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = '{name}') "
+                f"THEN ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}; "
+                "END IF; END $$"
+            )
+        else:
+            model = apps.get_model("marketplace", table.split("_", 1)[1])
+            schema_editor.add_constraint(model, models.UniqueConstraint(fields=fields, name=name))
+
+
+def unique_drop(apps, schema_editor):
+    for table, name, _, fields in UNIQUE:
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
+        else:
+            model = apps.get_model("marketplace", table.split("_", 1)[1])
+            schema_editor.remove_constraint(
+                model, models.UniqueConstraint(fields=fields, name=name)
+            )
+
+
 def to_composite(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
-    for name in _single_keys(schema_editor):
-        schema_editor.execute(f'ALTER TABLE {TABLE} DROP CONSTRAINT "{name}"')
     for name, columns, target, target_columns in COMPOSITE:
+        schema_editor.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {name}")
         schema_editor.execute(
             f"ALTER TABLE {TABLE} ADD CONSTRAINT {name} FOREIGN KEY ({columns}) "
-            f"REFERENCES {target} ({target_columns}) DEFERRABLE INITIALLY DEFERRED"
+            f"REFERENCES {target} ({target_columns}) DEFERRABLE INITIALLY DEFERRED NOT VALID"
         )
+        schema_editor.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {name}")
+    for name in _single_keys(schema_editor):
+        schema_editor.execute(f'ALTER TABLE {TABLE} DROP CONSTRAINT "{name}"')
 
 
 def to_single(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
+    for column, target in SINGLE_BACK:
+        name = f"reservation_{column}_fk"
+        schema_editor.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {name}")
+        schema_editor.execute(
+            f"ALTER TABLE {TABLE} ADD CONSTRAINT {name} FOREIGN KEY ({column}) "
+            f"REFERENCES {target} (id) DEFERRABLE INITIALLY DEFERRED NOT VALID"
+        )
+        schema_editor.execute(f"ALTER TABLE {TABLE} VALIDATE CONSTRAINT {name}")
     for name, *_ in COMPOSITE:
         schema_editor.execute(f"ALTER TABLE {TABLE} DROP CONSTRAINT IF EXISTS {name}")
-    for column, target in SINGLE_BACK:
-        schema_editor.execute(
-            f"ALTER TABLE {TABLE} ADD CONSTRAINT reservation_{column}_fk FOREIGN KEY ({column}) "
-            f"REFERENCES {target} (id) DEFERRABLE INITIALLY DEFERRED"
-        )
 
 
 class Migration(migrations.Migration):
+    # CREATE INDEX CONCURRENTLY cannot run in a transaction (see the comment above).
+    atomic = False
 
     dependencies = [
         ('accounts', '0003_api_token'),
@@ -84,13 +130,18 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddConstraint(
-            model_name='demand',
-            constraint=models.UniqueConstraint(fields=('buyer', 'id'), name='demand_buyer_id_key'),
-        ),
-        migrations.AddConstraint(
-            model_name='offer',
-            constraint=models.UniqueConstraint(fields=('provider', 'id'), name='offer_provider_id_key'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddConstraint(
+                    model_name='demand',
+                    constraint=models.UniqueConstraint(fields=('buyer', 'id'), name='demand_buyer_id_key'),
+                ),
+                migrations.AddConstraint(
+                    model_name='offer',
+                    constraint=models.UniqueConstraint(fields=('provider', 'id'), name='offer_provider_id_key'),
+                ),
+            ],
+            database_operations=[migrations.RunPython(unique_add, unique_drop)],
         ),
         unindexed(
             'demand',
