@@ -347,6 +347,43 @@ def test_batch_and_a_person_spending_the_same_wallet_never_overdraw_it(site, pro
     assert ledger_audit() == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_batch_planner_setting_stays_inside_the_batch(buyer, offer):
+    # given the connection's own planner setting, and two open demands
+    def show() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW random_page_cost")
+            return str(cursor.fetchone()[0])
+
+    before = show()
+    wallet_deposit(organisation=buyer, amount=Decimal("1000.00"))
+    start = next_hour(2)
+    demands = [
+        DemandFactory.create(
+            buyer=buyer,
+            gpu_count=1,
+            duration_hours=1,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=4),
+        )
+        for _ in range(2)
+    ]
+    matches = [
+        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
+        for i, d in enumerate(demands)
+    ]
+    # when the cycle writes them in batches of one on this connection
+    with CaptureQueriesContext(connection) as queries:
+        outcome = matches_write(matches, now=timezone.now(), batch=1)
+    # then each batch set the planner's page cost for itself, and the connection has its own
+    # setting back afterwards
+    assert len(outcome.made) == 2
+    assert [q["sql"] for q in queries if "random_page_cost" in q["sql"]] == [
+        "SET LOCAL random_page_cost = 1.1"
+    ] * 2
+    assert before != "1.1" and show() == before
+
+
 @pytest.mark.django_db
 def test_a_demand_whose_bill_the_ledger_cannot_hold_is_dropped_alone(buyer, provider, site, offer):
     # given a demand made before demands' bills were bounded (10,000 GPUs × 1,001 h at
