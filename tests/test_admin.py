@@ -21,6 +21,7 @@ from tests.factories import (
     OfferFactory,
     OrganisationFactory,
     SiteFactory,
+    site_form,
 )
 from vouchers.models import CatalogueEntry, Programme, Voucher, VoucherApplication
 from vouchers.services import voucher_application_submit, voucher_issue
@@ -271,20 +272,6 @@ def test_hub_matching_time_limit_is_at_least_one_second(operator, rf, limit, val
         assert hub.matching_time_limit == 10
 
 
-def _site_form(site: Any, **change: str) -> dict[str, str]:
-    form = {
-        "code": site.code,
-        "name": site.name,
-        "city": site.city,
-        "metro_area": site.metro_area,
-        "hub": str(site.hub_id),
-        "cluster": str(site.cluster_id or ""),
-        "provider": str(site.provider_id or ""),
-    }
-    form.update(change)
-    return form
-
-
 def test_operator_cannot_move_a_site_a_reservation_is_at_or_comes_from(
     operator_client, buyer, provider, accelerator
 ):
@@ -301,7 +288,7 @@ def test_operator_cannot_move_a_site_a_reservation_is_at_or_comes_from(
         url = reverse("admin:marketplace_site_change", args=[site.pk])
         for field, value in [("hub", str(elsewhere.pk)), ("city", "Gui'an"), ("metro_area", "X")]:
             # when the operator moves it
-            response = operator_client.post(url, _site_form(site, **{field: value}))
+            response = operator_client.post(url, site_form(site, **{field: value}))
             # then the form says why and the site stays where the reservation was made
             assert response.status_code == 200, (site.code, field)
             assert response.context["adminform"].form.errors == {
@@ -310,5 +297,5 @@ def test_operator_cannot_move_a_site_a_reservation_is_at_or_comes_from(
             site.refresh_from_db()
             assert (site.hub_id, site.city, site.metro_area) == before
         # while its name may still change
-        assert operator_client.post(url, _site_form(site, name="Renamed")).status_code == 302
+        assert operator_client.post(url, site_form(site, name="Renamed")).status_code == 302
         assert Site.objects.get(pk=site.pk).name == "Renamed"

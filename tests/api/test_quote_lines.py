@@ -130,17 +130,21 @@ def test_a_quote_for_more_gpus_than_the_offer_lists_is_400_naming_gpu_count(buye
     assert error_of(response) == (400, "more_than_offered", "gpu_count")
 
 
-def test_a_quote_billing_more_than_the_ledger_stores_is_400_naming_hours(
-    buyer_client, provider, site, accelerator
-):
-    # 100,000 GPUs × 8,000 h × ¥2,000 = ¥1.6 × 10^12, over the ¥999,999,999,999.99 a bill holds
-    huge = OfferFactory.create(
+def _offer_of_100k_gpus(provider, site, accelerator, price: Decimal):  # type: ignore[no-untyped-def]
+    return OfferFactory.create(
         provider=provider,
         site=site,
         accelerator=accelerator,
         gpu_count=100_000,
-        price_per_gpu_hour=Decimal("2000"),
+        price_per_gpu_hour=price,
     )
+
+
+def test_a_quote_billing_more_than_the_ledger_stores_is_400_naming_hours(
+    buyer_client, provider, site, accelerator
+):
+    # 100,000 GPUs × 8,000 h × ¥2,000 = ¥1.6 × 10^12, over the ¥999,999,999,999.99 a bill holds
+    huge = _offer_of_100k_gpus(provider, site, accelerator, Decimal("2000"))
     response = buyer_client.post(URL, {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 8000})
     assert error_of(response) == (400, "bill_too_large", "hours")
     ok = buyer_client.post(URL, {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 4000})
@@ -153,13 +157,7 @@ def test_extra_lines_carrying_the_bill_past_what_it_holds_are_400_naming_extra_l
 ):
     # given GPU time just under the ¥999,999,999,999.99 a bill holds: 100,000 GPUs × 100 h ×
     # ¥99,999.9999 = ¥999,999,999,000.00
-    huge = OfferFactory.create(
-        provider=provider,
-        site=site,
-        accelerator=accelerator,
-        gpu_count=100_000,
-        price_per_gpu_hour=Decimal("99999.9999"),
-    )
+    huge = _offer_of_100k_gpus(provider, site, accelerator, Decimal("99999.9999"))
     body = {"offer": str(huge.pk), "gpu_count": 100_000, "hours": 100}
     # when ¥1,000 of storage would carry the whole bill one fen past it
     response = buyer_client.post(

@@ -56,6 +56,22 @@ def settled_reservation(  # type: ignore[no-untyped-def]
     return reservation_settle(reservation_id=r.pk)
 
 
+def site_form(site: Site, **change: str) -> dict[str, str]:
+    """The POST data of a site's change form (console or operator admin) as it stands, with
+    ``change`` applied; the console's form ignores ``provider``."""
+    form = {
+        "code": site.code,
+        "name": site.name,
+        "city": site.city,
+        "metro_area": site.metro_area,
+        "hub": str(site.hub_id),
+        "cluster": str(site.cluster_id or ""),
+        "provider": str(site.provider_id or ""),
+    }
+    form.update(change)
+    return form
+
+
 class HubFactory(factory.django.DjangoModelFactory[Hub]):
     class Meta:
         model = Hub

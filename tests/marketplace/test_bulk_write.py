@@ -163,6 +163,27 @@ def _state(world: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _one_gpu_hours(buyer: Organisation, offer: Offer, n: int) -> tuple[list[Demand], list[Match]]:
+    """``n`` open demands of ``buyer`` for one GPU for one hour within the next 12 hours, and
+    the matches of the i-th on ``offer`` at the i-th hour from the next but one."""
+    start = next_hour(2)
+    demands = [
+        DemandFactory.create(
+            buyer=buyer,
+            gpu_count=1,
+            duration_hours=1,
+            earliest_start=start,
+            latest_end=start + timedelta(hours=12),
+        )
+        for _ in range(n)
+    ]
+    matches = [
+        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
+        for i, d in enumerate(demands)
+    ]
+    return demands, matches
+
+
 @pytest.mark.django_db
 def test_batch_path_writes_exactly_what_the_one_by_one_path_writes(accelerator):
     # given two identical worlds and the same matches (with pairs that must be refused)
@@ -357,21 +378,7 @@ def test_the_batch_planner_setting_stays_inside_the_batch(buyer, offer):
 
     before = show()
     wallet_deposit(organisation=buyer, amount=Decimal("1000.00"))
-    start = next_hour(2)
-    demands = [
-        DemandFactory.create(
-            buyer=buyer,
-            gpu_count=1,
-            duration_hours=1,
-            earliest_start=start,
-            latest_end=start + timedelta(hours=4),
-        )
-        for _ in range(2)
-    ]
-    matches = [
-        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
-        for i, d in enumerate(demands)
-    ]
+    _, matches = _one_gpu_hours(buyer, offer, 2)
     # when the cycle writes them in batches of one on this connection
     with CaptureQueriesContext(connection) as queries:
         outcome = matches_write(matches, now=timezone.now(), batch=1)
@@ -432,17 +439,7 @@ def test_a_demand_whose_bill_the_ledger_cannot_hold_is_dropped_alone(buyer, prov
 def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer):
     # given three open demands, and a rule only the database holds (a trigger refusing any
     # reservation of the second), which the batch's checks cannot foresee
-    start = next_hour(2)
-    demands = [
-        DemandFactory.create(
-            buyer=buyer,
-            gpu_count=1,
-            duration_hours=1,
-            earliest_start=start,
-            latest_end=start + timedelta(hours=12),
-        )
-        for _ in range(3)
-    ]
+    demands, matches = _one_gpu_hours(buyer, offer, 3)
     with connection.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION test_refuse_reservation() RETURNS trigger AS $$ BEGIN "
@@ -453,10 +450,6 @@ def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer
             "CREATE TRIGGER test_refuse_reservation BEFORE INSERT ON marketplace_reservation "
             "FOR EACH ROW EXECUTE FUNCTION test_refuse_reservation()"
         )
-    matches = [
-        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
-        for i, d in enumerate(demands)
-    ]
     # when the cycle writes them in one batch
     outcome = matches_write(matches, now=timezone.now())
     # then the batch rolled back and its pairs went one by one: two booked, the refused one

@@ -19,6 +19,7 @@ from tests.factories import (
     SiteFactory,
     UserFactory,
     next_hour,
+    site_form,
 )
 
 pytestmark = pytest.mark.django_db
@@ -329,19 +330,6 @@ def test_site_and_model_of_a_reserved_offer_cannot_change_on_edit(console, buyer
     assert spare.site_id == own_site.pk
 
 
-def _site_form(site: Site, **change: str) -> dict[str, str]:
-    form = {
-        "code": site.code,
-        "name": site.name,
-        "city": site.city,
-        "metro_area": site.metro_area,
-        "hub": str(site.hub_id),
-        "cluster": "",
-    }
-    form.update(change)
-    return form
-
-
 def test_a_site_with_reservations_keeps_its_hub_city_and_metro_area(console, buyer, offer):
     # given the provider's own site with a reservation on an offer there
     own = SiteFactory.create(
@@ -354,7 +342,7 @@ def test_a_site_with_reservations_keeps_its_hub_city_and_metro_area(console, buy
     url = f"/console/marketplace/site/{own.pk}/change/"
     for field, value in [("hub", str(far.pk)), ("city", "Qingyang"), ("metro_area", "Qingyang")]:
         # when the provider moves it
-        response = console.post(url, _site_form(own, **{field: value}))
+        response = console.post(url, site_form(own, **{field: value}))
         # then the form says why and the site stays where its reservation was made
         assert response.status_code == 200, field
         assert response.context["adminform"].form.errors == {
@@ -363,11 +351,11 @@ def test_a_site_with_reservations_keeps_its_hub_city_and_metro_area(console, buy
         own.refresh_from_db()
         assert (own.hub_id, own.city, own.metro_area) == (offer.site.hub_id, "Chengdu", "Chengdu")
     # while its name may still change, and a site without reservations may move
-    assert console.post(url, _site_form(own, name="Renamed DC")).status_code == 302
+    assert console.post(url, site_form(own, name="Renamed DC")).status_code == 302
     assert Site.objects.get(pk=own.pk).name == "Renamed DC"
     spare = SiteFactory.create(code="spare-dc", provider=offer.provider, hub=offer.site.hub)
     response = console.post(
-        f"/console/marketplace/site/{spare.pk}/change/", _site_form(spare, hub=str(far.pk))
+        f"/console/marketplace/site/{spare.pk}/change/", site_form(spare, hub=str(far.pk))
     )
     assert response.status_code == 302
     assert Site.objects.get(pk=spare.pk).hub_id == far.pk
@@ -381,7 +369,7 @@ def test_a_moved_site_is_refused_in_chinese_on_a_chinese_console(provider_user, 
     client = Client(headers={"accept-language": "zh-hans"})
     client.force_login(provider_user)
     response = client.post(
-        f"/console/marketplace/site/{own.pk}/change/", _site_form(own, city="Qingyang")
+        f"/console/marketplace/site/{own.pk}/change/", site_form(own, city="Qingyang")
     )
     assert response.context["adminform"].form.errors == {"city": ["该站点已有预订，城市不能再改"]}
 
@@ -401,7 +389,7 @@ def test_a_site_a_reservation_comes_from_keeps_its_place(provider, provider_user
     client.force_login(provider_user)
     # when it moves its home site to another city
     response = client.post(
-        f"/console/marketplace/site/{own.pk}/change/", _site_form(own, city="Qingyang")
+        f"/console/marketplace/site/{own.pk}/change/", site_form(own, city="Qingyang")
     )
     # then the form says why and the site stays where the reservation came from
     assert response.status_code == 200
