@@ -360,7 +360,7 @@ ZH = {
     "no free capacity for the whole window": "整个时段内没有空闲算力",
     "offer too small": "报价的 GPU 数量不足",
     "ends more than 366 days ahead": "结束时间超过 366 天之后",
-    "gpu_count × hours × price per GPU-hour would bill more than ¥%(limit)s": "GPU 数 × 小时数 × 每 GPU 小时单价的账单将超过 ¥%(limit)s",
+    "the bill would be more than ¥%(limit)s, the most a bill can hold": "账单将超过 ¥%(limit)s，超出单笔账单的上限",
     "the offer lists %(count)s GPUs": "该供给只列出 %(count)s 块 GPU",
     "the bill would be larger than the ledger can hold": "账单金额超出账本可记录的上限",
     "more GPUs than the offer lists": "GPU 数超过该供给列出的数量",

@@ -208,12 +208,15 @@ def _offer_check(offer: Offer) -> None:
     _provider_check(offer.provider)
 
 
-def _window_current(end: datetime, field: str, *, now: datetime, past_message: str) -> None:
-    """Refuse a window that ends at or before ``now`` (``window_in_past``) or more than
-    ``MAX_HORIZON`` after it (``window_too_far``), naming ``field``."""
-    if end <= now:
-        raise ValidationFailed(past_message, code="window_in_past", field=field)
-    _within_horizon(end, field, now=now)
+def _offer_window_current(offer: Offer) -> None:
+    """Refuse an offer whose window ends now or earlier (``window_in_past``) or more than
+    ``MAX_HORIZON`` from now (``window_too_far``), naming ``available_until``."""
+    now = timezone.now()
+    if offer.available_until <= now:
+        raise ValidationFailed(
+            "window already over", code="window_in_past", field="available_until"
+        )
+    _within_horizon(offer.available_until, "available_until", now=now)
 
 
 def _within_horizon(end: datetime, field: str, *, now: datetime) -> None:
@@ -237,12 +240,7 @@ def offer_create(*, provider: Organisation, activate: bool = True, **fields: Any
     hours, price CNY per GPU-hour (≤ 4 places). Raises ``ValidationFailed`` naming the field."""
     offer = Offer(provider=provider, **{k: v for k, v in fields.items() if k in OFFER_FIELDS})
     _offer_check(offer)
-    _window_current(
-        offer.available_until,
-        "available_until",
-        now=timezone.now(),
-        past_message="window already over",
-    )
+    _offer_window_current(offer)
     offer.status = Offer.Status.ACTIVE if activate else Offer.Status.DRAFT
     offer.save()
     return offer
@@ -289,7 +287,8 @@ def site_move_check(site: Site, changed: Iterable[str]) -> None:
     change what they stand for. Its code, name and cluster may still change (within its hub:
     the console's form checks the cluster's hub). The console's and the operator admin's
     site forms call it."""
-    moved = [name for name in SITE_PLACE_FIELDS if name in set(changed)]
+    changed = set(changed)
+    moved = [name for name in SITE_PLACE_FIELDS if name in changed]
     if (
         moved
         and site.pk is not None
@@ -337,12 +336,7 @@ def offer_update(*, offer_id: ObjectId, provider: Organisation, **fields: Any) -
     # As on creation, a window that ends in the past or too far ahead is refused when the
     # update moves it (an edit that leaves the window alone, e.g. the price, is not refused).
     if (offer.available_from, offer.available_until) != window:
-        _window_current(
-            offer.available_until,
-            "available_until",
-            now=timezone.now(),
-            past_message="window already over",
-        )
+        _offer_window_current(offer)
     if offer.gpu_count < offer_peak_reserved(offer):
         raise Conflict(
             "capacity below what is already reserved", code="below_reserved", field="gpu_count"
@@ -420,19 +414,17 @@ def demand_check(demand: Demand, *, now: datetime) -> None:
             "must be at most gpu_count", code="min_part_too_large", field="min_gpus_per_part"
         )
     _bill_storable(
-        demand.gpu_count,
-        demand.duration_hours,
-        demand.max_price_per_gpu_hour,
+        bill_amount(demand.gpu_count, demand.duration_hours, demand.max_price_per_gpu_hour),
         "max_price_per_gpu_hour",
     )
 
 
-def _bill_storable(gpu_count: int, hours: int, price: Decimal, field: str) -> None:
-    """Refuse (``bill_too_large``, naming ``field``) a bill of ``gpu_count × hours × price``
-    CNY over ``MAX_BILL``, the largest the ledger stores."""
-    if bill_amount(gpu_count, hours, price) > MAX_BILL:
+def _bill_storable(bill: Decimal, field: str) -> None:
+    """Refuse (``bill_too_large``, naming ``field``) a ``bill`` (CNY) over ``MAX_BILL``, the
+    largest the ledger stores."""
+    if bill > MAX_BILL:
         raise ValidationFailed(
-            f"gpu_count × hours × price per GPU-hour would bill more than ¥{MAX_BILL:,}",
+            f"the bill would be more than ¥{MAX_BILL:,}, the most a bill can hold",
             code="bill_too_large",
             field=field,
         )
@@ -560,10 +552,11 @@ def quote(
         raise ValidationFailed(
             f"the offer lists {offer.gpu_count} GPUs", code="more_than_offered", field="gpu_count"
         )
-    _bill_storable(gpu_count, hours, offer.price_per_gpu_hour, "hours")
+    gpu_time = bill_amount(gpu_count, hours, offer.price_per_gpu_hour)
+    _bill_storable(gpu_time, "hours")
     if voucher is not None and voucher.owner_id != buyer.pk:
         raise NotFound("no such voucher", field="voucher")
-    lines = [BillLine("gpu_time", bill_amount(gpu_count, hours, offer.price_per_gpu_hour))]
+    lines = [BillLine("gpu_time", gpu_time)]
     for category, amount in extra_lines:
         if category not in BILL_CATEGORIES or category == "gpu_time":
             raise ValidationFailed(f"unknown bill category {category!r}", field="extra_lines")
@@ -578,12 +571,7 @@ def quote(
     bill = sum((line.amount for line in lines), ZERO)
     # The GPU time alone may fit while the extra lines carry the whole bill past what a bill
     # holds (the quote's amounts are 14 digits, as the ledger's).
-    if bill > MAX_BILL:
-        raise ValidationFailed(
-            f"the lines would bill more than ¥{MAX_BILL:,}",
-            code="bill_too_large",
-            field="extra_lines",
-        )
+    _bill_storable(bill, "extra_lines")
     return voucher_split(
         voucher,
         bill=bill,
@@ -1051,9 +1039,11 @@ def _pair_check(
     # A demand made before ``demand_check`` bounded its bill: refused here, pair by pair, so it
     # cannot make the database refuse every batch it is in.
     _bill_storable(
-        demand.gpu_count if gpus is None else gpus,
-        demand.duration_hours,
-        offer.price_per_gpu_hour,
+        bill_amount(
+            demand.gpu_count if gpus is None else gpus,
+            demand.duration_hours,
+            offer.price_per_gpu_hour,
+        ),
         "gpu_count",
     )
     # ``model_listed``/``any_model``: annotations of the offer's locked read (no extra query)

@@ -112,8 +112,8 @@ SHAPES: list[tuple[str, str, Promise]] = [
     ("capacity_exhausted", r"offer too small", _("offer too small")),
     (
         "bill_too_large",
-        r"gpu_count × hours × price per GPU-hour would bill more than ¥(?P<limit>[\d,.]+)",
-        _("gpu_count × hours × price per GPU-hour would bill more than ¥%(limit)s"),
+        r"the bill would be more than ¥(?P<limit>[\d,.]+), the most a bill can hold",
+        _("the bill would be more than ¥%(limit)s, the most a bill can hold"),
     ),
     (
         "more_than_offered",

@@ -375,7 +375,7 @@ def test_domain_messages_are_translated_and_keep_english_as_the_service_says():
             "above the programme's per-buyer annual cap ¥50000.00", code="buyer_cap_exceeded"
         ),
         ValidationFailed(
-            "gpu_count × hours × price per GPU-hour would bill more than ¥999,999,999,999.99",
+            "the bill would be more than ¥999,999,999,999.99, the most a bill can hold",
             code="bill_too_large",
         ),
         ValidationFailed("the offer lists 8 GPUs", code="more_than_offered"),
