@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
-from .admin_utils import ReadOnlyAdminMixin, run_service_action
+from .admin_utils import ReadOnlyAdminMixin, SiteMoveCheckedForm, run_service_action
 from .errors import DomainError
 from .models import (
     Accelerator,
@@ -33,7 +33,7 @@ from .models import (
     ReservationEvent,
     Site,
 )
-from .services import dispute_decide, offer_set_status, site_move_check
+from .services import dispute_decide, offer_set_status
 
 
 class ClusterInline(admin.TabularInline):
@@ -67,23 +67,13 @@ class HubLatencyAdmin(admin.ModelAdmin):
     ordering = ("from_hub__code", "to_hub__code")
 
 
-class SiteAdminForm(forms.ModelForm):
+class SiteAdminForm(SiteMoveCheckedForm):
     """The operator's site form: a site that reservations are at or come from keeps its hub,
     city and metro area (``site_move_check``), as in the provider console."""
 
     class Meta:
         model = Site
         fields = ("code", "name", "city", "metro_area", "hub", "cluster", "provider")
-
-    def clean(self) -> dict[str, Any]:
-        super().clean()
-        data = self.cleaned_data
-        if self.instance.pk is not None:
-            try:
-                site_move_check(self.instance, self.changed_data)
-            except DomainError as exc:
-                self.add_error(exc.field, exc.message)
-        return data
 
 
 @admin.register(Site)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
@@ -57,3 +58,23 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class SiteMoveCheckedForm(forms.ModelForm):
+    """A site's change form (operator admin, provider console) that refuses moving a site
+    reservations depend on: ``clean`` runs ``services.site_move_check`` on the changed fields
+    and shows a refusal on the field it names (``web.errors.domain_message``: the service's
+    words in English, translated otherwise)."""
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if self.instance.pk is not None:
+            from marketplace.services import site_move_check
+            from web.errors import domain_message
+
+            try:
+                site_move_check(self.instance, self.changed_data)
+            except DomainError as exc:
+                self.add_error(exc.field, domain_message(exc))
+        return data

@@ -31,7 +31,7 @@ from accounts.models import Organisation
 from accounts.selectors import organisation_of
 from vouchers.models import ReimbursementClaim
 
-from .admin_utils import run_service_action
+from .admin_utils import SiteMoveCheckedForm, run_service_action
 from .errors import DomainError
 from .models import Offer, Reservation, Site
 from .services import (
@@ -40,7 +40,6 @@ from .services import (
     offer_peak_reserved,
     offer_set_status,
     offer_update,
-    site_move_check,
 )
 
 _UNSET = object()
@@ -146,7 +145,7 @@ class ProviderScopedAdmin(admin.ModelAdmin):
 # --- Sites -----------------------------------------------------------------------------------
 
 
-class ConsoleSiteForm(forms.ModelForm):
+class ConsoleSiteForm(SiteMoveCheckedForm):
     class Meta:
         model = Site
         fields = ("code", "name", "city", "metro_area", "hub", "cluster")
@@ -157,13 +156,6 @@ class ConsoleSiteForm(forms.ModelForm):
         hub, cluster = data.get("hub"), data.get("cluster")
         if hub is not None and cluster is not None and cluster.hub_id != hub.pk:
             self.add_error("cluster", _("This cluster belongs to another hub."))
-        if self.instance.pk is not None:
-            try:
-                site_move_check(self.instance, self.changed_data)
-            except DomainError as exc:
-                from web.errors import domain_message
-
-                self.add_error(exc.field, domain_message(exc))
         return data
 
 

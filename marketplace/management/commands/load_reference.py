@@ -113,11 +113,12 @@ def load_reference(*, today: date | None = None) -> dict[str, Counter[str]]:
                 "provider_id": None,
             }
             if existing is not None:
+                # the form's field names (``hub``) against the row's columns (``hub_id``)
                 moved = [
                     name
                     for name in SITE_PLACE_FIELDS
-                    if getattr(existing, f"{name}_id" if name == "hub" else name)
-                    != values[f"{name}_id" if name == "hub" else name]
+                    if getattr(existing, column := f"{name}_id" if name == "hub" else name)
+                    != values[column]
                 ]
                 try:
                     site_move_check(existing, moved)
