@@ -425,6 +425,8 @@ def test_a_demand_whose_bill_the_ledger_cannot_hold_is_dropped_alone(buyer, prov
         Match(str(legacy.pk), str(huge_offer.pk), hour_index(start), "", Decimal(0), Decimal(0)),
         Match(str(ordinary.pk), str(offer.pk), hour_index(start), "", Decimal(0), Decimal(0)),
     ]
+    wallet = Account.objects.get(kind=Account.Kind.WALLET, organisation=buyer)
+    before = wallet.balance
     # when the cycle writes them in one batch
     outcome = matches_write(matches, now=timezone.now())
     # then the legacy demand alone is dropped, with its reason, and the batch wrote the other
@@ -432,6 +434,10 @@ def test_a_demand_whose_bill_the_ledger_cannot_hold_is_dropped_alone(buyer, prov
     assert [str(r.demand_id) for r in Reservation.objects.all()] == [str(ordinary.pk)]
     legacy.refresh_from_db()
     assert (legacy.status, legacy.unmatched_reason) == ("open", "bill_too_large")
+    # the wallet paid the ordinary demand's bill only (1 GPU × 1 h × ¥10)
+    wallet.refresh_from_db()
+    assert Reservation.objects.get().bill == Decimal("10.00")
+    assert wallet.balance == before - Decimal("10.00")
     assert ledger_audit() == []
 
 

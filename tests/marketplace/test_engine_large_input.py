@@ -25,15 +25,17 @@ def _solve(policy: str, demands: list[Any], offers: list[Any]) -> Result:
 
 @pytest.mark.parametrize("policy", [Hub.Policy.GREEDY, Hub.Policy.OPTIMAL])
 @pytest.mark.parametrize(
-    "big",
+    "make_big",
     [
-        make_offer("big", gpus=MAX_GPUS, price="9"),
-        make_offer("long", end=LONG, price="9"),
+        lambda: make_offer("big", gpus=MAX_GPUS, price="9"),
+        lambda: make_offer("long", end=LONG, price="9"),
     ],
     ids=["max_gpus", "long_window"],
 )
-def test_a_huge_offer_does_not_stop_the_cycle(policy, big):
-    # given an ordinary offer and demand, and beside them one valid but huge offer
+def test_a_huge_offer_does_not_stop_the_cycle(policy, make_big):
+    # given an ordinary offer and demand, and beside them one valid but huge offer (made per
+    # run: the engine books into an offer's timeline)
+    big = make_big()
     small = make_offer("small", gpus=8, price="10")
     demands = [
         make_demand("d", gpus=4, duration=2),

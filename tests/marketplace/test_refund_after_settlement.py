@@ -242,6 +242,8 @@ def test_an_operator_resolves_a_dispute_with_a_refund_from_the_admin(
     # the action asks for one dispute only
     page = _refund_action(operator_client, [dispute, other]).content.decode()
     assert "Choose exactly one dispute to refund." in page
+    assert Dispute.objects.get(pk=dispute.pk).status == "open"
+    assert not Refund.objects.exists()
     # the intermediate page shows the bill and asks the amount
     page = _refund_action(operator_client, [dispute]).content.decode()
     assert 'name="amount"' in page and "¥80.00" in page
@@ -253,6 +255,7 @@ def test_an_operator_resolves_a_dispute_with_a_refund_from_the_admin(
     # a bad amount is the form's own error
     page = _refund_action(operator_client, [dispute], amount="-1", note="").content.decode()
     assert "Ensure this value is greater than or equal to 0.01." in page
+    assert Dispute.objects.get(pk=dispute.pk).status == "open"
     assert not Refund.objects.exists()
     # ¥10: resolved, refunded 60:40 like the bill, with the operator's note
     page = _refund_action(

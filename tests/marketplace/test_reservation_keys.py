@@ -15,10 +15,6 @@ from marketplace.models import Demand, Offer, Reservation
 from marketplace.services import reservation_create, wallet_deposit
 from tests.factories import DemandFactory, OrganisationFactory, ProviderFactory, next_hour
 
-pytestmark = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the composite keys are PostgreSQL's"
-)
-
 
 @pytest.fixture
 def reservation(buyer, offer) -> Reservation:  # type: ignore[no-untyped-def]
@@ -74,6 +70,9 @@ def test_a_provider_other_than_the_offers_is_refused(reservation: Reservation) -
 @pytest.mark.parametrize("column", ["demand_id", "offer_id"])
 def test_a_missing_demand_or_offer_is_refused(reservation: Reservation, column: str) -> None:
     _refused(lambda: Reservation.objects.filter(pk=reservation.pk).update(**{column: uuid.uuid4()}))
+    assert getattr(Reservation.objects.get(pk=reservation.pk), column) == getattr(
+        reservation, column
+    )
 
 
 @pytest.mark.django_db
@@ -85,3 +84,4 @@ def test_a_reserved_demand_or_offer_keeps_its_buyer_or_provider(
     _refused(lambda: Demand.objects.filter(pk=reservation.demand_id).update(buyer=stranger))
     _refused(lambda: Offer.objects.filter(pk=reservation.offer_id).update(provider=other))
     assert Demand.objects.get(pk=reservation.demand_id).buyer_id == reservation.buyer_id
+    assert Offer.objects.get(pk=reservation.offer_id).provider_id == reservation.provider_id
