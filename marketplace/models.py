@@ -349,8 +349,8 @@ class Reservation(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # On PostgreSQL the four relations below are two composite foreign keys (migration
-    # ``marketplace/0010``): (demand, buyer) → the demand's (id, buyer) and (offer, provider)
-    # → the offer's (id, provider). Each checks that the row exists, as a single-column key
+    # ``marketplace/0010``): (buyer, demand) → the demand's (buyer, id) and (provider, offer)
+    # → the offer's (provider, id). Each checks that the row exists, as a single-column key
     # would, and also that the buyer is the demand's and the provider the offer's; the
     # organisations' own existence follows from the demand's and offer's keys. Two checks a
     # reservation instead of four (the matcher's bulk write inserts thousands per cycle).

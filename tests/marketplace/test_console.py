@@ -27,6 +27,13 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "pw-Secret-123"  # tests.factories.UserFactory's password
 
 
+def _reserve(offer: Offer, **demand: object) -> Reservation:
+    """A reservation on ``offer`` of a new demand (``DemandFactory`` with ``demand``) at the
+    demand's earliest start."""
+    d = DemandFactory.create(**demand)
+    return reservation_create(demand_id=d.pk, offer_id=offer.pk, start=d.earliest_start)
+
+
 @pytest.fixture
 def console(provider_user) -> Client:  # type: ignore[no-untyped-def]
     """A browser logged in to the console through its own log-in form."""
@@ -148,8 +155,7 @@ def test_service_refusal_is_a_form_error(console, provider, site, accelerator):
 
 def test_capacity_below_reserved_is_refused_on_edit(console, buyer, offer):
     # given 4 GPUs reserved on the provider's 8-GPU offer
-    demand = DemandFactory.create(buyer=buyer, gpu_count=4)
-    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    _reserve(offer, buyer=buyer, gpu_count=4)
     # when the provider lowers the capacity to 2
     response = console.post(
         f"/console/marketplace/offer/{offer.pk}/change/",
@@ -331,8 +337,7 @@ def test_a_site_with_reservations_keeps_its_hub_city_and_metro_area(console, buy
         code="own-dc", provider=offer.provider, hub=offer.site.hub, city="Chengdu"
     )
     Offer.objects.filter(pk=offer.pk).update(site=own)
-    demand = DemandFactory.create(buyer=buyer, gpu_count=4, locality_limit="national")
-    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    _reserve(offer, buyer=buyer, gpu_count=4, locality_limit="national")
     far = HubFactory.create(code="gansu")
     url = f"/console/marketplace/site/{own.pk}/change/"
     for field, value in [("hub", str(far.pk)), ("city", "Qingyang"), ("metro_area", "Qingyang")]:
@@ -359,8 +364,7 @@ def test_a_site_with_reservations_keeps_its_hub_city_and_metro_area(console, buy
 def test_a_moved_site_is_refused_in_chinese_on_a_chinese_console(provider_user, buyer, offer):
     own = SiteFactory.create(code="own-dc", provider=offer.provider, hub=offer.site.hub)
     Offer.objects.filter(pk=offer.pk).update(site=own)
-    demand = DemandFactory.create(buyer=buyer, gpu_count=4, locality_limit="national")
-    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    _reserve(offer, buyer=buyer, gpu_count=4, locality_limit="national")
     client = Client(headers={"accept-language": "zh-hans"})
     client.force_login(provider_user)
     response = client.post(
@@ -380,8 +384,7 @@ def test_a_site_a_reservation_comes_from_keeps_its_place(provider, provider_user
     Offer.objects.filter(pk=offer.pk).update(provider=seller)
     provider.refresh_from_db()
     wallet_deposit(organisation=provider, amount=Decimal("1000.00"))
-    demand = DemandFactory.create(buyer=provider, origin_site=own, locality_limit="national")
-    reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=demand.earliest_start)
+    _reserve(offer, buyer=provider, origin_site=own, locality_limit="national")
     client = Client()
     client.force_login(provider_user)
     # when it moves its home site to another city

@@ -20,6 +20,7 @@ from marketplace.matching.engine import (
     solve_greedy,
     voucher_part_of,
 )
+from tests.marketplace.snaps import make_demand, make_offer
 
 SITES = [
     SiteRef("s-cd", "Chengdu", "Chengdu", "cc"),
@@ -175,25 +176,9 @@ def test_indexed_greedy_equals_the_plain_scan(offers, demands, used):
 def test_inside_a_bucket_the_earlier_start_wins_then_the_first_listed():
     # given three interchangeable offers of 8 GPUs (one bucket): the first listed is full in
     # hour 0, the other two are free
-    offers = [
-        OfferSnap(f"o{i}", "p1", "A100", SITES[0], Decimal("10"), 8, 0, 24, listed=i)
-        for i in range(3)
-    ]
+    offers = [make_offer(f"o{i}", end=24, listed=i) for i in range(3)]
     offers[0].used[0] = 8
-    d = DemandSnap(
-        id="d",
-        buyer="b1",
-        related=frozenset(),
-        models=frozenset({"A100"}),
-        gpu_count=4,
-        duration=2,
-        start=0,
-        end=24,
-        max_price=Decimal("20"),
-        origin=SITES[0],
-        limit="city",
-        posted=0,
-    )
+    d = make_demand("d", gpus=4, duration=2, end=24, limit="city")
     # when 4 GPUs, then 8, then 8 are asked for two hours from hour 0
     asks = [d, replace(d, id="e", gpu_count=8, posted=1), replace(d, id="f", gpu_count=8, posted=2)]
     result = solve_greedy(asks, offers)
