@@ -4,12 +4,14 @@ the service helpers (``bulk.matches_write``)."""
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organisation
@@ -22,6 +24,7 @@ from marketplace.models import (
     MatchingCycle,
     Offer,
     Reservation,
+    Site,
 )
 from marketplace.money import quantize_money
 from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
@@ -65,91 +68,190 @@ def _site_ref(site) -> SiteRef:  # type: ignore[no-untyped-def]
     )
 
 
+# Columns the snapshot reads, as plain rows (no model instances: a cycle reads every open
+# demand of the hub and every active offer, and building models for them cost more than the
+# engine's solve).
+DEMAND_COLUMNS = (
+    "id",
+    "buyer_id",
+    "origin_site_id",
+    "voucher_id",
+    "gpu_count",
+    "duration_hours",
+    "earliest_start",
+    "latest_end",
+    "max_price_per_gpu_hour",
+    "locality_limit",
+    "split",
+    "min_gpus_per_part",
+    "min_memory_gb",
+    "min_tflops",
+)
+OFFER_COLUMNS = (
+    "id",
+    "provider_id",
+    "accelerator__code",
+    "site_id",
+    "price_per_gpu_hour",
+    "gpu_count",
+    "available_from",
+    "available_until",
+    "min_duration_hours",
+)
+
+
+def site_refs(site_ids: Iterable[object]) -> dict[str, SiteRef]:
+    """The engine's view of each site in ``site_ids``, by site id (str); one query."""
+    return {
+        str(pk): SiteRef(
+            id=str(pk),
+            city=city,
+            metro=metro,
+            hub=str(hub_id),
+            cluster=str(cluster_id) if cluster_id else None,
+        )
+        for pk, city, metro, hub_id, cluster_id in Site.objects.filter(
+            pk__in=set(site_ids)
+        ).values_list("pk", "city", "metro_area", "hub_id", "cluster_id")
+    }
+
+
 def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[OfferSnap]]:
     """Open demands whose home site is in ``hub`` and every active offer (any hub: docking),
-    with free-capacity timelines from the reservations that hold capacity."""
+    with free-capacity timelines from the reservations that hold capacity. Demands are in
+    posting order (``created_at``, then id), offers in listing order; a demand whose window
+    has passed is left out (``demands_expire`` closes it). Reads plain rows, a fixed number of
+    queries whatever the market's size."""
     now_h = hour_index_ceil(now)
+    open_here = Q(status=Demand.Status.OPEN, origin_site__hub=hub)
     demands = list(
-        Demand.objects.filter(status=Demand.Status.OPEN, origin_site__hub=hub)
-        .select_related("origin_site", "voucher__programme", "buyer")
-        .prefetch_related("accelerators")
-        .order_by("created_at", "id")
+        Demand.objects.filter(open_here).order_by("created_at", "id").values_list(*DEMAND_COLUMNS)
     )
-    catalogue = list(Accelerator.objects.all())
-    related: dict[object, frozenset[str]] = {}
-    for org in Organisation.objects.filter(pk__in={d.buyer_id for d in demands}).prefetch_related(
-        "related"
-    ):
-        related[org.pk] = frozenset(str(r.pk) for r in org.related.all())
-    voucher_snaps = _voucher_snaps([d.voucher for d in demands if d.voucher is not None], now)
+    listed: dict[object, list[str]] = defaultdict(list)
+    for demand_id, code in Demand.accelerators.through.objects.filter(
+        demand__status=Demand.Status.OPEN, demand__origin_site__hub=hub
+    ).values_list("demand_id", "accelerator__code"):
+        listed[demand_id].append(code)
+    catalogue = list(Accelerator.objects.values_list("code", "memory_gb", "bf16_tflops"))
+    meeting: dict[tuple[object, object], list[str]] = {}  # models meeting (memory, TFLOPS)
+
+    def models_meeting(memory: int | None, tflops: Decimal | None) -> list[str]:
+        key = (memory, tflops)
+        if key not in meeting:
+            meeting[key] = [
+                code
+                for code, gb, flops in catalogue
+                if (not memory or (gb or 0) >= memory) and (not tflops or (flops or 0) >= tflops)
+            ]
+        return meeting[key]
+
+    buyers = {row[1] for row in demands}
+    related: dict[object, set[str]] = defaultdict(set)
+    for org_id, other_id in Organisation.related.through.objects.filter(
+        from_organisation_id__in=buyers
+    ).values_list("from_organisation_id", "to_organisation_id"):
+        related[org_id].add(str(other_id))
+    frozen = {org_id: frozenset(ids) for org_id, ids in related.items()}
+    voucher_snaps = _voucher_snaps(
+        list(
+            Voucher.objects.filter(pk__in={row[3] for row in demands if row[3]}).select_related(
+                "programme"
+            )
+        ),
+        now,
+    )
+    sites = site_refs({row[2] for row in demands})
 
     snaps: list[DemandSnap] = []
     wanted: set[str] = set()
-    for order, d in enumerate(demands):
-        chosen = [a.code for a in d.accelerators.all()]
-        if not chosen:
-            chosen = [
-                a.code
-                for a in catalogue
-                if (not d.min_memory_gb or (a.memory_gb or 0) >= d.min_memory_gb)
-                and (not d.min_tflops or (a.bf16_tflops or 0) >= d.min_tflops)
-            ]
-        first, last = max(hour_index_ceil(d.earliest_start), now_h), hour_index(d.latest_end)
-        if last - first < d.duration_hours:
+    for order, (
+        pk,
+        buyer_id,
+        site_id,
+        voucher_id,
+        gpus,
+        duration,
+        earliest,
+        latest,
+        max_price,
+        limit,
+        split,
+        min_part,
+        min_memory,
+        min_tflops,
+    ) in enumerate(demands):
+        first, last = max(hour_index_ceil(earliest), now_h), hour_index(latest)
+        if last - first < duration:
             continue  # the window has passed: expired by ``demands_expire``, reason kept
+        chosen = listed.get(pk) or models_meeting(min_memory, min_tflops)
         wanted.update(chosen)
         snaps.append(
             DemandSnap(
-                id=str(d.pk),
-                buyer=str(d.buyer_id),
-                related=related.get(d.buyer_id, frozenset()),
+                id=str(pk),
+                buyer=str(buyer_id),
+                related=frozen.get(buyer_id, frozenset()),
                 models=frozenset(chosen),
-                gpu_count=d.gpu_count,
-                duration=d.duration_hours,
+                gpu_count=gpus,
+                duration=duration,
                 start=first,
                 end=last,
-                max_price=d.max_price_per_gpu_hour,
-                origin=_site_ref(d.origin_site),
-                limit=d.locality_limit,
+                max_price=max_price,
+                origin=sites[str(site_id)],
+                limit=limit,
                 posted=order,
-                voucher=voucher_snaps.get(str(d.voucher_id)) if d.voucher_id else None,
-                split=d.split,
-                min_part=d.min_gpus_per_part,
+                voucher=voucher_snaps.get(str(voucher_id)) if voucher_id else None,
+                split=split,
+                min_part=min_part,
             )
         )
-
     offers = list(
         Offer.objects.filter(
             status=Offer.Status.ACTIVE,
             available_until__gt=from_hour_index(now_h),
             accelerator__code__in=wanted,
         )
-        .select_related("site", "accelerator")
         .order_by("created_at", "id")
+        .values_list(*OFFER_COLUMNS)
     )
-    return snaps, list(offer_snapshots(offers, now_h).values())
+    sites.update(site_refs({str(row[3]) for row in offers} - set(sites)))
+    return snaps, list(_offer_snaps(offers, sites, now_h).values())
 
 
 def offer_snapshots(offers: list[Offer], now_h: int) -> dict[str, OfferSnap]:
     """Plain snapshots of ``offers`` (listed in that order, each with ``site`` and
     ``accelerator`` loaded) from hour ``now_h`` on, by offer id, with the GPUs already reserved
     per hour filled in from the reservations that hold capacity (one query)."""
+    rows = [tuple(_offer_value(o, column) for column in OFFER_COLUMNS) for o in offers]
+    return _offer_snaps(rows, {str(o.site_id): _site_ref(o.site) for o in offers}, now_h)
+
+
+def _offer_value(offer: Offer, column: str) -> object:
+    return offer.accelerator.code if column == "accelerator__code" else getattr(offer, column)
+
+
+def _offer_snaps(
+    rows: list[tuple[Any, ...]], sites: dict[str, SiteRef], now_h: int
+) -> dict[str, OfferSnap]:
+    """Snapshots of offer ``rows`` (``OFFER_COLUMNS``, in listing order) at ``sites`` (by site
+    id) from hour ``now_h`` on, by offer id, with the GPUs already reserved per hour filled in
+    (one query)."""
     offer_snaps: dict[str, OfferSnap] = {}
-    for listed, o in enumerate(offers):
-        start = max(hour_index(o.available_from), now_h)
-        end = hour_index(o.available_until)
+    for listed, row in enumerate(rows):
+        pk, provider_id, model, site_id, price, gpus, begins, ends, min_hours = row
+        start = max(hour_index(begins), now_h)
+        end = hour_index(ends)
         if end <= start:
             continue
-        offer_snaps[str(o.pk)] = OfferSnap(
-            id=str(o.pk),
-            provider=str(o.provider_id),
-            model=o.accelerator.code,
-            site=_site_ref(o.site),
-            price=o.price_per_gpu_hour,
-            gpu_count=o.gpu_count,
+        offer_snaps[str(pk)] = OfferSnap(
+            id=str(pk),
+            provider=str(provider_id),
+            model=model,
+            site=sites[str(site_id)],
+            price=price,
+            gpu_count=gpus,
             start=start,
             end=end,
-            min_duration=o.min_duration_hours,
+            min_duration=min_hours,
             listed=listed,
         )
     for offer_id, r_start, r_end, gpus in Reservation.objects.filter(

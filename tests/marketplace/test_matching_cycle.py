@@ -7,7 +7,13 @@ import pytest
 from ledger.audit import ledger_audit
 from marketplace.matching.cycle import matching_cycle_run
 from marketplace.models import Demand, InterHubTrade, Reservation
-from tests.factories import DemandFactory, HubFactory, OfferFactory, SiteFactory
+from tests.factories import (
+    DemandFactory,
+    HubFactory,
+    OfferFactory,
+    OrganisationFactory,
+    SiteFactory,
+)
 from vouchers.services import programme_fund
 
 pytestmark = pytest.mark.django_db
@@ -116,3 +122,128 @@ def test_snapshot_vouchers_carry_what_the_services_say(buyer, other_buyer, provi
         )
         assert got.clusters == frozenset()
     assert min(s.voucher.available for s in snaps if s.voucher) == Decimal("450.00")
+
+
+def _snapshot_from_models(hub, now):  # type: ignore[no-untyped-def]
+    """The snapshot built from model instances, one demand and offer at a time (what
+    ``snapshot_load`` did before it read plain rows): the oracle of the test below."""
+    from marketplace.matching.cycle import _site_ref, _voucher_snaps, offer_snapshots
+    from marketplace.matching.engine import DemandSnap
+    from marketplace.models import Accelerator, Offer
+    from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
+
+    now_h = hour_index_ceil(now)
+    snaps, wanted = [], set()
+    demands = Demand.objects.filter(status=Demand.Status.OPEN, origin_site__hub=hub).order_by(
+        "created_at", "id"
+    )
+    vouchers = _voucher_snaps([d.voucher for d in demands if d.voucher is not None], now)
+    for order, d in enumerate(demands):
+        chosen = [a.code for a in d.accelerators.all()] or [
+            a.code
+            for a in Accelerator.objects.all()
+            if (not d.min_memory_gb or (a.memory_gb or 0) >= d.min_memory_gb)
+            and (not d.min_tflops or (a.bf16_tflops or 0) >= d.min_tflops)
+        ]
+        first, last = max(hour_index_ceil(d.earliest_start), now_h), hour_index(d.latest_end)
+        if last - first < d.duration_hours:
+            continue
+        wanted.update(chosen)
+        snaps.append(
+            DemandSnap(
+                id=str(d.pk),
+                buyer=str(d.buyer_id),
+                related=frozenset(str(r.pk) for r in d.buyer.related.all()),
+                models=frozenset(chosen),
+                gpu_count=d.gpu_count,
+                duration=d.duration_hours,
+                start=first,
+                end=last,
+                max_price=d.max_price_per_gpu_hour,
+                origin=_site_ref(d.origin_site),
+                limit=d.locality_limit,
+                posted=order,
+                voucher=vouchers.get(str(d.voucher_id)) if d.voucher_id else None,
+                split=d.split,
+                min_part=d.min_gpus_per_part,
+            )
+        )
+    offers = Offer.objects.filter(
+        status=Offer.Status.ACTIVE,
+        available_until__gt=from_hour_index(now_h),
+        accelerator__code__in=wanted,
+    ).order_by("created_at", "id")
+    return snaps, list(offer_snapshots(list(offers), now_h).values())
+
+
+def test_snapshot_rows_are_what_the_models_say(buyer, other_buyer, provider, voucher, offer):
+    # given a market with every kind of row the snapshot reads: a demand listing models, one
+    # asking only for memory and TFLOPS (every model meeting them), one paying with a voucher,
+    # one whose window has passed, one split across a hub, one at another hub; related buyers;
+    # offers of a wanted and an unwanted model, in a cluster, at another hub, ended, paused,
+    # and one with GPUs already reserved
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from marketplace.matching.cycle import snapshot_load
+    from marketplace.models import Offer
+    from tests.factories import AcceleratorFactory, ClusterFactory, next_hour
+
+    h800 = AcceleratorFactory.create(code="H800", memory_gb=80, bf16_tflops=Decimal("989.0"))
+    small = AcceleratorFactory.create(code="T4", memory_gb=16, bf16_tflops=Decimal("65.0"))
+    ascend = AcceleratorFactory.create(code="Ascend-910B", memory_gb=64, is_domestic=True)
+    buyer.related.add(other_buyer)
+    hub = buyer.home_site.hub
+    clustered = SiteFactory.create(
+        code="tianfu-2", city="Chengdu", metro_area="Chengdu", hub=hub, cluster=ClusterFactory()
+    )
+    gansu = SiteFactory.create(
+        code="qingyang", city="Qingyang", metro_area="Qingyang", hub=HubFactory(code="gansu")
+    )
+    listing = DemandFactory.create(buyer=buyer, gpu_count=2)
+    listing.accelerators.add(h800, ascend)
+    DemandFactory.create(buyer=other_buyer, min_memory_gb=60, min_tflops=Decimal("300"))
+    paying = DemandFactory.create(buyer=buyer, voucher=voucher, locality_limit="national")
+    past = DemandFactory.create(buyer=buyer)
+    Demand.objects.filter(pk=past.pk).update(
+        earliest_start=past.earliest_start - timedelta(days=3),
+        latest_end=past.earliest_start - timedelta(days=2),
+    )
+    split = DemandFactory.create(buyer=other_buyer, gpu_count=16, split="hub", min_gpus_per_part=4)
+    for listed in (paying, split):
+        listed.accelerators.add(offer.accelerator)
+    DemandFactory.create(buyer=OrganisationFactory(home_site=gansu))
+    offers = [
+        OfferFactory.create(provider=provider, site=clustered, accelerator=h800),
+        OfferFactory.create(provider=provider, site=gansu, accelerator=ascend, gpu_count=16),
+        OfferFactory.create(provider=provider, accelerator=small),
+        OfferFactory.create(provider=provider, status=Offer.Status.PAUSED),
+        OfferFactory.create(
+            provider=provider,
+            available_from=next_hour(-48),
+            available_until=next_hour(-24),
+        ),
+    ]
+    Reservation.objects.create(
+        demand=DemandFactory.create(buyer=buyer, status=Demand.Status.RESERVED),
+        offer=offers[0],
+        buyer=buyer,
+        provider=provider,
+        start=next_hour(2),
+        end=next_hour(5),
+        gpu_count=3,
+        price_per_gpu_hour=Decimal("10.0000"),
+        bill=Decimal("90.00"),
+        cash_part=Decimal("90.00"),
+        locality_tier="city",
+        status=Reservation.Status.CONFIRMED,
+    )
+    now = timezone.now()
+    # when the cycle loads its snapshot of the buyer's hub
+    demands, offer_snaps = snapshot_load(hub, now)
+    # then it is, field by field and in order, what the models give one at a time
+    assert (demands, offer_snaps) == _snapshot_from_models(hub, now)
+    assert len(demands) == 4 and len(offer_snaps) == 3  # the kinds above are all there
+    assert {o.id for o in offer_snaps} == {str(offer.pk), str(offers[0].pk), str(offers[1].pk)}
+    assert max(next(o for o in offer_snaps if o.id == str(offers[0].pk)).used) == 3
