@@ -214,27 +214,17 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
         .values_list(*OFFER_COLUMNS)
     )
     sites.update(site_refs({str(row[3]) for row in offers} - set(sites)))
-    return snaps, list(_offer_snaps(offers, sites, now_h).values())
+    offer_snaps = offer_snapshots(offers, sites, now_h)
+    timelines_fill(offer_snaps, now_h)
+    return snaps, list(offer_snaps.values())
 
 
-def offer_snapshots(offers: list[Offer], now_h: int) -> dict[str, OfferSnap]:
-    """Plain snapshots of ``offers`` (listed in that order, each with ``site`` and
-    ``accelerator`` loaded) from hour ``now_h`` on, by offer id, with the GPUs already reserved
-    per hour filled in from the reservations that hold capacity (one query)."""
-    rows = [tuple(_offer_value(o, column) for column in OFFER_COLUMNS) for o in offers]
-    return _offer_snaps(rows, {str(o.site_id): _site_ref(o.site) for o in offers}, now_h)
-
-
-def _offer_value(offer: Offer, column: str) -> object:
-    return offer.accelerator.code if column == "accelerator__code" else getattr(offer, column)
-
-
-def _offer_snaps(
+def offer_snapshots(
     rows: list[tuple[Any, ...]], sites: dict[str, SiteRef], now_h: int
 ) -> dict[str, OfferSnap]:
     """Snapshots of offer ``rows`` (``OFFER_COLUMNS``, in listing order) at ``sites`` (by site
-    id) from hour ``now_h`` on, by offer id, with the GPUs already reserved per hour filled in
-    (one query)."""
+    id) from hour ``now_h`` on, by offer id, with no GPUs reserved yet: ``timelines_fill``
+    adds the reservations. Offers whose availability has passed are left out."""
     offer_snaps: dict[str, OfferSnap] = {}
     for listed, row in enumerate(rows):
         pk, provider_id, model, site_id, price, gpus, begins, ends, min_hours = row
@@ -254,15 +244,20 @@ def _offer_snaps(
             min_duration=min_hours,
             listed=listed,
         )
+    return offer_snaps
+
+
+def timelines_fill(offers: dict[str, OfferSnap], now_h: int) -> None:
+    """Add to each snapshot of ``offers`` (by offer id) the GPUs reserved per hour from hour
+    ``now_h`` on by the reservations that hold capacity (one query)."""
     for offer_id, r_start, r_end, gpus in Reservation.objects.filter(
-        offer_id__in=list(offer_snaps),
+        offer_id__in=list(offers),
         status__in=Reservation.CAPACITY_STATUSES,
         end__gt=from_hour_index(now_h),
     ).values_list("offer_id", "start", "end", "gpu_count"):
-        snap = offer_snaps[str(offer_id)]
+        snap = offers[str(offer_id)]
         for h in range(max(hour_index(r_start), snap.start), min(hour_index(r_end), snap.end)):
             snap.used[h - snap.start] += gpus
-    return offer_snaps
 
 
 def _voucher_snaps(vouchers: list[Voucher], now: datetime) -> dict[str, VoucherSnap]:

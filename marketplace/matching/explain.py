@@ -145,10 +145,17 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     site, tier, price (CNY per GPU-hour) and times (UTC). Reads only."""
     from accounts.models import Organisation
     from ledger.selectors import organisation_balances
-    from marketplace.models import Accelerator, Offer
+    from marketplace.models import Accelerator, Offer, Site
     from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
 
-    from .cycle import _site_ref, _voucher_snaps, offer_snapshots
+    from .cycle import (
+        OFFER_COLUMNS,
+        _site_ref,
+        _voucher_snaps,
+        offer_snapshots,
+        site_refs,
+        timelines_fill,
+    )
 
     now_h = hour_index_ceil(now)
     chosen = [a.code for a in demand.accelerators.all()]
@@ -178,13 +185,25 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         split=demand.split,
         min_part=demand.min_gpus_per_part,
     )
+    # Every active offer, as plain rows; only those past the model and price rules need
+    # their reservations (the rules after them read the free capacity), so only theirs are
+    # read: the other offers are counted without it.
     rows = list(
         Offer.objects.filter(status=Offer.Status.ACTIVE, available_until__gt=from_hour_index(now_h))
-        .select_related("site__hub", "accelerator")
         .order_by("created_at", "id")
+        .values_list(*OFFER_COLUMNS)
     )
-    offers = offer_snapshots(rows, now_h)
-    sites = {str(o.pk): o.site.code for o in rows}
+    offers = offer_snapshots(rows, site_refs({row[3] for row in rows}), now_h)
+    timelines_fill(
+        {pk: o for pk, o in offers.items() if o.model in snap.models and o.price <= snap.max_price},
+        now_h,
+    )
+    names: dict[str, str] = {}  # site and hub ids → their codes
+    for site_id, code, hub_id, hub_code in Site.objects.filter(
+        pk__in={row[3] for row in rows}
+    ).values_list("pk", "code", "hub_id", "hub__code"):
+        names[str(site_id)], names[str(hub_id)] = code, hub_code
+    sites = {pk: names[o.site.id] for pk, o in offers.items()}
     wallet = organisation_balances(organisation=buyer)["wallet"]
     result = explain(snap, list(offers.values()), wallet)
 
@@ -207,8 +226,6 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
 
     split: dict[str, Any] | None = None
     if snap.split in SCOPES:
-        names = {str(o.site_id): o.site.code for o in rows}
-        names.update({str(o.site.hub_id): o.site.hub.code for o in rows})
         split = {
             "scope": snap.split,
             "min_gpus_per_part": snap.min_part,

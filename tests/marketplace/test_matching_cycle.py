@@ -127,8 +127,8 @@ def test_snapshot_vouchers_carry_what_the_services_say(buyer, other_buyer, provi
 def _snapshot_from_models(hub, now):  # type: ignore[no-untyped-def]
     """The snapshot built from model instances, one demand and offer at a time (what
     ``snapshot_load`` did before it read plain rows): the oracle of the test below."""
-    from marketplace.matching.cycle import _site_ref, _voucher_snaps, offer_snapshots
-    from marketplace.matching.engine import DemandSnap
+    from marketplace.matching.cycle import _site_ref, _voucher_snaps
+    from marketplace.matching.engine import DemandSnap, OfferSnap
     from marketplace.models import Accelerator, Offer
     from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
 
@@ -173,7 +173,28 @@ def _snapshot_from_models(hub, now):  # type: ignore[no-untyped-def]
         available_until__gt=from_hour_index(now_h),
         accelerator__code__in=wanted,
     ).order_by("created_at", "id")
-    return snaps, list(offer_snapshots(list(offers), now_h).values())
+    offer_snaps = []
+    for listed, o in enumerate(offers):
+        start, end = max(hour_index(o.available_from), now_h), hour_index(o.available_until)
+        if end <= start:
+            continue
+        snap = OfferSnap(
+            id=str(o.pk),
+            provider=str(o.provider_id),
+            model=o.accelerator.code,
+            site=_site_ref(o.site),
+            price=o.price_per_gpu_hour,
+            gpu_count=o.gpu_count,
+            start=start,
+            end=end,
+            min_duration=o.min_duration_hours,
+            listed=listed,
+        )
+        for r in o.reservations.filter(status__in=Reservation.CAPACITY_STATUSES):
+            for h in range(max(hour_index(r.start), start), min(hour_index(r.end), end)):
+                snap.used[h - start] += r.gpu_count
+        offer_snaps.append(snap)
+    return snaps, offer_snaps
 
 
 def test_snapshot_rows_are_what_the_models_say(buyer, other_buyer, provider, voucher, offer):
