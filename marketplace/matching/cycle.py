@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organisation
@@ -123,15 +122,20 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
     has passed is left out (``demands_expire`` closes it). Reads plain rows, a fixed number of
     queries whatever the market's size."""
     now_h = hour_index_ceil(now)
-    open_here = Q(status=Demand.Status.OPEN, origin_site__hub=hub)
-    demands = list(
-        Demand.objects.filter(open_here).order_by("created_at", "id").values_list(*DEMAND_COLUMNS)
-    )
+    # The demands and their listed models in one statement (a row per listed model, or one
+    # with None): a second statement could miss the list of a demand closed in between and
+    # let it stand for every model meeting its minimums.
+    demands: list[tuple[Any, ...]] = []
     listed: dict[object, list[str]] = defaultdict(list)
-    for demand_id, code in Demand.accelerators.through.objects.filter(
-        demand__status=Demand.Status.OPEN, demand__origin_site__hub=hub
-    ).values_list("demand_id", "accelerator__code"):
-        listed[demand_id].append(code)
+    for *row, code in (
+        Demand.objects.filter(status=Demand.Status.OPEN, origin_site__hub=hub)
+        .order_by("created_at", "id")
+        .values_list(*DEMAND_COLUMNS, "accelerators__code")
+    ):
+        if not demands or demands[-1][0] != row[0]:
+            demands.append(tuple(row))
+        if code is not None:
+            listed[row[0]].append(code)
     catalogue = list(Accelerator.objects.values_list("code", "memory_gb", "bf16_tflops"))
     meeting: dict[tuple[object, object], list[str]] = {}  # models meeting (memory, TFLOPS)
 

@@ -268,3 +268,45 @@ def test_snapshot_rows_are_what_the_models_say(buyer, other_buyer, provider, vou
     assert len(demands) == 4 and len(offer_snaps) == 3  # the kinds above are all there
     assert {o.id for o in offer_snaps} == {str(offer.pk), str(offers[0].pk), str(offers[1].pk)}
     assert max(next(o for o in offer_snaps if o.id == str(offers[0].pk)).used) == 3
+
+
+def test_a_demand_closed_while_the_snapshot_reads_keeps_its_listed_models(
+    buyer, other_buyer, provider, site, accelerator
+):  # type: ignore[no-untyped-def]
+    # given one slot on an H800 offer, a first demand listing only A100 and a second listing
+    # H800, and the first demand cancelled by its buyer while the cycle reads its snapshot
+    from django.db import connection
+    from django.utils import timezone
+
+    from marketplace.matching.cycle import snapshot_load
+    from tests.factories import AcceleratorFactory, next_hour
+
+    h800 = AcceleratorFactory.create(code="H800", memory_gb=80, bf16_tflops=Decimal("989.0"))
+    offer = OfferFactory.create(provider=provider, site=site, accelerator=h800, gpu_count=8)
+    tight = {"gpu_count": 8, "duration_hours": 2, "max_price_per_gpu_hour": "20"}
+    tight |= {"earliest_start": next_hour(1), "latest_end": next_hour(3)}  # one slot
+    first = DemandFactory.create(buyer=buyer, **tight)
+    first.accelerators.add(accelerator)
+    second = DemandFactory.create(buyer=other_buyer, **tight)
+    second.accelerators.add(h800)
+    cancelled: list[bool] = []
+
+    def cancel_first(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        # the buyer's cancel lands just after the snapshot's first statement
+        result = execute(sql, params, many, context)
+        if "marketplace_demand" in sql and not cancelled:
+            cancelled.append(True)
+            Demand.objects.filter(pk=first.pk).update(status=Demand.Status.CANCELLED)
+        return result
+
+    # when the snapshot is read, and a cycle runs the same way
+    with connection.execute_wrapper(cancel_first):
+        demands, _ = snapshot_load(site.hub, timezone.now())
+    Demand.objects.filter(pk=first.pk).update(status=Demand.Status.OPEN)
+    cancelled.clear()
+    with connection.execute_wrapper(cancel_first):
+        cycle = matching_cycle_run(site.hub_id)
+    # then the cancelled demand still stands for the model it listed, not every model, and
+    # the H800 slot goes to the demand that asked for it
+    assert [d.models for d in demands if d.id == str(first.pk)] == [frozenset({"A100-80G"})]
+    assert cycle is not None and Reservation.objects.filter(demand=second, offer=offer).exists()
