@@ -239,10 +239,13 @@ class Command(BaseCommand):
         match_all_hubs.delay(iso)
         expire_unaccepted.delay(iso)
         advance_reservations.delay(iso)
+        # Every 25th active reservation in the order its demand and offer were posted (one by
+        # one, so their times differ; ids are random, and a batch's reservations share a time),
+        # so the same trace gives the same report run after run.
         for i, r in enumerate(
             Reservation.objects.filter(status=Reservation.Status.ACTIVE)
             .select_related("provider")
-            .order_by("id")
+            .order_by("demand__created_at", "offer__created_at", "start")
         ):
             if i % 25 == 0 and r.gpu_hours > 1:
                 reservation_report_usage(
