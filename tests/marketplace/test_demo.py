@@ -1,6 +1,7 @@
 """The main job, on PostgreSQL, on a slice of the real trace."""
 
 import json
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -29,7 +30,7 @@ def test_demo_serves_demands_with_vouchers_and_docks_across_hubs(tmp_path):
 @pytest.mark.django_db(transaction=True)
 def test_the_same_trace_gives_the_same_report(tmp_path):
     # given the demo run once on a slice of the trace, and the database emptied after it
-    def report_of_a_run(name: str) -> dict[str, object]:
+    def report_of_a_run(name: str) -> dict[str, Any]:
         path = tmp_path / name
         call_command("demo", demands=120, report=str(path))
         report = json.loads(path.read_text())
