@@ -143,6 +143,8 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     """The explanation of ``demand`` (a ``Demand`` row) against every active offer, as the
     API's JSON shape: counts per rule, ``fits``, and the two near misses with their offer,
     site, tier, price (CNY per GPU-hour) and times (UTC). Reads only."""
+    from django.db.models import Count, Q
+
     from accounts.models import Organisation
     from ledger.selectors import organisation_balances
     from marketplace.models import Accelerator, Offer, Site
@@ -185,19 +187,30 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         split=demand.split,
         min_part=demand.min_gpus_per_part,
     )
-    # Every active offer, as plain rows; only those past the model and price rules need
-    # their reservations (the rules after them read the free capacity), so only theirs are
-    # read: the other offers are counted without it.
+    # Only the offers past the model and price rules are read as rows, with their
+    # reservations (the rules after those read sites and free capacity); the others are only
+    # counted, in the database — and the cheapest over the limit, the price near miss, read.
+    active = Offer.objects.filter(
+        status=Offer.Status.ACTIVE, available_until__gte=from_hour_index(now_h + 1)
+    )
+    models = list(Accelerator.objects.filter(code__in=chosen).values_list("pk", flat=True))
+    limit = demand.max_price_per_gpu_hour
+    counted = active.aggregate(
+        model=Count("pk", filter=~Q(accelerator_id__in=models)),
+        price=Count("pk", filter=Q(accelerator_id__in=models, price_per_gpu_hour__gt=limit)),
+    )
     rows = list(
-        Offer.objects.filter(status=Offer.Status.ACTIVE, available_until__gt=from_hour_index(now_h))
+        active.filter(accelerator_id__in=models, price_per_gpu_hour__lte=limit)
         .order_by("created_at", "id")
         .values_list(*OFFER_COLUMNS)
     )
-    offers = offer_snapshots(rows, site_refs({row[3] for row in rows}), now_h)
-    timelines_fill(
-        {pk: o for pk, o in offers.items() if o.model in snap.models and o.price <= snap.max_price},
-        now_h,
+    rows += (
+        active.filter(accelerator_id__in=models, price_per_gpu_hour__gt=limit)
+        .order_by("price_per_gpu_hour", "created_at", "id")
+        .values_list(*OFFER_COLUMNS)[:1]
     )
+    offers = offer_snapshots(rows, site_refs({row[3] for row in rows}), now_h)
+    timelines_fill({pk: o for pk, o in offers.items() if o.price <= snap.max_price}, now_h)
     names: dict[str, str] = {}  # site and hub ids → their codes
     for site_id, code, hub_id, hub_code in Site.objects.filter(
         pk__in={row[3] for row in rows}
@@ -206,6 +219,11 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     sites = {pk: names[o.site.id] for pk, o in offers.items()}
     wallet = organisation_balances(organisation=buyer)["wallet"]
     result = explain(snap, list(offers.values()), wallet)
+    # the offers counted in the database, less the cheapest over the limit, counted above
+    over = counted["price"] - sum(1 for o in offers.values() if o.price > snap.max_price)
+    result.blocked["model"] += counted["model"]
+    result.blocked["price"] += over
+    result.offers += counted["model"] + over
 
     def near(miss: NearMiss | None) -> dict[str, Any] | None:
         if miss is None:

@@ -140,3 +140,42 @@ def test_explain_of_a_matched_demand_is_409_and_changes_nothing(buyer_client, bu
     response = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/")
     assert error_of(response) == (409, "demand_not_open", "demand")
     assert Demand.objects.get(pk=demand.pk).status == Demand.Status.RESERVED
+
+
+def test_offers_counted_in_the_database_add_up_with_the_ones_read(
+    buyer_client, buyer, other_buyer, provider, site, accelerator
+):  # type: ignore[no-untyped-def]
+    # given a demand for A100 at up to ¥12 and, beside one offer that fits: three offers of
+    # other models (one of them booked), three over the limit of which two tie for cheapest
+    # (the first listed is the near miss), and an offer that ended and a paused one (not
+    # active: not considered)
+    from marketplace.models import Offer
+
+    t0 = next_hour(1)
+    h800 = AcceleratorFactory.create(code="H800")
+    t4 = AcceleratorFactory.create(code="T4", memory_gb=16)
+
+    def listed(**kw):  # type: ignore[no-untyped-def]
+        return OfferFactory.create(
+            **{"provider": provider, "site": site, "accelerator": accelerator, **kw}
+        )
+
+    fits = listed()
+    others = [listed(accelerator=h800), listed(accelerator=t4), listed(accelerator=h800)]
+    booked = DemandFactory.create(buyer=other_buyer, gpu_count=8, earliest_start=t0)
+    booked.accelerators.add(h800)
+    reservation_create(demand_id=booked.pk, offer_id=others[0].pk, start=t0)
+    dear = [listed(price_per_gpu_hour=Decimal(p)) for p in ("14", "13", "13")]
+    listed(available_from=next_hour(-48), available_until=next_hour(-24))
+    listed(status=Offer.Status.PAUSED)
+    demand = DemandFactory.create(buyer=buyer, max_price_per_gpu_hour=Decimal("12"))
+    demand.accelerators.add(accelerator)
+    # when the buyer asks why
+    body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    # then every active offer is counted once, under its first blocking rule
+    assert body["offers_considered"] == 7
+    assert (body["blocked"]["model"], body["blocked"]["price"], body["fits"]) == (3, 3, 1)
+    assert sum(body["blocked"].values()) + body["fits"] == 7
+    assert body["near_misses"]["cheapest_over_limit"]["offer"] == str(dear[1].pk)
+    assert body["near_misses"]["cheapest_over_limit"]["over_limit_by"] == "1.0000"
+    assert body["near_misses"]["earliest_fit"]["offer"] == str(fits.pk)
