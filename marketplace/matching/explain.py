@@ -29,7 +29,7 @@ tells the buyer how far the best group falls short.
 """
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -144,11 +144,12 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     API's JSON shape: counts per rule, ``fits``, and the two near misses with their offer,
     site, tier, price (CNY per GPU-hour) and times (UTC). Reads only."""
     from django.db.models import Count, Q
+    from django.db.models.functions import TruncHour
 
     from accounts.models import Organisation
     from ledger.selectors import organisation_balances
     from marketplace.models import Accelerator, Offer, Site
-    from marketplace.timeutil import from_hour_index, hour_index, hour_index_ceil
+    from marketplace.timeutil import HOUR, from_hour_index, hour_index, hour_index_ceil
 
     from .cycle import (
         OFFER_COLUMNS,
@@ -190,9 +191,12 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     # Only the offers past the model and price rules are read as rows, with their
     # reservations (the rules after those read sites and free capacity); the others are only
     # counted, in the database — and the cheapest over the limit, the price near miss, read.
+    # as ``offer_snapshots`` keeps them: at least one whole hour of availability from now on
+    # (an offer available only inside one clock hour, which the services never write, has none)
     active = Offer.objects.filter(
-        status=Offer.Status.ACTIVE, available_until__gte=from_hour_index(now_h + 1)
-    )
+        status=Offer.Status.ACTIVE,
+        available_until__gte=from_hour_index(now_h + 1),
+    ).filter(available_until__gte=TruncHour("available_from", tzinfo=UTC) + HOUR)
     models = list(Accelerator.objects.filter(code__in=chosen).values_list("pk", flat=True))
     limit = demand.max_price_per_gpu_hour
     counted = active.aggregate(

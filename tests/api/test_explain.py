@@ -179,3 +179,28 @@ def test_offers_counted_in_the_database_add_up_with_the_ones_read(
     assert body["near_misses"]["cheapest_over_limit"]["offer"] == str(dear[1].pk)
     assert body["near_misses"]["cheapest_over_limit"]["over_limit_by"] == "1.0000"
     assert body["near_misses"]["earliest_fit"]["offer"] == str(fits.pk)
+
+
+def test_offers_available_inside_one_clock_hour_are_not_considered(
+    buyer_client, buyer, provider, site, accelerator
+):  # type: ignore[no-untyped-def]
+    # given a demand for A100 at up to ¥12, an offer over the limit at ¥14, and two offers
+    # (written directly, not through the services) available 10:15–10:45 of a coming hour:
+    # no whole hour, so no snapshot — one of another model, one over the limit at ¥13
+    hour = next_hour(3)
+    inside = {
+        "available_from": hour + timedelta(minutes=15),
+        "available_until": hour + timedelta(minutes=45),
+    }
+    base = {"provider": provider, "site": site, "accelerator": accelerator}
+    OfferFactory.create(**{**base, **inside, "accelerator": AcceleratorFactory.create(code="H800")})
+    OfferFactory.create(**{**base, **inside, "price_per_gpu_hour": Decimal("13")})
+    dear = OfferFactory.create(**base, price_per_gpu_hour=Decimal("14"))
+    demand = DemandFactory.create(buyer=buyer, max_price_per_gpu_hour=Decimal("12"))
+    demand.accelerators.add(accelerator)
+    # when the buyer asks why
+    body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    # then only the ¥14 offer is considered, and it is the near miss (as the cycle sees them)
+    assert body["offers_considered"] == 1
+    assert (body["blocked"]["model"], body["blocked"]["price"]) == (0, 1)
+    assert body["near_misses"]["cheapest_over_limit"]["offer"] == str(dear.pk)
