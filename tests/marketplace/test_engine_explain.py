@@ -1,9 +1,14 @@
 """``explain`` on plain data: the money rules (voucher, funds) and the near misses."""
 
+import copy
 from decimal import Decimal
 
-from marketplace.matching.engine import VoucherSnap
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from marketplace.matching.engine import VoucherSnap, solve_greedy
 from marketplace.matching.explain import explain
+from tests.marketplace.snaps import CHENGDU, CHONGQING, DEYANG, GUIYANG, make_demand, make_offer
 from tests.marketplace.test_engine_optimal import QINGYANG, demand, offer
 
 
@@ -42,3 +47,73 @@ def test_rules_apply_in_order_and_the_cheapest_over_limit_is_named():
         Decimal("13"),
     )
     assert result.earliest_fit is None
+
+
+# --- explain agrees with the matcher -------------------------------------------------------
+
+_SITES = (CHENGDU, DEYANG, CHONGQING, QINGYANG, GUIYANG)
+_LIMITS = ("city", "metro", "region", "national")
+
+
+@given(
+    need=st.tuples(
+        st.integers(1, 8),  # GPUs
+        st.integers(1, 6),  # hours
+        st.integers(0, 12),  # earliest start hour
+        st.integers(0, 12),  # slack hours in the window
+        st.integers(8, 20),  # limit price
+        st.sampled_from(_LIMITS),
+    ),
+    listed=st.lists(
+        st.tuples(
+            st.sampled_from(_SITES),
+            st.sampled_from(("A100", "A100", "H800")),
+            st.integers(5, 22),  # price
+            st.integers(1, 8),  # GPUs
+            st.integers(0, 10),  # first hour
+            st.integers(1, 24),  # hours available
+            st.sampled_from(("p1", "p2", "b1")),  # b1: the buyer's own offer
+            st.lists(st.integers(0, 8), max_size=30),  # GPUs already booked per hour
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_explain_says_an_offer_fits_exactly_when_the_matcher_books_the_demand(need, listed):
+    # given one demand and offers of every kind (model, price, place, owner, window, bookings),
+    # and a wallet that pays any bill
+    gpus, hours, start, slack, price, limit = need
+    d = make_demand(
+        "d",
+        gpus=gpus,
+        duration=hours,
+        start=start,
+        end=start + hours + slack,
+        price=str(price),
+        limit=limit,
+    )
+    offers = [
+        make_offer(
+            f"o{i}",
+            site=site,
+            model=model,
+            price=str(p),
+            gpus=n,
+            start=first,
+            end=first + length,
+            provider=provider,
+            used=[min(b, n) for b in booked[:length]] + [0] * max(0, length - len(booked)),
+            listed=i,
+        )
+        for i, (site, model, p, n, first, length, provider, booked) in enumerate(listed)
+    ]
+    # when the buyer asks why, and the matcher runs on the same snapshot
+    why = explain(d, copy.deepcopy(offers), wallet=Decimal("1000000"))
+    booked_by = solve_greedy([d], offers, latency={}).matches
+    # then every offer is counted once, explain finds a fit exactly when the matcher books
+    # the demand, and the offer booked is one explain says fits
+    assert sum(why.blocked.values()) + why.fits == why.offers == len(offers)
+    assert (why.fits > 0) == bool(booked_by)
+    for match in booked_by:
+        assert why.first_rule[match.offer_id] == ""
