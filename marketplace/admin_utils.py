@@ -64,7 +64,9 @@ class SiteMoveCheckedForm(forms.ModelForm):
     """A site's change form (operator admin, provider console) that refuses moving a site
     reservations depend on: ``clean`` runs ``services.site_move_check`` on the changed fields
     and shows a refusal on the field it names (``web.errors.domain_message``: the service's
-    words in English, translated otherwise)."""
+    words in English, translated otherwise). A move locks the site row there; the admin's
+    ``changeform_view`` (the operator admin and the console are both ``ModelAdmin``) runs the
+    check and the save in one transaction, which keeps the lock until the save commits."""
 
     def clean(self) -> dict[str, Any]:
         super().clean()

@@ -2,7 +2,8 @@
 
 Every public service validates on every entry point (API, admin, console, tasks) and raises
 ``marketplace.errors.DomainError`` subclasses with a stable ``code`` and the ``field`` at fault.
-Lock order: demand → offer → voucher row (where one is locked: split demands, the matcher's
+Lock order: demand → offer → the sites the locality tier comes from (``FOR KEY SHARE``, by pk:
+``site_places_lock``) → voucher row (where one is locked: split demands, the matcher's
 batch, releases) → the parties' ledger accounts (by pk) → the programme row (``FOR KEY SHARE``
 to change its usage counters, ``FOR UPDATE`` to stop them changing) → its usage rows (buyer,
 then budget) → the shared hot accounts (escrow, fees, programme budgets) last.
@@ -286,23 +287,60 @@ def site_move_check(site: Site, changed: Iterable[str]) -> None:
     from where both sites were when it was made (§4.2, §3): moving either afterwards would
     change what they stand for. Its code, name and cluster may still change (within its hub:
     the console's form checks the cluster's hub). The console's and the operator admin's
-    site forms call it."""
+    site forms and ``load_reference`` call it.
+
+    A move first locks the site row ``FOR UPDATE`` (on PostgreSQL; SQLite runs one writer at
+    a time), so it must run inside the transaction that saves the site, which keeps the lock
+    until it commits (``TransactionManagementError`` outside one). Every booking locks the
+    sites it takes the tier from ``FOR KEY SHARE`` (``site_places_lock``), which conflicts
+    with it: a move waits for the bookings in flight and then sees their reservations; a
+    booking waits for the move in flight and then reads the new place. An edit that moves
+    nothing takes no lock here."""
     changed = set(changed)
     moved = [name for name in SITE_PLACE_FIELDS if name in changed]
+    if not moved or site.pk is None:
+        return
+    list(Site.objects.select_for_update().filter(pk=site.pk).values_list("pk", flat=True))
+    # two probes, each down its own index, rather than one OR across two joins
     if (
-        moved
-        and site.pk is not None
-        # two probes, each down its own index, rather than one OR across two joins
-        and (
-            Reservation.objects.filter(offer__site=site).exists()
-            or Reservation.objects.filter(demand__origin_site=site).exists()
-        )
+        Reservation.objects.filter(offer__site=site).exists()
+        or Reservation.objects.filter(demand__origin_site=site).exists()
     ):
         raise Conflict(
             f"the site has reservations; its {moved[0]} cannot change",
             code="site_has_reservations",
             field=moved[0],
         )
+
+
+# Where a booking's sites are, read under the lock that keeps them there until it commits.
+SITE_PLACES_LOCK = (
+    "SELECT id, city, metro_area, hub_id, cluster_id FROM marketplace_site"
+    " WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE"
+)
+
+
+def site_places_lock(sites: Iterable[Site]) -> None:
+    """Lock the rows of ``sites`` (the offers' sites and the demands' origin sites a booking
+    takes its locality tiers and inter-hub trades from) ``FOR KEY SHARE``, by pk, in one
+    statement, and set on every given ``Site`` object (several may stand for one row) the
+    ``city``, ``metro_area``, ``hub_id`` and ``cluster_id`` that statement returned. Call it
+    inside the booking's transaction, after its demand and offer locks, before any check reads
+    a site.
+
+    The lock conflicts only with the ``FOR UPDATE`` of a move (``site_move_check``), never
+    with other bookings. Under READ COMMITTED a lock that waited for a move returns the row as
+    the move committed it, whereas the place joined into the demand's or offer's locking read
+    (``select_related``) may be older: hence the values are set from this statement. A no-op
+    on SQLite (one writer at a time) or without sites."""
+    sites = list(sites)
+    if connection.vendor != "postgresql" or not sites:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(SITE_PLACES_LOCK, [sorted({s.pk for s in sites})])
+        places = {row[0]: row[1:] for row in cursor.fetchall()}
+    for s in sites:
+        s.city, s.metro_area, s.hub_id, s.cluster_id = places[s.pk]
 
 
 @transaction.atomic
@@ -639,6 +677,9 @@ def reservation_create(
     (infeasible pair) or ``Unprocessable(code="insufficient_funds")``; nothing is written then.
 
     READ COMMITTED throughout, no SERIALIZABLE retries. Lock order: demand → offer → the
+    offer's site and the demand's origin site (``FOR KEY SHARE``, by pk, in the demand and
+    offer's statement; the tier is computed from their place as that lock reads it, see
+    ``site_places_lock``: a site move waits for the hold, or the hold for the move) → the
     buyer's wallet and the voucher's ledger account (by pk) → the programme row (``FOR KEY
     SHARE``) → its usage rows (buyer, then budget) → escrow. On PostgreSQL the hold is five
     round trips with ``BEGIN`` and ``COMMIT`` (``marketplace.holdpath``); the programme's
@@ -701,6 +742,7 @@ def reservation_create_orm(
         )
         .get(pk=offer_id)
     )
+    site_places_lock([demand.origin_site, offer.site])
     end = start + demand.duration_hours * HOUR
     _pair_check(demand, offer, start, end, now)
     reservation_locality_check(demand, offer)
@@ -737,7 +779,8 @@ def reservation_parts_create(
     Raises ``NotFound`` (demand or an offer), ``Conflict`` (demand not open,
     ``capacity_exhausted``), ``ValidationFailed`` (a rule above, or of a pair) or
     ``Unprocessable(code="insufficient_funds")``; nothing is written then. Lock order as
-    ``reservation_create``: demand → offers by pk → voucher → ledger accounts → programme.
+    ``reservation_create``: demand → offers by pk → their sites and the demand's origin site
+    (``site_places_lock``) → voucher → ledger accounts → programme.
     """
     now = now or timezone.now()
     try:
@@ -780,6 +823,7 @@ def _reservation_parts_create(
             }
         except (ValueError, MalformedId) as exc:
             raise NotFound("no such offer", field="offer") from exc
+        site_places_lock([demand.origin_site, *(o.site for o in offers.values())])
         resolved: list[tuple[Offer, int]] = []
         for offer_id, gpus in parts:
             found = offers.get(str(offer_id))
@@ -909,7 +953,8 @@ def reservation_write(
     ``gpus``: the GPUs of one part of a split demand (``reservation_parts_write``); default the
     whole demand.
 
-    The caller holds the demand, offer and voucher row locks, checked the pair
+    The caller holds the demand, offer and voucher row locks and the sites' locks (their place
+    read by ``site_places_lock``), checked the pair
     (``_pair_check``, ``reservation_locality_check``) and capacity. With ``programme_locked``
     the caller also holds the buyer's and voucher's ledger accounts and the programme row
     (``voucher_hold_lock``), so the split reads budget and cap under the lock; otherwise the

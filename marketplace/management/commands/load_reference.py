@@ -3,7 +3,8 @@
 Idempotent: rows are matched by their code (hub pairs for latencies) and only written when a
 shipped value differs, so a second run creates nothing, changes nothing and keeps every id. A
 reference site that reservations are at or come from keeps its hub, cluster, city and metro
-area (``site_move_check``) whatever the shipped data says.
+area (``site_move_check``) whatever the shipped data says; the check locks a site it would
+move until the load commits, so no reservation is made at or from it meanwhile.
 Programme budget accounts are funded once (``vouchers.services.programme_fund``).
 """
 
