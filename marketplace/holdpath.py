@@ -12,8 +12,12 @@ Round trips (``BEGIN`` and ``COMMIT`` included):
 
 1. ``BEGIN``;
 2. the demand and the offer, ``FOR UPDATE`` (demand → offer, the service's lock order), with
-   everything the checks need joined in: buyer, sites, provider, accelerator, the demand's
-   models, the voucher and its programme, the ids of the ledger accounts;
+   everything the checks need joined in: buyer, provider, accelerator, the demand's models,
+   the voucher and its programme, the ids of the ledger accounts; then, in the same
+   statement, the offer's site and the demand's origin site ``FOR KEY SHARE`` by pk (the lock
+   a site move waits for, ``services.site_move_check``), their place as that lock returns it
+   (after waiting for a move: the moved row) — the locality tier and the inter-hub trade are
+   computed from it;
 3. after those locks (so it sees every booking committed before them): the peak GPUs reserved on
    the offer over the window and, with a voucher, the buyer's wallet and the voucher's ledger
    account locked by pk (their balances are then current) plus every fact of the voucher's
@@ -71,14 +75,21 @@ from .types import ObjectId
 
 LIVE = "('held', 'confirmed', 'active', 'completed', 'settled')"  # Reservation.CAPACITY_STATUSES
 
+# The pair locked first (demand → offer); then, through the LATERAL join on its row, the
+# offer's site and the demand's origin site ``FOR KEY SHARE`` by pk: one row per site (one for
+# both when they are the same). The tier is computed from their place as read here: under
+# READ COMMITTED a lock that waited for a site move (``site_move_check``) returns the row as
+# the move committed it, where a plain join would return the place before the move.
 READ_PAIR = """
+SELECT pair.*, st.id, st.city, st.metro_area, st.hub_id, st.cluster_id
+FROM (
 SELECT d.buyer_id, d.origin_site_id, d.min_memory_gb, d.min_tflops, d.gpu_count,
        d.duration_hours, d.earliest_start, d.latest_end, d.max_price_per_gpu_hour,
        d.locality_limit, d.voucher_id, d.auto_accept, d.status,
-       b.status, os.city, os.metro_area, os.hub_id,
+       b.status,
        o.provider_id, o.site_id, o.accelerator_id, o.gpu_count, o.available_from,
        o.available_until, o.price_per_gpu_hour, o.min_duration_hours, o.status,
-       pr.status, s.city, s.metro_area, s.hub_id, s.cluster_id,
+       pr.status,
        a.memory_gb, a.bf16_tflops, a.is_domestic,
        EXISTS (SELECT 1 FROM marketplace_demand_accelerators da
                WHERE da.demand_id = d.id AND da.accelerator_id = o.accelerator_id),
@@ -92,15 +103,20 @@ SELECT d.buyer_id, d.origin_site_id, d.min_memory_gb, d.min_tflops, d.gpu_count,
        (SELECT va.id FROM ledger_account va WHERE va.kind = 'voucher' AND va.voucher_id = v.id)
 FROM marketplace_demand d
 JOIN accounts_organisation b ON b.id = d.buyer_id
-JOIN marketplace_site os ON os.id = d.origin_site_id
 CROSS JOIN marketplace_offer o
 JOIN accounts_organisation pr ON pr.id = o.provider_id
-JOIN marketplace_site s ON s.id = o.site_id
 JOIN marketplace_accelerator a ON a.id = o.accelerator_id
 LEFT JOIN vouchers_voucher v ON v.id = d.voucher_id
 LEFT JOIN vouchers_programme p ON p.id = v.programme_id
 WHERE d.id = %(demand)s AND o.id = %(offer)s
 FOR UPDATE OF d, o
+) AS pair
+CROSS JOIN LATERAL (
+SELECT id, city, metro_area, hub_id, cluster_id FROM marketplace_site
+WHERE id IN (pair.origin_site_id, pair.site_id)
+ORDER BY id
+FOR KEY SHARE
+) AS st
 """
 
 # The most GPUs reserved at any hour of [start, end): the load peaks at the window's start or at
@@ -312,23 +328,26 @@ class _Pair:
 def _pair_read(demand_id: ObjectId, offer_id: ObjectId) -> _Pair:
     with prepared_cursor() as cursor:
         cursor.execute(READ_PAIR, {"demand": demand_id, "offer": offer_id})
-        row = cursor.fetchone()
-    if row is None:  # as ``.get()``: a missing demand or offer is the caller's bug
+        rows = cursor.fetchall()
+    if not rows:  # as ``.get()``: a missing demand or offer is the caller's bug
         if not Demand.objects.filter(pk=demand_id).exists():
             raise Demand.DoesNotExist(f"no demand {demand_id}")
         raise Offer.DoesNotExist(f"no offer {offer_id}")
     (
         buyer_id, origin_site_id, min_memory_gb, min_tflops, d_gpus, duration, earliest, latest,
         max_price, locality_limit, voucher_id, auto_accept, d_status,
-        buyer_status, o_city, o_metro, o_hub,
+        buyer_status,
         provider_id, site_id, accelerator_id, o_gpus, available_from, available_until, price,
         min_duration, o_status,
-        provider_status, s_city, s_metro, s_hub, s_cluster,
+        provider_status,
         memory_gb, tflops, is_domestic, model_listed, any_model,
         programme_id, owner_id, face_value, issued_at, expires_at, v_status,
         p_code, p_from, p_until, p_budget, p_share, p_cap, p_mode, p_tz, p_categories,
         wallet_id, escrow_id, voucher_account_id,
-    ) = row  # fmt: skip
+    ) = rows[0][:-5]  # fmt: skip
+    places = {r[-5]: r[-4:] for r in rows}  # {site id: (city, metro area, hub id, cluster id)}
+    o_city, o_metro, o_hub, _ = places[origin_site_id]
+    s_city, s_metro, s_hub, s_cluster = places[site_id]
     demand = Demand(
         id=demand_id, buyer_id=buyer_id, origin_site_id=origin_site_id,
         min_memory_gb=min_memory_gb, min_tflops=min_tflops, gpu_count=d_gpus,
