@@ -6,8 +6,10 @@ and with its lock order and concurrency protocol.
 Per batch, in one durable transaction, READ COMMITTED:
 
 1. lock, one ``SELECT … FOR UPDATE`` per table, in the service layer's order: the demands (by
-   pk) → the offers (by pk) → the demands' vouchers (by pk) → the buyers' wallets and the
-   vouchers' ledger accounts (by pk). Nothing a check reads from these is read unlocked.
+   pk) → the offers (by pk) → the offers' sites and the demands' origin sites (``FOR KEY
+   SHARE``, by pk: ``site_places_lock``, whose place the tiers are computed from) → the
+   demands' vouchers (by pk) → the buyers' wallets and the vouchers' ledger accounts (by pk).
+   Nothing a check reads from these is read unlocked.
 2. read what the checks need: the demands' accepted models, the GPUs reserved per hour on the
    locked offers, and for voucher demands the split's facts (``vouchers.bulk.SplitFacts``:
    programme budget and buyer cap used, catalogue, region, tiers, related organisations) —
@@ -60,7 +62,12 @@ from marketplace.errors import Conflict, DomainError, NotFound, Unprocessable
 from marketplace.ids import ordered_uuid
 from marketplace.models import Demand, InterHubTrade, Offer, Reservation, ReservationEvent
 from marketplace.money import ZERO, bill_amount
-from marketplace.services import _pair_check, reservation_create, reservation_locality_check
+from marketplace.services import (
+    _pair_check,
+    reservation_create,
+    reservation_locality_check,
+    site_places_lock,
+)
 from marketplace.timeutil import HOUR, from_hour_index, hour_index
 from vouchers.bulk import SplitFacts, split_facts_load
 from vouchers.models import Programme, Voucher
@@ -290,8 +297,9 @@ def _batch_write(
 
 
 def _lock(pairs: Sequence[Match], *, programme_first: bool) -> _Locked:
-    """Lock the batch's rows, one statement per table, in the service layer's order; the
-    programme rows only with ``programme_first`` (else ``usage_book`` locks them last)."""
+    """Lock the batch's rows, one statement per table, in the service layer's order (the
+    sites ``FOR KEY SHARE``, the rest ``FOR UPDATE``); the programme rows only with
+    ``programme_first`` (else ``usage_book`` locks them last)."""
     demands = {
         str(d.pk): d
         for d in Demand.objects.select_for_update(of=("self",))
@@ -306,6 +314,9 @@ def _lock(pairs: Sequence[Match], *, programme_first: bool) -> _Locked:
         .filter(pk__in={m.offer_id for m in pairs})
         .order_by("pk")
     }
+    # The sites the tiers come from, one statement for the batch: their place as this lock
+    # reads it replaces what the joins above read (a site move may have committed meanwhile).
+    site_places_lock([d.origin_site for d in demands.values()] + [o.site for o in offers.values()])
     voucher_ids = {d.voucher_id for d in demands.values() if d.voucher_id is not None}
     vouchers: dict[UUID, Voucher] = {}
     if voucher_ids:
