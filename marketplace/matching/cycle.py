@@ -99,6 +99,21 @@ OFFER_COLUMNS = (
 )
 
 
+def models_meeting(
+    catalogue: Iterable[tuple[str, int | None, Decimal | None]],
+    memory: int | None,
+    tflops: Decimal | None,
+) -> list[str]:
+    """The codes of the ``catalogue``'s models (code, memory GB, BF16 TFLOPS) that meet a
+    demand's ``min_memory_gb`` and ``min_tflops`` (``None`` or 0: no minimum): the models a
+    demand listing none accepts (§4.1; a model with no figure meets no minimum)."""
+    return [
+        code
+        for code, gb, flops in catalogue
+        if (not memory or (gb or 0) >= memory) and (not tflops or (flops or 0) >= tflops)
+    ]
+
+
 def site_refs(site_ids: Iterable[object]) -> dict[str, SiteRef]:
     """The engine's view of each site in ``site_ids``, by site id (str); one query."""
     return {
@@ -139,16 +154,6 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
     catalogue = list(Accelerator.objects.values_list("code", "memory_gb", "bf16_tflops"))
     meeting: dict[tuple[object, object], list[str]] = {}  # models meeting (memory, TFLOPS)
 
-    def models_meeting(memory: int | None, tflops: Decimal | None) -> list[str]:
-        key = (memory, tflops)
-        if key not in meeting:
-            meeting[key] = [
-                code
-                for code, gb, flops in catalogue
-                if (not memory or (gb or 0) >= memory) and (not tflops or (flops or 0) >= tflops)
-            ]
-        return meeting[key]
-
     buyers = {row[1] for row in demands}
     related: dict[object, set[str]] = defaultdict(set)
     for org_id, other_id in Organisation.related.through.objects.filter(
@@ -187,7 +192,11 @@ def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[Offer
         first, last = max(hour_index_ceil(earliest), now_h), hour_index(latest)
         if last - first < duration:
             continue  # the window has passed: expired by ``demands_expire``, reason kept
-        chosen = listed.get(pk) or models_meeting(min_memory, min_tflops)
+        chosen = listed.get(pk)
+        if not chosen:
+            if (min_memory, min_tflops) not in meeting:
+                meeting[min_memory, min_tflops] = models_meeting(catalogue, min_memory, min_tflops)
+            chosen = meeting[min_memory, min_tflops]
         wanted.update(chosen)
         snaps.append(
             DemandSnap(

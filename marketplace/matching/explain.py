@@ -155,20 +155,18 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         OFFER_COLUMNS,
         _site_ref,
         _voucher_snaps,
+        models_meeting,
         offer_snapshots,
         site_refs,
         timelines_fill,
     )
 
     now_h = hour_index_ceil(now)
-    chosen = [a.code for a in demand.accelerators.all()]
-    if not chosen:
-        chosen = [
-            a.code
-            for a in Accelerator.objects.all()
-            if (not demand.min_memory_gb or (a.memory_gb or 0) >= demand.min_memory_gb)
-            and (not demand.min_tflops or (a.bf16_tflops or 0) >= demand.min_tflops)
-        ]
+    chosen = [a.code for a in demand.accelerators.all()] or models_meeting(
+        Accelerator.objects.values_list("code", "memory_gb", "bf16_tflops"),
+        demand.min_memory_gb,
+        demand.min_tflops,
+    )
     buyer = Organisation.objects.prefetch_related("related").get(pk=demand.buyer_id)
     vouchers = _voucher_snaps([demand.voucher] if demand.voucher_id else [], now)
     snap = DemandSnap(
@@ -190,9 +188,10 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     )
     # Only the offers past the model and price rules are read as rows, with their
     # reservations (the rules after those read sites and free capacity); the others are only
-    # counted, in the database — and the cheapest over the limit, the price near miss, read.
-    # as ``offer_snapshots`` keeps them: at least one whole hour of availability from now on
-    # (an offer available only inside one clock hour, which the services never write, has none)
+    # counted, in the database, and the cheapest over the limit is read for its near miss.
+    # "Active" as ``offer_snapshots`` keeps offers: at least one whole hour of availability
+    # from now on (an offer available only inside one clock hour, which the services never
+    # write, has none).
     active = Offer.objects.filter(
         status=Offer.Status.ACTIVE,
         available_until__gte=from_hour_index(now_h + 1),
