@@ -6,7 +6,7 @@ the same wallet."""
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -163,20 +163,28 @@ def _state(world: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _one_gpu_hours(buyer: Organisation, offer: Offer, n: int) -> tuple[list[Demand], list[Match]]:
-    """``n`` open demands of ``buyer`` for one GPU for one hour within the next 12 hours, and
-    the matches of the i-th on ``offer`` at the i-th hour from the next but one."""
-    start = next_hour(2)
-    demands = [
+def _open_demands(
+    buyer: Organisation, n: int, *, gpus: int, hours: int, start: datetime
+) -> list[Demand]:
+    """``n`` open demands of ``buyer`` for ``gpus`` GPUs for ``hours`` hours within the 12
+    hours from ``start``."""
+    return [
         DemandFactory.create(
             buyer=buyer,
-            gpu_count=1,
-            duration_hours=1,
+            gpu_count=gpus,
+            duration_hours=hours,
             earliest_start=start,
             latest_end=start + timedelta(hours=12),
         )
         for _ in range(n)
     ]
+
+
+def _one_gpu_hours(buyer: Organisation, offer: Offer, n: int) -> tuple[list[Demand], list[Match]]:
+    """``n`` open demands of ``buyer`` for one GPU for one hour within the next 12 hours, and
+    the matches of the i-th on ``offer`` at the i-th hour from the next but one."""
+    start = next_hour(2)
+    demands = _open_demands(buyer, n, gpus=1, hours=1, start=start)
     matches = [
         Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
         for i, d in enumerate(demands)
@@ -259,23 +267,8 @@ def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, o
     # given an 8-GPU offer, a batch of 10 two-GPU demands (the batch alone would fill it) and
     # a person booking 6 GPUs for the same hours
     start = next_hour(2)
-    batch = [
-        DemandFactory.create(
-            buyer=buyer,
-            gpu_count=2,
-            duration_hours=3,
-            earliest_start=start,
-            latest_end=start + timedelta(hours=12),
-        )
-        for _ in range(10)
-    ]
-    person = DemandFactory.create(
-        buyer=other_buyer,
-        gpu_count=6,
-        duration_hours=3,
-        earliest_start=start,
-        latest_end=start + timedelta(hours=12),
-    )
+    batch = _open_demands(buyer, 10, gpus=2, hours=3, start=start)
+    (person,) = _open_demands(other_buyer, 1, gpus=6, hours=3, start=start)
     matches = [
         Match(str(d.pk), str(offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
         for d in batch
