@@ -223,13 +223,19 @@ def voucher_part_of(
     offer: OfferSnap,
     buyer: str,
     related: frozenset[str],
+    available: Decimal | None = None,
 ) -> Decimal:
+    """The part of ``bill`` (CNY) ``voucher`` pays on ``offer`` (PRODUCT.md §5.4): the share
+    rounded down to the fen, at most what the voucher has ``available`` (default: its
+    ``available`` now); zero for the buyer's own or a related provider, or an offer the voucher
+    does not cover."""
     if voucher is None or offer.provider == buyer or offer.provider in related:
         return Decimal("0.00")
     if not voucher.covers(offer):
         return Decimal("0.00")
     share = (bill * voucher.max_share).quantize(FEN, rounding=ROUND_DOWN)
-    return max(Decimal("0.00"), min(share, voucher.available))
+    left = voucher.available if available is None else available
+    return max(Decimal("0.00"), min(share, left))
 
 
 class Bucket:

@@ -15,9 +15,10 @@ incumbent's choice: the programme stays sparse (no dense demand × offer matrix)
   booked GPUs ≤ free GPUs (the load of half-open intervals peaks at a start, or where free
   capacity falls); rows that can never bind are left out.
 
-Objective (lexicographic by weights): maximise served GPU-hours; then, within a budget smaller
-than one GPU-hour in total, per demand: the nearer locality tier (a step of one tier outweighs
-every later term, so hub docking moves a demand outward only when that serves more GPU-hours),
+Objective (the order, approximated by weights): maximise served GPU-hours; then, within a
+budget smaller than one GPU-hour in total, per demand: the nearer locality tier (a step of one
+tier outweighs every later term, so hub docking moves a demand outward only when that serves
+more GPU-hours),
 then the buyer's cost after the voucher, hub latency, an earlier start (a tie-break of
 PRODUCT.md §4.2), and the sliver of GPUs the placement leaves free on the offer
 (anti-fragmentation: a tight fit keeps larger blocks whole elsewhere).
@@ -58,8 +59,16 @@ answer the same for the same snapshot and settings whenever the work ends before
 (``Result.solver["deadline_hit"]`` is ``False``); the wall-clock deadline is the safety net, and
 an answer cut by it is still valid (and never below greedy unless greedy itself was cut).
 
-Vouchers: the cost of a pair uses the voucher's part as if this pair alone drew on it; the final
-parts are recomputed in demand order after solving, exactly like ``greedy`` does.
+Vouchers: the cost of a column uses the voucher's part as if this pair alone drew on it; the
+final parts are recomputed in demand order after solving, exactly like ``greedy`` does.
+
+The order, not the weights, decides (``_standing``): the weights only approximate it (a
+sliver saved can outweigh a slightly dearer price, a voucher shared by two demands is counted
+twice). A block's answer is polished (``_polish``: each booked demand moves to another of its
+columns that still fits and is ahead in the order) and replaces the incumbent's bookings only
+when it is ahead of them in the order: more GPU-hours; or as many and a lower sum of tier ranks;
+or as near and less cash for the buyers, each voucher drawn exactly as the answer is applied
+(in priority order, its demands outside the block included); then latency, delay, slivers.
 """
 
 import bisect
@@ -119,12 +128,15 @@ class Candidate:
         return self.bill - self.voucher_part
 
     def key(self) -> tuple[int, Decimal, float, int, int, int, str]:
+        """The demand's own order of its columns (PRODUCT.md §4.2, README): nearer tier, lower
+        cost after the voucher (as if this pair alone drew on it), lower hub latency, earlier
+        start, tighter fit, then listing order."""
         return (
             self.rank,
             self.cost,
             self.distance,
-            self.leftover,
             self.start,
+            self.leftover,
             self.offer.listed,
             self.offer.id,
         )
@@ -380,8 +392,12 @@ def solve_optimal(
     reach: dict[str, frozenset[int]] = {}
     t1 = time.perf_counter()
     if t1 < finish and not not_reached:
+        users: dict[str, list[DemandSnap]] = {}  # voucher id → its demands, priority order
+        for d in demands:
+            if d.voucher is not None:
+                users.setdefault(d.voucher.id, []).append(d)
         reach = _improve_blocks(
-            demands, offers, greedy_offers, pick, latency, settings, finish, facts
+            demands, offers, greedy_offers, pick, latency, settings, finish, facts, users
         )
     facts["blocks_seconds"] = time.perf_counter() - t1
     pairs += int(facts.pop("candidate_pairs", 0))  # type: ignore[call-overload]
@@ -465,6 +481,7 @@ def _improve_blocks(
     settings: OptimalSettings,
     finish: float,
     facts: dict[str, object],
+    users: Mapping[str, list[DemandSnap]],
 ) -> dict[str, frozenset[int]]:
     """Steps 2–3 of the module doc: decompose, then re-optimise block by block until
     ``finish``, updating ``pick`` (demand id → booking) in place and the counters in ``facts``.
@@ -538,7 +555,15 @@ def _improve_blocks(
             block_demands = sorted([demand_of[d] for d in members] + extra, key=_priority)
             try:
                 chosen, block_facts = _improve(
-                    block_demands, block.offers, pick, by_id, latency, settings, share, finish
+                    block_demands,
+                    block.offers,
+                    pick,
+                    by_id,
+                    latency,
+                    settings,
+                    share,
+                    finish,
+                    users,
                 )
             except _Deadline:
                 facts["deadline_hit"] = True
@@ -589,11 +614,14 @@ def _improve(
     settings: OptimalSettings,
     share: float,
     finish: float,
+    users: Mapping[str, list[DemandSnap]],
 ) -> tuple[list[Candidate] | None, dict[str, object]]:
     """Re-optimise one block: ``demands`` on ``offers`` (their bookings freed, all others
-    fixed). Returns the block's new bookings when strictly better than the incumbent's there
-    (else ``None``) and the solver facts. Raises ``_Deadline`` when ``finish`` passes while the
-    model is being built."""
+    fixed). Returns the block's new bookings when strictly ahead of the incumbent's there in the
+    policy's order (``_standing``: GPU-hours, tier, exact cash after vouchers — ``users`` maps
+    each voucher id to its demands in priority order —, latency, start, fit), else ``None``,
+    and the solver facts. Raises ``_Deadline`` when ``finish`` passes while the model is being
+    built."""
     index = OfferIndex(offers, latency)
     columns: list[Candidate] = []
     incumbent: list[int] = []
@@ -628,7 +656,137 @@ def _improve(
     facts.update(solve_facts)
     if chosen is None or not _feasible(chosen):
         return None, facts
+    cash = _Cash(users, pick, by_id, {d.id for d in demands})
+    chosen = _polish(chosen, columns, demands, cash)
+    before = _standing(demands, {columns[j].demand.id: columns[j] for j in incumbent}, cash)
+    after = _standing(demands, {c.demand.id: c for c in chosen}, cash)
+    if not after < before or not _feasible(chosen):
+        # the weights only approximate the order: the solver's answer is not ahead in it
+        facts["behind_incumbent"] = True
+        return None, facts
     return chosen, facts
+
+
+class _Cash:
+    """The cash buyers pay (bill less the voucher's part, CNY) for one block's bookings, with
+    vouchers drawn exactly as the answer is applied: in demand priority order, each voucher's
+    ``available`` shared by all its demands, those outside the block (booked in ``pick``)
+    included. ``users``: voucher id → its demands in priority order."""
+
+    def __init__(
+        self,
+        users: Mapping[str, list[DemandSnap]],
+        pick: Mapping[str, Candidate | Match],
+        by_id: Mapping[str, OfferSnap],
+        block: set[str],
+    ) -> None:
+        self.users, self.pick, self.by_id, self.block = users, pick, by_id, block
+
+    def voucher(self, voucher_id: str, cols: Mapping[str, Candidate]) -> Decimal:
+        """Cash paid by every demand of the voucher, block demands booked as in ``cols``."""
+        total = Decimal("0.00")
+        left: Decimal | None = None
+        for d in self.users[voucher_id]:
+            p = cols.get(d.id) if d.id in self.block else self.pick.get(d.id)
+            if p is None or d.voucher is None:
+                continue
+            offer = p.offer if isinstance(p, Candidate) else self.by_id[p.offer_id]
+            available = d.voucher.available if left is None else left
+            part = voucher_part_of(p.bill, d.voucher, offer, d.buyer, d.related, available)
+            left = available - part
+            total += p.bill - part
+        return total
+
+
+def _standing(
+    demands: Sequence[DemandSnap], cols: Mapping[str, Candidate], cash: _Cash
+) -> tuple[int, int, Decimal, float, int, int]:
+    """A block's bookings ``cols`` (demand id → column) in the policy's order, smaller is
+    better: GPU-hours served (negated), then the sum of tier ranks, the buyers' cash after
+    vouchers (exact, ``_Cash``), hub latency, hours of delay past each window's start, and
+    the GPUs left as slivers."""
+    served = ranks = delay = slivers = 0
+    latency = 0.0
+    paid = Decimal("0.00")
+    vouchers: set[str] = set()
+    for d in demands:
+        if d.voucher is not None:
+            vouchers.add(d.voucher.id)
+        c = cols.get(d.id)
+        if c is None:
+            continue
+        served += d.gpu_count * d.duration
+        ranks += c.rank
+        latency += c.distance
+        delay += c.start - d.start
+        slivers += c.leftover
+        if d.voucher is None:
+            paid += c.bill
+    for voucher_id in sorted(vouchers):
+        paid += cash.voucher(voucher_id, cols)
+    return (-served, ranks, paid, round(latency, 6), delay, slivers)
+
+
+def _fits_instead(alt: Candidate, c: Candidate, load: Mapping[tuple[str, int], int]) -> bool:
+    """Whether the demand booked as ``c`` fits as ``alt`` instead, beside the other bookings
+    behind ``load`` (GPUs booked per (offer id, hour), ``c`` included)."""
+    gpus, own = c.demand.gpu_count, c.offer.id == alt.offer.id
+    for h in range(alt.start, alt.start + c.demand.duration):
+        mine = gpus if own and c.start <= h < c.start + c.demand.duration else 0
+        if load.get((alt.offer.id, h), 0) - mine + gpus > alt.offer.free_at(h):
+            return False
+    return True
+
+
+def _polish(
+    chosen: list[Candidate], columns: list[Candidate], demands: Sequence[DemandSnap], cash: _Cash
+) -> list[Candidate]:
+    """Move each booked demand of the block, in priority order, to the first of its other
+    columns that still fits beside the rest of ``chosen`` and is ahead in ``_standing``'s order
+    (same GPU-hours: nearer tier, less cash after vouchers, lower latency, earlier start,
+    tighter fit): the solver weighs these terms, the policy orders them. Returns the bookings
+    in priority order."""
+    alternatives: dict[str, list[Candidate]] = {}
+    for c in columns:
+        alternatives.setdefault(c.demand.id, []).append(c)
+    current = {c.demand.id: c for c in chosen}
+    load: dict[tuple[str, int], int] = {}
+    for c in chosen:
+        for h in range(c.start, c.start + c.demand.duration):
+            load[c.offer.id, h] = load.get((c.offer.id, h), 0) + c.demand.gpu_count
+    for d in demands:
+        booked = current.get(d.id)
+        if booked is None:
+            continue
+        c = booked
+        for alt in sorted(alternatives[d.id], key=Candidate.key):
+            if alt.key() >= c.key():
+                break
+            if not _fits_instead(alt, c, load):
+                continue
+            if d.voucher is None:
+                paid = alt.bill - c.bill
+            else:
+                before = cash.voucher(d.voucher.id, current)
+                current[d.id] = alt
+                paid = cash.voucher(d.voucher.id, current) - before
+                current[d.id] = c
+            change = (
+                alt.rank - c.rank,
+                paid,
+                round(alt.distance - c.distance, 6),
+                alt.start - c.start,
+                alt.leftover - c.leftover,
+            )
+            if change >= (0, Decimal("0"), 0.0, 0, 0):
+                continue
+            for h in range(c.start, c.start + d.duration):
+                load[c.offer.id, h] -= d.gpu_count
+            for h in range(alt.start, alt.start + d.duration):
+                load[alt.offer.id, h] = load.get((alt.offer.id, h), 0) + d.gpu_count
+            current[d.id] = alt
+            break
+    return [current[d.id] for d in demands if d.id in current]
 
 
 def _feasible(chosen: list[Candidate]) -> bool:

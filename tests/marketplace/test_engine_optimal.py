@@ -308,3 +308,118 @@ def test_a_zero_time_limit_books_nothing_and_leaves_every_demand_open():
     assert result.solver["not_reached"] == 10
     assert result.solver["deadline_hit"] is True
     assert [o.used for o in offers] == [o.used for o in before]
+
+
+# --- Equal service: the buyer's cost comes before start and fit (PRODUCT.md §4.2) -----------
+
+
+def cash_paid(result: Result) -> Decimal:
+    return sum((m.bill - m.voucher_part for m in result.matches), Decimal("0"))
+
+
+def test_a_cheaper_offer_beats_a_tighter_fit_at_equal_service():
+    # given a large offer at ¥5.00 and a one-GPU offer at ¥5.50, and a one-GPU demand
+    offers = [offer("large", 64, "5.00"), offer("one", 1, "5.50", listed=1)]
+    greedy, optimal = both([demand("d", 1, 10)], offers)
+    # then both book the cheaper offer: a sliver left on the large one is no reason to pay more
+    assert picks(greedy) == picks(optimal) == [("d", "large", 0)]
+    assert cash_paid(optimal) == Decimal("50.00")
+
+
+def test_a_cheaper_offer_beats_an_earlier_start_at_equal_service():
+    # given ¥5.50 from hour 10 and ¥6.00 from hour 0, and a demand free to run in [0, 20)
+    offers = [offer("later", 8, "5.50", start=10), offer("now", 8, "6.00", listed=1)]
+    greedy, optimal = both([demand("d", 4, 4, end=20)], offers)
+    assert picks(greedy) == picks(optimal) == [("d", "later", 10)]
+    assert cash_paid(optimal) == Decimal("88.00")
+
+
+def test_a_voucher_shared_by_two_demands_is_counted_once():
+    # given one voucher (60 %, ¥60 left) on two demands of one buyer, an eligible offer at ¥10
+    # and a cheaper one the voucher does not cover
+    voucher = VoucherSnap(
+        id="v", max_share=Decimal("0.6"), available=Decimal("60"), providers=frozenset({"pv"})
+    )
+    offers = [offer("eligible", 8, "10", provider="pv"), offer("cheap", 8, "8", listed=1)]
+    demands = [
+        demand("d1", 4, 4, end=4, voucher=voucher),
+        demand("d2", 4, 4, end=4, voucher=voucher, posted=1),
+    ]
+    greedy, optimal = both(demands, offers)
+    # then the voucher pays ¥60 of d1's ¥160 and d2 takes the cheaper cash offer: ¥228 in cash,
+    # not ¥260 with both on the eligible offer as if each had the whole voucher
+    assert picks(greedy) == picks(optimal) == [("d1", "eligible", 0), ("d2", "cheap", 0)]
+    assert cash_paid(greedy) == cash_paid(optimal) == Decimal("228.00")
+
+
+priced_offers_st = st.lists(
+    st.tuples(
+        st.sampled_from([1, 2, 4, 8, 16, 64]),  # gpus
+        st.sampled_from(["5.00", "5.01", "5.50", "6.00", "8.00", "10.00"]),
+        st.sampled_from(SITES),
+        st.integers(0, 6),  # start
+        st.integers(4, 16),  # length
+        st.sampled_from(["p1", "p2", "pv"]),  # provider (the voucher covers pv)
+    ),
+    min_size=1,
+    max_size=6,
+)
+voucher_demands_st = st.lists(
+    st.tuples(
+        st.integers(1, 8),  # gpus
+        st.integers(1, 6),  # duration
+        st.integers(0, 8),  # window start
+        st.integers(0, 8),  # window slack
+        st.sampled_from(SITES),
+        st.sampled_from(["city", "metro", "region", "national"]),
+        st.booleans(),  # pays with the shared voucher
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(priced_offers_st, voucher_demands_st, st.sampled_from(["0", "30", "60", "1000"]))
+def test_at_equal_service_optimal_is_never_behind_greedy_in_tier_then_cash(
+    raw_offers, raw_demands, voucher_left
+):
+    # given random offers of three providers and demands, some sharing one voucher (60 % of
+    # the bill for provider pv's offers, ¥0 to ¥1,000 left)
+    voucher = VoucherSnap(
+        id="v",
+        max_share=Decimal("0.6"),
+        available=Decimal(voucher_left),
+        providers=frozenset({"pv"}),
+    )
+    offers = [
+        offer(f"o{i}", gpus, price, site, start, start + length, provider=provider, listed=i)
+        for i, (gpus, price, site, start, length, provider) in enumerate(raw_offers)
+    ]
+    demands = [
+        demand(
+            f"d{i}",
+            g,
+            dur,
+            start=s,
+            end=s + dur + slack,
+            limit=limit,
+            posted=i,
+            origin=origin,
+            voucher=voucher if pays else None,
+        )
+        for i, (g, dur, s, slack, origin, limit, pays) in enumerate(raw_demands)
+    ]
+    greedy, optimal = both(demands, offers)
+    check_invariants(optimal, demands, offers)
+    # then optimal serves at least as many GPU-hours, and when it serves as many its bookings
+    # are no further out (sum of tier ranks) and, as near, cost the buyers no more cash
+    assert optimal.gpu_hours >= greedy.gpu_hours
+    if optimal.gpu_hours == greedy.gpu_hours:
+
+        def standing(result: Result) -> tuple[int, Decimal]:
+            return sum(tier_rank(m.tier) for m in result.matches), cash_paid(result)
+
+        assert standing(optimal) <= standing(greedy)
+    # and the voucher never pays more than it had
+    assert sum(m.voucher_part for m in optimal.matches) <= Decimal(voucher_left)
