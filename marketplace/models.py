@@ -7,11 +7,13 @@ Money is ``Decimal``: CNY, prices per GPU-hour to 4 places, amounts to the fen (
 import uuid
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
 from marketplace.search_generation import SearchInvalidatingQuerySet
+
+MATCHING_TIME_LIMIT_MAX = 120  # seconds; see Hub.matching_time_limit
 
 
 class Hub(models.Model):
@@ -27,18 +29,29 @@ class Hub(models.Model):
     name_zh = models.CharField(max_length=100, blank=True)
     is_west = models.BooleanField(default=False, help_text="West (computing) vs East (data) hub.")
     matching_policy = models.CharField(max_length=10, choices=Policy.choices, default="greedy")
+    # At most MATCHING_TIME_LIMIT_MAX: the cycle's solve must end well inside the Celery task's
+    # soft time limit (CELERY_TASK_SOFT_TIME_LIMIT, 240 s), which also covers the snapshot and
+    # the bulk write, or the worker would cut the cycle off before it books anything.
     matching_time_limit = models.PositiveIntegerField(
         default=10,
-        validators=[MinValueValidator(1)],
-        help_text="Seconds the optimal policy may spend on one cycle, greedy included; it then "
-        "keeps the best answer found: the greedy result at worst when greedy alone fits in 90 % "
-        "of the limit, else the demands greedy did not reach wait for the next cycle.",
+        validators=[MinValueValidator(1), MaxValueValidator(MATCHING_TIME_LIMIT_MAX)],
+        help_text="Seconds (1 to 120) the optimal policy may spend on one cycle, greedy "
+        "included; it then keeps the best answer found: the greedy result at worst when greedy "
+        "alone fits in 90 % of the limit, else the demands greedy did not reach wait for the "
+        "next cycle.",
     )
     # Bulk writes mark the offer search stale (marketplace.search_generation).
     objects = SearchInvalidatingQuerySet.as_manager()
 
     class Meta:
         ordering = ["code"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(matching_time_limit__gte=1)
+                & Q(matching_time_limit__lte=MATCHING_TIME_LIMIT_MAX),
+                name="hub_matching_time_limit_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from django.contrib import admin
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -249,8 +249,10 @@ def test_changelist_queries_do_not_grow_with_rows(operator_client, market, buyer
     assert len(second) == len(first)
 
 
-@pytest.mark.parametrize(("limit", "valid"), [("0", False), ("1", True)])
-def test_hub_matching_time_limit_is_at_least_one_second(operator, rf, limit, valid):
+@pytest.mark.parametrize(
+    ("limit", "valid"), [("0", False), ("1", True), ("120", True), ("121", False)]
+)
+def test_hub_matching_time_limit_is_one_to_120_seconds(operator, rf, limit, valid):
     # given a hub on the optimal policy, edited through the operator admin's form
     hub = HubFactory.create(code="gansu", matching_policy="optimal")
     request = rf.get("/admin/")
@@ -264,7 +266,8 @@ def test_hub_matching_time_limit_is_at_least_one_second(operator, rf, limit, val
         "matching_time_limit": limit,
     }
     form = form_class(data=data, instance=hub)
-    # then 0 s is refused on the field (optimal would stop before greedy's first demand)
+    # then 0 s is refused on the field (optimal would stop before greedy's first demand), and
+    # so is more than 120 s (the Celery task's soft limit, 240 s, would cut the cycle off)
     assert form.is_valid() is valid
     if not valid:
         assert list(form.errors) == ["matching_time_limit"]
@@ -299,3 +302,12 @@ def test_operator_cannot_move_a_site_a_reservation_is_at_or_comes_from(
         # while its name may still change
         assert operator_client.post(url, site_form(site, name="Renamed")).status_code == 302
         assert Site.objects.get(pk=site.pk).name == "Renamed"
+
+
+def test_the_database_refuses_a_matching_time_limit_past_120_seconds():
+    # given a hub; when a write past the form sets 121 s, then the CHECK constraint refuses it
+    hub = HubFactory.create(code="gansu")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Hub.objects.filter(pk=hub.pk).update(matching_time_limit=121)
+    hub.refresh_from_db()
+    assert hub.matching_time_limit == 10
