@@ -9,7 +9,8 @@ Rules, in the order they are applied (the first that blocks an offer counts it):
 * ``model`` — the offer's accelerator is not one the demand accepts;
 * ``price`` — the offer's price per GPU-hour is over the demand's limit;
 * ``locality`` — the offer's site is beyond the demand's locality limit;
-* ``self_trade`` — the offer is the buyer's own, or a related organisation's;
+* ``self_trade`` — the offer is the buyer's own organisation's (``engine.is_self_trade``: a
+  related organisation's offer is a candidate like any other, paid in cash, §5.4);
 * ``window`` — the offer's availability and the demand's window overlap by less than the
   duration, or the offer's minimum duration is longer than the demand's;
 * ``capacity`` — the offer has fewer GPUs than the demand, or fewer free GPU-hours in the
@@ -35,7 +36,7 @@ from typing import Any
 
 from marketplace.locality import TIERS, tier_between, tier_rank
 
-from .engine import FEN, DemandSnap, OfferSnap, bill_of, voucher_part_of
+from .engine import FEN, DemandSnap, OfferSnap, bill_of, is_self_trade, voucher_part_of
 from .partial import SCOPES, split_reach
 
 RULES = (
@@ -80,7 +81,7 @@ def explain(demand: DemandSnap, offers: list[OfferSnap], wallet: Decimal) -> Exp
     """Count ``offers`` by the first rule (``RULES``) blocking each for ``demand``, given the
     buyer's cash ``wallet`` balance (CNY). Near misses: the cheapest offer blocked only by
     price, and the earliest start (hour index) at which an offer passing model, price,
-    locality and ownership would hold the whole demand, even past the demand's window."""
+    locality and self trade would hold the whole demand, even past the demand's window."""
     blocked = dict.fromkeys(RULES, 0)
     result = Explanation(demand.id, len(offers), blocked, 0)
     limit = tier_rank(demand.limit)
@@ -101,7 +102,7 @@ def explain(demand: DemandSnap, offers: list[OfferSnap], wallet: Decimal) -> Exp
                 result.cheapest_over_limit = NearMiss(offer.id, TIERS[rank], offer.price)
         elif rank > limit:
             rule = "locality"
-        elif offer.provider == demand.buyer or offer.provider in demand.related:
+        elif is_self_trade(demand, offer.provider):
             rule = "self_trade"
         else:
             if offer.gpu_count >= demand.gpu_count and offer.min_duration <= demand.duration:

@@ -204,3 +204,34 @@ def test_offers_available_inside_one_clock_hour_are_not_considered(
     assert body["offers_considered"] == 1
     assert (body["blocked"]["model"], body["blocked"]["price"]) == (0, 1)
     assert body["near_misses"]["cheapest_over_limit"]["offer"] == str(dear.pk)
+
+
+def test_a_related_providers_offer_fits_and_only_the_buyers_own_is_a_self_trade(
+    buyer_client, buyer, provider, site, accelerator
+):  # type: ignore[no-untyped-def]
+    # given (the reviewer's case) a city-tier offer at ¥5 of a provider related to the buyer,
+    # an offer of the buyer's own organisation, and a demand of 4 GPUs × 4 h at up to ¥10
+    # within its city
+    buyer.related.add(provider)
+    related = OfferFactory.create(
+        provider=provider, site=site, accelerator=accelerator, price_per_gpu_hour=Decimal("5")
+    )
+    OfferFactory.create(provider=buyer, site=site, accelerator=accelerator)
+    demand = DemandFactory.create(
+        buyer=buyer,
+        duration_hours=4,
+        max_price_per_gpu_hour=Decimal("10"),
+        locality_limit="city",
+    )
+    demand.accelerators.add(accelerator)
+    # when the buyer asks why
+    body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    # then the related provider's offer fits (§5.4: it only gets no voucher part) and is the
+    # earliest fit; the buyer's own offer is the one self trade
+    assert (body["fits"], body["blocked"]["self_trade"], body["offers_considered"]) == (1, 1, 2)
+    assert body["near_misses"]["earliest_fit"]["offer"] == str(related.pk)
+    # and a booking of that pair goes through, as explain says
+    reservation = reservation_create(
+        demand_id=demand.pk, offer_id=related.pk, start=demand.earliest_start
+    )
+    assert (reservation.offer_id, reservation.voucher_part) == (related.pk, Decimal("0.00"))
