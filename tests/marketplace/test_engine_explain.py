@@ -2,6 +2,7 @@
 misses, and explain against the matcher on random instances."""
 
 import copy
+from dataclasses import replace
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -42,10 +43,12 @@ def test_rules_apply_in_order_and_the_cheapest_over_limit_is_named():
     ]
     result = explain(d, offers, wallet=Decimal("1000"))
     assert result.first_rule == {"far-and-dear": "price", "dearer": "price", "far": "locality"}
+    # the ¥13 offer is beyond the locality limit as well: the near miss is the ¥19 one, the
+    # cheapest that a higher limit alone would make fit
     assert result.cheapest_over_limit is not None
     assert (result.cheapest_over_limit.offer_id, result.cheapest_over_limit.price) == (
-        "far-and-dear",
-        Decimal("13"),
+        "dearer",
+        Decimal("19"),
     )
     assert result.earliest_fit is None
 
@@ -76,6 +79,38 @@ def test_only_the_buyers_own_offer_is_a_self_trade_and_never_a_near_miss():
     result = explain(d, offers, wallet=Decimal("1000"))
     assert result.first_rule == {"own": "self_trade", "related": ""}
     assert result.earliest_fit is not None and result.earliest_fit.offer_id == "related"
+    # and at a limit of ¥4 both are over it: the near miss is p3's, not the cheaper own one
+    result = explain(replace(d, max_price=Decimal("4")), offers, wallet=Decimal("1000"))
+    assert result.blocked["price"] == 2
+    assert result.cheapest_over_limit is not None
+    assert result.cheapest_over_limit.offer_id == "related"
+
+
+def test_the_cheapest_over_limit_is_the_cheapest_a_higher_limit_alone_would_fit():
+    # given a demand of 4 GPUs × 4 h in hours [0, 10) at up to ¥10 within its city, and
+    # offers over the limit that each break one more rule, cheapest first
+    d = make_demand("d", end=10, price="10", limit="city")
+    broken = [
+        make_offer("metro", price="11", site=DEYANG),  # beyond the locality limit
+        make_offer("own", price="12", provider="b1"),  # the buyer's own
+        make_offer("long", price="13", min_duration=5),  # minimum duration 5 h > 4 h
+        make_offer("late", price="14", start=7),  # only 3 h of the window left
+        make_offer("full", price="15", used=[5] * 48),  # 3 of 8 GPUs free
+        make_offer("small", price="16", gpus=2),  # fewer GPUs than the demand
+    ]
+    fitting = [make_offer("ok-b", price="17", listed=1), make_offer("ok-a", price="17")]
+    # when the buyer asks why
+    result = explain(d, [*broken, *fitting], wallet=Decimal("1000"))
+    # then every one counts under price, and the near miss is the cheapest that would fit,
+    # the first listed among equal prices
+    assert (result.blocked["price"], result.fits) == (8, 0)
+    assert result.cheapest_over_limit is not None
+    assert (result.cheapest_over_limit.offer_id, result.cheapest_over_limit.tier) == (
+        "ok-a",
+        "city",
+    )
+    # and without the fitting ones there is none
+    assert explain(d, broken, wallet=Decimal("1000")).cheapest_over_limit is None
 
 
 # --- explain agrees with the matcher -------------------------------------------------------
@@ -153,3 +188,14 @@ def test_explain_says_an_offer_fits_exactly_when_the_matcher_books_the_demand(
     assert (why.fits > 0) == bool(booked_by)
     for match in booked_by:
         assert why.first_rule[match.offer_id] == ""
+    # and the cheapest over the limit is, by brute force, the cheapest offer over the limit
+    # that the matcher books the demand on once the limit is its price (first listed on ties)
+    at_its_price = [
+        o
+        for o in offers
+        if o.price > d.max_price
+        and solve_greedy([replace(d, max_price=o.price)], [copy.deepcopy(o)], latency={}).matches
+    ]
+    cheapest = min(at_its_price, key=lambda o: (o.price, o.listed), default=None)
+    named = why.cheapest_over_limit
+    assert (named and named.offer_id) == (cheapest and cheapest.id)
