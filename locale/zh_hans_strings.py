@@ -61,7 +61,7 @@ ZH = {
     "Earliest window that would fit: %(site)s from %(start)s.": "可满足的最早时段：%(site)s，自 %(start)s 起。",
     "over your price limit": "超出您的限价",
     "outside your locality limit": "超出您的地域范围",
-    "your own or a related organisation's offer": "您本机构或关联机构的报价",
+    "your own organisation's offer": "您本机构的报价",
     "availability does not cover your window or duration": "可用时段无法覆盖您的时间窗口或时长",
     "not enough GPUs or GPU-hours free": "空闲 GPU 或 GPU 小时不足",
     "free capacity cut into pieces too small": "空闲容量过于碎片化",

@@ -55,7 +55,7 @@ LABELS: dict[str, Promise] = {
     "rule_model": _("accelerator model not acceptable"),
     "rule_price": _("over your price limit"),
     "rule_locality": _("outside your locality limit"),
-    "rule_self_trade": _("your own or a related organisation's offer"),
+    "rule_self_trade": _("your own organisation's offer"),
     "rule_window": _("availability does not cover your window or duration"),
     "rule_capacity": _("not enough GPUs or GPU-hours free"),
     "rule_fragmentation": _("free capacity cut into pieces too small"),

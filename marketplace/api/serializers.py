@@ -551,6 +551,13 @@ class NearMissSerializer(serializers.Serializer):
 
 
 class NearMissesSerializer(serializers.Serializer):
+    """``cheapest_over_limit``: the cheapest offer blocked by the price alone — it passes
+    model, locality, self trade and minimum duration and has a start in the demand's window
+    with the GPUs free for the whole duration, so a limit raised to its price would make the
+    demand fit there (null: no such offer). ``earliest_fit``: the earliest start at which an
+    offer passing model, price, locality, self trade and minimum duration holds the whole
+    demand, even past its window."""
+
     cheapest_over_limit = NearMissSerializer(allow_null=True)
     earliest_fit = NearMissSerializer(allow_null=True)
 

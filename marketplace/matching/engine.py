@@ -217,6 +217,16 @@ def bill_of(gpus: int, hours: int, price: Decimal) -> Decimal:
     return (Decimal(gpus) * hours * price).quantize(FEN, rounding=ROUND_HALF_UP)
 
 
+def is_self_trade(demand: DemandSnap, provider: str) -> bool:
+    """Whether an offer of ``provider`` (organisation id) is a self trade for ``demand``: the
+    pairing rule "different organisations" (PRODUCT.md §4 step 1) — only the buyer's own
+    organisation. A related organisation's offer is a normal candidate: §5.4 only makes its
+    voucher part zero (``voucher_part_of``), so its bill is paid in cash. The bucket walks
+    (``best_pair``, ``OfferIndex.usable``, ``optimal``, ``partial``) compare
+    ``bucket.provider == demand.buyer`` inline, the same rule."""
+    return provider == demand.buyer
+
+
 def voucher_part_of(
     bill: Decimal,
     voucher: VoucherSnap | None,

@@ -9,7 +9,8 @@ Rules, in the order they are applied (the first that blocks an offer counts it):
 * ``model`` — the offer's accelerator is not one the demand accepts;
 * ``price`` — the offer's price per GPU-hour is over the demand's limit;
 * ``locality`` — the offer's site is beyond the demand's locality limit;
-* ``self_trade`` — the offer is the buyer's own, or a related organisation's;
+* ``self_trade`` — the offer is the buyer's own organisation's (``engine.is_self_trade``: a
+  related organisation's offer is a candidate like any other, paid in cash, §5.4);
 * ``window`` — the offer's availability and the demand's window overlap by less than the
   duration, or the offer's minimum duration is longer than the demand's;
 * ``capacity`` — the offer has fewer GPUs than the demand, or fewer free GPU-hours in the
@@ -21,6 +22,9 @@ Rules, in the order they are applied (the first that blocks an offer counts it):
 * ``funds`` — the pair fits, and the wallet cannot pay the cash part even with the voucher.
 
 Offers passing every rule are counted as ``fits`` (they would be booked by the next cycle).
+The near misses: ``cheapest_over_limit``, the cheapest offer blocked by the price alone
+(``fits_but_for_price``: a limit raised to its price would make the demand fit there), and
+``earliest_fit``, the earliest start at which an offer would hold the whole demand.
 
 The counts are for the whole demand on one offer. A demand that may split (``split`` = ``site``
 or ``hub``, partial fills) also gets ``split``: per site or hub, the most GPUs its eligible
@@ -28,14 +32,17 @@ offers hold together over one window (``partial.split_reach``), so "12 of 16 GPU
 tells the buyer how far the best group falls short.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marketplace.locality import TIERS, tier_between, tier_rank
 
-from .engine import FEN, DemandSnap, OfferSnap, bill_of, voucher_part_of
+from .engine import FEN, DemandSnap, OfferSnap, SiteRef, bill_of, is_self_trade, voucher_part_of
+
+if TYPE_CHECKING:
+    from django.db.models import Q, QuerySet
 from .partial import SCOPES, split_reach
 
 RULES = (
@@ -76,11 +83,32 @@ def _max_free_run_start(offer: OfferSnap, gpus: int, duration: int, lo: int) -> 
     return offer.earliest_fit(gpus, duration, lo, offer.end)
 
 
+def fits_but_for_price(demand: DemandSnap, offer: OfferSnap) -> bool:
+    """Whether ``offer`` would hold the whole ``demand`` if the demand's limit price were the
+    offer's price (CNY per GPU-hour): an acceptable model, a site inside the locality limit,
+    not the buyer's own (``is_self_trade``), its minimum duration met, and a start in the
+    demand's window with ``gpu_count`` GPUs free for the whole duration on the offer's
+    timeline as given. Money (voucher, funds) is not looked at."""
+    o, s = demand.origin, offer.site
+    return (
+        offer.model in demand.models
+        and tier_rank(tier_between(o.city, o.metro, o.hub, s.city, s.metro, s.hub))
+        <= tier_rank(demand.limit)
+        and not is_self_trade(demand, offer.provider)
+        and offer.min_duration <= demand.duration
+        and offer.earliest_fit(demand.gpu_count, demand.duration, demand.start, demand.end)
+        is not None
+    )
+
+
 def explain(demand: DemandSnap, offers: list[OfferSnap], wallet: Decimal) -> Explanation:
     """Count ``offers`` by the first rule (``RULES``) blocking each for ``demand``, given the
-    buyer's cash ``wallet`` balance (CNY). Near misses: the cheapest offer blocked only by
-    price, and the earliest start (hour index) at which an offer passing model, price,
-    locality and ownership would hold the whole demand, even past the demand's window."""
+    buyer's cash ``wallet`` balance (CNY). Near misses: ``cheapest_over_limit``, the cheapest
+    offer blocked only by price (``fits_but_for_price``: raising the limit to its price would
+    make the demand fit there; the first listed among equal prices; ``None`` if no offer over
+    the limit qualifies), and ``earliest_fit``, the earliest start (hour index) at which an
+    offer passing model, price, locality, self trade and minimum duration would hold the
+    whole demand, even past the demand's window."""
     blocked = dict.fromkeys(RULES, 0)
     result = Explanation(demand.id, len(offers), blocked, 0)
     limit = tier_rank(demand.limit)
@@ -97,11 +125,11 @@ def explain(demand: DemandSnap, offers: list[OfferSnap], wallet: Decimal) -> Exp
         elif offer.price > demand.max_price:
             rule = "price"
             best = result.cheapest_over_limit
-            if best is None or offer.price < best.price:
+            if (best is None or offer.price < best.price) and fits_but_for_price(demand, offer):
                 result.cheapest_over_limit = NearMiss(offer.id, TIERS[rank], offer.price)
         elif rank > limit:
             rule = "locality"
-        elif offer.provider == demand.buyer or offer.provider in demand.related:
+        elif is_self_trade(demand, offer.provider):
             rule = "self_trade"
         else:
             if offer.gpu_count >= demand.gpu_count and offer.min_duration <= demand.duration:
@@ -140,9 +168,13 @@ def explain(demand: DemandSnap, offers: list[OfferSnap], wallet: Decimal) -> Exp
 
 
 def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
-    """The explanation of ``demand`` (a ``Demand`` row) against every active offer, as the
-    API's JSON shape: counts per rule, ``fits``, and the two near misses with their offer,
-    site, tier, price (CNY per GPU-hour) and times (UTC). Reads only."""
+    """The explanation of ``demand`` (a ``Demand`` row) against every active offer at ``now``
+    (UTC), as the API's JSON shape: counts per rule, ``fits``, and the two near misses
+    (``explain``: ``cheapest_over_limit`` is the cheapest offer blocked by the price alone,
+    found by ``_cheapest_over_limit``, null if none) with their offer, site code, tier, price
+    (CNY per GPU-hour) and ``over_limit_by`` (CNY per GPU-hour) or start, end (UTC) and
+    ``inside_window``; ``split`` for a demand that may split. Reads only; raises nothing of
+    its own (``Organisation.DoesNotExist`` only if the buyer row is gone)."""
     from django.db.models import Count, Q
     from django.db.models.functions import TruncHour
 
@@ -188,7 +220,8 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
     )
     # Only the offers past the model and price rules are read as rows, with their
     # reservations (the rules after those read sites and free capacity); the others are only
-    # counted, in the database, and the cheapest over the limit is read for its near miss.
+    # counted, in the database. Of those over the limit, only the ones the near-miss search
+    # looks at are read (``_cheapest_over_limit``), and only the one it finds is passed on.
     # "Active" as ``offer_snapshots`` keeps offers: at least one whole hour of availability
     # from now on (an offer available only inside one clock hour, which the services never
     # write, has none).
@@ -207,22 +240,22 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         .order_by("created_at", "id")
         .values_list(*OFFER_COLUMNS)
     )
-    rows += (
-        active.filter(accelerator_id__in=models, price_per_gpu_hour__gt=limit)
-        .order_by("price_per_gpu_hour", "created_at", "id")
-        .values_list(*OFFER_COLUMNS)[:1]
-    )
     offers = offer_snapshots(rows, site_refs({row[3] for row in rows}), now_h)
-    timelines_fill({pk: o for pk, o in offers.items() if o.price <= snap.max_price}, now_h)
+    timelines_fill(offers, now_h)
+    nearest = _cheapest_over_limit(
+        snap, active.filter(accelerator_id__in=models, price_per_gpu_hour__gt=limit), now_h
+    )
+    if nearest is not None:
+        offers[nearest.id] = replace(nearest, listed=len(rows))
     names: dict[str, str] = {}  # site and hub ids → their codes
     for site_id, code, hub_id, hub_code in Site.objects.filter(
-        pk__in={row[3] for row in rows}
+        pk__in={o.site.id for o in offers.values()}
     ).values_list("pk", "code", "hub_id", "hub__code"):
         names[str(site_id)], names[str(hub_id)] = code, hub_code
     sites = {pk: names[o.site.id] for pk, o in offers.items()}
     wallet = organisation_balances(organisation=buyer)["wallet"]
     result = explain(snap, list(offers.values()), wallet)
-    # the offers counted in the database, less the cheapest over the limit, counted above
+    # the offers counted in the database, less the one over the limit passed to ``explain``
     over = counted["price"] - sum(1 for o in offers.values() if o.price > snap.max_price)
     result.blocked["model"] += counted["model"]
     result.blocked["price"] += over
@@ -274,3 +307,70 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
         },
         "split": split,
     }
+
+
+# Over-limit offers read in the first round of the near-miss search; each next round reads
+# twice as many (the cheapest candidate usually fits, and a long search takes few rounds).
+NEAR_MISS_FIRST_ROUND = 8
+
+
+def _within(limit: str, origin: SiteRef) -> "Q":
+    """Offers at sites within locality ``limit`` of ``origin``, as a filter: ``tier_between``'s
+    rule in SQL (another hub is national; in the same hub, the same city is city, the same
+    metro area metro, the rest region)."""
+    from django.db.models import Q
+
+    rank = tier_rank(limit)
+    if rank == tier_rank("national"):
+        return Q()
+    near = Q(site__hub_id=origin.hub)
+    if rank == tier_rank("city"):
+        return near & Q(site__city=origin.city)
+    if rank == tier_rank("metro"):
+        return near & (Q(site__city=origin.city) | Q(site__metro_area=origin.metro))
+    return near
+
+
+def _cheapest_over_limit(snap: DemandSnap, over: "QuerySet[Any]", now_h: int) -> OfferSnap | None:
+    """The cheapest offer of ``over`` (active offers of ``snap``'s models over its limit
+    price) that would hold the whole demand at its own price (``fits_but_for_price``), as a
+    snapshot with its reservations from hour ``now_h`` on; the first listed among equal
+    prices; ``None`` if none would.
+
+    The database leaves out, exactly, the offers that cannot qualify: the buyer's own, a site
+    beyond the locality limit, a longer minimum duration, fewer GPUs than the demand, and
+    availability ending before the window's first ``duration`` hours or starting after its
+    last. The rest are read in price order (then listing order) in rounds of 8, 16, 32, …
+    rows, three queries a round (offers, their sites, their reservations), until one fits.
+    Worst case (every one left has no free run of the duration in the window): all n of
+    them and their reservations are read, in at most ⌊log2(n / 8 + 1)⌋ + 1 rounds (the
+    offsets skip 8 + 16 + … < 2n rows in all)."""
+    from marketplace.timeutil import from_hour_index
+
+    from .cycle import OFFER_COLUMNS, offer_snapshots, site_refs, timelines_fill
+
+    if snap.end - snap.start < snap.duration:
+        return None
+    candidates = (
+        over.exclude(provider_id=snap.buyer)
+        .filter(
+            _within(snap.limit, snap.origin),
+            min_duration_hours__lte=snap.duration,
+            gpu_count__gte=snap.gpu_count,
+            available_until__gte=from_hour_index(snap.start + snap.duration),
+            available_from__lt=from_hour_index(snap.end - snap.duration + 1),
+        )
+        .order_by("price_per_gpu_hour", "created_at", "id")
+        .values_list(*OFFER_COLUMNS)
+    )
+    read, size = 0, NEAR_MISS_FIRST_ROUND
+    while True:
+        rows = list(candidates[read : read + size])
+        offers = offer_snapshots(rows, site_refs({row[3] for row in rows}), now_h)
+        timelines_fill(offers, now_h)
+        for offer in offers.values():  # in the rows' order
+            if fits_but_for_price(snap, offer):
+                return offer
+        if len(rows) < size:
+            return None
+        read, size = read + size, size * 2

@@ -50,6 +50,7 @@ from .engine import (
     OfferSnap,
     Result,
     bill_of,
+    is_self_trade,
     voucher_part_of,
 )
 from .optimal import OptimalSettings, solve_optimal
@@ -350,8 +351,9 @@ def split_reach(demand: DemandSnap, offers: Iterable[OfferSnap], *, top: int = 3
     """Per group of ``demand.split``, the most GPUs its eligible offers hold together over one
     window inside the demand's (capped at ``gpu_count``; at most ``MAX_PARTS`` parts), best
     ``top`` groups first (most GPUs, then earlier start, then key). Eligible: model, price,
-    locality, not the buyer's or a related organisation's, minimum duration, window overlap,
-    at least ``min_part`` GPUs. Empty for a demand that does not split."""
+    locality, not the buyer's own (``is_self_trade``: a related organisation's offer is
+    eligible, as in ``split_book``), minimum duration, window overlap, at least ``min_part``
+    GPUs. Empty for a demand that does not split."""
     if demand.split not in SCOPES:
         return []
     limit = tier_rank(demand.limit)
@@ -364,8 +366,7 @@ def split_reach(demand: DemandSnap, offers: Iterable[OfferSnap], *, top: int = 3
             offer.model not in demand.models
             or offer.price > demand.max_price
             or rank > limit
-            or offer.provider == demand.buyer
-            or offer.provider in demand.related
+            or is_self_trade(demand, offer.provider)
             or offer.min_duration > demand.duration
             or offer.gpu_count < demand.min_part
             or min(demand.end, offer.end) - max(demand.start, offer.start) < demand.duration

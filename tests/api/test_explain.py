@@ -204,3 +204,137 @@ def test_offers_available_inside_one_clock_hour_are_not_considered(
     assert body["offers_considered"] == 1
     assert (body["blocked"]["model"], body["blocked"]["price"]) == (0, 1)
     assert body["near_misses"]["cheapest_over_limit"]["offer"] == str(dear.pk)
+
+
+def test_a_related_providers_offer_fits_and_only_the_buyers_own_is_a_self_trade(
+    buyer_client, buyer, provider, site, accelerator
+):  # type: ignore[no-untyped-def]
+    # given (the reviewer's case) a city-tier offer at ¥5 of a provider related to the buyer,
+    # an offer of the buyer's own organisation, and a demand of 4 GPUs × 4 h at up to ¥10
+    # within its city
+    buyer.related.add(provider)
+    related = OfferFactory.create(
+        provider=provider, site=site, accelerator=accelerator, price_per_gpu_hour=Decimal("5")
+    )
+    OfferFactory.create(provider=buyer, site=site, accelerator=accelerator)
+    demand = DemandFactory.create(
+        buyer=buyer,
+        duration_hours=4,
+        max_price_per_gpu_hour=Decimal("10"),
+        locality_limit="city",
+    )
+    demand.accelerators.add(accelerator)
+    # when the buyer asks why
+    body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    # then the related provider's offer fits (§5.4: it only gets no voucher part) and is the
+    # earliest fit; the buyer's own offer is the one self trade
+    assert (body["fits"], body["blocked"]["self_trade"], body["offers_considered"]) == (1, 1, 2)
+    assert body["near_misses"]["earliest_fit"]["offer"] == str(related.pk)
+    # and a booking of that pair goes through, as explain says
+    reservation = reservation_create(
+        demand_id=demand.pk, offer_id=related.pk, start=demand.earliest_start
+    )
+    assert (reservation.offer_id, reservation.voucher_part) == (related.pk, Decimal("0.00"))
+
+
+# --- the cheapest offer over the limit: blocked by the price alone ----------------------
+
+
+@pytest.fixture
+def dear_market(buyer, provider, site, accelerator):  # type: ignore[no-untyped-def]
+    """A demand of 4 × A100 for 2 h in the coming 24 h at up to ¥10 within its city, and a
+    ``listed(price, **fields)`` for A100 offers of ``provider`` at the home site."""
+    demand = DemandFactory.create(
+        buyer=buyer, max_price_per_gpu_hour=Decimal("10"), locality_limit="city"
+    )
+    demand.accelerators.add(accelerator)
+
+    def listed(price: str, **kw):  # type: ignore[no-untyped-def]
+        fields = {"provider": provider, "site": site, "accelerator": accelerator, **kw}
+        return OfferFactory.create(price_per_gpu_hour=Decimal(price), **fields)
+
+    return demand, listed
+
+
+def near_miss(client, demand):  # type: ignore[no-untyped-def]
+    body = client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    return body, body["near_misses"]["cheapest_over_limit"]
+
+
+def test_the_cheapest_over_limit_is_inside_the_locality_limit(buyer_client, dear_market):
+    # given (the reviewer's case) a ¥11 offer at another hub (national) and a ¥12 one in the
+    # demand's city, both over its ¥10 limit, for a demand that stays within its city
+    demand, listed = dear_market
+    gansu = HubFactory.create(code="gansu")
+    listed("11", site=SiteFactory.create(code="qy", city="Qingyang", hub=gansu))
+    city = listed("12")
+    # when the buyer asks why
+    body, miss = near_miss(buyer_client, demand)
+    # then both count under price, and the near miss is the city one: the far one would stay
+    # blocked by locality at any price
+    assert (body["blocked"]["price"], body["offers_considered"]) == (2, 2)
+    assert miss == {
+        "offer": str(city.pk),
+        "site": "chengdu-tianfu",
+        "tier": "city",
+        "price_per_gpu_hour": "12.0000",
+        "over_limit_by": "2.0000",
+    }
+
+
+def test_the_cheapest_over_limit_is_not_the_buyers_own_nor_too_long(
+    buyer_client, buyer, dear_market
+):  # type: ignore[no-untyped-def]
+    # given over the limit: the buyer's own offer at ¥11, one needing at least 3 h (the demand
+    # runs 2 h) at ¥11.5, and one that would fit at ¥13
+    demand, listed = dear_market
+    listed("11", provider=buyer)
+    listed("11.5", min_duration_hours=3)
+    fits = listed("13")
+    body, miss = near_miss(buyer_client, demand)
+    assert body["blocked"]["price"] == 3
+    assert (miss["offer"], miss["over_limit_by"]) == (str(fits.pk), "3.0000")
+
+
+def test_the_cheapest_over_limit_has_free_capacity_in_the_window(
+    buyer_client, other_buyer, dear_market
+):  # type: ignore[no-untyped-def]
+    # given over the limit: a ¥11 offer of which another buyer holds 6 of 8 GPUs for the
+    # demand's whole window, one of 2 GPUs at ¥11.5, and one available only from the last
+    # hour of the window at ¥12
+    demand, listed = dear_market
+    full = listed("11")
+    other = DemandFactory.create(
+        buyer=other_buyer,
+        gpu_count=6,
+        duration_hours=24,
+        earliest_start=demand.earliest_start,
+        latest_end=demand.latest_end,
+    )
+    reservation_create(demand_id=other.pk, offer_id=full.pk, start=demand.earliest_start)
+    listed("11.5", gpu_count=2)
+    late = listed("12", available_from=demand.latest_end - timedelta(hours=1))
+    # when the buyer asks why: no offer over the limit would fit
+    body, miss = near_miss(buyer_client, demand)
+    assert (body["blocked"]["price"], miss) == (3, None)
+    # and once the late offer starts an hour earlier, it is the near miss
+    late.available_from -= timedelta(hours=1)
+    late.save()
+    body, miss = near_miss(buyer_client, demand)
+    assert (body["blocked"]["price"], miss["offer"]) == (3, str(late.pk))
+
+
+def test_the_cheapest_over_limit_is_found_past_the_first_round_of_rows(buyer_client, dear_market):  # type: ignore[no-untyped-def]
+    # given 12 offers over the limit, ¥11.00–¥11.11, each available for one hour inside the
+    # demand's window (the database cannot tell they do not fit, the snapshot can), and one
+    # at ¥15 that fits
+    demand, listed = dear_market
+    hour = demand.earliest_start + timedelta(hours=4)
+    for i in range(12):
+        listed(f"11.{i:02}", available_from=hour, available_until=hour + timedelta(hours=1))
+    fits = listed("15")
+    # when the buyer asks why
+    body, miss = near_miss(buyer_client, demand)
+    # then the search reads on past the first 8 rows and names the ¥15 offer
+    assert (body["blocked"]["price"], body["offers_considered"]) == (13, 13)
+    assert miss["offer"] == str(fits.pk)

@@ -27,9 +27,11 @@ def make_offer(
     model: str = "A100",
     used: list[int] | None = None,
     listed: int = 0,
+    min_duration: int = 1,
 ) -> OfferSnap:
     """``gpus`` GPUs of ``model`` at ``site`` over hours ``[start, end)`` at ``price`` CNY per
-    GPU-hour; ``used`` is the per-hour count already booked."""
+    GPU-hour, for at least ``min_duration`` hours; ``used`` is the per-hour count already
+    booked."""
     return OfferSnap(
         id=id,
         provider=provider,
@@ -39,6 +41,7 @@ def make_offer(
         gpu_count=gpus,
         start=start,
         end=end,
+        min_duration=min_duration,
         used=list(used) if used else [],
         listed=listed,
     )
@@ -59,13 +62,15 @@ def make_demand(
     split: str = "none",
     min_part: int = 1,
     model: str = "A100",
+    related: frozenset[str] = frozenset(),
 ) -> DemandSnap:
-    """Buyer ``b1`` asking ``gpus`` GPUs of ``model`` for ``duration`` hours within
-    ``[start, end)`` at up to ``price`` CNY per GPU-hour, from ``origin`` within ``limit``."""
+    """Buyer ``b1`` (related to the organisations in ``related``) asking ``gpus`` GPUs of
+    ``model`` for ``duration`` hours within ``[start, end)`` at up to ``price`` CNY per
+    GPU-hour, from ``origin`` within ``limit``."""
     return DemandSnap(
         id=id,
         buyer="b1",
-        related=frozenset(),
+        related=related,
         models=frozenset({model}),
         gpu_count=gpus,
         duration=duration,

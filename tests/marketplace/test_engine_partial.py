@@ -235,6 +235,26 @@ def test_split_reach_names_the_group_holding_most_gpus_together():
     assert split_reach(demand(split="none"), fleet) == []
 
 
+def test_split_reach_counts_a_related_partys_offers_as_split_book_books_them():
+    # given two 8-GPU offers at one site, one of them of p3, related to buyer b1, and one of
+    # b1's own, and a 16-GPU site-split demand of b1
+    def fleet() -> list[OfferSnap]:
+        return [
+            offer("p1-a", provider="p1", listed=0),
+            offer("p3-a", provider="p3", listed=1),
+            offer("own-a", provider="b1", listed=2),
+        ]
+
+    d = demand(gpus=16, related=frozenset({"p3"}))
+    # when the buyer asks how far the site falls short, and the matcher runs
+    reach = split_reach(d, fleet())
+    booked = solve_greedy([d], fleet(), latency={})
+    # then the related party's GPUs count (the site holds all 16), not the buyer's own, and
+    # the matcher books the demand on exactly those two offers
+    assert [(r.key, r.offers, r.gpus) for r in reach] == [("s-cd-a", 2, 16)]
+    assert sorted((m.offer_id, m.gpus) for m in booked.matches) == [("p1-a", 8), ("p3-a", 8)]
+
+
 # --- Invariants ------------------------------------------------------------------------------
 
 SITES = [CHENGDU_A, CHENGDU_B, CHONGQING, QINGYANG]
