@@ -15,7 +15,12 @@ from marketplace.matching.engine import (
     solve_greedy,
 )
 from marketplace.matching.optimal import OptimalSettings
-from marketplace.matching.partial import MAX_PARTS, solve_optimal_split, split_reach
+from marketplace.matching.partial import (
+    MAX_PARTS,
+    Reach,
+    solve_optimal_split,
+    split_reach,
+)
 from tests.marketplace.snaps import (
     CHONGQING,
     QINGYANG,
@@ -233,6 +238,56 @@ def test_split_reach_names_the_group_holding_most_gpus_together():
         ("s-cd-b", 1, 8, 0),
     ]
     assert split_reach(demand(split="none"), fleet) == []
+
+
+# --- The common start: every hour of the window, however often capacity changes --------------
+
+
+def reviewer_offers() -> list[OfferSnap]:
+    """Two 4-GPU offers at one site over hours [0, 1000): X busy every even hour (500 hours
+    where its free GPUs rise), Y busy until hour 700."""
+    return [
+        offer("x", gpus=4, end=1000, used=[4 if h % 2 == 0 else 0 for h in range(1000)]),
+        offer("y", gpus=4, end=1000, used=[4] * 700 + [0] * 300, listed=1),
+    ]
+
+
+def test_a_common_start_past_hundreds_of_capacity_changes_is_found():
+    # given the reviewer's two offers: both free together first at hour 701 (X's 351st rise;
+    # the search used to stop after 256 candidate starts and report no free window)
+    demands = [demand(gpus=8, duration=1, end=1000)]
+    # when greedy runs, and optimal (whose split pass places it after the MILP)
+    greedy = solve_greedy(demands, reviewer_offers())
+    optimal = solve_optimal_split(
+        demands, reviewer_offers(), settings=OptimalSettings(time_limit=5)
+    )
+    # then both serve it in two parts of 4 at hour 701
+    for result in (greedy, optimal):
+        assert parts(result) == [("d", "x", 4, 701), ("d", "y", 4, 701)]
+        assert result.served == {"d": 8} and result.unserved == {}
+
+
+def test_why_no_match_counts_a_window_past_hundreds_of_capacity_changes():
+    # given the same offers and a demand for more than they hold (12 GPUs)
+    reach = split_reach(demand(gpus=12, duration=1, end=1000), reviewer_offers())
+    # then the site holds 8 together from hour 701 (was: 4 from hour 1, the best of the
+    # first 256 candidate starts)
+    assert reach == [Reach("s-cd-a", 2, 8, 701)]
+
+
+def test_a_start_is_tried_even_where_no_offer_gains_capacity():
+    # given 15 GPUs wanted in parts of at least 5 for 2 hours in [0, 4): the cheap offer A
+    # holds 8 over [0, 2) and 5 from hour 1, B and C hold 5 throughout
+    fleet = [
+        offer("a", gpus=8, price="5", end=4, used=[0, 0, 3, 3]),
+        offer("b", gpus=5, price="6", end=4, listed=1),
+        offer("c", gpus=5, price="6", end=4, listed=2),
+    ]
+    result = solve_greedy([demand(gpus=15, duration=2, end=4, min_part=5)], fleet)
+    # then at hour 0 the cheapest-first fill takes 8 on A and cannot make the 7 left of parts
+    # of 5, and at hour 1, where no offer's capacity rises (the old candidate starts skipped
+    # it), the fill is 5 + 5 + 5
+    assert parts(result) == [("d", "a", 5, 1), ("d", "b", 5, 1), ("d", "c", 5, 1)]
 
 
 # --- Invariants ------------------------------------------------------------------------------
