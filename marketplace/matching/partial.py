@@ -26,14 +26,14 @@ Rules of a split placement (``split_plan``):
   then the earlier start, then fewer parts, then the group's id.
 
 The earliest common start (``_group_plan``): every start hour of the window is a candidate,
-however often the offers' free capacity changes — no cap on the search, so a demand is never
-reported ``no_free_window`` while a common start exists. With ``min_part`` = 1 and at most
-``MAX_PARTS`` usable offers the start is exactly the first hour whose free blocks add up to the
-demand. Otherwise it is the first hour where the greedy fill succeeds, which may be later than
-the first hour some other choice of parts would fit: 15 GPUs in parts of at least 5 over free
-blocks of 8, 5 and 5 (cheapest first) takes 8 and cannot make the 7 left, where 5 + 5 + 5 would;
-and 128 GPUs over seventeen 8-GPU offers, the cheapest with 4 free, needs 17 parts cheapest
-first, where the 16 full blocks would do (an hour later, once that offer is full, they do).
+however often the offers' free capacity changes (no cap on the search). With ``min_part`` = 1
+and at most ``MAX_PARTS`` usable offers the start is exactly the first hour whose free blocks
+add up to the demand. Otherwise it is the first hour where the greedy fill succeeds, which may
+be later than the first hour some other choice of parts would fit (or there may be none): 15
+GPUs in parts of at least 5 over free blocks of 8, 5 and 5 (cheapest first) takes 8 and cannot
+make the 7 left, where 5 + 5 + 5 would; and 128 GPUs over seventeen 8-GPU offers, the cheapest
+with 4 free, needs 17 parts cheapest first, where the 16 full blocks would do (an hour later,
+once that offer is full, they do).
 
 Money: each part is its own reservation with its own bill (``bill_of`` of its GPUs, hours and
 its offer's price, rounded once) and at most one voucher, the demand's. The voucher pays the
@@ -240,7 +240,7 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     whose largest blocks (``_held``) can hold the demand are kept, and of a run of starts
     with the same free blocks only the first is filled (the fill depends on nothing else):
     O(offers × window hours) in numpy, plus one fill per start where some offer's free block
-    changes. No cap: a demand is never left unplaced for lack of search."""
+    changes. No cap: every hour of the window is examined."""
     duration, least = demand.duration, demand.min_part
     # Only hours some offer of the group is available can hold a part: the matrix spans
     # those, not a window that may reach years past them (valid input, e.g. to 9999).
