@@ -25,13 +25,23 @@ Rules of a split placement (``split_plan``):
   of that tier the lowest cost to the buyer after the voucher wins, then lower hub latency,
   then the earlier start, then fewer parts, then the group's id.
 
+The earliest common start (``_group_plan``): every start hour of the window is a candidate,
+however often the offers' free capacity changes (no cap on the search). With ``min_part`` = 1
+and at most ``MAX_PARTS`` usable offers the start is exactly the first hour whose free blocks
+add up to the demand. Otherwise it is the first hour where the greedy fill succeeds, which may
+be later than the first hour some other choice of parts would fit (or there may be none): 15
+GPUs in parts of at least 5 over free blocks of 8, 5 and 5 (cheapest first) takes 8 and cannot
+make the 7 left, where 5 + 5 + 5 would; and 128 GPUs over seventeen 8-GPU offers, the cheapest
+with 4 free, needs 17 parts cheapest first, where the 16 full blocks would do (an hour later,
+once that offer is full, they do).
+
 Money: each part is its own reservation with its own bill (``bill_of`` of its GPUs, hours and
 its offer's price, rounded once) and at most one voucher, the demand's. The voucher pays the
 parts in fill order, each ``min(floor_fen(bill × max_share), what the voucher has left)``, so
 the parts' voucher amounts never exceed what one bill of the same total could have drawn.
 
 ``split_reach`` answers the "why" of an unplaced split demand (``explain``): per group, the most
-GPUs its offers hold together over one window.
+GPUs its offers hold together over one window, every start hour of the demand's window counted.
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -57,7 +67,6 @@ from .optimal import OptimalSettings, solve_optimal
 
 SCOPES = ("site", "hub")
 MAX_PARTS = 16  # parts of one demand (reservations written for it)
-MAX_STARTS = 256  # candidate common start hours examined per group
 
 
 @dataclass(frozen=True)
@@ -116,14 +125,34 @@ def _free_rows(offers: Sequence[OfferSnap], lo: int, hi: int) -> np.ndarray:
     return rows
 
 
-def _starts(rows: np.ndarray, lo: int, hi: int, duration: int) -> list[int]:
-    """Candidate common starts: the window's first hour and every hour where some offer's free
-    capacity rises (an earliest fit starts at one of them), up to ``MAX_STARTS``."""
-    last = hi - duration
-    if last < lo:
-        return []
-    rises = np.flatnonzero((rows[:, 1:] > rows[:, :-1]).any(axis=0)) + 1 + lo
-    return [lo, *(int(h) for h in rises if h <= last)][:MAX_STARTS]
+def _window_min(rows: np.ndarray, duration: int) -> np.ndarray:
+    """Per row, the least value over every run of ``duration`` consecutive columns: an
+    ``(offers, width - duration + 1)`` array whose column ``s`` is
+    ``rows[:, s : s + duration].min(axis=1)`` (for free GPUs per hour: the GPUs each offer
+    holds free over the hours ``[lo + s, lo + s + duration)``). The van Herk/Gil-Werman
+    sliding minimum: prefix and suffix minima over blocks of ``duration`` columns, so the cost
+    is O(offers × width) whatever the duration; ``width ≥ duration``."""
+    n, width = rows.shape
+    if duration == 1:
+        return rows
+    blocks = -(-width // duration)
+    padded = np.full((n, blocks * duration), np.iinfo(rows.dtype).max, dtype=rows.dtype)
+    padded[:, :width] = rows
+    cut = padded.reshape(n, blocks, duration)
+    prefix = np.minimum.accumulate(cut, axis=2).reshape(n, -1)
+    suffix = np.minimum.accumulate(cut[:, :, ::-1], axis=2)[:, :, ::-1].reshape(n, -1)
+    starts = width - duration + 1
+    return np.minimum(suffix[:, :starts], prefix[:, duration - 1 : duration - 1 + starts])
+
+
+def _held(free: np.ndarray, least: int) -> np.ndarray:
+    """Per start (column of ``free``, offers × starts), the most GPUs the offers can hold
+    together in parts of at least ``least``, at most ``MAX_PARTS`` of them: the sum of the
+    ``MAX_PARTS`` largest free blocks of ``least`` or more (int64)."""
+    held = np.where(free >= least, free, 0)
+    if held.shape[0] > MAX_PARTS:
+        held = np.partition(held, held.shape[0] - MAX_PARTS, axis=0)[-MAX_PARTS:]
+    return held.sum(axis=0, dtype=np.int64)
 
 
 @dataclass
@@ -205,7 +234,14 @@ def _priced(
 def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     """The plan of one group at the earliest common start that holds the whole demand (the
     module doc), or ``None``. An upper bound (each offer's most free GPUs in the window)
-    rules a short group out before any start is tried."""
+    rules a short group out before any start is tried.
+
+    Every start hour of the window is a candidate: the GPUs each offer holds free over
+    ``[start, start + duration)`` come for all starts at once (``_window_min``), the starts
+    whose largest blocks (``_held``) can hold the demand are kept, and of a run of starts
+    with the same free blocks only the first is filled (the fill depends on nothing else):
+    O(offers × window hours) in numpy, plus one fill per start where some offer's free block
+    changes. No cap: every hour of the window is examined."""
     duration, least = demand.duration, demand.min_part
     # Only hours some offer of the group is available can hold a part: the matrix spans
     # those, not a window that may reach years past them (valid input, e.g. to 9999).
@@ -217,11 +253,12 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     peak = rows.max(axis=1)
     if int(peak[peak >= least].sum()) < demand.gpu_count:
         return None
-    for start in _starts(rows, lo, hi, duration):
-        free = rows[:, start - lo : start - lo + duration].min(axis=1)
+    blocks = _window_min(rows, duration)  # offers × start hours lo .. hi - duration
+    candidate = _held(blocks, least) >= demand.gpu_count
+    candidate[1:] &= (blocks[:, 1:] != blocks[:, :-1]).any(axis=0)
+    for s in np.flatnonzero(candidate):
+        free = blocks[:, s]
         usable = np.flatnonzero(free >= least)
-        if int(free[usable].sum()) < demand.gpu_count:
-            continue
         # cheapest first, then lower latency, larger free block, listing order
         order = usable[np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))]
         fill = _fill(demand, order, free)
@@ -229,7 +266,7 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
             continue
         parts = _priced(demand, offers, rank, fill)
         return SplitPlan(
-            demand.split, group.key, start, parts, max(float(distance[i]) for i, _ in fill)
+            demand.split, group.key, lo + int(s), parts, max(float(distance[i]) for i, _ in fill)
         )
     return None
 
@@ -350,10 +387,12 @@ class Reach:
 def split_reach(demand: DemandSnap, offers: Iterable[OfferSnap], *, top: int = 3) -> list[Reach]:
     """Per group of ``demand.split``, the most GPUs its eligible offers hold together over one
     window inside the demand's (capped at ``gpu_count``; at most ``MAX_PARTS`` parts), best
-    ``top`` groups first (most GPUs, then earlier start, then key). Eligible: model, price,
-    locality, not the buyer's own (``is_self_trade``: a related organisation's offer is
-    eligible, as in ``split_book``), minimum duration, window overlap, at least ``min_part``
-    GPUs. Empty for a demand that does not split."""
+    ``top`` groups first (most GPUs, then earlier start, then key). Every start hour (UTC hour
+    index) of the window counts, as in ``_group_plan``; ``Reach.start`` is the earliest one
+    holding that most. Eligible: model, price, locality, not the buyer's own
+    (``is_self_trade``: a related organisation's offer is eligible, as in ``split_book``),
+    minimum duration, window overlap, at least ``min_part`` GPUs. Empty for a demand that
+    does not split."""
     if demand.split not in SCOPES:
         return []
     limit = tier_rank(demand.limit)
@@ -376,18 +415,17 @@ def split_reach(demand: DemandSnap, offers: Iterable[OfferSnap], *, top: int = 3
     reach: list[Reach] = []
     duration = demand.duration
     for key, members in groups.items():
-        # as in ``_group_plan``: only the hours the group's offers are available
+        # as in ``_group_plan``: only the hours the group's offers are available, every start
+        # hour of them (each member overlaps the window by ``duration`` hours or more)
         lo = max(demand.start, min(o.start for o in members))
         hi = min(demand.end, max(o.end for o in members))
-        rows = _free_rows(members, lo, hi)
-        best = Reach(key, len(members), 0, None)
-        for start in _starts(rows, lo, hi, duration):
-            free = rows[:, start - lo : start - lo + duration].min(axis=1)
-            usable = np.sort(free[free >= demand.min_part])[::-1][:MAX_PARTS]
-            gpus = min(int(usable.sum()), demand.gpu_count)
-            if gpus > best.gpus:
-                best = Reach(key, len(members), gpus, start)
-        reach.append(best)
+        held = _held(_window_min(_free_rows(members, lo, hi), duration), demand.min_part)
+        gpus = np.minimum(held, demand.gpu_count)
+        at = int(gpus.argmax())  # the earliest start of the most GPUs
+        if gpus[at] > 0:
+            reach.append(Reach(key, len(members), int(gpus[at]), lo + at))
+        else:
+            reach.append(Reach(key, len(members), 0, None))
     reach.sort(key=lambda r: (-r.gpus, r.start if r.start is not None else 1 << 62, r.key))
     return reach[:top]
 

@@ -3,6 +3,7 @@
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,13 @@ from marketplace.matching.engine import (
     solve_greedy,
 )
 from marketplace.matching.optimal import OptimalSettings
-from marketplace.matching.partial import MAX_PARTS, solve_optimal_split, split_reach
+from marketplace.matching.partial import (
+    MAX_PARTS,
+    Reach,
+    _fill,
+    solve_optimal_split,
+    split_reach,
+)
 from tests.marketplace.snaps import (
     CHONGQING,
     QINGYANG,
@@ -253,6 +260,193 @@ def test_split_reach_counts_a_related_partys_offers_as_split_book_books_them():
     # the matcher books the demand on exactly those two offers
     assert [(r.key, r.offers, r.gpus) for r in reach] == [("s-cd-a", 2, 16)]
     assert sorted((m.offer_id, m.gpus) for m in booked.matches) == [("p1-a", 8), ("p3-a", 8)]
+
+
+# --- The common start: every hour of the window, however often capacity changes --------------
+
+
+def reviewer_offers() -> list[OfferSnap]:
+    """Two 4-GPU offers at one site over hours [0, 1000): X busy every even hour (500 hours
+    where its free GPUs rise), Y busy until hour 700."""
+    return [
+        offer("x", gpus=4, end=1000, used=[4 if h % 2 == 0 else 0 for h in range(1000)]),
+        offer("y", gpus=4, end=1000, used=[4] * 700 + [0] * 300, listed=1),
+    ]
+
+
+def test_a_common_start_past_hundreds_of_capacity_changes_is_found():
+    # given the reviewer's two offers: both free together first at hour 701 (X's 351st rise;
+    # the search used to stop after 256 candidate starts and report no free window)
+    demands = [demand(gpus=8, duration=1, end=1000)]
+    # when greedy runs, and optimal (whose split pass places it after the MILP)
+    greedy = solve_greedy(demands, reviewer_offers())
+    optimal = solve_optimal_split(
+        demands, reviewer_offers(), settings=OptimalSettings(time_limit=5)
+    )
+    # then both serve it in two parts of 4 at hour 701
+    for result in (greedy, optimal):
+        assert parts(result) == [("d", "x", 4, 701), ("d", "y", 4, 701)]
+        assert result.served == {"d": 8} and result.unserved == {}
+
+
+def test_why_no_match_counts_a_window_past_hundreds_of_capacity_changes():
+    # given the same offers and a demand for more than they hold (12 GPUs)
+    reach = split_reach(demand(gpus=12, duration=1, end=1000), reviewer_offers())
+    # then the site holds 8 together from hour 701 (was: 4 from hour 1, the best of the
+    # first 256 candidate starts)
+    assert reach == [Reach("s-cd-a", 2, 8, 701)]
+
+
+def test_a_start_is_tried_even_where_no_offer_gains_capacity():
+    # given 15 GPUs wanted in parts of at least 5 for 2 hours in [0, 4): the cheap offer A
+    # holds 8 over [0, 2) and 5 from hour 1, B and C hold 5 throughout
+    fleet = [
+        offer("a", gpus=8, price="5", end=4, used=[0, 0, 3, 3]),
+        offer("b", gpus=5, price="6", end=4, listed=1),
+        offer("c", gpus=5, price="6", end=4, listed=2),
+    ]
+    result = solve_greedy([demand(gpus=15, duration=2, end=4, min_part=5)], fleet)
+    # then at hour 0 the cheapest-first fill takes 8 on A and cannot make the 7 left of parts
+    # of 5, and at hour 1, where no offer's capacity rises (the old candidate starts skipped
+    # it), the fill is 5 + 5 + 5
+    assert parts(result) == [("d", "a", 5, 1), ("d", "b", 5, 1), ("d", "c", 5, 1)]
+
+
+def often(value: int, anything: st.SearchStrategy[int]) -> st.SearchStrategy[int]:
+    """``value`` often (an edge: the whole horizon, a long busy prefix), else anything."""
+    return st.just(value) | anything
+
+
+@st.composite
+def busy_site(draw: st.DrawFn, *, least: int) -> tuple[DemandSnap, list[OfferSnap]]:
+    """One site's offers (at most ``MAX_PARTS``) over up to 700 hours and one split demand at
+    that site larger than any single offer (no whole fit), parts of at least ``least``. As in
+    the reviewer's case, the first offer's capacity changes every hour or two from its start
+    (hundreds of changes); each other offer is busy for a prefix, then free or busy on a
+    periodic pattern."""
+    horizon = draw(often(700, st.integers(8, 700)))
+    fleet = []
+    for i in range(draw(often(2, st.integers(1, 6)))):
+        gpus = draw(st.sampled_from([2, 4, 8]))
+        start = draw(often(0, st.integers(0, horizon // 3)))
+        end = draw(often(horizon, st.integers(start + 1, horizon)))
+        prefix = 0 if i == 0 else draw(often((end - start) * 3 // 4, st.integers(0, end - start)))
+        period = draw(st.integers(2, 3) if i == 0 else often(1, st.integers(1, 5)))
+        duty = draw(st.integers(1, period - 1) if i == 0 else often(0, st.integers(0, period)))
+        busy = draw(st.integers(1, gpus))
+        used = [
+            gpus if h < prefix else busy if (h + i) % period < duty else 0
+            for h in range(end - start)
+        ]
+        price = draw(st.sampled_from(["8", "9", "10"]))
+        fleet.append(
+            offer(f"o{i}", gpus=gpus, price=price, start=start, end=end, used=used, listed=i)
+        )
+    duration = draw(often(1, st.integers(1, 6)))
+    start = draw(often(0, st.integers(0, horizon // 2)))
+    end = start + duration + draw(often(horizon, st.integers(0, horizon)))
+    most, total = max(o.gpu_count for o in fleet), sum(o.gpu_count for o in fleet)
+    gpus = draw(often(max(most + 1, total), st.integers(most + 1, max(most + 1, total + 2))))
+    wanted = demand(gpus=gpus, duration=duration, start=start, end=end, min_part=min(least, gpus))
+    return wanted, fleet
+
+
+def free_blocks(d: DemandSnap, fleet: list[OfferSnap], start: int) -> list[int]:
+    """Each offer's free GPUs over ``[start, start + duration)``, hour by hour."""
+    return [min(o.free_at(h) for h in range(start, start + d.duration)) for o in fleet]
+
+
+def start_hours(d: DemandSnap) -> range:
+    return range(d.start, d.end - d.duration + 1)
+
+
+@given(case=busy_site(least=1))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_split_demand_is_served_at_the_earliest_hour_its_site_holds_it(case):
+    wanted, fleet = case
+    # brute force: the first start hour whose free blocks add up to the demand
+    earliest = next(
+        (s for s in start_hours(wanted) if sum(free_blocks(wanted, fleet, s)) >= wanted.gpu_count),
+        None,
+    )
+    result = solve_greedy([wanted], fleet)
+    if earliest is None:
+        assert result.matches == [] and result.unserved == {"d": "no_free_window"}
+    else:
+        assert {m.start for m in result.matches} == {earliest}
+        assert sum(m.gpus or 0 for m in result.matches) == wanted.gpu_count
+
+
+def holds(blocks: list[int], gpus: int, least: int) -> bool:
+    """Whether some parts, each 0 or ``least`` .. its block, add up to ``gpus`` exactly."""
+    sums = {0}
+    for block in blocks:
+        sums |= {t + g for t in sums for g in range(least, block + 1) if t + g <= gpus}
+    return gpus in sums
+
+
+@given(case=busy_site(least=2) | busy_site(least=4))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_with_a_minimum_part_the_start_is_the_first_hour_the_greedy_fill_succeeds(case):
+    # The fill is greedy (cheapest offer first, as much as it holds; the module doc), so with
+    # parts of at least ``min_part`` > 1 it may pass over an hour where another choice of parts
+    # would fit (15 in parts of 5 over blocks 8, 5, 5: it takes 8). The start search itself
+    # is exhaustive: the engine's start is the first hour where that fill succeeds, never
+    # earlier than the first hour some choice of parts fits, and the parts do fit there.
+    wanted, fleet = case
+    # the engine's fill order at one site (every latency 0): price, larger block, listing
+    price = np.array([int(o.price) for o in fleet])
+    listed = np.arange(len(fleet))
+
+    def fills(s: int) -> bool:
+        free = np.array(free_blocks(wanted, fleet, s))
+        usable = np.flatnonzero(free >= wanted.min_part)
+        order = usable[np.lexsort((listed[usable], -free[usable], price[usable]))]
+        return _fill(wanted, order, free) is not None
+
+    first_fill = next((s for s in start_hours(wanted) if fills(s)), None)
+    first_fit = next(
+        (
+            s
+            for s in start_hours(wanted)
+            if holds(free_blocks(wanted, fleet, s), wanted.gpu_count, wanted.min_part)
+        ),
+        None,
+    )
+    result = solve_greedy([wanted], fleet)
+    if first_fill is None:
+        assert result.matches == []
+    else:
+        assert first_fit is not None and first_fit <= first_fill
+        assert {m.start for m in result.matches} == {first_fill}
+        assert sum(m.gpus or 0 for m in result.matches) == wanted.gpu_count
+
+
+@given(case=busy_site(least=1) | busy_site(least=4))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_split_reach_is_the_most_any_start_hour_holds(case):
+    wanted, fleet = case
+    least, duration = wanted.min_part, wanted.duration
+    members = [
+        o
+        for o in fleet
+        if o.gpu_count >= least and min(wanted.end, o.end) - max(wanted.start, o.start) >= duration
+    ]
+    # brute force: per start hour, the MAX_PARTS largest blocks of ``least`` or more
+    held = [
+        min(
+            sum(sorted(b for b in free_blocks(wanted, members, s) if b >= least)[-MAX_PARTS:]),
+            wanted.gpu_count,
+        )
+        for s in start_hours(wanted)
+    ]
+    most = max(held, default=0)
+    reach = split_reach(wanted, fleet)
+    if not members:
+        assert reach == []
+    else:
+        start = start_hours(wanted)[held.index(most)] if most else None
+        assert reach == [Reach("s-cd-a", len(members), most, start)]
 
 
 # --- Invariants ------------------------------------------------------------------------------
