@@ -1,14 +1,28 @@
 """The inter-hub trade matrix (exporting hub × importing hub: trades, GPU-hours, value CNY) in the
-API (operators only) and in the operator admin."""
+API (operators only) and in the operator admin: what counts (booked, delivered, nothing for a
+cancelled, expired or failed reservation), the filters, refused parameters, permissions."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from marketplace.models import InterHubTrade
-from marketplace.services import reservation_create, wallet_deposit
+from ledger.models import Hold
+from marketplace.models import InterHubTrade, Reservation, Site
+from marketplace.money import bill_amount
+from marketplace.services import (
+    reservation_cancel,
+    reservation_create,
+    reservation_fail,
+    reservation_report_usage,
+    reservation_settle,
+    reservations_advance,
+    reservations_expire_unaccepted,
+    wallet_deposit,
+)
+from tests.api.conftest import error_of
 from tests.factories import (
     DemandFactory,
     HubFactory,
@@ -89,13 +103,14 @@ def test_operator_gets_the_matrix(trades):  # type: ignore[no-untyped-def]
     assert InterHubTrade.objects.count() == 3
 
 
-def test_members_are_refused_and_anonymous_unauthenticated(trades, buyer):  # type: ignore[no-untyped-def]
-    member = UserFactory.create(organisation=buyer)
+def test_members_are_refused_and_anonymous_unauthenticated(trades, buyer, provider):  # type: ignore[no-untyped-def]
     before = InterHubTrade.objects.count()
-    response = _client(member).get(URL)
-    assert response.status_code == 403
-    assert response.json()["code"] == "not_operator"
-    assert _client(None).get(URL).status_code == 401
+    for organisation in (buyer, provider):
+        member = UserFactory.create(organisation=organisation)
+        # refused before the parameters are read: a bad one does not turn the 403 into a 400
+        for query in ("", "?exporting_hub=bogus"):
+            assert error_of(_client(member).get(URL + query)) == (403, "not_operator", None)
+    assert error_of(_client(None).get(URL))[:2] == (401, "not_authenticated")
     assert InterHubTrade.objects.count() == before
 
 
@@ -121,3 +136,92 @@ def test_admin_matrix_page(trades, client):  # type: ignore[no-untyped-def]
     member = UserFactory.create(organisation=None)
     client.force_login(member)
     assert client.get("/admin/marketplace/interhubtrade/matrix/").status_code == 302
+
+
+def _operator() -> APIClient:
+    operator, _ = User.objects.get_or_create(username="op", defaults={"is_staff": True})
+    return _client(operator)
+
+
+def _cells(body: dict) -> dict[tuple[str, str], tuple[int, int, str]]:  # type: ignore[type-arg]
+    return {
+        (c["exporting_hub"], c["importing_hub"]): (c["trades"], c["gpu_hours"], c["value"])
+        for c in body["cells"]
+    }
+
+
+def _gansu_reservation(gpu_hours: int) -> Reservation:
+    trade = InterHubTrade.objects.get(exporting_hub__code="gansu", gpu_hours=gpu_hours)
+    return trade.reservation
+
+
+@pytest.mark.parametrize("how", ["cancel", "fail"])
+def test_a_cancelled_or_failed_reservation_leaves_the_matrix(trades, buyer, how):  # type: ignore[no-untyped-def]
+    gansu, home = trades
+    reservation = _gansu_reservation(6)  # 2 GPUs × 3 h at ¥10 from Gansu
+    if how == "cancel":
+        reservation_cancel(reservation_id=reservation.pk, buyer=buyer)
+    else:
+        reservation_fail(reservation_id=reservation.pk, provider=reservation.provider)
+    body = _operator().get(URL).json()
+    assert _cells(body) == {
+        (gansu.code, home.code): (1, 8, "80.00"),
+        (home.code, gansu.code): (1, 5, "37.50"),
+    }
+    assert (body["trades"], body["gpu_hours"], body["value"]) == (2, 13, "117.50")
+    assert InterHubTrade.objects.count() == 3  # the trade row stays; it is not counted
+
+
+def test_an_expired_reservation_leaves_the_matrix(trades, buyer):  # type: ignore[no-untyped-def]
+    gansu, home = trades
+    west = InterHubTrade.objects.filter(exporting_hub=gansu).first().reservation.offer  # type: ignore[union-attr]
+    demand = DemandFactory.create(
+        buyer=buyer, gpu_count=1, duration_hours=1, locality_limit="national", auto_accept=False
+    )
+    held = reservation_create(demand_id=demand.pk, offer_id=west.pk, start=next_hour(2))
+    assert held.status == Reservation.Status.HELD
+    assert _cells(_operator().get(URL).json())[(gansu.code, home.code)] == (3, 15, "150.00")
+    assert reservations_expire_unaccepted(now=held.created_at + timedelta(hours=1)) == 1
+    body = _operator().get(URL).json()
+    assert _cells(body)[(gansu.code, home.code)] == (2, 14, "140.00")
+    assert (body["trades"], body["gpu_hours"], body["value"]) == (3, 19, "177.50")
+
+
+@pytest.mark.parametrize(
+    ("delivered", "gpu_hours", "value"),
+    [
+        # 1 × ¥7.4250 = ¥7.425: half-up to ¥7.43 (half-even or a binary float gives ¥7.42)
+        (1, 1, "7.43"),
+        (0, 0, "0.00"),
+        (3, 3, "22.28"),  # all delivered: the bill, 3 × ¥7.4250 = ¥22.275 → ¥22.28
+    ],
+)
+def test_a_short_delivery_counts_the_delivered_hours_and_billable_value(  # type: ignore[no-untyped-def]
+    trades, buyer, provider, accelerator, delivered, gpu_hours, value
+):
+    gansu, home = trades
+    offer = OfferFactory.create(
+        provider=provider,
+        site=Site.objects.get(code="qingyang"),
+        accelerator=accelerator,
+        price_per_gpu_hour=Decimal("7.4250"),
+    )
+    demand = DemandFactory.create(
+        buyer=buyer, gpu_count=1, duration_hours=3, locality_limit="national"
+    )
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=next_hour(2))
+    assert r.bill == Decimal("22.28")
+    assert reservations_advance(now=r.start)[0] == 5  # it and the fixture's four at that start
+    reservation_report_usage(reservation_id=r.pk, provider=provider, delivered_gpu_hours=delivered)
+
+    completed = _cells(_operator().get(URL).json())[(gansu.code, home.code)]
+    assert completed == (3, 14 + gpu_hours, str(Decimal("140.00") + Decimal(value)))
+    settled = reservation_settle(reservation_id=r.pk)
+    body = _operator().get(URL).json()
+    assert _cells(body)[(gansu.code, home.code)] == completed
+    # the value counted is what settlement billed: the bill less the undelivered refund
+    hold = Hold.objects.get(reservation=settled)
+    billed = settled.bill - hold.refunded_voucher - hold.refunded_cash
+    assert billed == Decimal(value) == bill_amount(1, delivered, offer.price_per_gpu_hour)
+    assert (body["trades"], body["gpu_hours"]) == (4, 19 + gpu_hours)
+    assert body["value"] == str(Decimal("177.50") + Decimal(value))
