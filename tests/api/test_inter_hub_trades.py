@@ -2,7 +2,7 @@
 API (operators only) and in the operator admin: what counts (booked, delivered, nothing for a
 cancelled, expired or failed reservation), the filters, refused parameters, permissions."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -225,3 +225,83 @@ def test_a_short_delivery_counts_the_delivered_hours_and_billable_value(  # type
     assert billed == Decimal(value) == bill_amount(1, delivered, offer.price_per_gpu_hour)
     assert (body["trades"], body["gpu_hours"]) == (4, 19 + gpu_hours)
     assert body["value"] == str(Decimal("177.50") + Decimal(value))
+
+
+def test_filters_by_hub(trades):  # type: ignore[no-untyped-def]
+    gansu, home = trades
+    client = _operator()
+    body = client.get(URL, {"exporting_hub": gansu.code}).json()
+    assert _cells(body) == {(gansu.code, home.code): (2, 14, "140.00")}
+    assert [h["code"] for h in body["hubs"]] == sorted([gansu.code, home.code])  # every hub
+    body = client.get(URL, {"importing_hub": gansu.code}).json()
+    assert _cells(body) == {(home.code, gansu.code): (1, 5, "37.50")}
+    body = client.get(URL, {"exporting_hub": gansu.code, "importing_hub": gansu.code}).json()
+    assert (body["cells"], body["trades"], body["value"]) == ([], 0, "0.00")
+
+
+def test_filters_by_when_booked(trades):  # type: ignore[no-untyped-def]
+    InterHubTrade.objects.filter(gpu_hours=6).update(
+        created_at=datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+    )
+    InterHubTrade.objects.filter(gpu_hours=8).update(
+        created_at=datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+    )
+    InterHubTrade.objects.filter(gpu_hours=5).update(
+        created_at=datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    )
+    client = _operator()
+
+    def totals(**query: str) -> tuple[int, int, str]:
+        response = client.get(URL, query)
+        assert response.status_code == 200, response.content
+        body = response.json()
+        return body["trades"], body["gpu_hours"], body["value"]
+
+    assert totals(booked_after="2026-12-01") == (2, 13, "117.50")  # a date: 00:00 UTC, inclusive
+    assert totals(booked_before="2026-12-01") == (1, 6, "60.00")  # exclusive
+    assert totals(booked_after="2026-12-01", booked_before="2026-12-02") == (1, 8, "80.00")
+    # an offset is converted: 08:00 in Shanghai is 00:00 UTC
+    assert totals(booked_after="2026-12-01T08:00:00+08:00") == (2, 13, "117.50")
+    assert totals(booked_after="2026-12-01T00:00:01Z") == (1, 5, "37.50")
+    assert totals(booked_before="2026-11-30T23:00:00Z") == (0, 0, "0.00")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("exporting_hub=bogus", "exporting_hub"),
+        ("importing_hub=bogus", "importing_hub"),
+        ("exporting_hub=", "exporting_hub"),
+        ("booked_after=notadate", "booked_after"),
+        ("booked_before=2026-02-30", "booked_before"),
+        ("booked_before=2026-13-01T00:00:00Z", "booked_before"),
+        ("booked_after=2026-12-01T08:00:00", "booked_after"),  # no offset
+        ("booked_after=0001-01-01T00:00:00%2B01:00", "booked_after"),  # before year 1 in UTC
+        ("booked_after=2026-12-02&booked_before=2026-12-01", "booked_before"),
+        ("booked_after=2026-12-01&booked_before=2026-12-01", "booked_before"),
+        ("booked_after=2026-12-01&booked_after=2026-12-02", "booked_after"),
+        ("page=abc", "page"),
+        ("page_size=10", "page_size"),
+        ("from=notadate", "from"),
+        ("hub=gansu", "hub"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_field(trades, query, field):  # type: ignore[no-untyped-def]
+    response = _operator().get(f"{URL}?{query}")
+    assert error_of(response) == (400, "invalid", field)
+
+
+def test_an_unknown_parameter_says_so(trades):  # type: ignore[no-untyped-def]
+    body = _operator().get(URL, {"from": "2026-12-01"}).json()
+    assert body["errors"] == {"from": ["unknown query parameter"]}
+
+
+def test_the_schema_documents_the_filters(anon_client):  # type: ignore[no-untyped-def]
+    schema = anon_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    parameters = schema["paths"][URL]["get"]["parameters"]
+    assert {p["name"]: p["in"] for p in parameters} == {
+        "exporting_hub": "query",
+        "importing_hub": "query",
+        "booked_after": "query",
+        "booked_before": "query",
+    }
