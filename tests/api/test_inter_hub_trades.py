@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from ledger.models import Hold
-from marketplace.models import InterHubTrade, Reservation, Site
+from marketplace.models import Hub, InterHubTrade, Reservation, Site
 from marketplace.money import bill_amount
 from marketplace.services import (
     reservation_cancel,
@@ -305,3 +306,68 @@ def test_the_schema_documents_the_filters(anon_client):  # type: ignore[no-untyp
         "booked_after": "query",
         "booked_before": "query",
     }
+
+
+ADMIN_MATRIX = "/admin/marketplace/interhubtrade/matrix/"
+
+
+def _staff(client, *permissions: str) -> User:  # type: ignore[no-untyped-def]
+    user = User.objects.create_user(f"staff-{'-'.join(permissions)}", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=permissions))
+    client.force_login(user)
+    return user
+
+
+def test_admin_matrix_needs_the_view_permission(trades, client):  # type: ignore[no-untyped-def]
+    _staff(client)
+    assert client.get("/admin/marketplace/interhubtrade/").status_code == 403
+    assert client.get(ADMIN_MATRIX).status_code == 403
+    client.logout()
+    _staff(client, "view_interhubtrade")
+    assert client.get("/admin/marketplace/interhubtrade/").status_code == 200
+    page = client.get(ADMIN_MATRIX)
+    assert page.status_code == 200
+    assert "3 · 19 · " in page.content.decode()
+
+
+def test_admin_matrix_filters(trades, client):  # type: ignore[no-untyped-def]
+    gansu, _ = trades
+    _staff(client, "view_interhubtrade")
+    cancelled = _gansu_reservation(8)
+    reservation_cancel(reservation_id=cancelled.pk, buyer=cancelled.buyer)
+    page = client.get(ADMIN_MATRIX, {"exporting_hub": gansu.code, "booked_after": "2000-01-01"})
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="matrix-filters"' in html
+    assert f'<option value="{gansu.code}" selected>' in html
+    # only the Gansu → home trade of 6 GPU-hours (the other was cancelled); the home → Gansu
+    # trade is filtered out
+    assert '<td class="num" id="matrix-total">1 · 6 · ' in html
+    assert html.count("1 · 6 · ") == 4  # the cell, its row and column totals, the grand total
+    assert "1 · 5 · " not in html
+    # the form submitted as it first shows (every field empty) filters nothing
+    empty = {"exporting_hub": "", "importing_hub": "", "booked_after": "", "booked_before": ""}
+    page = client.get(ADMIN_MATRIX, empty)
+    assert page.status_code == 200
+    assert '<td class="num" id="matrix-total">2 · 11 · ' in page.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"exporting_hub": "bogus"}, "exporting_hub: Select a valid choice."),
+        ({"booked_after": "notadate"}, "booked_after: enter an ISO 8601 date"),
+        ({"booked_before": "2026-12-01T00:00:00"}, "booked_before: must include a time zone"),
+        ({"page": "abc"}, "page: unknown query parameter"),
+        ({"importing_hub": ["gansu", "gansu"]}, "importing_hub: give this parameter once"),
+    ],
+)
+def test_admin_matrix_bad_filters_show_a_message(trades, client, query, message):  # type: ignore[no-untyped-def]
+    _staff(client, "view_interhubtrade")
+    page = client.get(ADMIN_MATRIX, query)
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert 'id="matrix-errors"' in html
+    assert message in html
+    assert 'id="inter-hub-matrix"' not in html  # no unfiltered matrix shown as if filtered
+    assert Hub.objects.count() == 2
