@@ -419,4 +419,11 @@ ZH = {
     "Matrix": "矩阵",
     "Exporting hub by row, importing hub by column; each cell: trades · GPU-hours · value.": "行为输出枢纽，列为输入枢纽；每格：交易数 · GPU 小时 · 金额。",
     "Total": "合计",
+    "Exporting hub": "输出枢纽",
+    "Importing hub": "输入枢纽",
+    "Booked from (UTC)": "预订时间自（UTC）",
+    "until (UTC, exclusive)": "至（UTC，不含）",
+    "Filter": "筛选",
+    "Clear": "清除",
+    "Held, confirmed and active reservations count as booked; completed and settled ones as delivered and billed; cancelled, expired and failed ones not at all.": "已保留、已确认和进行中的预订按预订量计；已完成和已结算的按实际交付和计费计；已取消、已过期和失败的不计入。",
 }

@@ -352,7 +352,13 @@ class DisputeRefundForm(forms.Form):
 
 class InterHubTradeMatrixAdmin(InterHubTradeAdmin):
     """The trade changelist plus ``matrix/``: exporting hub (rows) × importing hub (columns),
-    each cell trades · GPU-hours · value CNY, with row and column totals (staff only)."""
+    each cell trades · GPU-hours · value CNY, with row and column totals, counted as
+    ``web.selectors.trade_matrix`` counts them. Staff with the view permission on inter-hub
+    trades only (``PermissionDenied``, a 403, otherwise). Takes the API's filters as query
+    parameters (``InterHubTradeFilter``: ``exporting_hub``, ``importing_hub``,
+    ``booked_after``, ``booked_before``) from a GET form above the table; a bad value, an
+    unknown parameter or one given twice shows the message on a 400 page without the table;
+    an empty field filters nothing (the form sends every field)."""
 
     change_list_template = "admin/marketplace/interhubtrade/change_list.html"
 
@@ -366,10 +372,43 @@ class InterHubTradeMatrixAdmin(InterHubTradeAdmin):
         )
         return [matrix, *super().get_urls()]
 
-    def matrix_view(self, request):  # type: ignore[no-untyped-def]
+    def matrix_view(self, request: HttpRequest) -> TemplateResponse:
+        from django.core.exceptions import PermissionDenied
+
         from web.selectors import trade_matrix
 
-        hubs, cells = trade_matrix()
+        from .api.filters import InterHubTradeFilter
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        filterset = InterHubTradeFilter(request.GET, queryset=InterHubTrade.objects.all())
+        errors = [
+            (name, "unknown query parameter")
+            for name in sorted(set(request.GET) - set(filterset.base_filters))
+        ] + [
+            (name, "give this parameter once")
+            for name, values in sorted(request.GET.lists())
+            if name in filterset.base_filters and len(values) > 1
+        ]
+        if not filterset.is_valid():
+            errors += [
+                (name, message)
+                for name, messages_ in filterset.errors.items()
+                for message in messages_
+            ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Inter-hub trade matrix",
+            "opts": self.model._meta,
+            "filters": {name: request.GET.get(name, "") for name in filterset.base_filters},
+            "errors": errors,
+        }
+        if errors:
+            context["hubs"] = list(Hub.objects.order_by("code"))
+            return TemplateResponse(
+                request, "admin/marketplace/interhubtrade/matrix.html", context, status=400
+            )
+        hubs, cells = trade_matrix(filterset.qs)
         zero = (0, Decimal("0.00"), 0)
 
         def add(
@@ -389,15 +428,7 @@ class InterHubTradeMatrixAdmin(InterHubTradeAdmin):
                     column_totals[i] = add(column_totals[i], cell)
             total = add(total, row_total)
             rows.append((exp, row, row_total))
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Inter-hub trade matrix",
-            "opts": self.model._meta,
-            "hubs": hubs,
-            "rows": rows,
-            "column_totals": column_totals,
-            "total": total,
-        }
+        context.update(hubs=hubs, rows=rows, column_totals=column_totals, total=total)
         return TemplateResponse(request, "admin/marketplace/interhubtrade/matrix.html", context)
 
 

@@ -11,8 +11,19 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import Count, QuerySet, Sum
-from django.db.models.functions import TruncDate, TruncMonth
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    Q,
+    QuerySet,
+    Sum,
+    When,
+)
+from django.db.models.functions import Cast, Round, TruncDate, TruncMonth
 from django.utils import timezone
 
 from accounts.models import Organisation
@@ -353,15 +364,76 @@ def gpu_hours_by_hub_day(
     return days, sorted(hubs), dict(cells)
 
 
-def trade_matrix() -> tuple[list[Hub], dict[tuple[Any, Any], tuple[int, Decimal, int]]]:
-    """Inter-hub trades summed by (exporting hub pk, importing hub pk): ``(GPU-hours, value CNY,
-    trades)``; hubs by code. Pairs without a trade are absent. Two queries."""
+# Reservations whose inter-hub trade the matrix counts: the booking stands (held, confirmed,
+# active) or was delivered (completed, settled). A cancelled, expired or failed reservation
+# returned its hold, so its trade row (written with the hold, never changed) traded nothing.
+TRADE_COUNTED = Reservation.CAPACITY_STATUSES
+# Offer prices have 4 decimal places: price × 10,000 is an exact integer.
+_PRICE_UNITS_PER_CNY = 10_000
+# A completed or settled reservation that delivered fewer GPU-hours than it booked.
+_SHORT_DELIVERY = Q(
+    reservation__status__in=(Reservation.Status.COMPLETED, Reservation.Status.SETTLED),
+    reservation__delivered_gpu_hours__lt=F("gpu_hours"),
+)
+
+
+def _trade_value_fen() -> Case:
+    """Per trade row, the value counted, in fen (an integer, so the sums are exact on every
+    backend: SQLite's decimal arithmetic is binary floating point). As ``reservation_settle``:
+    the booked value (the bill) unless a completed or settled reservation delivered fewer
+    GPU-hours than booked; then ``bill_amount(1, delivered, price)``, i.e. delivered ×
+    price in ten-thousandths of a CNY, rounded half-up to the fen by ``(n + 50) div 100``."""
+    price_units = Cast(
+        Round(F("reservation__price_per_gpu_hour") * _PRICE_UNITS_PER_CNY), BigIntegerField()
+    )
+    billable = ExpressionWrapper(
+        (F("reservation__delivered_gpu_hours") * price_units + 50) / 100,
+        output_field=BigIntegerField(),
+    )
+    booked = Cast(Round(F("value") * 100), BigIntegerField())
+    return Case(When(_SHORT_DELIVERY, then=billable), default=booked)
+
+
+def trade_matrix(
+    trades: QuerySet[InterHubTrade] | None = None,
+) -> tuple[list[Hub], dict[tuple[Any, Any], tuple[int, Decimal, int]]]:
+    """What was traded between hubs (PRODUCT.md §4 hub docking), summed by (exporting hub pk,
+    importing hub pk): ``(GPU-hours, value CNY, trades)``; all hubs by code. Pairs without a
+    counted trade are absent. Two queries.
+
+    ``trades``: the trade rows to count (default all; the API and admin pass them filtered by
+    ``InterHubTradeFilter``). Of those, only trades of reservations in ``TRADE_COUNTED``
+    count:
+
+    * ``held``, ``confirmed``, ``active``: the booked GPU-hours and value (the bill);
+    * ``completed``, ``settled``: the delivered GPU-hours and the billable value, exactly as
+      ``reservation_settle`` computes it: the bill when all booked GPU-hours were delivered,
+      otherwise ``bill_amount(1, delivered, price_per_gpu_hour)`` (half-up to the fen, §5.5);
+      a reservation that delivered nothing counts as a trade of 0 GPU-hours and ¥0.00;
+    * ``cancelled``, ``expired``, ``failed``: left out (the hold went back, PRODUCT.md §5.3).
+
+    Refunds decided in disputes are separate ledger corrections and are not subtracted.
+    """
     hubs = list(Hub.objects.order_by("code"))
-    cells = {
-        (r["exporting_hub"], r["importing_hub"]): (r["gh"], r["v"], r["n"])
-        for r in InterHubTrade.objects.values("exporting_hub", "importing_hub")
-        .annotate(gh=Sum("gpu_hours"), v=Sum("value"), n=Count("id"))
+    trades = InterHubTrade.objects.all() if trades is None else trades
+    gpu_hours = Case(
+        When(_SHORT_DELIVERY, then=F("reservation__delivered_gpu_hours")),
+        default=F("gpu_hours"),
+        output_field=IntegerField(),
+    )
+    rows = (
+        trades.filter(reservation__status__in=TRADE_COUNTED)
+        .values("exporting_hub", "importing_hub")
+        .annotate(gh=Sum(gpu_hours), fen=Sum(_trade_value_fen()), n=Count("id"))
         .order_by()
+    )
+    cells = {
+        (r["exporting_hub"], r["importing_hub"]): (
+            int(r["gh"]),
+            Decimal(int(r["fen"])).scaleb(-2),
+            r["n"],
+        )
+        for r in rows
     }
     return hubs, cells
 

@@ -22,13 +22,13 @@ class AwareDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value: Any) -> datetime:
         if isinstance(value, str):
-            parsed = _parse(value)
+            parsed = parse_iso(value)
             if parsed is not None and parsed.tzinfo is None:
                 self.fail("naive_datetime")
         return super().to_internal_value(value)
 
 
-def _parse(raw: str) -> datetime | None:
+def parse_iso(raw: str) -> datetime | None:
     """``parse_datetime``, but an impossible date (30 February, month 13) is ``None`` (left to
     the field's own "invalid" error) instead of a ``ValueError`` that would be a 500."""
     try:
@@ -41,7 +41,7 @@ def is_naive_iso(raw: str | None) -> bool:
     """Whether a query-string time parses as ISO 8601 but has no offset."""
     if not raw:
         return False
-    parsed = _parse(raw)
+    parsed = parse_iso(raw)
     return parsed is not None and parsed.tzinfo is None
 
 

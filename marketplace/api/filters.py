@@ -2,21 +2,31 @@
 400 naming the parameter, never a silently unfiltered list (PRODUCT.md §6.1)."""
 
 import copy
+from datetime import UTC, datetime, time
 from typing import Any
 
 import django_filters
 from django import forms
 from django.db.models import Q, QuerySet
 from django.http import QueryDict
+from django.utils.dateparse import parse_date
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.selectors import request_organisation
-from marketplace.api.fields import is_naive_iso
+from marketplace.api.fields import is_naive_iso, parse_iso
 from marketplace.errors import ValidationFailed
-from marketplace.models import Demand, Hub, LocalityTier, Offer, Reservation, Site
+from marketplace.models import (
+    Demand,
+    Hub,
+    InterHubTrade,
+    LocalityTier,
+    Offer,
+    Reservation,
+    Site,
+)
 from marketplace.services import MAX_GPUS, MAX_PRICE, accelerator_ids_resolve
 
 
@@ -249,3 +259,85 @@ class ReservationFilter(StrictFilterSet):
     def filter_role(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         organisation = request_organisation(self.request) if self.request else None
         return queryset.filter(**{value: organisation})
+
+
+# --- Inter-hub trade matrix -----------------------------------------------------------------
+
+
+class UtcInstantField(forms.Field):
+    """An ISO 8601 date-time with an offset (``2026-12-01T08:00:00Z``, ``…+08:00``) or a date
+    (``2026-12-01``: 00:00 UTC that day), cleaned to an aware UTC ``datetime``. A date-time
+    without an offset is refused (code ``naive_datetime``), as everywhere in the API."""
+
+    default_error_messages = {
+        "invalid": "enter an ISO 8601 date (2026-12-01) or date-time with an offset "
+        "(2026-12-01T08:00:00Z)",
+        "naive_datetime": "must include a time zone offset, e.g. Z",
+    }
+
+    def to_python(self, value: Any) -> datetime | None:
+        if value in self.empty_values:
+            return None
+        raw = str(value).strip()
+        try:
+            day = parse_date(raw)
+            if day is not None:
+                return datetime.combine(day, time.min, tzinfo=UTC)
+        except ValueError:  # a date-shaped string naming no day (2026-02-30)
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from None
+        instant = parse_iso(raw)
+        if instant is None:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        if instant.tzinfo is None:
+            raise forms.ValidationError(
+                self.error_messages["naive_datetime"], code="naive_datetime"
+            )
+        try:
+            return instant.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 lies before year 1 in UTC
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from None
+
+
+class UtcInstantFilter(django_filters.Filter):
+    field_class = UtcInstantField
+
+
+class InterHubTradeFilter(StrictFilterSet):
+    """Which inter-hub trades the matrix counts: ``exporting_hub`` and ``importing_hub`` (hub
+    codes; an unknown code is a 400), ``booked_after`` (inclusive) and ``booked_before``
+    (exclusive): when the trade was booked (its reservation made), UTC, an ISO 8601 date-time
+    with an offset or a date (00:00 UTC). ``booked_before`` must be after ``booked_after``."""
+
+    exporting_hub = HubCodeFilter(field_name="exporting_hub", help_text="hub code")
+    importing_hub = HubCodeFilter(field_name="importing_hub", help_text="hub code")
+    booked_after = UtcInstantFilter(
+        field_name="created_at",
+        lookup_expr="gte",
+        help_text="booked at or after (UTC): ISO 8601 date-time with an offset, or a date",
+    )
+    booked_before = UtcInstantFilter(
+        field_name="created_at",
+        lookup_expr="lt",
+        help_text="booked before (UTC): ISO 8601 date-time with an offset, or a date",
+    )
+
+    class Meta:
+        model = InterHubTrade
+        fields: list[str] = []
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        if valid:
+            after = self.form.cleaned_data.get("booked_after")
+            before = self.form.cleaned_data.get("booked_before")
+            if after is not None and before is not None and before <= after:
+                self.form.add_error("booked_before", "must be after booked_after")
+                return False
+        return valid
+
+
+class MatrixFilterBackend(StrictFilterBackend):
+    """``StrictFilterBackend`` for a response that is one object, not a page: ``page`` and
+    ``page_size`` are unknown parameters there too."""
+
+    always_allowed = frozenset()

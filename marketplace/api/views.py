@@ -22,7 +22,7 @@ from accounts.models import Organisation
 from marketplace import selectors, services
 from marketplace.errors import Conflict, NotFound, PermissionDenied
 from marketplace.matching.explain import demand_explain
-from marketplace.models import Demand, Offer, Reservation
+from marketplace.models import Demand, InterHubTrade, Offer, Reservation
 from vouchers.models import Voucher
 from vouchers.selectors import voucher_get
 
@@ -35,7 +35,15 @@ from .base import (
     idempotent,
     object_id,
 )
-from .filters import DemandFilter, OfferFilter, ReservationFilter, SiteFilter, StrictFilterBackend
+from .filters import (
+    DemandFilter,
+    InterHubTradeFilter,
+    MatrixFilterBackend,
+    OfferFilter,
+    ReservationFilter,
+    SiteFilter,
+    StrictFilterBackend,
+)
 from .search_cache import SearchPage
 from .serializers import (
     OFFER_VALUES,
@@ -482,14 +490,16 @@ class DemandExplainApi(OrgMixin, APIView):
 # --- Inter-hub trade matrix (appended by issue 4) ------------------------------------------
 
 
-def inter_hub_trade_matrix() -> dict[str, Any]:
-    """The exporting × importing hub matrix of inter-hub trades (PRODUCT.md §4 hub docking):
-    ``{"hubs": [{id, code, name}], "cells": [{exporting_hub, importing_hub (codes), trades,
-    gpu_hours, value (CNY)}], "trades", "gpu_hours", "value"}``; the operator dashboard's
-    selector (``web.selectors.trade_matrix``), cells ordered by exporting then importing code."""
+def inter_hub_trade_matrix(trades: QuerySet[InterHubTrade] | None = None) -> dict[str, Any]:
+    """The exporting × importing hub matrix of what was traded between hubs (PRODUCT.md §4 hub
+    docking) over ``trades`` (default all): ``{"hubs": [{id, code, name}], "cells":
+    [{exporting_hub, importing_hub (codes), trades, gpu_hours, value (CNY)}], "trades",
+    "gpu_hours", "value"}``; the operator dashboard's selector (``web.selectors.trade_matrix``:
+    which reservations count and at what GPU-hours and value), cells ordered by exporting then
+    importing code."""
     from web.selectors import trade_matrix
 
-    hubs, cells = trade_matrix()
+    hubs, cells = trade_matrix(trades)
     code = {h.pk: h.code for h in hubs}
     rows = sorted(
         (
@@ -513,12 +523,26 @@ def inter_hub_trade_matrix() -> dict[str, Any]:
     }
 
 
-class InterHubTradeMatrixApi(APIView):
-    """Inter-hub trades by exporting hub × importing hub: trades, GPU-hours, value CNY.
-    Operators (staff) only: 401 anonymous, 403 ``not_operator`` for everyone else."""
+class InterHubTradeMatrixApi(generics.GenericAPIView):
+    """What was traded between hubs, by exporting hub × importing hub: trades, GPU-hours,
+    value CNY (booked for held/confirmed/active reservations, delivered and billable for
+    completed/settled ones; cancelled, expired and failed ones left out).
+    Filters (``InterHubTradeFilter``): ``exporting_hub``, ``importing_hub`` (hub codes),
+    ``booked_after`` (inclusive), ``booked_before`` (exclusive), UTC. 400 ``invalid`` naming
+    the parameter for a bad value, an unknown hub code or any other parameter (``page``
+    included: the matrix is one object). Operators (staff) only: 401 anonymous, 403
+    ``not_operator`` for everyone else (checked before the parameters)."""
 
-    @extend_schema(responses={200: InterHubTradeMatrixSerializer, **ERRORS})
+    filter_backends = [MatrixFilterBackend]
+    filterset_class = InterHubTradeFilter
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet[InterHubTrade]:
+        return InterHubTrade.objects.all()
+
+    @extend_schema(filters=True, responses={200: InterHubTradeMatrixSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
         if not request.user.is_staff:
             raise PermissionDenied("operators only", code="not_operator")
-        return Response(InterHubTradeMatrixSerializer(inter_hub_trade_matrix()).data)
+        trades = self.filter_queryset(self.get_queryset())
+        return Response(InterHubTradeMatrixSerializer(inter_hub_trade_matrix(trades)).data)
