@@ -51,6 +51,7 @@ from vouchers.services import (
     voucher_application_approve,
     voucher_application_submit,
 )
+from web.selectors import trade_matrix
 
 DEMO_PASSWORD = "suanli-demo-2026"  # noqa: S105 — printed for the local demo on purpose
 SLOT_HOURS = 4  # simulated hours between matching cycles
@@ -278,10 +279,13 @@ class Command(BaseCommand):
                 status__in=[Demand.Status.RESERVED, Demand.Status.MATCHED]
             ).values_list("unmatched_reason", flat=True)
         )
-        trades = (
-            InterHubTrade.objects.values("exporting_hub__code", "importing_hub__code")
-            .annotate(n=Count("id"), gpu_hours=Sum("gpu_hours"), value=Sum("value"))
-            .order_by("exporting_hub__code", "importing_hub__code")
+        # What was traded, as the API, the admin and the dashboard count it (``trade_matrix``:
+        # cancelled, expired and failed reservations left out, the rest as delivered).
+        hubs, cells = trade_matrix()
+        code = {h.pk: h.code for h in hubs}
+        trades = sorted(
+            (code[exporting], code[importing], n, gpu_hours, value)
+            for (exporting, importing), (gpu_hours, value, n) in cells.items()
         )
         budget = []
         for p in Programme.objects.order_by("code"):
@@ -318,16 +322,17 @@ class Command(BaseCommand):
             "cash_total": str(cash_paid),
             "refunded_undelivered": str(refunds),
             "budget_by_programme": budget,
-            "inter_hub_trades": InterHubTrade.objects.count(),
+            "inter_hub_trades_booked": InterHubTrade.objects.count(),
+            "inter_hub_trades": sum(t[2] for t in trades),
             "inter_hub_matrix": [
                 {
-                    "exporting": t["exporting_hub__code"],
-                    "importing": t["importing_hub__code"],
-                    "trades": t["n"],
-                    "gpu_hours": t["gpu_hours"],
-                    "value": str(quantize_money(t["value"] or Decimal(0))),
+                    "exporting": exporting,
+                    "importing": importing,
+                    "trades": n,
+                    "gpu_hours": gpu_hours,
+                    "value": str(value),
                 }
-                for t in trades
+                for exporting, importing, n, gpu_hours, value in trades
             ],
             "matching_cycles": cycles["n"],
             "seconds_per_cycle": round((cycles["s"] or Decimal(0)) / max(1, cycles["n"] or 1), 4),
@@ -361,7 +366,10 @@ class Command(BaseCommand):
                 f"  programme {b['programme']:<14} issued {b['issued']:>12}  redeemed "
                 f"{b['redeemed']:>11}  budget left {b['budget_left']}"
             )
-        w(f"  inter-hub trades      {r['inter_hub_trades']:>10}")
+        w(
+            f"  inter-hub trades      {r['inter_hub_trades']:>10}   "
+            f"({r['inter_hub_trades_booked']} booked; cancelled, expired, failed not counted)"
+        )
         for t in r["inter_hub_matrix"]:
             w(
                 f"    {t['exporting']:>22} → {t['importing']:<22} {t['trades']:>4} trades "
