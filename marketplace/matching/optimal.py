@@ -68,7 +68,9 @@ twice). A block's answer is polished (``_polish``: each booked demand moves to a
 columns that still fits and is ahead in the order) and replaces the incumbent's bookings only
 when it is ahead of them in the order: more GPU-hours; or as many and a lower sum of tier ranks;
 or as near and less cash for the buyers, each voucher drawn exactly as the answer is applied
-(in priority order, its demands outside the block included); then latency, delay, slivers.
+(in priority order, its demands outside the block included; a voucher of more than
+``EXACT_VOUCHER_DEMANDS`` demands in the cycle is costed per pair, as the solver does, to keep
+each comparison cheap); then latency, delay, slivers. The polish stops at the blocks' deadline.
 """
 
 import bisect
@@ -656,8 +658,8 @@ def _improve(
     facts.update(solve_facts)
     if chosen is None or not _feasible(chosen):
         return None, facts
-    cash = _Cash(users, pick, by_id, {d.id for d in demands})
-    chosen = _polish(chosen, columns, demands, cash)
+    cash = _Cash(users, pick, by_id, demands)
+    chosen = _polish(chosen, columns, demands, cash, finish)
     before = _standing(demands, {columns[j].demand.id: columns[j] for j in incumbent}, cash)
     after = _standing(demands, {c.demand.id: c for c in chosen}, cash)
     if not after < before or not _feasible(chosen):
@@ -665,6 +667,10 @@ def _improve(
         facts["behind_incumbent"] = True
         return None, facts
     return chosen, facts
+
+
+# The most demands of one voucher in a cycle whose cash is compared exactly (see ``_Cash``).
+EXACT_VOUCHER_DEMANDS = 64
 
 
 class _Cash:
@@ -678,13 +684,32 @@ class _Cash:
         users: Mapping[str, list[DemandSnap]],
         pick: Mapping[str, Candidate | Match],
         by_id: Mapping[str, OfferSnap],
-        block: set[str],
+        block: Sequence[DemandSnap],
     ) -> None:
-        self.users, self.pick, self.by_id, self.block = users, pick, by_id, block
+        self.users, self.pick, self.by_id = users, pick, by_id
+        self.block = {d.id for d in block}
+        self.in_block: dict[str, list[DemandSnap]] = {}  # voucher id → its block demands
+        for d in block:
+            if d.voucher is not None:
+                self.in_block.setdefault(d.voucher.id, []).append(d)
+
+    def exact(self, voucher_id: str) -> bool:
+        """Whether the voucher's draws are followed demand by demand (see ``voucher``)."""
+        return len(self.users[voucher_id]) <= EXACT_VOUCHER_DEMANDS
 
     def voucher(self, voucher_id: str, cols: Mapping[str, Candidate]) -> Decimal:
-        """Cash paid by every demand of the voucher, block demands booked as in ``cols``."""
+        """Cash paid by every demand of the voucher, block demands booked as in ``cols``.
+        A voucher of more than ``EXACT_VOUCHER_DEMANDS`` demands in the cycle: cash of the
+        block's demands only, each pair's part as if it alone drew on the voucher (the
+        solver's own costing; walking every demand of the voucher at each comparison would
+        cost O(its demands) each time)."""
         total = Decimal("0.00")
+        if not self.exact(voucher_id):
+            for d in self.in_block[voucher_id]:
+                c = cols.get(d.id)
+                if c is not None:
+                    total += c.cost
+            return total
         left: Decimal | None = None
         for d in self.users[voucher_id]:
             p = cols.get(d.id) if d.id in self.block else self.pick.get(d.id)
@@ -739,13 +764,17 @@ def _fits_instead(alt: Candidate, c: Candidate, load: Mapping[tuple[str, int], i
 
 
 def _polish(
-    chosen: list[Candidate], columns: list[Candidate], demands: Sequence[DemandSnap], cash: _Cash
+    chosen: list[Candidate],
+    columns: list[Candidate],
+    demands: Sequence[DemandSnap],
+    cash: _Cash,
+    finish: float,
 ) -> list[Candidate]:
     """Move each booked demand of the block, in priority order, to the first of its other
     columns that still fits beside the rest of ``chosen`` and is ahead in ``_standing``'s order
     (same GPU-hours: nearer tier, less cash after vouchers, lower latency, earlier start,
-    tighter fit): the solver weighs these terms, the policy orders them. Returns the bookings
-    in priority order."""
+    tighter fit): the solver weighs these terms, the policy orders them. Stops moving once
+    ``finish`` (``time.perf_counter()``) has passed. Returns the bookings in priority order."""
     alternatives: dict[str, list[Candidate]] = {}
     for c in columns:
         alternatives.setdefault(c.demand.id, []).append(c)
@@ -754,7 +783,9 @@ def _polish(
     for c in chosen:
         for h in range(c.start, c.start + c.demand.duration):
             load[c.offer.id, h] = load.get((c.offer.id, h), 0) + c.demand.gpu_count
-    for d in demands:
+    for i, d in enumerate(demands):
+        if i % 32 == 0 and time.perf_counter() >= finish:
+            break
         booked = current.get(d.id)
         if booked is None:
             continue
@@ -764,8 +795,8 @@ def _polish(
                 break
             if not _fits_instead(alt, c, load):
                 continue
-            if d.voucher is None:
-                paid = alt.bill - c.bill
+            if d.voucher is None or not cash.exact(d.voucher.id):
+                paid = alt.cost - c.cost
             else:
                 before = cash.voucher(d.voucher.id, current)
                 current[d.id] = alt
