@@ -1,6 +1,7 @@
 """The main job, on PostgreSQL, on a slice of the real trace."""
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -53,3 +54,14 @@ def test_the_same_trace_gives_the_same_report(tmp_path):
     # providers report partial delivery), the money and the trades
     assert first == second
     assert first["demands_served"] > 0
+
+
+@pytest.mark.django_db
+def test_the_report_is_json_when_no_matching_cycle_ran():
+    # given a market in which no matching cycle ran (a worker not started yet)
+    from marketplace.management.commands.demo import Command
+
+    # when the report is made, then it serialises, with no cycles and 0 s per cycle
+    report = Command()._report(time.perf_counter())
+    assert json.loads(json.dumps(report))["seconds_per_cycle"] == 0.0
+    assert report["matching_cycles"] == 0

@@ -335,7 +335,7 @@ class Command(BaseCommand):
                 for exporting, importing, n, gpu_hours, value in trades
             ],
             "matching_cycles": cycles["n"],
-            "seconds_per_cycle": round((cycles["s"] or Decimal(0)) / max(1, cycles["n"] or 1), 4),
+            "seconds_per_cycle": round(float(cycles["s"] or 0.0) / max(1, cycles["n"] or 1), 4),
             "ledger_audit_ok": not problems,
             "ledger_audit_problems": problems[:20],
             "usd_cny_rate": str(demo.USD_CNY),
