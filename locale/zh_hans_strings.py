@@ -426,4 +426,5 @@ ZH = {
     "Filter": "筛选",
     "Clear": "清除",
     "Held, confirmed and active reservations count as booked; completed and settled ones as delivered and billed; cancelled, expired and failed ones not at all.": "已保留、已确认和进行中的预订按预订量计；已完成和已结算的按实际交付和计费计；已取消、已过期和失败的不计入。",
+    "You have no permission to view any section of this dashboard.": "您无权查看此看板的任何部分。",
 }

@@ -530,7 +530,8 @@ class InterHubTradeMatrixApi(generics.GenericAPIView):
     Filters (``InterHubTradeFilter``): ``exporting_hub``, ``importing_hub`` (hub codes),
     ``booked_after`` (inclusive), ``booked_before`` (exclusive), UTC. 400 ``invalid`` naming
     the parameter for a bad value, an unknown hub code or any other parameter (``page``
-    included: the matrix is one object). Operators (staff) only: 401 anonymous, 403
+    included: the matrix is one object). Operators only — staff with the view permission on
+    inter-hub trades, as the admin's matrix page and dashboard section: 401 anonymous, 403
     ``not_operator`` for everyone else (checked before the parameters)."""
 
     filter_backends = [MatrixFilterBackend]
@@ -542,7 +543,10 @@ class InterHubTradeMatrixApi(generics.GenericAPIView):
 
     @extend_schema(filters=True, responses={200: InterHubTradeMatrixSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
-        if not request.user.is_staff:
+        # the admin's rule for the trades (its matrix page and the dashboard's section):
+        # staff holding the view permission on inter-hub trades
+        user = request.user
+        if not (user.is_staff and user.has_perm("marketplace.view_interhubtrade")):
             raise PermissionDenied("operators only", code="not_operator")
         trades = self.filter_queryset(self.get_queryset())
         return Response(InterHubTradeMatrixSerializer(inter_hub_trade_matrix(trades)).data)

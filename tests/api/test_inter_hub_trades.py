@@ -67,6 +67,13 @@ def trades(buyer, provider, site, accelerator):  # type: ignore[no-untyped-def]
     return gansu, site.hub
 
 
+def _matrix_operator() -> User:
+    """Staff with the view permission on inter-hub trades (what the matrix asks for)."""
+    operator, _ = User.objects.get_or_create(username="op", defaults={"is_staff": True})
+    operator.user_permissions.add(Permission.objects.get(codename="view_interhubtrade"))
+    return User.objects.get(pk=operator.pk)  # a fresh instance: no cached permissions
+
+
 def _client(user: User | None) -> APIClient:
     client = APIClient()
     if user is not None:
@@ -76,7 +83,7 @@ def _client(user: User | None) -> APIClient:
 
 def test_operator_gets_the_matrix(trades):  # type: ignore[no-untyped-def]
     gansu, home = trades
-    operator = User.objects.create_user("op", is_staff=True)
+    operator = _matrix_operator()
     response = _client(operator).get(URL)
     assert response.status_code == 200
     body = response.json()
@@ -116,7 +123,7 @@ def test_members_are_refused_and_anonymous_unauthenticated(trades, buyer, provid
 
 
 def test_empty_matrix(site):  # type: ignore[no-untyped-def]
-    operator = User.objects.create_user("op", is_staff=True)
+    operator = _matrix_operator()
     body = _client(operator).get(URL).json()
     assert (body["cells"], body["trades"], body["gpu_hours"], body["value"]) == ([], 0, 0, "0.00")
 
@@ -140,8 +147,7 @@ def test_admin_matrix_page(trades, client):  # type: ignore[no-untyped-def]
 
 
 def _operator() -> APIClient:
-    operator, _ = User.objects.get_or_create(username="op", defaults={"is_staff": True})
-    return _client(operator)
+    return _client(_matrix_operator())
 
 
 def _cells(body: dict) -> dict[tuple[str, str], tuple[int, int, str]]:  # type: ignore[type-arg]
@@ -371,3 +377,13 @@ def test_admin_matrix_bad_filters_show_a_message(trades, client, query, message)
     assert message in html
     assert 'id="inter-hub-matrix"' not in html  # no unfiltered matrix shown as if filtered
     assert Hub.objects.count() == 2
+
+
+def test_the_api_matrix_asks_the_admins_view_permission(trades):  # type: ignore[no-untyped-def]
+    # given staff without the view permission on inter-hub trades: refused, as by the admin
+    staff = User.objects.create_user("staff-no-perm", is_staff=True)
+    assert error_of(_client(staff).get(URL)) == (403, "not_operator", None)
+    # and with it, or as a superuser, the matrix
+    assert _client(_matrix_operator()).get(URL).status_code == 200
+    root = User.objects.create_superuser("root", "root@suanli.example", "pw-Secret-123")
+    assert _client(root).get(URL).status_code == 200

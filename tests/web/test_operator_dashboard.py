@@ -79,3 +79,26 @@ def test_dashboard_query_count_is_fixed(operator, buyer, offer, voucher):
     with CaptureQueriesContext(connection) as ctx:
         operator.get("/admin/dashboard/")
     assert len(ctx.captured_queries) == few
+
+
+def test_each_section_shows_only_to_staff_who_may_view_what_it_sums(buyer, offer, voucher):
+    from django.contrib.auth.models import Permission
+
+    _book(buyer, offer, voucher, 2)
+    # given staff holding only the view permission on inter-hub trades
+    staff = User.objects.create_user("trade-watcher", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_interhubtrade"))
+    client = Client()
+    client.force_login(staff)
+    body = client.get("/admin/dashboard/").content.decode()
+    # then the trade matrix shows, and nothing it may not see (budgets, vouchers, disputes …)
+    assert 'id="trade-matrix"' in body
+    for section in ('id="budgets"', 'id="hub-days"', 'id="unserved"', 'id="disputes"'):
+        assert section not in body
+    assert "Vouchers by status" not in body and "¥1,000.00" not in body
+    # and staff with no permission at all see no section, and are told why
+    bare = User.objects.create_user("bare-staff", is_staff=True)
+    client.force_login(bare)
+    body = client.get("/admin/dashboard/").content.decode()
+    assert 'id="trade-matrix"' not in body and 'id="budgets"' not in body
+    assert "no permission to view any section" in body
