@@ -22,6 +22,8 @@ class AwareDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value: Any) -> datetime:
         if isinstance(value, str):
+            if not value.isascii():  # Django's parser reads full-width and other digits
+                self.fail("invalid", format="ISO 8601 with an offset, e.g. 2026-12-01T08:00:00Z")
             parsed = parse_iso(value)
             if parsed is not None and parsed.tzinfo is None:
                 self.fail("naive_datetime")
@@ -30,7 +32,11 @@ class AwareDateTimeField(serializers.DateTimeField):
 
 def parse_iso(raw: str) -> datetime | None:
     """``parse_datetime``, but an impossible date (30 February, month 13) is ``None`` (left to
-    the field's own "invalid" error) instead of a ``ValueError`` that would be a 500."""
+    the field's own "invalid" error) instead of a ``ValueError`` that would be a 500, and so
+    is text with other than ASCII characters (``datetime.fromisoformat``, Django's fallback,
+    reads full-width and other Unicode digits)."""
+    if not raw.isascii():
+        return None
     try:
         return parse_datetime(raw.strip())
     except ValueError:

@@ -279,6 +279,8 @@ class UtcInstantField(forms.Field):
         if value in self.empty_values:
             return None
         raw = str(value).strip()
+        if not raw.isascii():  # Django's parsers read full-width and other Unicode digits
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
         try:
             day = parse_date(raw)
             if day is not None:

@@ -280,6 +280,8 @@ def test_filters_by_when_booked(trades):  # type: ignore[no-untyped-def]
         ("importing_hub=bogus", "importing_hub"),
         ("exporting_hub=", "exporting_hub"),
         ("booked_after=notadate", "booked_after"),
+        ("booked_after=%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%96-12-01", "booked_after"),  # ２０２６
+        ("booked_before=2026-12-01T08:00:00%D9%A0Z", "booked_before"),  # an Arabic-Indic 0
         ("booked_before=2026-02-30", "booked_before"),
         ("booked_before=2026-13-01T00:00:00Z", "booked_before"),
         ("booked_after=2026-12-01T08:00:00", "booked_after"),  # no offset

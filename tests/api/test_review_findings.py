@@ -32,6 +32,8 @@ def _demand(**change: object) -> dict[str, object]:
     [
         ("earliest_start", "2030-01-01T08:00:00", "invalid"),  # naive: no offset
         ("latest_end", "2030-01-02T08:00:00", "invalid"),
+        ("earliest_start", "２０３０-01-01T08:00:00Z", "invalid"),  # full-width digits
+        ("latest_end", "2030-01-0٢T08:00:00Z", "invalid"),  # an Arabic-Indic 2
         ("earliest_start", "2030-01-01T08:30:00Z", "not_whole_hour"),
         ("latest_end", "2030-01-02T08:00:01Z", "not_whole_hour"),
     ],
