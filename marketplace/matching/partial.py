@@ -67,6 +67,10 @@ from .optimal import OptimalSettings, solve_optimal
 
 SCOPES = ("site", "hub")
 MAX_PARTS = 16  # parts of one demand (reservations written for it)
+# Start hours are searched in chunks of about this many free-GPU cells (offers × hours), so the
+# matrices of one chunk stay a few tens of MB whatever the group's size and window.
+CHUNK_CELLS = 1 << 20
+CHUNK_MIN_STARTS = 256
 
 
 @dataclass(frozen=True)
@@ -163,31 +167,49 @@ class _Group:
     key: str
     buckets: list[tuple[Bucket, int, float]]  # (bucket, tier rank, hub latency ms)
 
-    def rows(
-        self, lo: int, hi: int
-    ) -> tuple[list[OfferSnap], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(offers, free rows, tier ranks, price in 1e-4 CNY, latency ms, listing order)``,
-        read from the buckets' free-GPU matrices (kept current by ``OfferIndex.take``)."""
+    def keys(self) -> tuple[list[OfferSnap], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(offers, tier ranks, price in 1e-4 CNY, latency ms, listing order)``, one entry
+        per row of ``free``."""
         offers = [o for b, _, _ in self.buckets for o in b.offers]
         n = len(offers)
-        rows = np.zeros((n, hi - lo), dtype=np.int32)
         rank = np.empty(n, dtype=np.int64)
         price = np.empty(n, dtype=np.int64)
         distance = np.empty(n, dtype=np.float64)
         i = 0
         for bucket, r, dist in self.buckets:
             k = len(bucket.offers)
-            a, z = max(lo, bucket.start), min(hi, bucket.end)
-            if z > a:
-                rows[i : i + k, a - lo : z - lo] = bucket.free[
-                    :, a - bucket.start : z - bucket.start
-                ]
             rank[i : i + k] = r
             price[i : i + k] = int(bucket.price.scaleb(4))
             distance[i : i + k] = dist
             i += k
         listed = np.array([o.listed for o in offers], dtype=np.int64)
-        return offers, rows, rank, price, distance, listed
+        return offers, rank, price, distance, listed
+
+    def free(self, lo: int, hi: int) -> np.ndarray:
+        """Free GPUs per offer and hour of ``[lo, hi)`` (int32, offers × hours), read from the
+        buckets' free-GPU matrices (kept current by ``OfferIndex.take``)."""
+        rows = np.zeros((sum(len(b.offers) for b, _, _ in self.buckets), hi - lo), dtype=np.int32)
+        i = 0
+        for bucket, _, _ in self.buckets:
+            k = len(bucket.offers)
+            a, z = max(lo, bucket.start), min(hi, bucket.end)
+            if z > a:
+                rows[i : i + k, a - lo : z - lo] = bucket.free[
+                    :, a - bucket.start : z - bucket.start
+                ]
+            i += k
+        return rows
+
+    def peak(self, lo: int, hi: int) -> np.ndarray:
+        """Each offer's most free GPUs in any hour of ``[lo, hi)`` (0 if none there)."""
+        out = []
+        for bucket, _, _ in self.buckets:
+            a, z = max(lo, bucket.start), min(hi, bucket.end)
+            if z > a:
+                out.append(bucket.free[:, a - bucket.start : z - bucket.start].max(axis=1))
+            else:
+                out.append(np.zeros(len(bucket.offers), dtype=bucket.free.dtype))
+        return np.concatenate(out).astype(np.int64)
 
 
 def _fill(demand: DemandSnap, order: np.ndarray, free: np.ndarray) -> list[tuple[int, int]] | None:
@@ -209,6 +231,79 @@ def _fill(demand: DemandSnap, order: np.ndarray, free: np.ndarray) -> list[tuple
     if remaining or len(parts) > MAX_PARTS:
         return None
     return parts
+
+
+def _fill_classes(
+    price: np.ndarray, distance: np.ndarray, listed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the fill order that does not depend on the hour: ``(static, cls)``, the rows
+    sorted by price, latency, listing order and row (``static``), and per position of
+    ``static`` its class, the rank of its ``(price, latency)`` (``cls``, non-decreasing).
+    Inside a class the fill takes larger free blocks first, then ``static``'s order."""
+    static = np.lexsort((listed, distance, price))
+    p, d = price[static], distance[static]
+    fresh = np.ones(len(static), dtype=np.int64)
+    fresh[0] = 0
+    fresh[1:] = (p[1:] != p[:-1]) | (d[1:] != d[:-1])
+    return static, np.cumsum(fresh)
+
+
+def _fills(demand: DemandSnap, free: np.ndarray, static: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """Per column of ``free`` (offers × starts: each offer's free block at that start), whether
+    ``_fill`` over the rows usable there (``free ≥ min_part``) in fill order succeeds — the same
+    answer, for all starts at once in numpy.
+
+    Why it needs only the first ``MAX_PARTS`` positions of each column's order: with ``r`` GPUs
+    left and ``r ≥ 2 × min_part`` every usable offer becomes a part (all of ``r``, all of its
+    block, or ``r − min_part``, which leaves ``min_part``), so while ``r`` stays that large the
+    parts are the first usable offers in order and a 17th part fails. Once ``min_part ≤ r <
+    2 × min_part`` (or ``r < min_part`` from the start) an offer either takes all of ``r``
+    (block ≥ ``r``) or is passed over, so the fill succeeds exactly when some later offer's
+    block is ≥ ``r`` and fewer than ``MAX_PARTS`` parts are taken. So: the first
+    ``MAX_PARTS`` positions (``np.argpartition``, then sorted), the largest block after them,
+    and a loop of at most ``MAX_PARTS`` steps over arrays of starts — O(offers × starts) numpy
+    work and no Python loop per start or per offer."""
+    n, m = free.shape
+    least, gpus = demand.min_part, demand.gpu_count
+    f = free[static]
+    f = np.where(f >= least, f, 0)  # not usable: never a part, sorted last
+    top = int(f.max(initial=0)) + 1
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    # fill order: class, larger block, then ``static``'s order; every key distinct
+    key = np.where(f > 0, cls[:, None] * top + (top - 1 - f), (int(cls[-1]) + 1) * top)
+    key = key * n + rows
+    k = min(n, MAX_PARTS)
+    if n > k:
+        part = np.argpartition(key, k - 1, axis=0)
+        rest = np.take_along_axis(f, part[k:], axis=0).max(axis=0)
+        first = part[:k]
+    else:
+        rest = np.zeros(m, dtype=f.dtype)
+        first = np.broadcast_to(rows, (n, m))
+    first = np.take_along_axis(first, np.take_along_axis(key, first, axis=0).argsort(axis=0), 0)
+    blocks = np.take_along_axis(f, first, axis=0)  # k × m, in fill order
+    # after[j]: the largest block at position j or later of each column's order
+    after = np.maximum.accumulate(np.vstack([blocks, rest[None, :]])[::-1], axis=0)[::-1]
+    left = np.full(m, gpus, dtype=np.int64)
+    done = np.zeros(m, dtype=bool)
+    open_ = np.ones(m, dtype=bool)  # still taking every usable offer as a part
+    for j in range(k):
+        last = open_ & (left < 2 * least)  # one more part, of all that is left, or none
+        done |= last & (after[j] >= left)
+        open_ &= ~last
+        block = blocks[j].astype(np.int64)
+        open_ &= block > 0  # no usable offer left in this column
+        if not open_.any():
+            break
+        take = np.minimum(block, left)
+        rem = left - take
+        take = np.where((rem > 0) & (rem < least), left - least, take)
+        left = np.where(open_, left - take, left)
+        done |= open_ & (left == 0)
+        open_ &= left > 0
+    # a column still open here has taken ``k`` parts and has GPUs left: with ``k`` =
+    # ``MAX_PARTS`` it would need one part too many, with fewer offers there is none left
+    return done
 
 
 def _priced(
@@ -236,12 +331,17 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     module doc), or ``None``. An upper bound (each offer's most free GPUs in the window)
     rules a short group out before any start is tried.
 
-    Every start hour of the window is a candidate: the GPUs each offer holds free over
-    ``[start, start + duration)`` come for all starts at once (``_window_min``), the starts
-    whose largest blocks (``_held``) can hold the demand are kept, and of a run of starts
-    with the same free blocks only the first is filled (the fill depends on nothing else):
-    O(offers × window hours) in numpy, plus one fill per start where some offer's free block
-    changes. No cap: every hour of the window is examined."""
+    Every start hour of the window is a candidate, in chunks of start hours (about
+    ``CHUNK_CELLS`` offers × hours each, earliest first, stopping at the first chunk with a
+    fit): the GPUs each offer holds free over ``[start, start + duration)`` come for the
+    chunk's starts at once (``_window_min``), the starts whose largest blocks (``_held``) can
+    hold the demand are kept, of a run of starts with the same free blocks only the first (the
+    fill depends on nothing else), and the greedy fill is decided for all of them at once
+    (``_fills``); the parts are then taken by ``_fill`` at the first start it succeeds. So
+    the cost is O(offers × window hours) numpy work (× (chunk + duration) / chunk when the
+    duration is long), a Python loop of at most ``MAX_PARTS`` steps per chunk, and memory of
+    about ``offers × (chunk + duration)`` cells. No cap: every hour of the window is
+    examined."""
     duration, least = demand.duration, demand.min_part
     # Only hours some offer of the group is available can hold a part: the matrix spans
     # those, not a window that may reach years past them (valid input, e.g. to 9999).
@@ -249,25 +349,40 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     hi = min(demand.end, max(bucket.end for bucket, _, _ in group.buckets))
     if hi - lo < duration:
         return None
-    offers, rows, rank, price, distance, listed = group.rows(lo, hi)
-    peak = rows.max(axis=1)
+    peak = group.peak(lo, hi)
     if int(peak[peak >= least].sum()) < demand.gpu_count:
         return None
-    blocks = _window_min(rows, duration)  # offers × start hours lo .. hi - duration
-    candidate = _held(blocks, least) >= demand.gpu_count
-    candidate[1:] &= (blocks[:, 1:] != blocks[:, :-1]).any(axis=0)
-    for s in np.flatnonzero(candidate):
-        free = blocks[:, s]
-        usable = np.flatnonzero(free >= least)
-        # cheapest first, then lower latency, larger free block, listing order
-        order = usable[np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))]
-        fill = _fill(demand, order, free)
-        if fill is None:
+    offers, rank, price, distance, listed = group.keys()
+    static, cls = _fill_classes(price, distance, listed)
+    starts = hi - lo - duration + 1
+    step = max(CHUNK_CELLS // len(offers), CHUNK_MIN_STARTS)
+    for s0 in range(0, starts, step):
+        s1 = min(starts, s0 + step)
+        blocks = _window_min(group.free(lo + s0, lo + s1 + duration - 1), duration)
+        candidate = _held(blocks, least) >= demand.gpu_count
+        # a chunk's first start is always filled (its left neighbour is in the last chunk)
+        candidate[1:] &= (blocks[:, 1:] != blocks[:, :-1]).any(axis=0)
+        columns = np.flatnonzero(candidate)
+        if not columns.size:
             continue
-        parts = _priced(demand, offers, rank, fill)
-        return SplitPlan(
-            demand.split, group.key, lo + int(s), parts, max(float(distance[i]) for i, _ in fill)
-        )
+        for s in columns[_fills(demand, blocks[:, columns], static, cls)]:
+            free = blocks[:, s]
+            usable = np.flatnonzero(free >= least)
+            # cheapest first, then lower latency, larger free block, listing order
+            order = usable[
+                np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))
+            ]
+            fill = _fill(demand, order, free)
+            if fill is None:  # ``_fills`` says it fits; ``_fill`` decides the parts
+                continue
+            parts = _priced(demand, offers, rank, fill)
+            return SplitPlan(
+                demand.split,
+                group.key,
+                lo + s0 + int(s),
+                parts,
+                max(float(distance[i]) for i, _ in fill),
+            )
     return None
 
 

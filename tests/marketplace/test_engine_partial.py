@@ -1,13 +1,18 @@
 """Partial fills on plain data (``marketplace.matching.partial``): no database."""
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from marketplace.locality import tier_between, tier_rank
+from marketplace.matching import partial
 from marketplace.matching.engine import (
     DemandSnap,
     OfferSnap,
@@ -20,6 +25,8 @@ from marketplace.matching.partial import (
     MAX_PARTS,
     Reach,
     _fill,
+    _fill_classes,
+    _fills,
     solve_optimal_split,
     split_reach,
 )
@@ -617,3 +624,108 @@ def check_invariants(demands, offers, optimal):  # type: ignore[no-untyped-def]
         o = by_offer[offer_id]
         assert before[offer_id][h - o.start] + booked <= o.gpu_count
         assert o.used[h - o.start] == before[offer_id][h - o.start] + booked
+
+
+# --- Bounded cost: the fill decided for all starts at once, in chunks, under the clock ------
+
+
+def scalar_fills(
+    d: DemandSnap, free: np.ndarray, price: np.ndarray, distance: np.ndarray, listed: np.ndarray
+) -> list[bool]:
+    """``_fill`` at every column, in the engine's fill order there (price, latency, larger
+    block, listing order, row)."""
+    out = []
+    for s in range(free.shape[1]):
+        f = free[:, s]
+        usable = np.flatnonzero(f >= d.min_part)
+        order = usable[np.lexsort((listed[usable], -f[usable], distance[usable], price[usable]))]
+        out.append(_fill(d, order, f) is not None)
+    return out
+
+
+@st.composite
+def fill_case(draw: st.DrawFn) -> tuple[DemandSnap, np.ndarray, np.ndarray, np.ndarray, Any]:
+    """Up to 40 offers' free blocks at up to 8 starts, few prices, latencies and listing
+    numbers (ties everywhere), parts of at least 1 to 8, demands up to 80 GPUs (more than 16
+    parts of small blocks)."""
+    n, m = draw(st.integers(1, 40)), draw(st.integers(1, 8))
+    least = draw(st.sampled_from([1, 1, 2, 3, 4, 5, 8]))
+    gpus = draw(st.integers(least, 80))
+    blocks = st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 16])
+    free = np.array(
+        draw(st.lists(st.lists(blocks, min_size=m, max_size=m), min_size=n, max_size=n)),
+        dtype=np.int32,
+    )
+    price = np.array(draw(st.lists(st.sampled_from([5, 6, 7]), min_size=n, max_size=n)))
+    distance = np.array(draw(st.lists(st.sampled_from([0.0, 2.5]), min_size=n, max_size=n)))
+    listed = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    return demand(gpus=gpus, min_part=least), free, price, distance, listed
+
+
+def column_case(gpus: int, least: int, blocks: list[int]) -> tuple[Any, ...]:
+    """One start, offers in listing order at one price."""
+    n = len(blocks)
+    free = np.array(blocks, dtype=np.int32)[:, None]
+    zeros = np.zeros(n, dtype=np.int64)
+    return demand(gpus=gpus, min_part=least), free, zeros, zeros.astype(float), np.arange(n)
+
+
+@given(case=fill_case())
+@example(case=column_case(15, 5, [8, 5, 5]))  # 8 first, 7 left: no parts of 5 make it
+@example(case=column_case(15, 5, [5, 5, 5]))
+@example(case=column_case(17, 1, [1] * 17))  # 17 parts: one too many
+@example(case=column_case(16, 1, [1] * 17))
+@example(case=column_case(128, 8, [4] + [8] * 16))  # the module doc's seventeen offers
+@example(case=column_case(9, 5, [6, 6, 9]))  # 6 leaves 3: skipped twice, then 9 takes all
+@example(case=column_case(68, 4, [4] * 17))
+@settings(max_examples=400, deadline=None)
+def test_the_vectorised_fill_decides_every_start_as_the_scalar_fill(case):
+    d, free, price, distance, listed = case
+    static, cls = _fill_classes(price, distance, listed)
+    assert _fills(d, free, static, cls).tolist() == scalar_fills(d, free, price, distance, listed)
+
+
+def test_the_vectorised_fill_counts_parts_and_passes_over_offers_as_the_scalar_fill():
+    cases = [
+        (column_case(15, 5, [8, 5, 5]), [False]),
+        (column_case(15, 5, [5, 5, 5]), [True]),
+        (column_case(17, 1, [1] * 17), [False]),
+        (column_case(16, 1, [1] * 17), [True]),
+        (column_case(128, 8, [4] + [8] * 16), [True]),  # the 4 is not usable: 16 parts of 8
+        (column_case(128, 8, [9] + [8] * 16), [False]),  # 9, then 13 × 8, leave 15: no block
+        (column_case(64, 4, [4] * 17), [True]),  # 16 parts of 4
+        (column_case(68, 4, [4] * 17), [False]),  # 17 parts of 4: one too many
+        (column_case(9, 5, [6, 6, 9]), [True]),
+    ]
+    for (d, free, price, distance, listed), expected in cases:
+        static, cls = _fill_classes(price, distance, listed)
+        assert _fills(d, free, static, cls).tolist() == expected
+        assert scalar_fills(d, free, price, distance, listed) == expected
+
+
+@contextmanager
+def chunks_of(starts: int) -> Iterator[None]:
+    """Search the start hours in chunks of ``starts`` whatever the group's size."""
+    with (
+        mock.patch.object(partial, "CHUNK_CELLS", 1),
+        mock.patch.object(partial, "CHUNK_MIN_STARTS", starts),
+    ):
+        yield
+
+
+def test_a_common_start_in_a_later_chunk_is_found():
+    # given the reviewer's offers (both free together first at hour 701), searched 256 start
+    # hours at a time: the fit is in the third chunk
+    with chunks_of(256):
+        result = solve_greedy([demand(gpus=8, duration=1, end=1000)], reviewer_offers())
+    assert parts(result) == [("d", "x", 4, 701), ("d", "y", 4, 701)]
+
+
+@given(case=busy_site(least=1) | busy_site(least=4), starts=st.sampled_from([1, 2, 7]))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_chunk_size_changes_nothing(case, starts):
+    wanted, fleet = case
+    whole = solve_greedy([wanted], copy.deepcopy(fleet))
+    with chunks_of(starts):
+        chunked = solve_greedy([wanted], copy.deepcopy(fleet))
+    assert (parts(chunked), chunked.unserved) == (parts(whole), whole.unserved)
