@@ -44,6 +44,7 @@ the parts' voucher amounts never exceed what one bill of the same total could ha
 GPUs its offers hold together over one window, every start hour of the demand's window counted.
 """
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -71,6 +72,10 @@ MAX_PARTS = 16  # parts of one demand (reservations written for it)
 # matrices of one chunk stay a few tens of MB whatever the group's size and window.
 CHUNK_CELLS = 1 << 20
 CHUNK_MIN_STARTS = 256
+
+
+class _Late(Exception):
+    """The deadline passed while a split demand was being planned (it is not reached)."""
 
 
 @dataclass(frozen=True)
@@ -326,10 +331,13 @@ def _priced(
     return tuple(parts)
 
 
-def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
+def _group_plan(
+    demand: DemandSnap, group: _Group, deadline: float | None = None
+) -> SplitPlan | None:
     """The plan of one group at the earliest common start that holds the whole demand (the
     module doc), or ``None``. An upper bound (each offer's most free GPUs in the window)
-    rules a short group out before any start is tried.
+    rules a short group out before any start is tried. Raises ``_Late`` when ``deadline`` (a
+    ``time.perf_counter()`` value) passes before the search ends.
 
     Every start hour of the window is a candidate, in chunks of start hours (about
     ``CHUNK_CELLS`` offers × hours each, earliest first, stopping at the first chunk with a
@@ -357,6 +365,8 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     starts = hi - lo - duration + 1
     step = max(CHUNK_CELLS // len(offers), CHUNK_MIN_STARTS)
     for s0 in range(0, starts, step):
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise _Late
         s1 = min(starts, s0 + step)
         blocks = _window_min(group.free(lo + s0, lo + s1 + duration - 1), duration)
         candidate = _held(blocks, least) >= demand.gpu_count
@@ -386,9 +396,12 @@ def _group_plan(demand: DemandSnap, group: _Group) -> SplitPlan | None:
     return None
 
 
-def split_plan(demand: DemandSnap, index: OfferIndex) -> tuple[SplitPlan | None, int]:
+def split_plan(
+    demand: DemandSnap, index: OfferIndex, deadline: float | None = None
+) -> tuple[SplitPlan | None, int]:
     """The split placement of ``demand`` on the current timelines of ``index`` (module doc),
-    or ``None``; with the number of offers looked at. Reads only.
+    or ``None``; with the number of offers looked at. Reads only. Raises ``_Late`` when
+    ``deadline`` (a ``time.perf_counter()`` value) passes before the plan is found.
 
     Candidates come from the demand's ring of buckets (inside its locality limit, nearest tier
     first): at most its limit price, minimum duration met, not the buyer's own, availability
@@ -415,7 +428,7 @@ def split_plan(demand: DemandSnap, index: OfferIndex) -> tuple[SplitPlan | None,
             fresh.add(key)
         best: SplitPlan | None = None
         for key in sorted(fresh):
-            plan = _group_plan(demand, groups[key])
+            plan = _group_plan(demand, groups[key], deadline)
             if plan is not None and (best is None or plan.order_key() < best.order_key()):
                 best = plan
         if best is not None:
@@ -428,12 +441,17 @@ def split_book(
     index: OfferIndex,
     result: Result,
     on_match: Callable[[Match], None] | None = None,
-) -> bool:
+    deadline: float | None = None,
+) -> bool | None:
     """Place ``demand`` in parts if it can be (``split_plan``): book every part on the index,
     draw the voucher, append one ``Match`` per part (``Match.gpus`` set, consecutive in
     ``result.matches``) and count the whole demand as served. Returns whether it was placed;
-    nothing changes when it was not."""
-    plan, looked = split_plan(demand, index)
+    nothing changes when it was not. ``None`` when ``deadline`` (a ``time.perf_counter()``
+    value) passed before its plan was found: it was not reached (no reason is known)."""
+    try:
+        plan, looked = split_plan(demand, index, deadline)
+    except _Late:
+        return None
     result.pairs_considered += looked
     if plan is None:
         return False
@@ -462,12 +480,19 @@ def split_after(
     demands: Iterable[DemandSnap],
     offers: Iterable[OfferSnap],
     latency: dict[tuple[str, str], float] | None = None,
+    deadline: float | None = None,
 ) -> Result:
     """The split pass after a policy that places whole demands only (``optimal``): the split
     demands it left unserved, in price-time order (higher limit, earlier posting), are placed in
     parts on the timelines it left (``offers``, already updated in place). Mutates and returns
     ``result``; a demand placed here leaves ``result.unserved``. A demand in neither
-    ``served`` nor ``unserved`` was not reached before the policy's time limit and stays open."""
+    ``served`` nor ``unserved`` was not reached before the policy's time limit and stays open.
+
+    ``deadline`` (a ``time.perf_counter()`` value, the policy's): once it has passed, the
+    split demands not yet placed in parts (the one being planned included) are taken out of
+    ``result.unserved`` — their reason was the whole demand's, and a split was never tried —
+    and left open for the next cycle, counted in ``result.solver["not_reached"]`` with
+    ``deadline_hit`` set, as ``engine.solve_greedy`` counts the demands it does not reach."""
     pending = sorted(
         (d for d in demands if d.split in SCOPES and d.id in result.unserved),
         key=lambda d: (-d.max_price, d.posted, d.id),
@@ -475,9 +500,18 @@ def split_after(
     if not pending:
         return result
     index = OfferIndex(offers, latency or {})
-    for demand in pending:
-        if split_book(demand, index, result):
-            result.unserved.pop(demand.id, None)
+    for i, demand in enumerate(pending):
+        late = deadline is not None and time.perf_counter() >= deadline
+        placed = None if late else split_book(demand, index, result, deadline=deadline)
+        if placed is None:
+            for d in pending[i:]:
+                del result.unserved[d.id]
+            reached = int(result.solver.get("not_reached", 0))  # type: ignore[call-overload]
+            result.solver["not_reached"] = reached + len(pending) - i
+            result.solver["deadline_hit"] = True
+            break
+        if placed:
+            del result.unserved[demand.id]
     return result
 
 
@@ -553,6 +587,10 @@ def solve_optimal_split(
 ) -> Result:
     """Policy ``optimal`` with partial fills: the MILP places whole demands only (a split
     demand is offered to it whole), then ``split_after`` places the split demands it left in
-    parts, in price-time order, on the capacity left. ``offers`` are updated in place."""
+    parts, in price-time order, on the capacity left. ``offers`` are updated in place. The
+    split pass stops at the same deadline, ``settings.time_limit`` seconds after the call: the
+    split demands it has not placed by then stay open (``split_after``)."""
+    settings = settings or OptimalSettings()
+    deadline = time.perf_counter() + settings.time_limit
     result = solve_optimal(whole_only(demands), offers, latency, settings)
-    return split_after(result, demands, offers, latency)
+    return split_after(result, demands, offers, latency, deadline)

@@ -1,6 +1,8 @@
 """Partial fills on plain data (``marketplace.matching.partial``): no database."""
 
 import copy
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -8,6 +10,7 @@ from typing import Any
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -729,3 +732,58 @@ def test_the_chunk_size_changes_nothing(case, starts):
     with chunks_of(starts):
         chunked = solve_greedy([wanted], copy.deepcopy(fleet))
     assert (parts(chunked), chunked.unserved) == (parts(whole), whole.unserved)
+
+
+class Clock:
+    """``perf_counter`` for ``partial``: ``readings`` in turn, then ``late`` for ever."""
+
+    def __init__(self, readings: list[float], late: float) -> None:
+        self.readings, self.late = list(readings), late
+
+    def perf_counter(self) -> float:
+        return self.readings.pop(0) if self.readings else self.late
+
+
+def test_greedy_leaves_a_split_demand_open_when_its_deadline_passes_while_it_is_planned(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # given a 16-GPU site split over two 8-GPU offers (first in price-time order) and a
+    # whole 4-GPU demand after it
+    def fleet() -> list[OfferSnap]:
+        return [offer("o1"), offer("o2", listed=1)]
+
+    demands = [demand("split", price="20"), demand("whole", gpus=4, price="15", split="none")]
+    served = solve_greedy(demands, fleet(), deadline=time.perf_counter() + 3600)
+    assert set(served.served) == {"split", "whole"}  # with time to spare, both
+    # when the deadline passes while the split is being planned (the split search's clock)
+    monkeypatch.setattr(partial, "time", Clock([], late=math.inf))
+    offers = fleet()
+    result = solve_greedy(demands, offers, deadline=time.perf_counter() + 3600)
+    # then neither is placed nor given a reason: both stay open, counted as not reached
+    assert (result.matches, result.unserved, result.served) == ([], {}, {})
+    assert result.solver["not_reached"] == 2
+    assert all(max(o.used, default=0) == 0 for o in offers)
+
+
+@pytest.mark.parametrize(
+    "readings",
+    [[0.0], [0.0, 1.0]],
+    ids=["before-the-split-pass", "while-the-split-is-planned"],
+)
+def test_optimal_split_pass_stops_at_the_policy_deadline(
+    monkeypatch: pytest.MonkeyPatch, readings: list[float]
+):
+    # given a whole 8-GPU demand the MILP places and a 16-GPU split demand it leaves
+    fleet = [offer("o1", listed=0), offer("o2", listed=1), offer("o3", listed=2)]
+    demands = [
+        demand("whole", gpus=8, price="15", split="none"),
+        demand("split", gpus=16, price="18", posted=1),
+    ]
+    # when the policy's 5 s (read at 0.0) have passed by the time the split pass runs (10.0)
+    monkeypatch.setattr(partial, "time", Clock(readings, late=10.0))
+    result = solve_optimal_split(demands, fleet, settings=OptimalSettings(time_limit=5))
+    # then the whole demand stands and the split one stays open with no (whole-demand) reason
+    assert [m.demand_id for m in result.matches] == ["whole"]
+    assert result.served == {"whole": 32} and result.unserved == {}
+    assert result.solver["not_reached"] == 1 and result.solver["deadline_hit"] is True
+    assert sorted(max(o.used, default=0) for o in fleet) == [0, 0, 8]
