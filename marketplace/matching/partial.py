@@ -72,6 +72,9 @@ MAX_PARTS = 16  # parts of one demand (reservations written for it)
 # matrices of one chunk stay a few tens of MB whatever the group's size and window.
 CHUNK_CELLS = 1 << 20
 CHUNK_MIN_STARTS = 256
+# Candidate starts of a chunk filled one by one (``_fill``) before the rest are decided at once
+# (``_fills``): on ordinary input the first candidate usually fits.
+SCALAR_TRIES = 4
 
 
 class _Late(Exception):
@@ -344,8 +347,9 @@ def _group_plan(
     fit): the GPUs each offer holds free over ``[start, start + duration)`` come for the
     chunk's starts at once (``_window_min``), the starts whose largest blocks (``_held``) can
     hold the demand are kept, of a run of starts with the same free blocks only the first (the
-    fill depends on nothing else), and the greedy fill is decided for all of them at once
-    (``_fills``); the parts are then taken by ``_fill`` at the first start it succeeds. So
+    fill depends on nothing else); the first ``SCALAR_TRIES`` of them are filled one by one
+    (``_fill``; usually the first fits), and the greedy fill is decided for the rest at once
+    (``_fills``), ``_fill`` taking the parts at the first start it succeeds. So
     the cost is O(offers × window hours) numpy work (× (chunk + duration) / chunk when the
     duration is long), a Python loop of at most ``MAX_PARTS`` steps per chunk, and memory of
     about ``offers × (chunk + duration)`` cells. No cap: every hour of the window is
@@ -361,7 +365,19 @@ def _group_plan(
     if int(peak[peak >= least].sum()) < demand.gpu_count:
         return None
     offers, rank, price, distance, listed = group.keys()
-    static, cls = _fill_classes(price, distance, listed)
+    classes: tuple[np.ndarray, np.ndarray] | None = None
+
+    def plan_at(s0: int, s: int, free: np.ndarray) -> SplitPlan | None:
+        usable = np.flatnonzero(free >= least)
+        # cheapest first, then lower latency, larger free block, listing order
+        order = usable[np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))]
+        fill = _fill(demand, order, free)
+        if fill is None:
+            return None
+        parts = _priced(demand, offers, rank, fill)
+        farthest = max(float(distance[i]) for i, _ in fill)
+        return SplitPlan(demand.split, group.key, lo + s0 + s, parts, farthest)
+
     starts = hi - lo - duration + 1
     step = max(CHUNK_CELLS // len(offers), CHUNK_MIN_STARTS)
     for s0 in range(0, starts, step):
@@ -373,26 +389,19 @@ def _group_plan(
         # a chunk's first start is always filled (its left neighbour is in the last chunk)
         candidate[1:] &= (blocks[:, 1:] != blocks[:, :-1]).any(axis=0)
         columns = np.flatnonzero(candidate)
-        if not columns.size:
+        for s in columns[:SCALAR_TRIES]:
+            plan = plan_at(s0, int(s), blocks[:, s])
+            if plan is not None:
+                return plan
+        rest = columns[SCALAR_TRIES:]
+        if not rest.size:
             continue
-        for s in columns[_fills(demand, blocks[:, columns], static, cls)]:
-            free = blocks[:, s]
-            usable = np.flatnonzero(free >= least)
-            # cheapest first, then lower latency, larger free block, listing order
-            order = usable[
-                np.lexsort((listed[usable], -free[usable], distance[usable], price[usable]))
-            ]
-            fill = _fill(demand, order, free)
-            if fill is None:  # ``_fills`` says it fits; ``_fill`` decides the parts
-                continue
-            parts = _priced(demand, offers, rank, fill)
-            return SplitPlan(
-                demand.split,
-                group.key,
-                lo + s0 + int(s),
-                parts,
-                max(float(distance[i]) for i, _ in fill),
-            )
+        if classes is None:
+            classes = _fill_classes(price, distance, listed)
+        for s in rest[_fills(demand, blocks[:, rest], *classes)]:
+            plan = plan_at(s0, int(s), blocks[:, s])
+            if plan is not None:  # ``_fills`` says it fits; ``_fill`` takes the parts
+                return plan
     return None
 
 

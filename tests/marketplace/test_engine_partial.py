@@ -707,11 +707,13 @@ def test_the_vectorised_fill_counts_parts_and_passes_over_offers_as_the_scalar_f
 
 
 @contextmanager
-def chunks_of(starts: int) -> Iterator[None]:
-    """Search the start hours in chunks of ``starts`` whatever the group's size."""
+def chunks_of(starts: int, tries: int = partial.SCALAR_TRIES) -> Iterator[None]:
+    """Search the start hours in chunks of ``starts`` whatever the group's size, filling the
+    first ``tries`` candidate starts of each one by one (0: every start through ``_fills``)."""
     with (
         mock.patch.object(partial, "CHUNK_CELLS", 1),
         mock.patch.object(partial, "CHUNK_MIN_STARTS", starts),
+        mock.patch.object(partial, "SCALAR_TRIES", tries),
     ):
         yield
 
@@ -724,12 +726,16 @@ def test_a_common_start_in_a_later_chunk_is_found():
     assert parts(result) == [("d", "x", 4, 701), ("d", "y", 4, 701)]
 
 
-@given(case=busy_site(least=1) | busy_site(least=4), starts=st.sampled_from([1, 2, 7]))
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_the_chunk_size_changes_nothing(case, starts):
+@given(
+    case=busy_site(least=1) | busy_site(least=4),
+    starts=st.sampled_from([1, 2, 7, 1000]),
+    tries=st.sampled_from([0, 1, 4]),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_chunk_size_and_the_scalar_tries_change_nothing(case, starts, tries):
     wanted, fleet = case
     whole = solve_greedy([wanted], copy.deepcopy(fleet))
-    with chunks_of(starts):
+    with chunks_of(starts, tries):
         chunked = solve_greedy([wanted], copy.deepcopy(fleet))
     assert (parts(chunked), chunked.unserved) == (parts(whole), whole.unserved)
 
