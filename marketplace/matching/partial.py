@@ -508,10 +508,13 @@ def split_after(
     )
     if not pending:
         return result
-    index = OfferIndex(offers, latency or {})
+    index: OfferIndex | None = None  # built once the clock allows (it takes a while)
     for i, demand in enumerate(pending):
-        late = deadline is not None and time.perf_counter() >= deadline
-        placed = None if late else split_book(demand, index, result, deadline=deadline)
+        placed: bool | None = None
+        if deadline is None or time.perf_counter() < deadline:
+            if index is None:
+                index = OfferIndex(offers, latency or {})
+            placed = split_book(demand, index, result, deadline=deadline)
         if placed is None:
             for d in pending[i:]:
                 del result.unserved[d.id]

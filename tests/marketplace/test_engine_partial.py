@@ -793,3 +793,25 @@ def test_optimal_split_pass_stops_at_the_policy_deadline(
     assert result.served == {"whole": 32} and result.unserved == {}
     assert result.solver["not_reached"] == 1 and result.solver["deadline_hit"] is True
     assert sorted(max(o.used, default=0) for o in fleet) == [0, 0, 8]
+
+
+def test_optimal_split_pass_keeps_what_it_placed_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # given five 8-GPU offers, a whole 8-GPU demand and two split demands (16 and 12 GPUs)
+    # the MILP cannot place whole; all three fit together
+    fleet = [offer(f"o{i}", listed=i) for i in range(5)]
+    demands = [
+        demand("whole", gpus=8, price="15", split="none"),
+        demand("first", gpus=16, price="18", posted=1),
+        demand("second", gpus=12, price="17", posted=2),
+    ]
+    # when the clock (deadline read at 0.0) allows the first split (its check, its one chunk)
+    # and has run out (10.0 > 5) by the second
+    monkeypatch.setattr(partial, "time", Clock([0.0, 1.0, 1.0], late=10.0))
+    result = solve_optimal_split(demands, fleet, settings=OptimalSettings(time_limit=5))
+    # then the first split stands in parts and the second stays open, with no reason
+    assert sorted(m.gpus or 8 for m in result.matches if m.demand_id == "first") == [8, 8]
+    assert result.served == {"whole": 32, "first": 64} and result.unserved == {}
+    assert result.solver["not_reached"] == 1 and result.solver["deadline_hit"] is True
+    assert sum(max(o.used, default=0) for o in fleet) == 24
