@@ -480,7 +480,8 @@ def solve_greedy(
     ``deadline`` (a ``time.perf_counter()`` value; the ``optimal`` policy's time limit): once
     it has passed the walk stops, and the demands not reached are in neither ``matches`` nor
     ``unserved`` (they stay open for the next cycle) but counted in
-    ``Result.solver["not_reached"]``.
+    ``Result.solver["not_reached"]``. A split demand being planned in parts when the deadline
+    passes is not reached either (``partial.split_book``).
     """
     index = OfferIndex(offers, latency or {})
     result = Result(matches=[], unserved={})
@@ -496,7 +497,11 @@ def solve_greedy(
         if match is None and demand.split != "none":
             from .partial import split_book  # ``partial`` builds on this module
 
-            if split_book(demand, index, result, on_match):
+            placed = split_book(demand, index, result, on_match, deadline)
+            if placed is None:  # the deadline passed while it was being planned
+                result.solver["not_reached"] = len(ordered) - i
+                break
+            if placed:
                 continue
         if match is None:
             result.unserved[demand.id] = reason

@@ -1,13 +1,21 @@
 """Partial fills on plain data (``marketplace.matching.partial``): no database."""
 
+import copy
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from marketplace.locality import tier_between, tier_rank
+from marketplace.matching import partial
 from marketplace.matching.engine import (
     DemandSnap,
     OfferSnap,
@@ -20,6 +28,8 @@ from marketplace.matching.partial import (
     MAX_PARTS,
     Reach,
     _fill,
+    _fill_classes,
+    _fills,
     solve_optimal_split,
     split_reach,
 )
@@ -617,3 +627,191 @@ def check_invariants(demands, offers, optimal):  # type: ignore[no-untyped-def]
         o = by_offer[offer_id]
         assert before[offer_id][h - o.start] + booked <= o.gpu_count
         assert o.used[h - o.start] == before[offer_id][h - o.start] + booked
+
+
+# --- Bounded cost: the fill decided for all starts at once, in chunks, under the clock ------
+
+
+def scalar_fills(
+    d: DemandSnap, free: np.ndarray, price: np.ndarray, distance: np.ndarray, listed: np.ndarray
+) -> list[bool]:
+    """``_fill`` at every column, in the engine's fill order there (price, latency, larger
+    block, listing order, row)."""
+    out = []
+    for s in range(free.shape[1]):
+        f = free[:, s]
+        usable = np.flatnonzero(f >= d.min_part)
+        order = usable[np.lexsort((listed[usable], -f[usable], distance[usable], price[usable]))]
+        out.append(_fill(d, order, f) is not None)
+    return out
+
+
+@st.composite
+def fill_case(draw: st.DrawFn) -> tuple[DemandSnap, np.ndarray, np.ndarray, np.ndarray, Any]:
+    """Up to 40 offers' free blocks at up to 8 starts, few prices, latencies and listing
+    numbers (ties everywhere), parts of at least 1 to 8, demands up to 80 GPUs (more than 16
+    parts of small blocks)."""
+    n, m = draw(st.integers(1, 40)), draw(st.integers(1, 8))
+    least = draw(st.sampled_from([1, 1, 2, 3, 4, 5, 8]))
+    gpus = draw(st.integers(least, 80))
+    blocks = st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 16])
+    free = np.array(
+        draw(st.lists(st.lists(blocks, min_size=m, max_size=m), min_size=n, max_size=n)),
+        dtype=np.int32,
+    )
+    price = np.array(draw(st.lists(st.sampled_from([5, 6, 7]), min_size=n, max_size=n)))
+    distance = np.array(draw(st.lists(st.sampled_from([0.0, 2.5]), min_size=n, max_size=n)))
+    listed = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    return demand(gpus=gpus, min_part=least), free, price, distance, listed
+
+
+def column_case(gpus: int, least: int, blocks: list[int]) -> tuple[Any, ...]:
+    """One start, offers in listing order at one price."""
+    n = len(blocks)
+    free = np.array(blocks, dtype=np.int32)[:, None]
+    zeros = np.zeros(n, dtype=np.int64)
+    return demand(gpus=gpus, min_part=least), free, zeros, zeros.astype(float), np.arange(n)
+
+
+@given(case=fill_case())
+@example(case=column_case(15, 5, [8, 5, 5]))  # 8 first, 7 left: no parts of 5 make it
+@example(case=column_case(15, 5, [5, 5, 5]))
+@example(case=column_case(17, 1, [1] * 17))  # 17 parts: one too many
+@example(case=column_case(16, 1, [1] * 17))
+@example(case=column_case(128, 8, [4] + [8] * 16))  # the module doc's seventeen offers
+@example(case=column_case(9, 5, [6, 6, 9]))  # 6 leaves 3: skipped twice, then 9 takes all
+@example(case=column_case(68, 4, [4] * 17))
+@settings(max_examples=400, deadline=None)
+def test_the_vectorised_fill_decides_every_start_as_the_scalar_fill(case):
+    d, free, price, distance, listed = case
+    static, cls = _fill_classes(price, distance, listed)
+    assert _fills(d, free, static, cls).tolist() == scalar_fills(d, free, price, distance, listed)
+
+
+def test_the_vectorised_fill_counts_parts_and_passes_over_offers_as_the_scalar_fill():
+    cases = [
+        (column_case(15, 5, [8, 5, 5]), [False]),
+        (column_case(15, 5, [5, 5, 5]), [True]),
+        (column_case(17, 1, [1] * 17), [False]),
+        (column_case(16, 1, [1] * 17), [True]),
+        (column_case(128, 8, [4] + [8] * 16), [True]),  # the 4 is not usable: 16 parts of 8
+        (column_case(128, 8, [9] + [8] * 16), [False]),  # 9, then 13 × 8, leave 15: no block
+        (column_case(64, 4, [4] * 17), [True]),  # 16 parts of 4
+        (column_case(68, 4, [4] * 17), [False]),  # 17 parts of 4: one too many
+        (column_case(9, 5, [6, 6, 9]), [True]),
+    ]
+    for (d, free, price, distance, listed), expected in cases:
+        static, cls = _fill_classes(price, distance, listed)
+        assert _fills(d, free, static, cls).tolist() == expected
+        assert scalar_fills(d, free, price, distance, listed) == expected
+
+
+@contextmanager
+def chunks_of(starts: int, tries: int = partial.SCALAR_TRIES) -> Iterator[None]:
+    """Search the start hours in chunks of ``starts`` whatever the group's size, filling the
+    first ``tries`` candidate starts of each one by one (0: every start through ``_fills``)."""
+    with (
+        mock.patch.object(partial, "CHUNK_CELLS", 1),
+        mock.patch.object(partial, "CHUNK_MIN_STARTS", starts),
+        mock.patch.object(partial, "SCALAR_TRIES", tries),
+    ):
+        yield
+
+
+def test_a_common_start_in_a_later_chunk_is_found():
+    # given the reviewer's offers (both free together first at hour 701), searched 256 start
+    # hours at a time: the fit is in the third chunk
+    with chunks_of(256):
+        result = solve_greedy([demand(gpus=8, duration=1, end=1000)], reviewer_offers())
+    assert parts(result) == [("d", "x", 4, 701), ("d", "y", 4, 701)]
+
+
+@given(
+    case=busy_site(least=1) | busy_site(least=4),
+    starts=st.sampled_from([1, 2, 7, 1000]),
+    tries=st.sampled_from([0, 1, 4]),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_chunk_size_and_the_scalar_tries_change_nothing(case, starts, tries):
+    wanted, fleet = case
+    whole = solve_greedy([wanted], copy.deepcopy(fleet))
+    with chunks_of(starts, tries):
+        chunked = solve_greedy([wanted], copy.deepcopy(fleet))
+    assert (parts(chunked), chunked.unserved) == (parts(whole), whole.unserved)
+
+
+class Clock:
+    """``perf_counter`` for ``partial``: ``readings`` in turn, then ``late`` for ever."""
+
+    def __init__(self, readings: list[float], late: float) -> None:
+        self.readings, self.late = list(readings), late
+
+    def perf_counter(self) -> float:
+        return self.readings.pop(0) if self.readings else self.late
+
+
+def test_greedy_leaves_a_split_demand_open_when_its_deadline_passes_while_it_is_planned(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # given a 16-GPU site split over two 8-GPU offers (first in price-time order) and a
+    # whole 4-GPU demand after it
+    def fleet() -> list[OfferSnap]:
+        return [offer("o1"), offer("o2", listed=1)]
+
+    demands = [demand("split", price="20"), demand("whole", gpus=4, price="15", split="none")]
+    served = solve_greedy(demands, fleet(), deadline=time.perf_counter() + 3600)
+    assert set(served.served) == {"split", "whole"}  # with time to spare, both
+    # when the deadline passes while the split is being planned (the split search's clock)
+    monkeypatch.setattr(partial, "time", Clock([], late=math.inf))
+    offers = fleet()
+    result = solve_greedy(demands, offers, deadline=time.perf_counter() + 3600)
+    # then neither is placed nor given a reason: both stay open, counted as not reached
+    assert (result.matches, result.unserved, result.served) == ([], {}, {})
+    assert result.solver["not_reached"] == 2
+    assert all(max(o.used, default=0) == 0 for o in offers)
+
+
+@pytest.mark.parametrize(
+    "readings",
+    [[0.0], [0.0, 1.0]],
+    ids=["before-the-split-pass", "while-the-split-is-planned"],
+)
+def test_optimal_split_pass_stops_at_the_policy_deadline(
+    monkeypatch: pytest.MonkeyPatch, readings: list[float]
+):
+    # given a whole 8-GPU demand the MILP places and a 16-GPU split demand it leaves
+    fleet = [offer("o1", listed=0), offer("o2", listed=1), offer("o3", listed=2)]
+    demands = [
+        demand("whole", gpus=8, price="15", split="none"),
+        demand("split", gpus=16, price="18", posted=1),
+    ]
+    # when the policy's 5 s (read at 0.0) have passed by the time the split pass runs (10.0)
+    monkeypatch.setattr(partial, "time", Clock(readings, late=10.0))
+    result = solve_optimal_split(demands, fleet, settings=OptimalSettings(time_limit=5))
+    # then the whole demand stands and the split one stays open with no (whole-demand) reason
+    assert [m.demand_id for m in result.matches] == ["whole"]
+    assert result.served == {"whole": 32} and result.unserved == {}
+    assert result.solver["not_reached"] == 1 and result.solver["deadline_hit"] is True
+    assert sorted(max(o.used, default=0) for o in fleet) == [0, 0, 8]
+
+
+def test_optimal_split_pass_keeps_what_it_placed_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # given five 8-GPU offers, a whole 8-GPU demand and two split demands (16 and 12 GPUs)
+    # the MILP cannot place whole; all three fit together
+    fleet = [offer(f"o{i}", listed=i) for i in range(5)]
+    demands = [
+        demand("whole", gpus=8, price="15", split="none"),
+        demand("first", gpus=16, price="18", posted=1),
+        demand("second", gpus=12, price="17", posted=2),
+    ]
+    # when the clock (deadline read at 0.0) allows the first split (its check, its one chunk)
+    # and has run out (10.0 > 5) by the second
+    monkeypatch.setattr(partial, "time", Clock([0.0, 1.0, 1.0], late=10.0))
+    result = solve_optimal_split(demands, fleet, settings=OptimalSettings(time_limit=5))
+    # then the first split stands in parts and the second stays open, with no reason
+    assert sorted(m.gpus or 8 for m in result.matches if m.demand_id == "first") == [8, 8]
+    assert result.served == {"whole": 32, "first": 64} and result.unserved == {}
+    assert result.solver["not_reached"] == 1 and result.solver["deadline_hit"] is True
+    assert sum(max(o.used, default=0) for o in fleet) == 24
