@@ -90,11 +90,16 @@ from .engine import (
     Result,
     bill_of,
     is_self_trade,
+    snapshot_copy,
+    solve_greedy,
     voucher_part_of,
 )
 from .optimal import OptimalSettings, solve_optimal
 
 SCOPES = ("site", "hub")
+# With split demands, ``solve_optimal`` gets this share of the time limit; the split pass and
+# the floor (greedy with partial fills) use the rest.
+FLOOR_SHARE = 0.85
 MAX_PARTS = 16  # parts of one demand (reservations written for it)
 # Start hours are searched in chunks of about this many free-GPU cells (offers × hours), so the
 # matrices of one chunk stay a few tens of MB whatever the group's size and window.
@@ -629,8 +634,42 @@ def solve_optimal_split(
     demand is offered to it whole), then ``split_after`` places the split demands it left in
     parts, in price-time order, on the capacity left. ``offers`` are updated in place. The
     split pass stops at the same deadline, ``settings.time_limit`` seconds after the call: the
-    split demands it has not placed by then stay open (``split_after``)."""
+    split demands it has not placed by then stay open (``split_after``). With split demands in
+    the snapshot the MILP gets ``FLOOR_SHARE`` of the limit, and greedy with partial fills runs
+    on copies in the time left; its answer is returned instead (timelines and vouchers as it
+    left them) when it serves more GPU-hours (``Result.solver["floor"]``), so the policy the
+    cycle runs never serves fewer GPU-hours than greedy when the floor ends in time."""
     settings = settings or OptimalSettings()
     deadline = time.perf_counter() + settings.time_limit
-    result = solve_optimal(whole_only(demands), offers, latency, settings)
-    return split_after(result, demands, offers, latency, deadline)
+    if not any(d.split in SCOPES for d in demands):
+        result = solve_optimal(demands, offers, latency, settings)
+        return split_after(result, demands, offers, latency, deadline)
+    # The floor, as ``solve_optimal`` keeps greedy's answer for whole demands: greedy with
+    # partial fills, on copies taken now. The MILP sees split demands whole, so without it a
+    # split demand greedy serves in parts could lose its capacity to whole demands bidding less.
+    floor_demands, floor_offers = snapshot_copy(demands, offers)
+    share = replace(settings, time_limit=FLOOR_SHARE * settings.time_limit)
+    result = solve_optimal(whole_only(demands), offers, latency, share)
+    result = split_after(result, demands, offers, latency, deadline)
+    if time.perf_counter() >= deadline:
+        return result
+    floor = solve_greedy(floor_demands, floor_offers, latency=latency, deadline=deadline)
+    if floor.gpu_hours <= result.gpu_hours:
+        return result
+    # Greedy with partial fills served more GPU-hours (every match of it is feasible, even if
+    # the deadline cut its walk): its answer, and its timelines and voucher balances in place
+    # of the ones ``solve_optimal`` left.
+    for offer, solved in zip(offers, floor_offers, strict=True):
+        offer.used[:] = solved.used
+    for d, solved_d in zip(demands, floor_demands, strict=True):
+        if d.voucher is not None and solved_d.voucher is not None:
+            d.voucher.available = solved_d.voucher.available
+    floor.policy = "optimal"
+    floor.solver = {
+        **result.solver,
+        **floor.solver,
+        "floor": "greedy with partial fills",
+        "gpu_hours": floor.gpu_hours,
+        "optimal_gpu_hours": result.gpu_hours,
+    }
+    return floor
