@@ -121,6 +121,13 @@ class OrgMixin:
         return self.organisation
 
 
+def operator_may(user: Any, permission: str) -> bool:
+    """Whether ``user`` acts as an operator with ``permission`` (``app.codename``): staff
+    holding the Django permission the admin asks for the same data (superusers hold all), so
+    the API, the admin and its dashboard keep one rule for operators."""
+    return bool(user.is_staff and user.has_perm(permission))
+
+
 # --- Idempotency-Key -----------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from .base import (
     caller,
     idempotent,
     object_id,
+    operator_may,
 )
 from .filters import (
     DemandFilter,
@@ -543,10 +544,7 @@ class InterHubTradeMatrixApi(generics.GenericAPIView):
 
     @extend_schema(filters=True, responses={200: InterHubTradeMatrixSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
-        # the admin's rule for the trades (its matrix page and the dashboard's section):
-        # staff holding the view permission on inter-hub trades
-        user = request.user
-        if not (user.is_staff and user.has_perm("marketplace.view_interhubtrade")):
+        if not operator_may(request.user, "marketplace.view_interhubtrade"):
             raise PermissionDenied("operators only", code="not_operator")
         trades = self.filter_queryset(self.get_queryset())
         return Response(InterHubTradeMatrixSerializer(inter_hub_trade_matrix(trades)).data)

@@ -12,7 +12,8 @@ own site), so another caller meets them as 404s.
 Callers: ``anon`` (no credentials), ``sme`` (owns the demand, voucher, application and buys the
 reservation), ``other_sme``, ``provider`` (owns the offers and the site and sells the
 reservation), ``other_provider``, ``operator`` (staff user without an organisation: operators act
-in the admin, so the API's organisation-scoped views refuse it with 403).
+in the admin, so the API's organisation-scoped views refuse it with 403; it holds the admin's
+permissions on statements and inter-hub trades, which the operators' API views ask for).
 """
 
 from datetime import timedelta
@@ -20,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -300,6 +302,12 @@ def world(settings, buyer, other_buyer, provider, offer, voucher, programme):  #
         "other_provider": UserFactory.create(username="m-other-dc", organisation=other_provider),
         "operator": UserFactory.create(username="m-operator", is_staff=True),
     }
+    # operators hold the admin's permissions on what the API lets them see and do
+    users["operator"].user_permissions.set(
+        Permission.objects.filter(
+            codename__in=("view_statement", "change_statement", "view_interhubtrade")
+        )
+    )
     tokens = {role: token_create(user=user) for role, user in users.items()}
     organisation_of = {
         "sme": buyer,

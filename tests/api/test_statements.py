@@ -8,10 +8,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import Organisation
+from accounts.models import Organisation, User
 from ledger.audit import ledger_audit
 from ledger.models import Account, IdempotencyKey, Transaction
 from ledger.services import organisation_account, system_account, transaction_post
@@ -65,11 +66,32 @@ def statements(buyer, provider, offer, voucher, programme, site, accelerator):  
     return issued
 
 
+def _staff(*codenames: str) -> APIClient:
+    user = UserFactory.create(username=f"staff-{len(codenames)}", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = APIClient()
+    client.force_authenticate(User.objects.get(pk=user.pk))  # no cached permissions
+    return client
+
+
 @pytest.fixture
 def operator_client() -> APIClient:
-    client = APIClient()
-    client.force_authenticate(UserFactory.create(username="operator", is_staff=True))
-    return client
+    """Staff with the admin's permissions on statements (view, change: mark paid)."""
+    return _staff("view_statement", "change_statement")
+
+
+def test_staff_need_the_admins_permissions_on_statements(statements):
+    # given staff without any permission: refused as operators (as the admin would)
+    statement = statements[("chengdu-2025", "Provider DC")]
+    bare = _staff()
+    for response in (bare.get(URL), bare.post(f"{URL}{statement.pk}/mark-paid/")):
+        assert error_of(response) == (403, "not_operator", None)
+    # and staff who may only view statements see them but cannot mark one paid
+    viewer = _staff("view_statement")
+    assert viewer.get(URL).status_code == 200
+    assert error_of(viewer.post(f"{URL}{statement.pk}/mark-paid/")) == (403, "not_operator", None)
+    statement.refresh_from_db()
+    assert statement.paid_at is None
 
 
 def test_a_provider_lists_its_own_statements_and_an_operator_all(

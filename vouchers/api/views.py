@@ -18,7 +18,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Organisation
-from marketplace.api.base import ERRORS, ID_PATH, IDEMPOTENCY_HEADER, OrgMixin, idempotent
+from marketplace.api.base import (
+    ERRORS,
+    ID_PATH,
+    IDEMPOTENCY_HEADER,
+    OrgMixin,
+    idempotent,
+    operator_may,
+)
 from marketplace.api.filters import StrictFilterBackend
 from marketplace.errors import NotFound, PermissionDenied, ValidationFailed
 from vouchers import selectors
@@ -150,14 +157,17 @@ class StatementFilter(django_filters.FilterSet):
 
 
 class StatementAccessMixin(OrgMixin):
-    """Statements are read by the providers they pay (their own) and by operators (staff users,
-    all of them); anyone else gets 403 ``not_a_provider`` (or ``no_organisation``)."""
+    """Statements are read by the providers they pay (their own) and by operators (staff with
+    the view permission on statements, as in the admin: all of them); other staff get 403
+    ``not_operator``, anyone else 403 ``not_a_provider`` (or ``no_organisation``)."""
 
     organisation_required = False
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         if request.user.is_staff:
+            if not operator_may(request.user, "vouchers.view_statement"):
+                raise PermissionDenied("operators only", code="not_operator")
             return
         if self.organisation is None:
             raise exceptions.PermissionDenied(
@@ -270,7 +280,7 @@ class StatementMarkPaidApi(StatementAccessMixin, APIView):
     )
     @idempotent
     def post(self, request: Request, id: str) -> Response:
-        if not request.user.is_staff:
+        if not operator_may(request.user, "vouchers.change_statement"):
             raise PermissionDenied("operators only", code="not_operator")
         statement = statement_mark_paid(statement_id=self.statement(id).pk)
         return Response(StatementDetailSerializer(self.statement(str(statement.pk))).data)
