@@ -196,13 +196,7 @@ class OfferFilter(StrictFilterSet):
             if name in self.form.cleaned_data and is_naive_iso(self.data.get(name)):
                 self.form.add_error(name, "must include a time zone offset, e.g. Z")
                 valid = False
-        if valid:
-            start = self.form.cleaned_data.get("window_start")
-            end = self.form.cleaned_data.get("window_end")
-            if start is not None and end is not None and end <= start:
-                self.form.add_error("window_end", "must be after window_start")
-                return False
-        return valid
+        return valid and range_ordered(self.form, "window_start", "window_end")
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
         queryset = super().filter_queryset(queryset)
@@ -262,6 +256,16 @@ class ReservationFilter(StrictFilterSet):
 
 
 # --- Inter-hub trade matrix -----------------------------------------------------------------
+
+
+def range_ordered(form: forms.Form, lower: str, upper: str) -> bool:
+    """Whether the cleaned ``upper`` bound of ``form`` comes after its ``lower`` one (either
+    may be absent); otherwise the error is added on ``upper`` (a 400 naming it)."""
+    start, end = form.cleaned_data.get(lower), form.cleaned_data.get(upper)
+    if start is not None and end is not None and end <= start:
+        form.add_error(upper, f"must be after {lower}")
+        return False
+    return True
 
 
 class UtcInstantField(forms.Field):
@@ -329,13 +333,7 @@ class InterHubTradeFilter(StrictFilterSet):
 
     def is_valid(self) -> bool:
         valid = super().is_valid()
-        if valid:
-            after = self.form.cleaned_data.get("booked_after")
-            before = self.form.cleaned_data.get("booked_before")
-            if after is not None and before is not None and before <= after:
-                self.form.add_error("booked_before", "must be after booked_after")
-                return False
-        return valid
+        return valid and range_ordered(self.form, "booked_after", "booked_before")
 
 
 class MatrixFilterBackend(StrictFilterBackend):
