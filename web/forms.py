@@ -135,6 +135,9 @@ class BoundedDateTimeField(forms.DateTimeField):
         super().__init__(**kwargs)
 
     def to_python(self, value: Any) -> datetime | None:
+        if isinstance(value, str) and not value.isascii():
+            # Django's parsers read full-width and Arabic-Indic digits; the API refuses them
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
         try:
             result = super().to_python(value)
         except OverflowError as exc:

@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions, serializers
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -126,6 +127,29 @@ def operator_may(user: Any, permission: str) -> bool:
     holding the Django permission the admin asks for the same data (superusers hold all), so
     the API, the admin and its dashboard keep one rule for operators."""
     return bool(user.is_staff and user.has_perm(permission))
+
+
+class _OperatorPermission(BasePermission):
+    permission = ""
+    message = "operators only"
+    code = "not_operator"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return operator_may(request.user, self.permission)
+
+
+def operators_with(permission: str) -> type[BasePermission]:
+    """A DRF permission class for views only operators holding ``permission`` may use: 401
+    for an anonymous caller, 403 ``not_operator`` for anyone else, checked before the view
+    runs — and again when an ``Idempotency-Key`` replays a stored response (``idempotent``
+    re-checks the view's permission classes), so a permission taken away is not replayed."""
+    return type(f"Operators_{permission}", (_OperatorPermission,), {"permission": permission})
+
+
+def operator_permissions(permission: str) -> list[type[BasePermission]]:
+    """``permission_classes`` of an operators-only view: authenticated, then
+    ``operators_with(permission)``."""
+    return [IsAuthenticated, operators_with(permission)]
 
 
 # --- Idempotency-Key -----------------------------------------------------------------------

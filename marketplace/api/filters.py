@@ -193,7 +193,11 @@ class OfferFilter(StrictFilterSet):
             self.form.add_error("ordering", "every comma-separated item must be a field")
             valid = False
         for name in ("window_start", "window_end"):
-            if name in self.form.cleaned_data and is_naive_iso(self.data.get(name)):
+            raw = self.data.get(name)
+            if raw and not str(raw).isascii():  # Django reads full-width digits as a date
+                self.form.add_error(name, "enter an ISO 8601 date-time with an offset")
+                valid = False
+            elif name in self.form.cleaned_data and is_naive_iso(raw):
                 self.form.add_error(name, "must include a time zone offset, e.g. Z")
                 valid = False
         return valid and range_ordered(self.form, "window_start", "window_end")

@@ -34,7 +34,7 @@ from .base import (
     caller,
     idempotent,
     object_id,
-    operator_may,
+    operator_permissions,
 )
 from .filters import (
     DemandFilter,
@@ -538,13 +538,12 @@ class InterHubTradeMatrixApi(generics.GenericAPIView):
     filter_backends = [MatrixFilterBackend]
     filterset_class = InterHubTradeFilter
     pagination_class = None
+    permission_classes = operator_permissions("marketplace.view_interhubtrade")
 
     def get_queryset(self) -> QuerySet[InterHubTrade]:
         return InterHubTrade.objects.all()
 
     @extend_schema(filters=True, responses={200: InterHubTradeMatrixSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
-        if not operator_may(request.user, "marketplace.view_interhubtrade"):
-            raise PermissionDenied("operators only", code="not_operator")
         trades = self.filter_queryset(self.get_queryset())
         return Response(InterHubTradeMatrixSerializer(inter_hub_trade_matrix(trades)).data)

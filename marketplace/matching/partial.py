@@ -666,10 +666,10 @@ def solve_optimal_split(
             d.voucher.available = solved_d.voucher.available
     floor.policy = "optimal"
     floor.solver = {
-        **result.solver,
         **floor.solver,
         "floor": "greedy with partial fills",
         "gpu_hours": floor.gpu_hours,
+        "optimal": result.solver,  # the facts of the answer not taken
         "optimal_gpu_hours": result.gpu_hours,
     }
     return floor

@@ -53,6 +53,16 @@ def test_naive_window_filter_on_offer_search_is_refused(buyer_client, offer):
     assert error_of(response)[::2] == (400, "window_start")
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["\uff12\uff10\uff13\uff10-01-01T00:00:00", "\uff12\uff10\uff13\uff10-01-01T00:00:00Z"],
+)
+def test_full_width_digits_in_the_offer_search_window_are_refused(buyer_client, offer, value):
+    # full-width digits (which Django reads as a date) slipped past the offset rule as a 200
+    response = buyer_client.get("/api/v1/offers/", {"window_start": value})
+    assert error_of(response)[::2] == (400, "window_start")
+
+
 @pytest.mark.parametrize("path", ["/api/v1/auth/token/", "/api/v1/demands/"])
 def test_deeply_nested_json_is_a_400_not_a_500(buyer_client, path):
     body = "[" * 100_000 + "]" * 100_000

@@ -121,6 +121,8 @@ def test_filters_are_strict(statements, provider_client):
         ({"programme": "nowhere"}, "programme"),
         ({"period": "2025-13"}, "period"),
         ({"period": "June"}, "period"),
+        ({"period": "٠٠٠٠-01"}, "period"),  # Arabic-Indic zeros: year 0 (was a 500)
+        ({"period": "２０２６-01"}, "period"),  # full-width digits
         ({"status": "open"}, "status"),
         ({"status": ""}, "status"),
         ({"provider": "x"}, "provider"),
@@ -233,3 +235,38 @@ def test_a_negative_statement_the_provider_cannot_pay_back_is_refused(
     assert error_of(response)[:2] == (422, "insufficient_funds")
     assert Statement.objects.get(pk=second.pk).status == "issued"
     assert ledger_audit() == []
+
+
+def test_a_staff_member_of_a_provider_keeps_its_own_statements(statements, provider):
+    # given a staff user of the provider without the operators' permission on statements
+    staff = UserFactory.create(username="dc-staff", organisation=provider, is_staff=True)
+    client = APIClient()
+    client.force_authenticate(staff)
+    # then it reads its own provider's statements, as a colleague does, not all of them
+    listed = client.get(URL).json()
+    assert sorted(s["programme"] for s in listed["results"]) == ["beijing", "chengdu-2025"]
+    # and cannot mark one paid
+    statement = statements[("chengdu-2025", "Provider DC")]
+    response = client.post(f"{URL}{statement.pk}/mark-paid/")
+    assert error_of(response) == (403, "not_operator", None)
+
+
+def test_a_replayed_mark_paid_is_refused_once_the_permission_is_gone(statements, provider):
+    # given staff who marked a statement paid with an Idempotency-Key
+    user = UserFactory.create(username="payer", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=("view_statement", "change_statement"))
+    )
+    statement = statements[("chengdu-2025", "Provider DC")]
+    path = f"{URL}{statement.pk}/mark-paid/"
+
+    def post():  # type: ignore[no-untyped-def]
+        client = APIClient()
+        client.force_authenticate(User.objects.get(pk=user.pk))
+        return client.post(path, HTTP_IDEMPOTENCY_KEY="pay-once")
+
+    assert post().status_code == 200
+    assert post()["Idempotent-Replayed"] == "true"
+    # when the change permission is taken away, then the replay is refused as the request is
+    user.user_permissions.remove(Permission.objects.get(codename="change_statement"))
+    assert error_of(post()) == (403, "not_operator", None)

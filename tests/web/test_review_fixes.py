@@ -288,6 +288,16 @@ def test_demand_form_far_off_dates_are_a_form_error(web, buyer, offer):
     assert not Demand.objects.exists()
 
 
+def test_full_width_digits_in_a_date_are_a_form_error_as_in_the_api(web, buyer, offer):
+    # Django reads "２０３０-01-01 08:00" as a date; the API refuses it, so the pages do too
+    response = web.get("/offers/", {"start": "\uff12\uff10\uff13\uff10-01-01T08:00"})
+    assert response.status_code == 400 and response.context["form"].errors["start"]
+    data = _demand_data(earliest_start="\uff12\uff10\uff13\uff10-01-01T08:00")
+    response = web.post("/demands/new/", {**data, "action": "post"})
+    assert response.status_code == 400 and response.context["form"].errors["earliest_start"]
+    assert not Demand.objects.exists()
+
+
 # --- 9. Cancelled reservations ------------------------------------------------------------------
 
 

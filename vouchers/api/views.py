@@ -25,6 +25,7 @@ from marketplace.api.base import (
     OrgMixin,
     idempotent,
     operator_may,
+    operator_permissions,
 )
 from marketplace.api.filters import StrictFilterBackend
 from marketplace.errors import NotFound, PermissionDenied, ValidationFailed
@@ -130,7 +131,9 @@ class VoucherApplicationDetailApi(OrgMixin, APIView):
 # --- Reimbursement statements (issue 3) -----------------------------------------------------
 
 # Years 0001-9999: ``datetime.date`` has no year 0.
-PERIOD = re.compile(r"^(?!0000)(\d{4})-(0[1-9]|1[0-2])$")
+# ASCII digits only (``\d`` also matches Arabic-Indic and full-width digits), the whole value
+# (``fullmatch``: no trailing newline), and no year 0.
+PERIOD = re.compile(r"(?!0000)([0-9]{4})-(0[1-9]|1[0-2])")
 
 
 class StatementFilter(django_filters.FilterSet):
@@ -149,7 +152,7 @@ class StatementFilter(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_period(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        match = PERIOD.match(value)
+        match = PERIOD.fullmatch(value)
         if match is None:
             raise ValidationFailed("a month as YYYY-MM", field="period")
         month = date(int(match[1]), int(match[2]), 1)
@@ -157,18 +160,19 @@ class StatementFilter(django_filters.FilterSet):
 
 
 class StatementAccessMixin(OrgMixin):
-    """Statements are read by the providers they pay (their own) and by operators (staff with
-    the view permission on statements, as in the admin: all of them); other staff get 403
-    ``not_operator``, anyone else 403 ``not_a_provider`` (or ``no_organisation``)."""
+    """Statements are read by operators (staff with the view permission on statements, as in
+    the admin: all of them) and by the providers they pay (their own; a staff member of a
+    provider without that permission too); other staff get 403 ``not_operator``, anyone else
+    403 ``not_a_provider`` (or ``no_organisation``)."""
 
     organisation_required = False
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        if request.user.is_staff:
-            if not operator_may(request.user, "vouchers.view_statement"):
-                raise PermissionDenied("operators only", code="not_operator")
+        if operator_may(request.user, "vouchers.view_statement"):
             return
+        if self.organisation is None and request.user.is_staff:
+            raise PermissionDenied("operators only", code="not_operator")
         if self.organisation is None:
             raise exceptions.PermissionDenied(
                 "you do not belong to an organisation", code="no_organisation"
@@ -181,7 +185,9 @@ class StatementAccessMixin(OrgMixin):
     @property
     def provider_scope(self) -> Organisation | None:
         """The provider whose statements the caller sees; ``None`` for an operator (all)."""
-        return None if self.request.user.is_staff else self.organisation  # type: ignore[attr-defined]
+        if operator_may(self.request.user, "vouchers.view_statement"):  # type: ignore[attr-defined]
+            return None
+        return self.organisation  # type: ignore[attr-defined]
 
     def statement(self, statement_id: str) -> Statement:
         found = selectors.statement_get(provider=self.provider_scope, statement_id=statement_id)
@@ -274,13 +280,13 @@ class StatementMarkPaidApi(StatementAccessMixin, APIView):
     time; 422 ``insufficient_funds`` when a negative statement's claimant cannot pay back.
     Accepts ``Idempotency-Key`` (a retry with it replays the first 200)."""
 
+    permission_classes = operator_permissions("vouchers.change_statement")
+
     @extend_schema(
         request=None,
         responses={200: StatementDetailSerializer, 409: ERRORS[400], 422: ERRORS[400], **ERRORS},
     )
     @idempotent
     def post(self, request: Request, id: str) -> Response:
-        if not operator_may(request.user, "vouchers.change_statement"):
-            raise PermissionDenied("operators only", code="not_operator")
         statement = statement_mark_paid(statement_id=self.statement(id).pk)
         return Response(StatementDetailSerializer(self.statement(str(statement.pk))).data)
