@@ -19,6 +19,22 @@ if TYPE_CHECKING:
     from vouchers.models import ReimbursementClaim
 
 
+def offers_within(tier: str, city: str, metro: str, hub_id: object) -> Q:
+    """Offers whose site is within locality ``tier`` (``city``, ``metro``, ``region`` or
+    ``national``) of a site at ``city``, metro area ``metro`` in hub ``hub_id``, as a filter on
+    offers: ``locality.tier_between``'s rule in SQL (another hub is national; in the same hub
+    the same city is city, the same metro area metro, the rest region). For the offer search's
+    ``tier`` and explain's near miss."""
+    if tier == "national":
+        return Q()
+    same_hub = Q(site__hub_id=hub_id)
+    if tier == "region":
+        return same_hub
+    if tier == "metro":
+        return same_hub & (Q(site__city=city) | Q(site__metro_area=metro))
+    return same_hub & Q(site__city=city)
+
+
 def as_uuid(value: object) -> uuid.UUID | None:
     """``value`` as a UUID, or ``None`` when it is not one (ids from URLs and bodies)."""
     if isinstance(value, uuid.UUID):

@@ -7,7 +7,7 @@ from typing import Any
 
 import django_filters
 from django import forms
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import QueryDict
 from django.utils.dateparse import parse_date
 from django_filters.rest_framework import DjangoFilterBackend
@@ -27,6 +27,7 @@ from marketplace.models import (
     Reservation,
     Site,
 )
+from marketplace.selectors import offers_within
 from marketplace.services import MAX_GPUS, MAX_PRICE, accelerator_ids_resolve
 
 
@@ -139,18 +140,6 @@ class SiteFilter(StrictFilterSet):
         fields: list[str] = []
 
 
-def _tier_q(tier: str, home: Site) -> Q:
-    """Offers whose site is within ``tier`` of ``home`` (as ``tier_between``)."""
-    if tier == LocalityTier.NATIONAL:
-        return Q()
-    same_hub = Q(site__hub_id=home.hub_id)
-    if tier == LocalityTier.REGION:
-        return same_hub
-    if tier == LocalityTier.METRO:
-        return same_hub & (Q(site__city=home.city) | Q(site__metro_area=home.metro_area))
-    return same_hub & Q(site__city=home.city)
-
-
 class OfferFilter(StrictFilterSet):
     """Offer search (PRODUCT.md §6.1).
 
@@ -229,7 +218,7 @@ class OfferFilter(StrictFilterSet):
             raise ValidationFailed(
                 "tier needs an organisation with a home site", code="no_home_site", field="tier"
             )
-        return queryset.filter(_tier_q(value, home))
+        return queryset.filter(offers_within(value, home.city, home.metro_area, home.hub_id))
 
 
 class DemandFilter(StrictFilterSet):

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 from marketplace.locality import TIERS, tier_between, tier_rank
 
-from .engine import FEN, DemandSnap, OfferSnap, SiteRef, bill_of, is_self_trade, voucher_part_of
+from .engine import FEN, DemandSnap, OfferSnap, bill_of, is_self_trade, voucher_part_of
 
 if TYPE_CHECKING:
-    from django.db.models import Q, QuerySet
+    from django.db.models import QuerySet
 from .partial import SCOPES, split_reach
 
 RULES = (
@@ -314,23 +314,6 @@ def demand_explain(demand: Any, *, now: datetime) -> dict[str, Any]:
 NEAR_MISS_FIRST_ROUND = 8
 
 
-def _within(limit: str, origin: SiteRef) -> "Q":
-    """Offers at sites within locality ``limit`` of ``origin``, as a filter: ``tier_between``'s
-    rule in SQL (another hub is national; in the same hub, the same city is city, the same
-    metro area metro, the rest region)."""
-    from django.db.models import Q
-
-    rank = tier_rank(limit)
-    if rank == tier_rank("national"):
-        return Q()
-    near = Q(site__hub_id=origin.hub)
-    if rank == tier_rank("city"):
-        return near & Q(site__city=origin.city)
-    if rank == tier_rank("metro"):
-        return near & (Q(site__city=origin.city) | Q(site__metro_area=origin.metro))
-    return near
-
-
 def _cheapest_over_limit(snap: DemandSnap, over: "QuerySet[Any]", now_h: int) -> OfferSnap | None:
     """The cheapest offer of ``over`` (active offers of ``snap``'s models over its limit
     price) that would hold the whole demand at its own price (``fits_but_for_price``), as a
@@ -345,6 +328,7 @@ def _cheapest_over_limit(snap: DemandSnap, over: "QuerySet[Any]", now_h: int) ->
     Worst case (every one left has no free run of the duration in the window): all n of
     them and their reservations are read, in at most ⌊log2(n / 8 + 1)⌋ + 1 rounds (the
     offsets skip 8 + 16 + … < 2n rows in all)."""
+    from marketplace.selectors import offers_within
     from marketplace.timeutil import from_hour_index
 
     from .cycle import OFFER_COLUMNS, offer_snapshots, site_refs, timelines_fill
@@ -354,7 +338,7 @@ def _cheapest_over_limit(snap: DemandSnap, over: "QuerySet[Any]", now_h: int) ->
     candidates = (
         over.exclude(provider_id=snap.buyer)
         .filter(
-            _within(snap.limit, snap.origin),
+            offers_within(snap.limit, snap.origin.city, snap.origin.metro, snap.origin.hub),
             min_duration_hours__lte=snap.duration,
             gpu_count__gte=snap.gpu_count,
             available_until__gte=from_hour_index(snap.start + snap.duration),
