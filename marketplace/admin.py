@@ -377,20 +377,18 @@ class InterHubTradeMatrixAdmin(InterHubTradeAdmin):
 
         from web.selectors import trade_matrix
 
-        from .api.filters import InterHubTradeFilter
+        from .api.filters import InterHubTradeFilter, query_problems
 
         if not self.has_view_permission(request):
             raise PermissionDenied
         filterset = InterHubTradeFilter(request.GET, queryset=InterHubTrade.objects.all())
+        # the API's checks, but for empty values: the page's form sends every field
         errors = [
-            (name, "unknown query parameter")
-            for name in sorted(set(request.GET) - set(filterset.base_filters))
-        ] + [
-            (name, "give this parameter once")
-            for name, values in sorted(request.GET.lists())
-            if name in filterset.base_filters and len(values) > 1
+            (name, message)
+            for name, messages_ in query_problems(request.GET, set(filterset.base_filters)).items()
+            for message in messages_
         ]
-        if not filterset.is_valid():
+        if not errors and not filterset.is_valid():
             errors += [
                 (name, message)
                 for name, messages_ in filterset.errors.items()

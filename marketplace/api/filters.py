@@ -43,24 +43,39 @@ class StrictFilterBackend(DjangoFilterBackend):
         filterset_class = self.get_filterset_class(view, queryset)
         if filterset_class is not None:
             allowed |= set(filterset_class.base_filters)
-        unknown = sorted(set(request.query_params) - allowed)
-        if unknown:
-            raise ValidationError({name: ["unknown query parameter"] for name in unknown})
-        # A parameter given twice would be read as its last value only (the first silently
-        # ignored): every filter and page parameter here takes one value.
-        repeated = sorted(name for name, values in request.query_params.lists() if len(values) > 1)
-        if repeated:
-            raise ValidationError({name: ["give this parameter once"] for name in repeated})
         # django-filter reads an empty value as "no filter"; a client that sends ``?status=``
         # meant something, so it is refused like any other bad value.
-        blank = sorted(
-            name
-            for name, values in request.query_params.lists()
-            if name not in self.always_allowed and any(not value.strip() for value in values)
+        problems = query_problems(
+            request.query_params, allowed, blank=allowed - self.always_allowed
         )
-        if blank:
-            raise ValidationError({name: ["must not be empty"] for name in blank})
+        if problems:
+            raise ValidationError(problems)
         return super().filter_queryset(request, queryset, view)
+
+
+def query_problems(
+    params: QueryDict,
+    allowed: set[str],
+    *,
+    blank: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, list[str]]:
+    """What is wrong with query ``params`` before any filter reads them, ``{name:
+    [message]}``, the first kind found only: parameters not in ``allowed``; else parameters
+    given more than once (django-filter would read the last value and silently drop the
+    others); else empty values of the parameters in ``blank``. Shared by the API's
+    ``StrictFilterBackend`` and the admin's matrix page."""
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        return {name: ["unknown query parameter"] for name in unknown}
+    repeated = sorted(name for name, values in params.lists() if len(values) > 1)
+    if repeated:
+        return {name: ["give this parameter once"] for name in repeated}
+    empty = sorted(
+        name
+        for name, values in params.lists()
+        if name in blank and any(not value.strip() for value in values)
+    )
+    return {name: ["must not be empty"] for name in empty}
 
 
 class _SharedFields(dict):  # type: ignore[type-arg]
