@@ -2,6 +2,7 @@
 400 naming the parameter, never a silently unfiltered list (PRODUCT.md §6.1)."""
 
 import copy
+from collections.abc import Collection
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -57,7 +58,7 @@ def query_problems(
     params: QueryDict,
     allowed: set[str],
     *,
-    blank: set[str] = frozenset(),  # type: ignore[assignment]
+    blank: Collection[str] = (),
 ) -> dict[str, list[str]]:
     """What is wrong with query ``params`` before any filter reads them, ``{name:
     [message]}``, the first kind found only: parameters not in ``allowed``; else parameters
