@@ -138,18 +138,13 @@ class _OperatorPermission(BasePermission):
         return operator_may(request.user, self.permission)
 
 
-def operators_with(permission: str) -> type[BasePermission]:
-    """A DRF permission class for views only operators holding ``permission`` may use: 401
+def operator_permissions(permission: str) -> list[type[BasePermission]]:
+    """``permission_classes`` of a view only operators holding ``permission`` may use: 401
     for an anonymous caller, 403 ``not_operator`` for anyone else, checked before the view
     runs — and again when an ``Idempotency-Key`` replays a stored response (``idempotent``
     re-checks the view's permission classes), so a permission taken away is not replayed."""
-    return type(f"Operators_{permission}", (_OperatorPermission,), {"permission": permission})
-
-
-def operator_permissions(permission: str) -> list[type[BasePermission]]:
-    """``permission_classes`` of an operators-only view: authenticated, then
-    ``operators_with(permission)``."""
-    return [IsAuthenticated, operators_with(permission)]
+    operators = type(f"Operators_{permission}", (_OperatorPermission,), {"permission": permission})
+    return [IsAuthenticated, operators]
 
 
 # --- Idempotency-Key -----------------------------------------------------------------------
