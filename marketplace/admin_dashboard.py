@@ -42,6 +42,7 @@ def _dashboard(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": _("Operator dashboard"),
         "show": show,
+        "show_any": any(show.values()),
         "window_days": DAYS,
     }
     if show["budgets"]:

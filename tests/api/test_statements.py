@@ -249,6 +249,8 @@ def test_a_staff_member_of_a_provider_keeps_its_own_statements(statements, provi
     statement = statements[("chengdu-2025", "Provider DC")]
     response = client.post(f"{URL}{statement.pk}/mark-paid/")
     assert error_of(response) == (403, "not_operator", None)
+    statement.refresh_from_db()
+    assert statement.paid_at is None
 
 
 def test_a_replayed_mark_paid_is_refused_once_the_permission_is_gone(statements, provider):
