@@ -14,6 +14,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -44,6 +45,7 @@ from .filters import (
     ReservationFilter,
     SiteFilter,
     StrictFilterBackend,
+    query_problems,
 )
 from .search_cache import SearchPage
 from .serializers import (
@@ -475,13 +477,19 @@ class ReservationUsageApi(OrgMixin, APIView):
 
 @extend_schema(parameters=[ID_PATH])
 class DemandExplainApi(OrgMixin, APIView):
-    """Why one of the caller's open demands is not matched: every active offer counted by the
-    first rule that blocks it, and the nearest misses (404 for anyone else's demand, 409 once
-    the demand is no longer open)."""
+    """Why one of the caller's open demands is not matched (PRODUCT.md §4, "asked why"): every
+    active offer counted by the first rule that blocks it, and the nearest misses, prices in
+    CNY per GPU-hour and times in UTC (``demand_explain``). 404 for anyone else's demand or a
+    malformed id; then 400 ``invalid`` naming any query parameter (it takes none, so a filter
+    a client hoped would narrow the answer is refused, not ignored); then 409
+    ``demand_not_open`` once the demand is no longer open. Reads only."""
 
     @extend_schema(responses={200: DemandExplainSerializer, 409: ERRORS[400], **ERRORS})
     def get(self, request: Request, id: str) -> Response:
         demand = _demand(self, id)
+        problems = query_problems(request.query_params, set())
+        if problems:
+            raise ValidationError(problems)
         if demand.status != Demand.Status.OPEN:
             raise Conflict(f"demand is {demand.status}", code="demand_not_open", field="demand")
         data = demand_explain(demand, now=timezone.now())

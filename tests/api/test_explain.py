@@ -142,6 +142,32 @@ def test_explain_of_a_matched_demand_is_409_and_changes_nothing(buyer_client, bu
     assert Demand.objects.get(pk=demand.pk).status == Demand.Status.RESERVED
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("accelerator=H800", "accelerator"),  # a filter it does not take: not a narrower answer
+        ("tier=city", "tier"),
+        ("page=2", "page"),
+        ("format=json", "format"),
+    ],
+)
+def test_explain_refuses_query_parameters_naming_them(buyer_client, market, query, field):  # type: ignore[no-untyped-def]
+    # given an open demand; when explain is asked with a parameter it does not take
+    demand = market[0]
+    response = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/?{query}")
+    # then a 400 naming it, never the whole explanation as if the parameter had narrowed it
+    assert error_of(response) == (400, "invalid", field)
+    assert response.json()["errors"] == {field: ["unknown query parameter"]}
+    demand.refresh_from_db()
+    assert (demand.status, demand.unmatched_reason) == ("open", "no_free_window")
+
+
+def test_explain_with_a_parameter_still_hides_another_organisations_demand(other_client, market):  # type: ignore[no-untyped-def]
+    demand = market[0]
+    response = other_client.get(f"/api/v1/demands/{demand.pk}/explain/?tier=city")
+    assert error_of(response) == (404, "not_found", "demand")
+
+
 def test_offers_counted_in_the_database_add_up_with_the_ones_read(
     buyer_client, buyer, other_buyer, provider, site, accelerator
 ):  # type: ignore[no-untyped-def]
