@@ -44,6 +44,10 @@ class ClusterInline(admin.TabularInline):
 
 @admin.register(Hub)
 class HubAdmin(admin.ModelAdmin):
+    """Hubs, where the operator sets each hub's matching policy (``greedy`` or ``optimal``,
+    PRODUCT.md §4.2) and ``matching_time_limit`` (whole seconds, 1 to 120: the model's
+    validators refuse anything else on the form, and a CHECK constraint in the database)."""
+
     list_display = ("code", "name", "name_zh", "is_west", "matching_policy")
     list_filter = ("is_west", "matching_policy")
     search_fields = ("code", "name", "name_zh")

@@ -61,7 +61,9 @@ class HubRoutedTask(ReliableTask):
 
 @shared_task(name="marketplace.tasks.match_hub", base=HubRoutedTask)
 def match_hub(hub_id: str, at: str | None = None) -> int:
-    """Run one matching cycle for the hub; returns reservations made (0 if the hub is busy)."""
+    """Run one matching cycle for the hub (``matching_cycle_run``; ``at``: an ISO 8601 time
+    with an offset for simulations, default now); returns reservations made (0 if another
+    worker holds the hub's lock). ``Hub.DoesNotExist`` for an unknown hub."""
     cycle = matching_cycle_run(hub_id, now=_now(at))
     return cycle.reservations_made if cycle else 0
 

@@ -88,6 +88,7 @@ def buyer_reservation_get(*, buyer: Organisation, reservation_id: Any) -> Reserv
 
 
 def reservation_events(reservation: Reservation) -> QuerySet[ReservationEvent]:
+    """The reservation's status-change events (its timeline), oldest first (times UTC)."""
     return reservation.events.order_by("at", "id")
 
 
@@ -227,6 +228,10 @@ def provider_claims(*, provider: Organisation) -> QuerySet[ReimbursementClaim]:
 
 @dataclass(frozen=True)
 class Utilisation:
+    """One offer's row of ``provider_utilisation``: reserved GPU-hours per day (labels
+    ``MM-DD``, Asia/Shanghai), its daily capacity in GPU-hours and the most GPUs reserved in
+    any hour of the period."""
+
     offer: Offer
     days: list[str]
     reserved_gpu_hours: list[Decimal]
@@ -282,6 +287,8 @@ def provider_utilisation(
 
 @dataclass(frozen=True)
 class ProgrammeBudget:
+    """One programme's row of ``programme_budgets`` (amounts in CNY)."""
+
     programme: Programme
     used_this_year: Decimal
     issued: Decimal
@@ -344,8 +351,9 @@ def vouchers_by_status() -> list[tuple[str, int, Decimal]]:
 def gpu_hours_by_hub_day(
     *, since: datetime
 ) -> tuple[list[str], list[str], dict[tuple[str, str], int]]:
-    """GPU-hours matched (reservations created since ``since`` that hold or used capacity),
-    by the offer's hub and the creation day in Asia/Shanghai: ``(days, hub names, cells)``."""
+    """GPU-hours matched (reservations created since ``since``, an aware datetime, that hold or
+    used capacity: their booked GPUs × hours), by the offer's hub and the creation day in
+    Asia/Shanghai: ``(days YYYY-MM-DD, hub names, {(day, hub name): GPU-hours})``."""
     rows = (
         Reservation.objects.filter(created_at__gte=since, status__in=Reservation.CAPACITY_STATUSES)
         .annotate(day=TruncDate("created_at", tzinfo=SHANGHAI))
@@ -451,6 +459,8 @@ def unserved_by_reason() -> list[tuple[str, int]]:
 
 
 def demand_counts(*, organisation: Organisation) -> dict[str, int]:
+    """The organisation's demands counted by status (``{status: count}``, statuses with none
+    absent). One query."""
     rows = Demand.objects.filter(buyer=organisation).values("status").annotate(n=Count("id"))
     return {r["status"]: r["n"] for r in rows.order_by()}
 
@@ -466,6 +476,7 @@ class ReservationMoney:
 
     @property
     def any(self) -> bool:
+        """Whether there is any fee or refund to show."""
         return bool(self.fee or self.refund_voucher or self.refund_cash)
 
 

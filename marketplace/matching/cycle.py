@@ -131,11 +131,12 @@ def site_refs(site_ids: Iterable[object]) -> dict[str, SiteRef]:
 
 
 def snapshot_load(hub: Hub, now: datetime) -> tuple[list[DemandSnap], list[OfferSnap]]:
-    """Open demands whose home site is in ``hub`` and every active offer (any hub: docking),
-    with free-capacity timelines from the reservations that hold capacity. Demands are in
-    posting order (``created_at``, then id), offers in listing order; a demand whose window
-    has passed is left out (``demands_expire`` closes it). Reads plain rows, a fixed number of
-    queries whatever the market's size."""
+    """Open demands whose home site is in ``hub`` and every active offer (any hub: docking) of
+    a model one of them accepts and available after ``now`` (UTC), with free-capacity
+    timelines from the reservations that hold capacity. Demands are in posting order
+    (``created_at``, then id), offers in listing order; a demand whose window has passed is
+    left out (``demands_expire`` closes it). Reads plain rows, a fixed number of queries
+    whatever the market's size."""
     now_h = hour_index_ceil(now)
     # The demands and their listed models in one statement (a row per listed model, or one
     # with None): a second statement could miss the list of a demand closed in between and
@@ -316,17 +317,21 @@ def engine_solve(
     latency: dict[tuple[str, str], float],
     time_limit: float = 10.0,
 ) -> Result:
-    """The engine for a hub's ``policy`` (``greedy`` or ``optimal``) on a loaded snapshot.
-    Under ``optimal`` the MILP places whole demands and split demands it leaves are placed in
-    parts by the greedy split pass after it (``partial.solve_optimal_split``)."""
+    """The engine for a hub's ``policy`` (``Hub.Policy``: ``greedy`` or ``optimal``; anything
+    else runs ``greedy``) on a loaded snapshot. ``time_limit`` (seconds,
+    ``Hub.matching_time_limit``) bounds ``optimal`` only: ``greedy`` always walks every
+    demand. Under ``optimal`` the MILP places whole demands and split demands it leaves are
+    placed in parts by the greedy split pass after it (``partial.solve_optimal_split``).
+    ``offers``' timelines and the vouchers' ``available`` are updated in place."""
     if policy == Hub.Policy.OPTIMAL:
         return solve_optimal_split(demands, offers, latency, OptimalSettings(time_limit=time_limit))
     return solve_greedy(demands, offers, latency=latency)
 
 
 def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> MatchingCycle | None:
-    """Run one cycle of the hub's policy for ``hub_id`` (PRODUCT.md §4). Returns the recorded
-    cycle, or ``None`` when another worker holds the hub's lock. The matches are written in
+    """Run one cycle of the hub's policy for ``hub_id`` (PRODUCT.md §4) at ``now`` (UTC;
+    default the clock). Returns the recorded cycle, or ``None`` when another worker holds the
+    hub's lock (``hub_lock``); ``Hub.DoesNotExist`` for an unknown hub. The matches are written in
     batches (``bulk.matches_write``: ``MATCH_WRITE_BATCH`` per transaction, the rules of
     ``reservation_create``); a pair refused there (capacity taken by a person meanwhile, funds
     short) is dropped and the demand stays open with the reason."""

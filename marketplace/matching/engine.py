@@ -1,14 +1,18 @@
 """Greedy batch clearing with hub docking, on plain data (PRODUCT.md §4).
 
 Input: a snapshot of open demands and active offers with their free-capacity timelines, all in
-whole UTC hours since the epoch. Output: the chosen ``(demand, offer, start)`` matches and, for
-each unserved demand, the first rule that blocked it. Deterministic for the same snapshot.
+whole UTC hours since the epoch, prices in CNY per GPU-hour. Output: the chosen ``(demand,
+offer, start)`` matches and, for each unserved demand, a reason code (``REASONS``: the furthest
+rule any of its candidate offers got to). Deterministic for the same snapshot. Nothing here
+touches the database or raises on valid input.
 
-Policy ``greedy`` (price-time priority): demands in order of higher limit price, then earlier
-posting. For each demand, locality tiers are tried nearest first up to its limit (city → metro →
-hub region → other hubs — the hub docking step); within the first tier that has a feasible offer,
-the pair with the lowest cost to the buyer after the voucher wins, then the earlier start, then the
-offer id. Capacity taken by a match is removed from the offer's timeline before the next demand.
+Policy ``greedy`` (price-time priority, PRODUCT.md §4.2): demands in order of higher limit
+price, then earlier posting. For each demand, locality tiers are tried nearest first up to its
+limit (city → metro → hub region → other hubs — the hub docking step, §4.3); within the first
+tier that has a feasible offer, the pair with the lowest cost to the buyer after the voucher
+wins, then the lower hub latency (other hubs), then the earlier start, then the offer listed
+first, then the offer id. Capacity taken by a match is removed from the offer's timeline before
+the next demand.
 """
 
 import time
@@ -24,7 +28,10 @@ from marketplace.locality import TIERS, tier_between, tier_rank
 FEN = Decimal("0.01")
 _INT16_MAX = int(np.iinfo(np.int16).max)
 
-# Reasons an unserved demand reports, in the order the rules are applied (first blocker wins).
+# Reasons an unserved demand reports (its ``unmatched_reason``), ranked: each candidate offer is
+# stopped by one rule, and the demand reports the furthest-ranked rule any of them reached
+# (``best_pair``). ``self_trade`` ranks last although it is checked before the window: when
+# only the buyer's own offer got that far, that is the reason worth telling.
 REASONS = (
     "no_model",
     "over_price",
@@ -37,6 +44,9 @@ REASONS = (
 
 @dataclass(frozen=True)
 class SiteRef:
+    """Where a site is, as the locality rule reads it (``marketplace.locality.tier_between``):
+    site ``id``, ``city``, ``metro`` area, ``hub`` id and ``cluster`` id (ids as strings)."""
+
     id: str
     city: str
     metro: str
@@ -114,6 +124,8 @@ class OfferSnap:
         return self.gpu_count - gpus - max(self.used[start - base : start - base + duration])
 
     def take(self, gpus: int, start: int, duration: int) -> None:
+        """Book ``gpus`` GPUs over hours ``[start, start + duration)`` (inside the offer's
+        window; the caller has checked they are free)."""
         for h in range(start - self.start, start - self.start + duration):
             self.used[h] += gpus
 
@@ -133,6 +145,10 @@ class VoucherSnap:
     sites: frozenset[str] = frozenset()
 
     def covers(self, offer: OfferSnap) -> bool:
+        """Whether the voucher may pay on ``offer`` (PRODUCT.md §5.4): its provider is in the
+        programme's approved catalogue for the year and its site in the programme's region
+        (hub, cluster or site; no region = everywhere). Owner and related parties are
+        ``voucher_part_of``'s to check."""
         if offer.provider not in self.providers:
             return False
         if not (self.hubs or self.clusters or self.sites):
@@ -147,6 +163,12 @@ class VoucherSnap:
 
 @dataclass
 class DemandSnap:
+    """An open demand (PRODUCT.md §4): ``gpu_count`` GPUs of one of ``models`` for ``duration``
+    hours inside hours ``[start, end)`` (UTC hour indices), at most ``max_price`` CNY per
+    GPU-hour, within ``limit`` (a locality tier name) of ``origin``; ``buyer`` and its
+    ``related`` organisations by id; ``voucher`` shared with the buyer's other demands in the
+    cycle."""
+
     id: str
     buyer: str
     related: frozenset[str]
@@ -168,6 +190,10 @@ class DemandSnap:
 
 @dataclass(frozen=True)
 class Match:
+    """A chosen pair: the demand on the offer from hour index ``start`` (UTC) for its duration,
+    at locality ``tier``; ``bill`` and ``voucher_part`` in CNY (``bill_of``,
+    ``voucher_part_of``)."""
+
     demand_id: str
     offer_id: str
     start: int
@@ -178,13 +204,18 @@ class Match:
 
     @property
     def cash_part(self) -> Decimal:
+        """What the buyer pays in cash (CNY): the bill less the voucher part (§5.4)."""
         return self.bill - self.voucher_part
 
 
 @dataclass
 class Result:
+    """A cycle's answer: ``matches`` in booking order, ``unserved`` demands with their reason
+    (``REASONS``), and the facts of the solve. A demand in neither was not reached before the
+    deadline and stays open (``solver["not_reached"]``)."""
+
     matches: list[Match]
-    unserved: dict[str, str]  # demand id → first blocking reason
+    unserved: dict[str, str]  # demand id → its reason (``REASONS``)
     pairs_considered: int = 0
     policy: str = "greedy"
     # Solver facts for ``optimal`` (status, columns, rows, objective, fallback used, seconds).
@@ -411,6 +442,8 @@ class OfferIndex:
         self.bucket_of[offer.id].took(offer, gpus, start, duration)
 
     def ring(self, demand: DemandSnap) -> Ring:
+        """``demand``'s candidate buckets by tier (``Ring``), built once per (models, origin
+        city, metro and hub, locality limit) and cached for the cycle."""
         origin = demand.origin
         # what the ring depends on, in plain hashable values (str hashes are cached)
         key = (demand.models, origin.city, origin.metro, origin.hub, demand.limit)

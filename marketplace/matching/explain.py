@@ -60,6 +60,10 @@ RULES = (
 
 @dataclass
 class NearMiss:
+    """An offer that nearly fits: its ``tier`` name from the demand's origin, ``price`` (CNY
+    per GPU-hour) and, for ``earliest_fit``, the ``start`` hour index (UTC) that would hold
+    the whole demand."""
+
     offer_id: str
     tier: str
     price: Decimal
@@ -68,6 +72,9 @@ class NearMiss:
 
 @dataclass
 class Explanation:
+    """``explain``'s answer: ``offers`` counted, ``blocked`` per rule (``RULES``), ``fits``,
+    the two near misses, and each offer's first blocking rule (``""`` when it fits)."""
+
     demand_id: str
     offers: int
     blocked: dict[str, int]

@@ -6,8 +6,10 @@ Model. A column ``x[d, o, s] ∈ {0, 1}`` books the whole demand ``d`` (gang: al
 offer, hence one site — co-location) on offer ``o`` over hours ``[s, s + duration)``. Candidate
 starts per feasible pair are the earliest and the latest start that fit the offer's free timeline
 inside both windows (packing against existing bookings at either end, so gaps are not cut in
-the middle), plus the incumbent's own choice. Per demand, only the ``candidates_per_demand``
-best offers by (tier, cost after voucher, hub latency, leftover) are kept, always including the
+the middle), plus the incumbent's own choice. Per demand, only the first
+``candidates_per_demand`` offers that fit in the greedy walk's order are kept
+(``demand_candidates``: nearest tier, then the cheapest bucket — price, then hub latency —,
+then within a bucket the earliest start and listing order), always including the
 incumbent's choice: the programme stays sparse (no dense demand × offer matrix).
 
 * one row per demand: ``Σ x ≤ 1``;
@@ -116,6 +118,11 @@ class OptimalSettings:
 
 @dataclass
 class Candidate:
+    """A column of the programme: ``demand`` whole on ``offer`` from hour index ``start``
+    (UTC), at tier ``rank`` (0 = city … 3 = national), its ``bill`` and ``voucher_part`` (CNY,
+    as if this pair alone drew on the voucher), hub latency ``distance`` (ms; 0 inside the
+    hub) and the ``leftover`` sliver of GPUs it leaves free on the offer."""
+
     demand: DemandSnap
     offer: OfferSnap
     start: int
@@ -127,6 +134,7 @@ class Candidate:
 
     @property
     def cost(self) -> Decimal:
+        """What the buyer pays after the voucher (CNY)."""
         return self.bill - self.voucher_part
 
     def key(self) -> tuple[int, Decimal, float, int, int, int, str]:

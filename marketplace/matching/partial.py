@@ -138,6 +138,7 @@ class SplitPlan:
 
     @property
     def rank(self) -> int:
+        """The plan's tier rank: its farthest part's (0 = city … 3 = national)."""
         return max(p.rank for p in self.parts)
 
     @property
@@ -147,9 +148,12 @@ class SplitPlan:
 
     @property
     def gpus(self) -> int:
+        """GPUs of all the parts (the demand's ``gpu_count`` for a complete plan)."""
         return sum(p.gpus for p in self.parts)
 
     def order_key(self) -> tuple[Decimal, float, int, int, str]:
+        """Order among plans of one tier (module doc): lower cost after the voucher, lower hub
+        latency, earlier start, fewer parts, then the group's id."""
         return (self.cost, self.distance, self.start, len(self.parts), self.key)
 
 

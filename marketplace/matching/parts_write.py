@@ -34,7 +34,8 @@ def parts_write(
     """Write each split demand's parts (``reservation_parts_create``), appending the
     reservation ids made to ``made``; a demand refused there (capacity taken meanwhile, funds
     short, a rule) gets its reason code in ``dropped`` and as its ``unmatched_reason``, and
-    stays open with nothing written."""
+    stays open with nothing written. ``now`` (UTC) is the cycle's clock. A rule's refusal
+    (``DomainError``) is not raised; a database error is."""
     for demand_id, matches in parts.items():
         try:
             written = reservation_parts_create(
