@@ -46,12 +46,18 @@ class ClusterInline(admin.TabularInline):
 class HubAdmin(admin.ModelAdmin):
     """Hubs, where the operator sets each hub's matching policy (``greedy`` or ``optimal``,
     PRODUCT.md §4.2) and ``matching_time_limit`` (whole seconds, 1 to 120: the model's
-    validators refuse anything else on the form, and a CHECK constraint in the database)."""
+    validators refuse anything else on the form, and a CHECK constraint in the database).
+    A saved hub keeps its code: it names the hub's matching queue (``match.<code>``, which the
+    workers subscribed to at start) and is the key ``load_reference`` matches its row by, so a
+    renamed hub would go unmatched and come back as a second hub at the next load."""
 
     list_display = ("code", "name", "name_zh", "is_west", "matching_policy")
     list_filter = ("is_west", "matching_policy")
     search_fields = ("code", "name", "name_zh")
     inlines = (ClusterInline,)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        return [*super().get_readonly_fields(request, obj), *(["code"] if obj else [])]
 
 
 @admin.register(Cluster)

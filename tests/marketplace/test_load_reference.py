@@ -235,3 +235,34 @@ def test_programme_region_scopes():
     qingyang = Programme.objects.get(code="qingyang")
     assert (qingyang.min_voucher_amount, qingyang.validity_months) == (Decimal("5000.00"), 12)
     assert chengdu_2025.effective_from.month == 1 and chengdu_2025.effective_from.day == 1
+
+
+def test_the_admin_keeps_a_hubs_code_so_a_reload_never_doubles_the_hub(client):  # type: ignore[no-untyped-def]
+    # given the reference data and an operator editing a hub's matching policy in the admin
+    from accounts.models import User
+
+    _load()
+    hub = Hub.objects.get(code="guizhou")
+    client.force_login(User.objects.create_superuser("root", "root@suanli.example", "pw-Secret-1"))
+    form = {
+        "code": "guizhou-renamed",  # the code names the hub's matching queue and its reference row
+        "name": hub.name,
+        "name_zh": hub.name_zh,
+        "matching_policy": "optimal",
+        "matching_time_limit": "20",
+        "clusters-TOTAL_FORMS": "0",
+        "clusters-INITIAL_FORMS": "0",
+        "clusters-MIN_NUM_FORMS": "0",
+        "clusters-MAX_NUM_FORMS": "1000",
+    }
+    # when the form is sent with another code
+    response = client.post(f"/admin/marketplace/hub/{hub.pk}/change/", form)
+    # then the policy changes and the code does not, so a reload finds the same row
+    assert response.status_code == 302
+    hub.refresh_from_db()
+    assert (hub.code, hub.matching_policy, hub.matching_time_limit) == ("guizhou", "optimal", 20)
+    _load()
+    assert Hub.objects.count() == 8
+    # and a new hub still takes the code it is given
+    page = client.get("/admin/marketplace/hub/add/")
+    assert 'name="code"' in page.content.decode()
