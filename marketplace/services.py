@@ -1219,6 +1219,16 @@ def reservation_cancel(
         if reservation.start <= now:
             raise Conflict("reservation has started", code="already_started")
         if others:
+            # The parts' voucher first (its row: the release of each part's voucher value
+            # locks it, ``voucher_refund_account``), before any ledger account, as every hold
+            # and the matcher's batch lock them: a voucher row after the wallet would deadlock
+            # with a batch booking the same voucher.
+            list(
+                Voucher.objects.select_for_update(no_key=True)
+                .filter(pk__in={r.voucher_id for r in (reservation, *others) if r.voucher_id})
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
             # Fees go to each part's provider: lock the parties' accounts by pk before the
             # first posting (escrow, hot, comes after them in every posting).
             list(

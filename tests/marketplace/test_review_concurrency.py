@@ -1,0 +1,171 @@
+"""Races between a matching cycle's write path and what people do meanwhile, on PostgreSQL
+with real threads: every writer takes its row locks in the one order of the service layer
+(demand → offers → sites → voucher → ledger accounts → programme → escrow), so none of them
+deadlocks with a cycle's batch, and the money and capacity come out exact."""
+
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from ledger.audit import ledger_audit
+from ledger.models import Hold
+from ledger.selectors import organisation_balances
+from ledger.services import voucher_account
+from marketplace.matching.bulk import matches_write
+from marketplace.matching.engine import Match
+from marketplace.models import Demand, Reservation
+from marketplace.money import ZERO
+from marketplace.services import (
+    offer_peak_reserved,
+    reservation_cancel,
+    reservation_parts_create,
+)
+from marketplace.timeutil import hour_index
+from tests.factories import DemandFactory, OfferFactory
+
+
+def _blocked_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _wait_for_blocked(n: int) -> None:
+    for _ in range(600):  # a bounded poll, not a timed assertion
+        if _blocked_on_locks() >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} sessions never waited on a lock")
+
+
+def _other_session() -> psycopg.Connection[Any]:
+    db = connection.settings_dict
+    return psycopg.connect(
+        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"] or 5432
+    )
+
+
+def _in_thread(
+    name: str, fn: Callable[[], object], outcomes: dict[str, object]
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            outcomes[name] = fn()
+        except Exception as exc:  # the race's outcome, asserted below
+            outcomes[name] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _demand(buyer, accelerator, **fields):  # type: ignore[no-untyped-def]
+    demand = DemandFactory.create(buyer=buyer, **fields)
+    demand.accelerators.add(accelerator)
+    return demand
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writer", ["batch", "parts"])
+def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not_deadlock(
+    writer, buyer, provider, site, accelerator, voucher
+):
+    # given a split demand booked in two parts, each paid partly by the buyer's voucher, and
+    # another open demand of the buyer paying with the same voucher, which the cycle writes
+    # (as a whole demand in a batch, or in parts) on two other offers
+    offers = [
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(4)
+    ]
+    booked = _demand(
+        buyer, accelerator, gpu_count=16, duration_hours=3, split="site", voucher=voucher
+    )
+    parts = reservation_parts_create(
+        demand_id=booked.pk,
+        parts=[(offers[0].pk, 8), (offers[1].pk, 8)],
+        start=booked.earliest_start,
+    )
+    assert all(p.voucher_part > 0 for p in parts)
+    start = booked.earliest_start
+    if writer == "batch":
+        wanted = _demand(
+            buyer, accelerator, gpu_count=4, duration_hours=3, voucher=voucher, earliest_start=start
+        )
+
+        def write() -> object:
+            match = Match(str(wanted.pk), str(offers[2].pk), hour_index(start), "", ZERO, ZERO)
+            return len(matches_write([match], now=timezone.now()).made)
+
+    else:
+        wanted = _demand(
+            buyer,
+            accelerator,
+            gpu_count=16,
+            duration_hours=3,
+            split="site",
+            voucher=voucher,
+            earliest_start=start,
+        )
+
+        def write() -> object:
+            return len(
+                reservation_parts_create(
+                    demand_id=wanted.pk,
+                    parts=[(offers[2].pk, 8), (offers[3].pk, 8)],
+                    start=start,
+                )
+            )
+
+    # and another session holding the first part's payment hold, so that the cancellation
+    # stops there, with everything it locks before the hold already locked
+    other = _other_session()
+    other.execute("SELECT 1 FROM ledger_hold WHERE reservation_id = %s FOR UPDATE", [parts[0].pk])
+    outcomes: dict[str, object] = {}
+    threads = []
+    try:
+        # when the buyer cancels a part, and the cycle writes the other demand meanwhile
+        threads.append(
+            _in_thread(
+                "cancel",
+                lambda: reservation_cancel(reservation_id=parts[0].pk, buyer=buyer).status,
+                outcomes,
+            )
+        )
+        _wait_for_blocked(1)
+        threads.append(_in_thread("write", write, outcomes))
+        _wait_for_blocked(2)
+    finally:
+        other.rollback()  # the hold is let go: both go on
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then neither was chosen as a deadlock's victim: the cancellation returned everything
+    # of both parts and the other demand was booked, with the voucher value given back
+    assert outcomes == {"cancel": "cancelled", "write": 1 if writer == "batch" else 2}
+    assert set(Reservation.objects.filter(demand=booked).values_list("status", flat=True)) == {
+        "cancelled"
+    }
+    assert Demand.objects.get(pk=booked.pk).status == Demand.Status.CANCELLED
+    made = list(Reservation.objects.filter(demand=wanted))
+    assert Demand.objects.get(pk=wanted.pk).status == Demand.Status.RESERVED
+    assert all(r.voucher_id == voucher.pk and r.voucher_part > 0 for r in made)
+    held = sum((r.voucher_part for r in made), ZERO)
+    assert voucher_account(voucher.pk).balance == Decimal("1000.00") - held
+    assert Hold.objects.filter(reservation__in=made, status=Hold.Status.PENDING).count() == len(
+        made
+    )
+    peaks = [4, 0] if writer == "batch" else [8, 8]
+    assert [offer_peak_reserved(o) for o in offers] == [0, 0, *peaks]
+    assert organisation_balances(organisation=buyer)["wallet"] >= ZERO
+    assert ledger_audit() == []
