@@ -839,8 +839,11 @@ def _reservation_parts_create(
                 raise Conflict("no free capacity for the whole window", code="capacity_exhausted")
         voucher = demand.voucher
         if voucher is not None:
+            # ``FOR NO KEY UPDATE``: a single hold in flight on this voucher checks its foreign
+            # keys at COMMIT (``FOR KEY SHARE`` of the voucher row) after locking the wallet
+            # waited for next; ``FOR UPDATE`` would block that check (a deadlock).
             voucher = (
-                Voucher.objects.select_for_update(of=("self",))
+                Voucher.objects.select_for_update(of=("self",), no_key=True)
                 .select_related("programme")
                 .get(pk=voucher.pk)
             )

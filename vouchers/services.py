@@ -602,8 +602,11 @@ def vouchers_lapse_expired(*, now: datetime | None = None) -> int:
     """
     now = now or timezone.now()
     count = 0
+    # ``FOR NO KEY UPDATE``: a hold in flight on a voucher (it locks the voucher's account,
+    # not its row) checks its foreign keys at COMMIT with ``FOR KEY SHARE`` of the voucher
+    # row; ``FOR UPDATE`` would block that check while waiting for the account: a deadlock.
     for voucher in (
-        Voucher.objects.select_for_update()
+        Voucher.objects.select_for_update(no_key=True)
         .filter(status=Voucher.Status.ACTIVE, expires_at__lte=now)
         .order_by("pk")
     ):

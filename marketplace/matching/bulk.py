@@ -320,9 +320,13 @@ def _lock(pairs: Sequence[Match], *, programme_first: bool) -> _Locked:
     voucher_ids = {d.voucher_id for d in demands.values() if d.voucher_id is not None}
     vouchers: dict[UUID, Voucher] = {}
     if voucher_ids:
+        # ``FOR NO KEY UPDATE``, not ``FOR UPDATE``: a hold in flight on one of these vouchers
+        # (``reservation_create`` locks its accounts, not its row) checks its rows' foreign
+        # keys at COMMIT with ``FOR KEY SHARE`` on the voucher row, after taking the wallet
+        # this batch waits for; ``FOR UPDATE`` would block that check: a deadlock.
         vouchers = {
             v.pk: v
-            for v in Voucher.objects.select_for_update(of=("self",))
+            for v in Voucher.objects.select_for_update(of=("self",), no_key=True)
             .select_related("programme")
             .filter(pk__in=voucher_ids)
             .order_by("pk")

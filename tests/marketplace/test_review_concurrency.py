@@ -6,6 +6,7 @@ deadlocks with a cycle's batch, and the money and capacity come out exact."""
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,9 +16,9 @@ from django.db import connection
 from django.utils import timezone
 
 from ledger.audit import ledger_audit
-from ledger.models import Hold
+from ledger.models import Account, Hold
 from ledger.selectors import organisation_balances
-from ledger.services import voucher_account
+from ledger.services import system_account, voucher_account
 from marketplace.matching.bulk import matches_write
 from marketplace.matching.engine import Match
 from marketplace.models import Demand, Reservation
@@ -25,10 +26,13 @@ from marketplace.money import ZERO
 from marketplace.services import (
     offer_peak_reserved,
     reservation_cancel,
+    reservation_create,
     reservation_parts_create,
 )
 from marketplace.timeutil import hour_index
 from tests.factories import DemandFactory, OfferFactory
+from vouchers.models import Voucher
+from vouchers.services import vouchers_lapse_expired
 
 
 def _blocked_on_locks() -> int:
@@ -168,4 +172,102 @@ def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not
     peaks = [4, 0] if writer == "batch" else [8, 8]
     assert [offer_peak_reserved(o) for o in offers] == [0, 0, *peaks]
     assert organisation_balances(organisation=buyer)["wallet"] >= ZERO
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writer", ["batch", "parts", "lapse"])
+def test_a_person_booking_with_a_voucher_another_writer_locks_meanwhile_does_not_deadlock(
+    writer, buyer, provider, site, accelerator, voucher
+):
+    # given an open demand of the buyer paying with its voucher, which the buyer books itself
+    # (``reservation_create``, at a time the voucher is still valid), while another writer
+    # locks the voucher: the cycle writing another demand of the buyer with the same voucher
+    # (as a whole demand in a batch, or in parts) on other offers, or the voucher lapsing
+    offers = [
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(3)
+    ]
+    mine = _demand(buyer, accelerator, gpu_count=4, duration_hours=3, voucher=voucher)
+    start = mine.earliest_start
+    booked_at = timezone.now()
+    wanted: Demand | None = None
+    if writer == "lapse":
+        expiry = booked_at + timedelta(minutes=1)
+        Voucher.objects.filter(pk=voucher.pk).update(expires_at=expiry)
+
+        def write() -> object:
+            return vouchers_lapse_expired(now=expiry)
+
+    elif writer == "batch":
+        wanted = _demand(
+            buyer, accelerator, gpu_count=4, duration_hours=3, voucher=voucher, earliest_start=start
+        )
+        match = Match(str(wanted.pk), str(offers[1].pk), hour_index(start), "", ZERO, ZERO)
+
+        def write() -> object:
+            return len(matches_write([match], now=timezone.now()).made)
+
+    else:
+        wanted = _demand(
+            buyer,
+            accelerator,
+            gpu_count=16,
+            duration_hours=3,
+            split="site",
+            voucher=voucher,
+            earliest_start=start,
+        )
+
+        def write() -> object:
+            return len(
+                reservation_parts_create(
+                    demand_id=wanted.pk,
+                    parts=[(offers[1].pk, 8), (offers[2].pk, 8)],
+                    start=start,
+                )
+            )
+
+    # and another session holding escrow, so that the person's hold stops at its last write
+    # with the wallet and the voucher's account locked, before its COMMIT checks its foreign
+    # keys (the reservation's and the transaction's voucher among them)
+    escrow = system_account(Account.Kind.ESCROW)
+    other = _other_session()
+    other.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [escrow.pk])
+    outcomes: dict[str, object] = {}
+    threads = []
+    try:
+        # when the buyer books, and the other writer locks the voucher meanwhile
+        threads.append(
+            _in_thread(
+                "person",
+                lambda: (
+                    reservation_create(
+                        demand_id=mine.pk, offer_id=offers[0].pk, start=start, now=booked_at
+                    ).status
+                ),
+                outcomes,
+            )
+        )
+        _wait_for_blocked(1)
+        threads.append(_in_thread("write", write, outcomes))
+        _wait_for_blocked(2)
+    finally:
+        other.rollback()  # escrow is let go: both go on
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then neither was chosen as a deadlock's victim: every demand is booked, each paying part
+    # with the voucher, and the voucher paid exactly what the holds say (a lapse returned the
+    # rest to the programme after the person's hold)
+    demands = [mine] if wanted is None else [mine, wanted]
+    written = {"batch": 1, "parts": 2, "lapse": 1}[writer]
+    assert outcomes == {"person": "confirmed", "write": written}
+    made = list(Reservation.objects.filter(demand__in=demands))
+    assert {Demand.objects.get(pk=d.pk).status for d in demands} == {"reserved"}
+    assert all(r.voucher_id == voucher.pk and r.voucher_part > 0 for r in made)
+    held = sum((r.voucher_part for r in made), ZERO)
+    left = ZERO if writer == "lapse" else Decimal("1000.00") - held
+    assert voucher_account(voucher.pk).balance == left
+    peaks = {"batch": [4, 4, 0], "parts": [4, 8, 8], "lapse": [4, 0, 0]}[writer]
+    assert [offer_peak_reserved(o) for o in offers] == peaks
     assert ledger_audit() == []
