@@ -29,6 +29,7 @@ statement settles), both in the original proportion and within what each part st
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -38,7 +39,7 @@ from django.utils import timezone
 
 from marketplace.errors import Conflict
 from marketplace.money import ZERO, quantize_money, split_proportionally
-from vouchers.usage import usage_change
+from vouchers.usage import programme_key_share, usage_change
 
 from .models import Account, Hold, Refund, Transaction
 from .services import (
@@ -263,19 +264,24 @@ def hold_post(
         cash_back = refund_c
         legs = [(escrow, -r.bill), (wallet, cash_back), (payable, paid_c - fee), (fees, fee)]
         claimant = r.provider
+    before_hot = usage_give_back(r, hold, refund_v)
     if r.voucher_id:
         assert r.voucher is not None
         legs += [
             (voucher_refund_account(r.voucher), refund_v),
             (organisation_account(claimant, Account.Kind.CLAIMS), paid_v),
         ]
+        if before_hot is None and paid_v:
+            # The caller's reimbursement claim references the programme: its row's KEY SHARE
+            # before the hot accounts, as a usage change takes it (``vouchers.usage``).
+            before_hot = partial(programme_key_share, r.voucher.programme_id)
     txn = transaction_post(
         Transaction.Reason.SETTLEMENT,
         legs,
         reservation=r,
         voucher=r.voucher,
         memo=f"settled for {billable} of {r.bill}",
-        before_hot=usage_give_back(r, hold, refund_v),
+        before_hot=before_hot,
     )
     if txn is not None and (refund_v or cash_back):
         _count_refund(hold, refund_v, cash_back)

@@ -142,6 +142,21 @@ def usage_change(
     return True
 
 
+PROGRAMME_KEY_SHARE = "SELECT 1 FROM vouchers_programme WHERE id = %s FOR KEY SHARE"
+
+
+def programme_key_share(programme_id: ObjectId) -> None:
+    """Lock the programme row ``FOR KEY SHARE`` inside the caller's transaction, in this
+    module's lock order (before the shared ledger accounts): the lock a row referencing the
+    programme (a reimbursement claim) takes for its foreign key at COMMIT. Taken at COMMIT,
+    after escrow, it would wait for a caller holding the programme row ``FOR UPDATE`` (the
+    matcher's batch) that waits for escrow: a deadlock. A no-op on SQLite."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(PROGRAMME_KEY_SHARE, [programme_id])
+
+
 def usage_read(programme_id: ObjectId, buyer_id: ObjectId, year: int) -> tuple[Decimal, Decimal]:
     """``(budget used, buyer's cap used)`` in CNY for ``year`` (zero before any hold), in one
     query, without locks."""

@@ -28,11 +28,12 @@ from marketplace.services import (
     reservation_cancel,
     reservation_create,
     reservation_parts_create,
+    reservation_settle,
 )
 from marketplace.timeutil import hour_index
 from tests.factories import DemandFactory, OfferFactory
-from vouchers.models import Voucher
-from vouchers.services import vouchers_lapse_expired
+from vouchers.models import ReimbursementClaim, Voucher
+from vouchers.services import voucher_issue, vouchers_lapse_expired
 
 
 def _blocked_on_locks() -> int:
@@ -270,4 +271,65 @@ def test_a_person_booking_with_a_voucher_another_writer_locks_meanwhile_does_not
     assert voucher_account(voucher.pk).balance == left
     peaks = {"batch": [4, 4, 0], "parts": [4, 8, 8], "lapse": [4, 0, 0]}[writer]
     assert [offer_peak_reserved(o) for o in offers] == peaks
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settling_a_voucher_reservation_while_a_batch_books_the_programme_does_not_deadlock(
+    buyer, other_buyer, provider, site, accelerator, programme, voucher
+):
+    # given a completed reservation of one buyer, part paid by its voucher of a programme, and
+    # an open demand of another buyer paying with its own voucher of the same programme
+    offers = [
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(2)
+    ]
+    done = _demand(buyer, accelerator, gpu_count=4, duration_hours=3, voucher=voucher)
+    start = done.earliest_start
+    completed = reservation_create(demand_id=done.pk, offer_id=offers[0].pk, start=start)
+    Reservation.objects.filter(pk=completed.pk).update(status=Reservation.Status.COMPLETED)
+    theirs = voucher_issue(programme=programme, owner=other_buyer, face_value=Decimal("1000.00"))
+    wanted = _demand(
+        other_buyer,
+        accelerator,
+        gpu_count=4,
+        duration_hours=3,
+        voucher=theirs,
+        earliest_start=start,
+    )
+    match = Match(str(wanted.pk), str(offers[1].pk), hour_index(start), "", ZERO, ZERO)
+    # and another session holding escrow, so that the settlement stops at it, then the batch
+    # (which locks the programme row last but escrow) behind it
+    escrow = system_account(Account.Kind.ESCROW)
+    other = _other_session()
+    other.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [escrow.pk])
+    outcomes: dict[str, object] = {}
+    threads = []
+    try:
+        # when the reservation is settled while the cycle writes the other demand
+        threads.append(
+            _in_thread(
+                "settle",
+                lambda: reservation_settle(reservation_id=completed.pk).status,
+                outcomes,
+            )
+        )
+        _wait_for_blocked(1)
+        threads.append(
+            _in_thread(
+                "write", lambda: len(matches_write([match], now=timezone.now()).made), outcomes
+            )
+        )
+        _wait_for_blocked(2)
+    finally:
+        other.rollback()  # escrow is let go: both go on
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then neither was chosen as a deadlock's victim: the settlement claimed the voucher part
+    # and the other demand was booked with its voucher
+    assert outcomes == {"settle": "settled", "write": 1}
+    assert ReimbursementClaim.objects.get(reservation=completed).amount == completed.voucher_part
+    made = Reservation.objects.get(demand=wanted)
+    assert (made.voucher_id, made.voucher_part > 0) == (theirs.pk, True)
+    assert voucher_account(theirs.pk).balance == Decimal("1000.00") - made.voucher_part
     assert ledger_audit() == []
