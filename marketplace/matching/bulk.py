@@ -38,6 +38,17 @@ accounts, as ``reservation_create`` retries with ``programme_first``. About 25 s
 batch whatever its size, against about 9 a reservation one by one. Should the database still
 refuse a batch (a rule it holds that the checks do not model), the batch rolls back and its
 pairs are written one at a time through ``reservation_create``.
+
+A batch the database aborts transiently — deadlock detected (``40P01``), serialization failure
+(``40001``), lock not available (``55P03``, ``lock_timeout``) — rolls back and runs again from
+step 1, every lock and check anew, ``conflicts.WRITE_ATTEMPTS`` (3) times in all, each retry
+logged at WARNING (``conflicts.retried``: why three, and why at once). Still refused, its pairs
+go one at a time through ``reservation_create`` as above, once each; a pair refused
+transiently there is dropped with the reason ``write_conflict`` (its demand stays open for the
+next cycle), and the cycle goes on with the next batch. Any other ``OperationalError``
+(connection lost, ``statement_timeout``) propagates: the cycle stops there, and the task's own
+retry (``ops.tasks.ReliableTask``) runs it again. The statements of a batch that goes through
+the first time are unchanged.
 """
 
 import logging
@@ -49,7 +60,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
-from django.db import DataError, IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -74,6 +85,7 @@ from vouchers.models import Programme, Voucher
 from vouchers.services import programme_year
 from vouchers.usage import usage_book
 
+from .conflicts import WRITE_ATTEMPTS, WRITE_CONFLICT, reason_keep, retried, transient_state
 from .engine import Match
 from .parts_write import parts_write, split_matches
 
@@ -99,7 +111,14 @@ def matches_write(
     starts before it are refused and vouchers are checked at it, as in
     ``reservation_create``. The parts of split demands (partial fills: ``Match.gpus`` set)
     are written after the batches, one transaction per demand (``parts_write``): a batch
-    never holds half of a split demand."""
+    never holds half of a split demand.
+
+    A batch or a split demand's transaction aborted by a transient database error (deadlock
+    ``40P01``, serialization failure ``40001``, lock not available ``55P03``) is run again from
+    scratch, ``conflicts.WRITE_ATTEMPTS`` (3) times in all; a batch still refused is written a
+    pair at a time, and a pair or split demand still refused is dropped with the reason
+    ``write_conflict``: the later batches and the split demands are written either way. Any
+    other ``OperationalError`` is raised."""
     size: int = batch if batch else settings.MATCH_WRITE_BATCH
     outcome = BatchOutcome()
     # Partial fills: the parts of a split demand go through ``parts_write``, all or none.
@@ -114,16 +133,35 @@ def _whole_write(matches: Sequence[Match], now: datetime, size: int, outcome: Ba
     escrow = system_account(Account.Kind.ESCROW)
     for i in range(0, len(matches), size):
         pairs = matches[i : i + size]
-        try:
+
+        def attempt(pairs: Sequence[Match] = pairs) -> None:
+            # One attempt from scratch: every lock and check again (nothing of an attempt
+            # that failed is left, in the database or in ``outcome``).
             try:
                 _batch_write(pairs, now, outcome, escrow, programme_first=False)
             except _ProgrammeLimitsMoved:
                 _batch_write(pairs, now, outcome, escrow, programme_first=True)
+
+        try:
+            retried(attempt, what=f"batch of {len(pairs)} matches")
         except (IntegrityError, DataError, DomainError) as exc:
             # The database refused a row the checks passed (a rule it holds that they do not
             # model): the batch rolled back; write its pairs one at a time so one bad pair
             # neither drops the others nor stalls the hub's matching cycle after cycle.
             logger.warning("batch of %d matches refused (%r); one by one now", len(pairs), exc)
+            _pairs_write_one_by_one(pairs, now, outcome)
+        except OperationalError as exc:
+            if transient_state(exc) is None:
+                raise  # not a conflict (connection lost, statement timeout): the task's retry
+            # Still a deadlock, serialization failure or lock timeout after every attempt:
+            # the pairs one at a time, so the one that meets the contended row is dropped
+            # alone and the cycle goes on with the next batch.
+            logger.warning(
+                "batch of %d matches refused %d times (%r); one by one now",
+                len(pairs),
+                WRITE_ATTEMPTS,
+                exc,
+            )
             _pairs_write_one_by_one(pairs, now, outcome)
 
 
@@ -132,8 +170,10 @@ class _ProgrammeLimitsMoved(Exception):
 
 
 def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: BatchOutcome) -> None:
-    """The fallback of a refused batch: ``reservation_create`` per pair, in order. A pair the
-    database still refuses is dropped with the reason ``write_refused``."""
+    """The fallback of a refused batch: ``reservation_create`` per pair, in order, once each.
+    A pair the database still refuses is dropped with the reason ``write_refused``; one it
+    refuses transiently (``conflicts.transient_state``: the batch already had its attempts)
+    with ``write_conflict``. Any other database error propagates."""
     for m in pairs:
         try:
             reservation = reservation_create(
@@ -142,16 +182,18 @@ def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: Batc
         except (Demand.DoesNotExist, Offer.DoesNotExist):
             outcome.dropped[m.demand_id] = "not_found"
             continue
-        except (DomainError, IntegrityError, DataError) as exc:
-            reason = exc.code[:40] if isinstance(exc, DomainError) else "write_refused"
-            if not isinstance(exc, DomainError):
+        except (DomainError, IntegrityError, DataError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and transient_state(exc) is None:
+                raise
+            if isinstance(exc, DomainError):
+                reason = exc.code[:40]
+            else:
+                reason = WRITE_CONFLICT if isinstance(exc, OperationalError) else "write_refused"
                 logger.warning(
                     "match %s → %s refused by the database: %r", m.demand_id, m.offer_id, exc
                 )
             outcome.dropped[m.demand_id] = reason
-            Demand.objects.filter(pk=m.demand_id, status=Demand.Status.OPEN).update(
-                unmatched_reason=reason
-            )
+            reason_keep(m.demand_id, reason)
             continue
         outcome.made.append(str(reservation.pk))
 
