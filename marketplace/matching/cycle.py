@@ -334,7 +334,9 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
     hub's lock (``hub_lock``); ``Hub.DoesNotExist`` for an unknown hub. The matches are written in
     batches (``bulk.matches_write``: ``MATCH_WRITE_BATCH`` per transaction, the rules of
     ``reservation_create``); a pair refused there (capacity taken by a person meanwhile, funds
-    short) is dropped and the demand stays open with the reason."""
+    short, or ``write_conflict``: a deadlock or lock timeout that outlasted the write's
+    attempts) is dropped and the demand stays open with the reason. ``reservations_made``
+    counts the reservations committed, each once however often its batch ran."""
     now = now or timezone.now()
     hub = Hub.objects.get(pk=hub_id)
     with hub_lock(hub.pk) as acquired:
