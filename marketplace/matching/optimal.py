@@ -19,8 +19,11 @@ incumbent's choice: the programme stays sparse (no dense demand × offer matrix)
 
 Objective (the order, approximated by weights): maximise served GPU-hours; then, within a
 budget smaller than one GPU-hour in total, per demand: the nearer locality tier (a step of one
-tier outweighs every later term, so hub docking moves a demand outward only when that serves
-more GPU-hours),
+tier outweighs every later term of the same demand, so hub docking moves a demand outward for
+its own sake only when that serves more GPU-hours; the terms of several demands add up, though,
+and a block answer that serves more GPU-hours may move one demand a tier out where that saves
+other buyers more than a tier step weighs — the equally served answer keeping every demand
+near is then not looked for: that would take a second, lexicographic solve per block),
 then the buyer's cost after the voucher, hub latency, an earlier start (a tie-break of
 PRODUCT.md §4.2), and the sliver of GPUs the placement leaves free on the offer
 (anti-fragmentation: a tight fit keeps larger blocks whole elsewhere).
@@ -897,7 +900,8 @@ def _solve(
     cost = np.empty(n)
     for j, c in enumerate(columns):
         gpus = c.demand.gpu_count
-        # nearer tier dominates (docking: outward only when it serves more), then cost, …
+        # per demand: nearer tier dominates (docking: outward only when it serves more), then
+        # cost, … (summed over demands the later terms can outweigh one tier step; module doc)
         # (an earlier start outweighs a tighter fit: the replay showed optimal delaying
         # jobs by up to the whole look-ahead for a tighter fit, bench/replay.py)
         secondary = (

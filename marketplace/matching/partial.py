@@ -137,11 +137,6 @@ class SplitPlan:
     distance: float
 
     @property
-    def rank(self) -> int:
-        """The plan's tier rank: its farthest part's (0 = city … 3 = national)."""
-        return max(p.rank for p in self.parts)
-
-    @property
     def cost(self) -> Decimal:
         """What the buyer pays after the voucher (CNY)."""
         return sum((p.bill - p.voucher_part for p in self.parts), Decimal("0.00"))
