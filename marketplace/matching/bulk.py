@@ -45,7 +45,8 @@ step 1, every lock and check anew, ``conflicts.WRITE_ATTEMPTS`` (3) times in all
 logged at WARNING (``conflicts.retried``: why three, and why at once). Still refused, its pairs
 go one at a time through ``reservation_create`` as above, once each; a pair refused
 transiently there is dropped with the reason ``write_conflict`` (its demand stays open for the
-next cycle), and the cycle goes on with the next batch. Any other ``OperationalError``
+next cycle; after ``WRITE_ATTEMPTS`` such pairs the rest of the batch is left open with that
+reason, untried), and the cycle goes on with the next batch. Any other ``OperationalError``
 (connection lost, ``statement_timeout``) propagates: the cycle stops there, and the task's own
 retry (``ops.tasks.ReliableTask``) runs it again. The statements of a batch that goes through
 the first time are unchanged.
@@ -173,8 +174,22 @@ def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: Batc
     """The fallback of a refused batch: ``reservation_create`` per pair, in order, once each.
     A pair the database still refuses is dropped with the reason ``write_refused``; one it
     refuses transiently (``conflicts.transient_state``: the batch already had its attempts)
-    with ``write_conflict``. Any other database error propagates."""
-    for m in pairs:
+    with ``write_conflict``. After ``WRITE_ATTEMPTS`` such refusals the pairs left are dropped
+    with ``write_conflict`` unwritten (their demands stay open for the next cycle): each
+    refusal may have waited ``lock_timeout``, and a row every pair needs (escrow) held by a
+    stuck session would otherwise cost that wait once per pair of the batch while the hub's
+    lock is held. Any other database error propagates."""
+    conflicts = 0
+    for n, m in enumerate(pairs):
+        if conflicts >= WRITE_ATTEMPTS:
+            left = pairs[n:]
+            logger.warning(
+                "%d matches left unwritten after %d transient refusals", len(left), conflicts
+            )
+            for rest in left:
+                outcome.dropped[rest.demand_id] = WRITE_CONFLICT
+                reason_keep(rest.demand_id, WRITE_CONFLICT)
+            return
         try:
             reservation = reservation_create(
                 demand_id=m.demand_id, offer_id=m.offer_id, start=from_hour_index(m.start), now=now
@@ -189,6 +204,7 @@ def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: Batc
                 reason = exc.code[:40]
             else:
                 reason = WRITE_CONFLICT if isinstance(exc, OperationalError) else "write_refused"
+                conflicts += reason == WRITE_CONFLICT
                 logger.warning(
                     "match %s → %s refused by the database: %r", m.demand_id, m.offer_id, exc
                 )

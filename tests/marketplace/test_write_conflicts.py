@@ -253,6 +253,30 @@ def test_a_batch_the_database_keeps_refusing_transiently_goes_one_pair_at_a_time
 
 
 @pytest.mark.django_db
+def test_the_one_pair_fallback_stops_after_as_many_conflicts_as_attempts(buyer, offer, caplog):
+    # given six open demands in one batch, and the database refusing any reservation of the
+    # first three with a deadlock error every time (a row every pair needs, held by a stuck
+    # session: each refusal may have waited ``lock_timeout``)
+    caplog.set_level(logging.WARNING, logger="marketplace.matching")
+    demands, matches = _one_gpu_hours(buyer, offer, 6)
+    _refuse_reservations_of([d.pk for d in demands[:WRITE_ATTEMPTS]], "deadlock_detected")
+    before = _wallet(buyer)
+    # when the cycle writes them
+    outcome = matches_write(matches, now=timezone.now(), batch=6)
+    # then after the batch's attempts the pairs go one at a time until as many conflicts as
+    # attempts; the pairs after them are not tried, left open with ``write_conflict``, and
+    # nothing of them is written
+    assert outcome.made == []
+    assert outcome.dropped == {str(d.pk): "write_conflict" for d in demands}
+    assert {Demand.objects.get(pk=d.pk).unmatched_reason for d in demands} == {"write_conflict"}
+    assert {Demand.objects.get(pk=d.pk).status for d in demands} == {"open"}
+    assert any("3 matches left unwritten" in r.getMessage() for r in caplog.records)
+    assert not Reservation.objects.exists()
+    assert _wallet(buyer) == before
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db
 def test_a_database_error_that_is_not_transient_still_ends_the_write(buyer, offer, caplog):
     # given the database cancelling any reservation of the second demand (57014, what
     # ``statement_timeout`` raises: an OperationalError, but not a conflict to run again)
