@@ -6,8 +6,11 @@ their related rows joined or prefetched so lists cost a fixed number of queries.
 """
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from django.db import connection, transaction
 from django.db.models import Prefetch, Q, QuerySet
 
 from accounts.models import Organisation
@@ -17,6 +20,23 @@ from .models import Accelerator, Demand, Hub, Offer, Reservation, ReservationEve
 if TYPE_CHECKING:
     from ledger.models import Entry
     from vouchers.models import ReimbursementClaim
+
+
+@contextmanager
+def one_snapshot() -> Iterator[None]:
+    """Run the reads inside as one read-only transaction that sees one snapshot of the
+    database (PostgreSQL ``REPEATABLE READ, READ ONLY``): an answer assembled from several
+    queries (``demand_explain``: counts, capacity, near misses) is then consistent even while
+    cycles and people book. Inside a transaction already (a test's, a caller's), and on SQLite
+    (one writer at a time anyway), the reads simply run in it. Raises what the reads raise; a
+    write inside is refused by PostgreSQL (``ReadOnlySqlTransaction``)."""
+    if connection.in_atomic_block or connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
 
 
 def offers_within(tier: str, city: str, metro: str, hub_id: object) -> Q:

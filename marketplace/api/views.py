@@ -486,13 +486,14 @@ class DemandExplainApi(OrgMixin, APIView):
 
     @extend_schema(responses={200: DemandExplainSerializer, 409: ERRORS[400], **ERRORS})
     def get(self, request: Request, id: str) -> Response:
-        demand = _demand(self, id)
-        problems = query_problems(request.query_params, set())
-        if problems:
-            raise ValidationError(problems)
-        if demand.status != Demand.Status.OPEN:
-            raise Conflict(f"demand is {demand.status}", code="demand_not_open", field="demand")
-        data = demand_explain(demand, now=timezone.now())
+        with selectors.one_snapshot():  # the demand and every count from one snapshot
+            demand = _demand(self, id)
+            problems = query_problems(request.query_params, set())
+            if problems:
+                raise ValidationError(problems)
+            if demand.status != Demand.Status.OPEN:
+                raise Conflict(f"demand is {demand.status}", code="demand_not_open", field="demand")
+            data = demand_explain(demand, now=timezone.now())
         return Response(DemandExplainSerializer(data).data)
 
 

@@ -1,12 +1,15 @@
 """``GET /api/v1/demands/{id}/explain/``: why a demand is not matched, counted over every
 active offer by the first rule that blocks it, with the near misses."""
 
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import InternalError, connection
 
-from marketplace.models import Demand
+from marketplace.models import Demand, Offer
+from marketplace.selectors import one_snapshot
 from marketplace.services import reservation_create
 from tests.api.conftest import error_of
 from tests.factories import (
@@ -104,6 +107,71 @@ def test_explain_counts_each_offer_under_its_first_blocking_rule(buyer_client, m
     assert earliest["inside_window"] is False
     demand.refresh_from_db()
     assert (demand.status, demand.unmatched_reason) == ("open", "no_free_window")
+
+
+def _committed_meanwhile(write):  # type: ignore[no-untyped-def]
+    """Run ``write`` in another thread, on its own connection, committed before it returns."""
+
+    def run() -> None:
+        try:
+            write()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_explain_counts_from_one_snapshot_while_an_offer_is_listed_meanwhile(  # type: ignore[no-untyped-def]
+    buyer_client, market, provider, site, accelerator
+):
+    # given the market of the test above, and another offer over the price limit committed
+    # after explain read the demand and before it counts the offers
+    demand = market[0]
+
+    def listed() -> None:
+        OfferFactory.create(
+            provider=provider,
+            site=site,
+            accelerator=accelerator,
+            price_per_gpu_hour=Decimal("16"),
+            available_from=next_hour(0),
+            available_until=next_hour(24 * 7),
+        )
+
+    seen: list[str] = []
+
+    def list_one_meanwhile(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if "marketplace_offer" in sql and not seen:
+            seen.append(sql)
+            _committed_meanwhile(listed)
+        return execute(sql, params, many, context)
+
+    # when the buyer asks why, then the answer is the market as it was when explain began:
+    # every count and the near misses from one snapshot
+    with connection.execute_wrapper(list_one_meanwhile):
+        body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    assert seen
+    assert (body["offers_considered"], body["blocked"]["price"]) == (8, 2)
+    # and the next question sees the new offer
+    body = buyer_client.get(f"/api/v1/demands/{demand.pk}/explain/").json()
+    assert (body["offers_considered"], body["blocked"]["price"]) == (9, 3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_snapshot_reads_one_snapshot_and_refuses_writes(buyer, provider, site, accelerator):  # type: ignore[no-untyped-def]
+    def listed() -> None:
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator)
+
+    with one_snapshot():
+        before = Offer.objects.count()
+        _committed_meanwhile(listed)
+        assert Offer.objects.count() == before
+    assert Offer.objects.count() == before + 1
+    with pytest.raises(InternalError, match="read-only transaction"), one_snapshot():
+        Offer.objects.filter(provider=provider).update(price_per_gpu_hour=Decimal("1"))
 
 
 def test_an_offer_that_fits_is_counted_as_fits(buyer_client, buyer, offer):
