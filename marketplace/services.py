@@ -1226,14 +1226,19 @@ def reservation_cancel(
             # locks it, ``voucher_refund_account``), before any ledger account, as every hold
             # and the matcher's batch lock them: a voucher row after the wallet would deadlock
             # with a batch booking the same voucher.
+            voucher_ids = {r.voucher_id for r in (reservation, *others) if r.voucher_id}
             list(
                 Voucher.objects.select_for_update(no_key=True)
-                .filter(pk__in={r.voucher_id for r in (reservation, *others) if r.voucher_id})
+                .filter(pk__in=voucher_ids)
                 .order_by("pk")
                 .values_list("pk", flat=True)
             )
             # Fees go to each part's provider: lock the parties' accounts by pk before the
-            # first posting (escrow, hot, comes after them in every posting).
+            # first posting (escrow, hot, comes after them in every posting). The voucher's
+            # account with them, in the one pk order: a hold on the same voucher
+            # (``reservation_create`` locks wallet and voucher account by pk, not the voucher
+            # row) holding the lower of the two would otherwise wait for the wallet while the
+            # first part's release waits for the voucher's account: a deadlock.
             list(
                 Account.objects.select_for_update()
                 .filter(
@@ -1242,6 +1247,7 @@ def reservation_cancel(
                         organisation_id__in={r.provider_id for r in (reservation, *others)},
                     )
                     | Q(kind=Account.Kind.WALLET, organisation_id=reservation.buyer_id)
+                    | Q(kind=Account.Kind.VOUCHER, voucher_id__in=voucher_ids)
                 )
                 .order_by("pk")
                 .values_list("pk", flat=True)

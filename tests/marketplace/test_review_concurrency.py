@@ -29,9 +29,10 @@ from marketplace.services import (
     reservation_create,
     reservation_parts_create,
     reservation_settle,
+    wallet_deposit,
 )
 from marketplace.timeutil import hour_index
-from tests.factories import DemandFactory, OfferFactory
+from tests.factories import DemandFactory, OfferFactory, OrganisationFactory
 from vouchers.models import ReimbursementClaim, Voucher
 from vouchers.services import voucher_issue, vouchers_lapse_expired
 
@@ -332,4 +333,83 @@ def test_settling_a_voucher_reservation_while_a_batch_books_the_programme_does_n
     made = Reservation.objects.get(demand=wanted)
     assert (made.voucher_id, made.voucher_part > 0) == (theirs.pk, True)
     assert voucher_account(theirs.pk).balance == Decimal("1000.00") - made.voucher_part
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_split_demand_while_a_person_books_the_same_voucher_does_not_deadlock(
+    site, provider, accelerator, programme
+):
+    # given a buyer whose wallet was opened after its voucher (a first deposit after the
+    # voucher was issued: the voucher's account is the lower key, so a hold on that voucher
+    # locks it before the wallet), a split demand of the buyer booked in two parts paid
+    # partly by the voucher, and another open demand of the buyer paying with it
+    buyer = OrganisationFactory.create(name="Late wallet SME", home_site=site)
+    voucher = voucher_issue(programme=programme, owner=buyer, face_value=Decimal("1000.00"))
+    wallet_deposit(organisation=buyer, amount=Decimal("100000.00"))
+    wallet = Account.objects.get(kind=Account.Kind.WALLET, organisation=buyer)
+    assert voucher_account(voucher.pk).pk < wallet.pk
+    offers = [
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(3)
+    ]
+    booked = _demand(
+        buyer, accelerator, gpu_count=16, duration_hours=3, split="site", voucher=voucher
+    )
+    parts = reservation_parts_create(
+        demand_id=booked.pk,
+        parts=[(offers[0].pk, 8), (offers[1].pk, 8)],
+        start=booked.earliest_start,
+    )
+    assert all(p.voucher_part > 0 for p in parts)
+    wanted = _demand(
+        buyer,
+        accelerator,
+        gpu_count=4,
+        duration_hours=3,
+        voucher=voucher,
+        earliest_start=booked.earliest_start,
+    )
+    # and another session holding the first part's payment hold, so that the cancellation
+    # stops there, with everything it locks before the hold already locked
+    other = _other_session()
+    other.execute("SELECT 1 FROM ledger_hold WHERE reservation_id = %s FOR UPDATE", [parts[0].pk])
+    outcomes: dict[str, object] = {}
+    threads = []
+    try:
+        # when the buyer cancels a part, and books the other demand (``reservation_create``,
+        # as the API and a batch's one-pair fallback do) meanwhile
+        threads.append(
+            _in_thread(
+                "cancel",
+                lambda: reservation_cancel(reservation_id=parts[0].pk, buyer=buyer).status,
+                outcomes,
+            )
+        )
+        _wait_for_blocked(1)
+        threads.append(
+            _in_thread(
+                "book",
+                lambda: (
+                    reservation_create(
+                        demand_id=wanted.pk, offer_id=offers[2].pk, start=booked.earliest_start
+                    ).status
+                ),
+                outcomes,
+            )
+        )
+        _wait_for_blocked(2)
+    finally:
+        other.rollback()  # the hold is let go: both go on
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then neither was chosen as a deadlock's victim, and the money is exact
+    assert outcomes == {"cancel": "cancelled", "book": "confirmed"}
+    assert set(Reservation.objects.filter(demand=booked).values_list("status", flat=True)) == {
+        "cancelled"
+    }
+    made = Reservation.objects.get(demand=wanted)
+    assert made.voucher_part > 0
+    assert voucher_account(voucher.pk).balance == Decimal("1000.00") - made.voucher_part
+    assert [offer_peak_reserved(o) for o in offers] == [0, 0, 4]
     assert ledger_audit() == []
