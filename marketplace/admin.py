@@ -247,7 +247,9 @@ class MatchingCycleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "seconds",
         "demands_considered",
         "offers_considered",
+        "pairs_chosen",
         "reservations_made",
+        "write_refusals",
     )
     list_filter = ("hub", "policy")
     search_fields = ("hub__code",)

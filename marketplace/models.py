@@ -495,7 +495,14 @@ class InterHubTrade(models.Model):
 
 
 class MatchingCycle(models.Model):
-    """One matching run for one hub: what it looked at, what it made, how long it took."""
+    """One matching run for one hub: what it looked at, what the engine chose, what the write
+    made of it and refused, how long it took (``matching_cycle_run``).
+
+    ``pairs_chosen``: the engine's matches (a split demand's parts counted each);
+    ``reservations_made``: the reservations committed; ``write_refusals``: ``{reason code:
+    demands}`` the write dropped (capacity taken meanwhile, funds short, ``write_conflict``,
+    …; the demand stays open with that reason); ``unserved``: ``{engine reason: demands}``
+    the engine left unserved (``engine.REASONS``)."""
 
     hub = models.ForeignKey(Hub, on_delete=models.PROTECT, related_name="cycles")
     policy = models.CharField(max_length=10)
@@ -503,7 +510,10 @@ class MatchingCycle(models.Model):
     seconds = models.FloatField(default=0)  # wall time, not money
     demands_considered = models.PositiveIntegerField(default=0)
     offers_considered = models.PositiveIntegerField(default=0)
+    pairs_chosen = models.PositiveIntegerField(default=0)
     reservations_made = models.PositiveIntegerField(default=0)
+    write_refusals = models.JSONField(default=dict, blank=True)
+    unserved = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-started_at"]

@@ -3,7 +3,7 @@ the service helpers (``bulk.matches_write``)."""
 
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -336,7 +336,9 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
     ``reservation_create``); a pair refused there (capacity taken by a person meanwhile, funds
     short, or ``write_conflict``: a deadlock or lock timeout that outlasted the write's
     attempts) is dropped and the demand stays open with the reason. ``reservations_made``
-    counts the reservations committed, each once however often its batch ran."""
+    counts the reservations committed, each once however often its batch ran; the cycle's row
+    also keeps the engine's ``pairs_chosen``, the write's refusals by reason
+    (``write_refusals``) and the demands left ``unserved`` by reason (``MatchingCycle``)."""
     now = now or timezone.now()
     hub = Hub.objects.get(pk=hub_id)
     with hub_lock(hub.pk) as acquired:
@@ -351,7 +353,7 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
         result = engine_solve(
             hub.matching_policy, demands, offers, latency, hub.matching_time_limit
         )
-        made = len(matches_write(result.matches, now=now).made)
+        outcome = matches_write(result.matches, now=now)
         unserved: dict[str, list[str]] = defaultdict(list)
         for demand_id, reason in result.unserved.items():
             unserved[reason].append(demand_id)
@@ -366,5 +368,8 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
             seconds=time.perf_counter() - t0,
             demands_considered=len(demands),
             offers_considered=len(offers),
-            reservations_made=made,
+            pairs_chosen=len(result.matches),
+            reservations_made=len(outcome.made),
+            write_refusals=dict(sorted(Counter(outcome.dropped.values()).items())),
+            unserved={reason: len(ids) for reason, ids in sorted(unserved.items())},
         )

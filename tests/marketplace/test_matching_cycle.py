@@ -39,7 +39,8 @@ def test_cycle_books_locally_then_docks_to_another_hub(buyer, offer, provider, a
     # when the buyer's hub runs a cycle
     cycle = matching_cycle_run(buyer.home_site.hub_id)
     # then the higher bid is served locally and the other docks to Gansu as an inter-hub trade
-    assert cycle is not None and cycle.reservations_made == 2
+    assert cycle is not None and cycle.reservations_made == cycle.pairs_chosen == 2
+    assert (cycle.write_refusals, cycle.unserved) == ({}, {})
     local = Reservation.objects.get(demand=first)
     docked = Reservation.objects.get(demand=second)
     assert (local.offer, local.locality_tier) == (offer, "city")
@@ -57,10 +58,14 @@ def test_cycle_books_locally_then_docks_to_another_hub(buyer, offer, provider, a
 def test_unmatched_demand_keeps_its_reason(buyer, offer):
     demand = DemandFactory.create(buyer=buyer, max_price_per_gpu_hour="1")
     demand.accelerators.add(offer.accelerator)
-    matching_cycle_run(buyer.home_site.hub_id)
+    cycle = matching_cycle_run(buyer.home_site.hub_id)
     demand.refresh_from_db()
     assert (demand.status, demand.unmatched_reason) == (Demand.Status.OPEN, "over_price")
     assert not Reservation.objects.exists()
+    # the cycle's row says so: nothing chosen, one demand unserved over the price
+    assert cycle is not None
+    assert (cycle.pairs_chosen, cycle.reservations_made, cycle.write_refusals) == (0, 0, {})
+    assert cycle.unserved == {"over_price": 1}
 
 
 def test_wallet_short_drops_the_pair_and_keeps_the_demand_open(buyer, offer, other_buyer):
@@ -70,11 +75,15 @@ def test_wallet_short_drops_the_pair_and_keeps_the_demand_open(buyer, offer, oth
     )
     offer.price_per_gpu_hour = 1000
     offer.save()
-    matching_cycle_run(buyer.home_site.hub_id)
+    cycle = matching_cycle_run(buyer.home_site.hub_id)
     poor.refresh_from_db()
     assert (poor.status, poor.unmatched_reason) == (Demand.Status.OPEN, "insufficient_funds")
     assert not Reservation.objects.exists()
     assert ledger_audit() == []
+    # the cycle's row keeps the pair the engine chose and the write refused, by reason
+    assert cycle is not None
+    assert (cycle.pairs_chosen, cycle.reservations_made) == (1, 0)
+    assert (cycle.write_refusals, cycle.unserved) == ({"insufficient_funds": 1}, {})
 
 
 def test_snapshot_vouchers_carry_what_the_services_say(buyer, other_buyer, provider, programme):

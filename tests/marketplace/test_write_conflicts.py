@@ -344,6 +344,7 @@ def test_a_cycle_whose_write_keeps_conflicting_is_recorded_with_what_it_made(buy
     # then it is recorded, with the one reservation it made; the other demand waits for the
     # next cycle with its reason
     assert cycle is not None and cycle.reservations_made == 1
+    assert (cycle.pairs_chosen, cycle.write_refusals) == (2, {"write_conflict": 1})
     assert Demand.objects.get(pk=demands[0].pk).unmatched_reason == "write_conflict"
     assert Demand.objects.get(pk=demands[1].pk).status == "reserved"
     assert ledger_audit() == []
