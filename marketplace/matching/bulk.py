@@ -188,7 +188,7 @@ def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: Batc
             )
             for rest in left:
                 outcome.dropped[rest.demand_id] = WRITE_CONFLICT
-                reason_keep(rest.demand_id, WRITE_CONFLICT)
+            reason_keep([rest.demand_id for rest in left], WRITE_CONFLICT)
             return
         try:
             reservation = reservation_create(
@@ -209,7 +209,7 @@ def _pairs_write_one_by_one(pairs: Sequence[Match], now: datetime, outcome: Batc
                     "match %s → %s refused by the database: %r", m.demand_id, m.offer_id, exc
                 )
             outcome.dropped[m.demand_id] = reason
-            reason_keep(m.demand_id, reason)
+            reason_keep([m.demand_id], reason)
             continue
         outcome.made.append(str(reservation.pk))
 

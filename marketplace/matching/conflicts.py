@@ -22,7 +22,7 @@ has rolled back all of it, and each attempt locks and checks everything again fr
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from django.db import OperationalError
@@ -79,16 +79,16 @@ def retried(write: Callable[[], T], *, what: str) -> T:
             attempt += 1
 
 
-def reason_keep(demand_id: str, reason: str) -> None:
-    """Store ``reason`` as the demand's ``unmatched_reason`` if it is still open (one UPDATE,
-    its own transaction). The reason only informs (``explain``, the demand's page): when the
-    database refuses the UPDATE transiently — the demand's row held by whoever the write just
-    conflicted with — it is logged and left, rather than ending the cycle."""
+def reason_keep(demand_ids: Collection[str], reason: str) -> None:
+    """Store ``reason`` as the ``unmatched_reason`` of the demands of ``demand_ids`` still open
+    (one UPDATE, its own transaction). The reason only informs (``explain``, the demand's
+    page): when the database refuses the UPDATE transiently — a demand's row held by whoever
+    the write just conflicted with — it is logged and left, rather than ending the cycle."""
     try:
-        Demand.objects.filter(pk=demand_id, status=Demand.Status.OPEN).update(
+        Demand.objects.filter(pk__in=demand_ids, status=Demand.Status.OPEN).update(
             unmatched_reason=reason
         )
     except OperationalError as exc:
         if transient_state(exc) is None:
             raise
-        logger.warning("reason %s of demand %s not stored: %r", reason, demand_id, exc)
+        logger.warning("reason %s of demands %s not stored: %r", reason, sorted(demand_ids), exc)

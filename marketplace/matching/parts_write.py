@@ -62,7 +62,7 @@ def parts_write(
             written = retried(write, what=f"parts of demand {demand_id}")
         except DomainError as exc:
             dropped[demand_id] = exc.code[:40]
-            reason_keep(demand_id, exc.code[:40])
+            reason_keep([demand_id], exc.code[:40])
             continue
         except OperationalError as exc:
             if transient_state(exc) is None:
@@ -74,6 +74,6 @@ def parts_write(
                 exc,
             )
             dropped[demand_id] = WRITE_CONFLICT
-            reason_keep(demand_id, WRITE_CONFLICT)
+            reason_keep([demand_id], WRITE_CONFLICT)
             continue
         made += [str(r.pk) for r in written]
