@@ -22,8 +22,9 @@ budget smaller than one GPU-hour in total, per demand: the nearer locality tier 
 tier outweighs every later term of the same demand, so hub docking moves a demand outward for
 its own sake only when that serves more GPU-hours; the terms of several demands add up, though,
 and a block answer that serves more GPU-hours may move one demand a tier out where that saves
-other buyers more than a tier step weighs — the equally served answer keeping every demand
-near is then not looked for: that would take a second, lexicographic solve per block),
+other buyers more than a tier step weighs, as PRODUCT.md §4.2's literal order (cost, then
+tier) would; the equally served answer keeping every demand near is then not looked for:
+README, "Where the two orders meet"),
 then the buyer's cost after the voucher, hub latency, an earlier start (a tie-break of
 PRODUCT.md §4.2), and the sliver of GPUs the placement leaves free on the offer
 (anti-fragmentation: a tight fit keeps larger blocks whole elsewhere).
