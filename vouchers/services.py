@@ -594,40 +594,50 @@ def voucher_split(
     )
 
 
-@transaction.atomic
 def vouchers_lapse_expired(*, now: datetime | None = None) -> int:
     """Return each expired voucher's unused balance to its programme budget, once (§5.6).
 
     Holds made before expiry keep their escrowed amount. Returns the number of vouchers lapsed.
+    One transaction per voucher, its status checked again under its row lock (a second run
+    finds it expired and skips it): the programme's budget account, which the posting locks
+    after the voucher's account, is never held while the next voucher's account is waited
+    for (a booking holding that account waits for the programme's row, which a voucher issue
+    holds while it waits for the budget account: a deadlock of three).
     """
     now = now or timezone.now()
     count = 0
-    # ``FOR NO KEY UPDATE``: a hold in flight on a voucher (it locks the voucher's account,
-    # not its row) checks its foreign keys at COMMIT with ``FOR KEY SHARE`` of the voucher
-    # row; ``FOR UPDATE`` would block that check while waiting for the account: a deadlock.
-    for voucher in (
-        Voucher.objects.select_for_update(no_key=True)
-        .filter(status=Voucher.Status.ACTIVE, expires_at__lte=now)
-        .order_by("pk")
-    ):
-        # Holds lock the voucher's account, not its row: lock the account before reading the
-        # balance, so a hold committing meanwhile cannot make the posting below stale.
-        voucher_account(voucher.pk)
-        account = Account.objects.select_for_update(no_key=True).get(
-            kind=Account.Kind.VOUCHER, voucher_id=voucher.pk
-        )
-        transaction_post(
-            Transaction.Reason.VOUCHER_LAPSE,
-            [
-                (account, -account.balance),
-                (programme_account(voucher.programme_id), account.balance),
-            ],
-            voucher=voucher,
-            memo="expired voucher balance lapsed",
-        )
-        voucher.status = Voucher.Status.EXPIRED
-        voucher.save(update_fields=["status"])
-        count += 1
+    expired = Voucher.objects.filter(status=Voucher.Status.ACTIVE, expires_at__lte=now)
+    for voucher_id in expired.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            # ``FOR NO KEY UPDATE``: a hold in flight on a voucher (it locks the voucher's
+            # account, not its row) checks its foreign keys at COMMIT with ``FOR KEY SHARE`` of
+            # the voucher row; ``FOR UPDATE`` would block that check while waiting for the
+            # account: a deadlock.
+            voucher = (
+                Voucher.objects.select_for_update(no_key=True)
+                .filter(pk=voucher_id, status=Voucher.Status.ACTIVE, expires_at__lte=now)
+                .first()
+            )
+            if voucher is None:
+                continue
+            # Holds lock the voucher's account, not its row: lock the account before reading
+            # the balance, so a hold committing meanwhile cannot make the posting below stale.
+            voucher_account(voucher.pk)
+            account = Account.objects.select_for_update(no_key=True).get(
+                kind=Account.Kind.VOUCHER, voucher_id=voucher.pk
+            )
+            transaction_post(
+                Transaction.Reason.VOUCHER_LAPSE,
+                [
+                    (account, -account.balance),
+                    (programme_account(voucher.programme_id), account.balance),
+                ],
+                voucher=voucher,
+                memo="expired voucher balance lapsed",
+            )
+            voucher.status = Voucher.Status.EXPIRED
+            voucher.save(update_fields=["status"])
+            count += 1
     return count
 
 
