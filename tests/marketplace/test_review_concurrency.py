@@ -5,6 +5,7 @@ deadlocks with a cycle's batch, and the money and capacity come out exact."""
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -18,7 +19,7 @@ from django.utils import timezone
 from ledger.audit import ledger_audit
 from ledger.models import Account, Hold
 from ledger.selectors import organisation_balances
-from ledger.services import system_account, voucher_account
+from ledger.services import programme_account, system_account, voucher_account
 from marketplace.matching.bulk import matches_write
 from marketplace.matching.engine import Match
 from marketplace.models import Demand, Reservation
@@ -412,4 +413,106 @@ def test_cancelling_a_split_demand_while_a_person_books_the_same_voucher_does_no
     assert made.voucher_part > 0
     assert voucher_account(voucher.pk).balance == Decimal("1000.00") - made.voucher_part
     assert [offer_peak_reserved(o) for o in offers] == [0, 0, 4]
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_voucher_lapse_does_not_deadlock_with_a_booking_and_a_voucher_issue(
+    site, buyer, other_buyer, provider, accelerator, programme
+):
+    # given two vouchers of one programme about to expire: the first (lower key, lapsed first)
+    # of another buyer, the second of a buyer whose wallet has the higher key than the
+    # voucher's account (account keys are random: the wallet is given the largest one, so a
+    # hold on the voucher locks its account, then the wallet), and an open demand of that
+    # buyer paying with the second voucher
+    late = OrganisationFactory.create(name="Late wallet SME", home_site=site)
+    issued = [
+        voucher_issue(programme=programme, owner=owner, face_value=Decimal("1000.00"))
+        for owner in (other_buyer, late)
+    ]
+    first, second = sorted(issued, key=lambda v: v.pk)
+    if first.owner_id == late.pk:  # the booked voucher is the one the lapse reaches second
+        Voucher.objects.filter(pk=first.pk).update(owner=other_buyer)
+        Voucher.objects.filter(pk=second.pk).update(owner=late)
+    second_account = voucher_account(second.pk)
+    wallet = Account.objects.create(
+        id=uuid.UUID(int=(1 << 128) - 1), kind=Account.Kind.WALLET, organisation=late
+    )
+    wallet_deposit(organisation=late, amount=Decimal("100000.00"))
+    assert second_account.pk < wallet.pk
+    offer = OfferFactory.create(provider=provider, site=site, accelerator=accelerator)
+    mine = _demand(late, accelerator, gpu_count=4, duration_hours=3, voucher=second)
+    booked_at = timezone.now()
+    expiry = booked_at + timedelta(minutes=1)
+    Voucher.objects.filter(pk__in=[first.pk, second.pk]).update(expires_at=expiry)
+    budget = programme_account(programme.pk)
+    budget_before = budget.balance
+    # and another session holding the buyer's wallet, so that the booking stops there with the
+    # second voucher's account locked and the programme row not yet (its usage comes later)
+    other = _other_session()
+    other.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [wallet.pk])
+    outcomes: dict[str, object] = {}
+    threads = []
+    issue_done_before_booking_went_on = False
+    try:
+        # when the buyer books with the second voucher (while it is still valid)
+        threads.append(
+            _in_thread(
+                "book",
+                lambda: (
+                    reservation_create(
+                        demand_id=mine.pk,
+                        offer_id=offer.pk,
+                        start=mine.earliest_start,
+                        now=booked_at,
+                    ).status
+                ),
+                outcomes,
+            )
+        )
+        _wait_for_blocked(1)
+        # and the lapse job runs, lapsing the first voucher (its balance goes to the budget
+        # account) and then waiting for the second voucher's account, which the booking holds
+        threads.append(_in_thread("lapse", lambda: vouchers_lapse_expired(now=expiry), outcomes))
+        _wait_for_blocked(2)
+        # and a voucher is issued meanwhile: it locks the programme row, then the budget account
+        issue = _in_thread(
+            "issue",
+            lambda: (
+                voucher_issue(
+                    programme=programme, owner=buyer, face_value=Decimal("1000.00")
+                ).face_value
+            ),
+            outcomes,
+        )
+        threads.append(issue)
+        for _ in range(600):  # a bounded poll, not a timed assertion
+            if not issue.is_alive() or _blocked_on_locks() >= 3:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the voucher issue neither finished nor waited on a lock")
+        issue_done_before_booking_went_on = not issue.is_alive()
+    finally:
+        # the wallet is let go: the booking goes on to the programme row (which an issue
+        # still waiting for the budget account would hold: a deadlock of three)
+        other.rollback()
+        other.close()
+    for t in threads:
+        t.join(60)
+    # then none was chosen as a deadlock's victim: the issue did not wait for the lapse (which
+    # never holds the budget account while it waits for the next voucher's account), the
+    # booking holds its voucher part, and both vouchers lapsed what was left to the budget
+    assert outcomes == {"book": "confirmed", "lapse": 2, "issue": Decimal("1000.00")}
+    assert issue_done_before_booking_went_on
+    made = Reservation.objects.get(demand=mine)
+    assert (made.voucher_id, made.voucher_part > 0) == (second.pk, True)
+    assert {v.status for v in Voucher.objects.filter(pk__in=[first.pk, second.pk])} == {
+        Voucher.Status.EXPIRED
+    }
+    assert voucher_account(first.pk).balance == ZERO
+    assert voucher_account(second.pk).balance == ZERO
+    lapsed = Decimal("1000.00") + Decimal("1000.00") - made.voucher_part
+    budget.refresh_from_db()
+    assert budget.balance == budget_before + lapsed - Decimal("1000.00")
     assert ledger_audit() == []
