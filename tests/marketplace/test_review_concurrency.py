@@ -341,14 +341,16 @@ def test_settling_a_voucher_reservation_while_a_batch_books_the_programme_does_n
 def test_cancelling_a_split_demand_while_a_person_books_the_same_voucher_does_not_deadlock(
     site, provider, accelerator, programme
 ):
-    # given a buyer whose wallet was opened after its voucher (a first deposit after the
-    # voucher was issued: the voucher's account is the lower key, so a hold on that voucher
-    # locks it before the wallet), a split demand of the buyer booked in two parts paid
-    # partly by the voucher, and another open demand of the buyer paying with it
+    # given a buyer whose wallet has a higher key than its voucher's account (account keys
+    # are random: the wallet is given the largest one, so a hold on that voucher locks the
+    # voucher's account before the wallet), a split demand of the buyer booked in two parts
+    # paid partly by the voucher, and another open demand of the buyer paying with it
     buyer = OrganisationFactory.create(name="Late wallet SME", home_site=site)
     voucher = voucher_issue(programme=programme, owner=buyer, face_value=Decimal("1000.00"))
+    wallet = Account.objects.create(
+        id=uuid.UUID(int=(1 << 128) - 1), kind=Account.Kind.WALLET, organisation=buyer
+    )
     wallet_deposit(organisation=buyer, amount=Decimal("100000.00"))
-    wallet = Account.objects.get(kind=Account.Kind.WALLET, organisation=buyer)
     assert voucher_account(voucher.pk).pk < wallet.pk
     offers = [
         OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(3)
