@@ -366,16 +366,18 @@ def _explain(demand: Any) -> dict[str, Any]:
 
 @buyer_page
 def demand_detail(request: HttpRequest, org: Organisation, demand_id: str) -> HttpResponse:
-    demand = market.demand_get(buyer=org, demand_id=demand_id)
-    if demand is None:
-        raise Http404
-    reservations = selectors.buyer_reservations(buyer=org).filter(demand=demand)
-    context = {
-        "demand": demand,
-        "reservations": reservations,
-        "reason": label(demand.unmatched_reason) if demand.unmatched_reason else "",
-        "explanation": _explain(demand) if demand.status == "open" else None,
-    }
+    # the demand, its reservations and the explanation as of one moment (one snapshot)
+    with market.one_snapshot():
+        demand = market.demand_get(buyer=org, demand_id=demand_id)
+        if demand is None:
+            raise Http404
+        reservations = list(selectors.buyer_reservations(buyer=org).filter(demand=demand))
+        context = {
+            "demand": demand,
+            "reservations": reservations,
+            "reason": label(demand.unmatched_reason) if demand.unmatched_reason else "",
+            "explanation": _explain(demand) if demand.status == "open" else None,
+        }
     template = (
         "web/_demand_status.html" if request.headers.get("HX-Request") else "web/demand_detail.html"
     )
