@@ -18,16 +18,20 @@ from django.db.models import (
     ExpressionWrapper,
     F,
     IntegerField,
+    OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Sum,
+    Value,
     When,
 )
-from django.db.models.functions import Cast, Round, TruncDate, TruncMonth
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Cast, Coalesce, Round, TruncDate, TruncMonth
 from django.utils import timezone
 
 from accounts.models import Organisation
-from ledger.models import Account, Entry
+from ledger.models import Account, Entry, Refund
 from marketplace.locality import tier_between, tier_rank
 from marketplace.models import (
     Demand,
@@ -385,12 +389,13 @@ _SHORT_DELIVERY = Q(
 )
 
 
-def _trade_value_fen() -> Case:
+def _trade_value_fen() -> CombinedExpression:
     """Per trade row, the value counted, in fen (an integer, so the sums are exact on every
     backend: SQLite's decimal arithmetic is binary floating point). As ``reservation_settle``:
     the booked value (the bill) unless a completed or settled reservation delivered fewer
     GPU-hours than booked; then ``bill_amount(1, delivered, price)``, i.e. delivered ×
-    price in ten-thousandths of a CNY, rounded half-up to the fen by ``(n + 50) div 100``."""
+    price in ten-thousandths of a CNY, rounded half-up to the fen by ``(n + 50) div 100``;
+    less what was refunded after settlement (``_refunded_after_fen``)."""
     price_units = Cast(
         Round(F("reservation__price_per_gpu_hour") * _PRICE_UNITS_PER_CNY), BigIntegerField()
     )
@@ -399,7 +404,26 @@ def _trade_value_fen() -> Case:
         output_field=BigIntegerField(),
     )
     booked = Cast(Round(F("value") * 100), BigIntegerField())
-    return Case(When(_SHORT_DELIVERY, then=billable), default=booked)
+    return Case(When(_SHORT_DELIVERY, then=billable), default=booked) - _refunded_after_fen()
+
+
+def _refunded_after_fen() -> Coalesce:
+    """Per trade row, in fen: what operators refunded of its reservation after settlement
+    (``Refund.AFTER_SETTLEMENT``: dispute decisions, service-level credits; §5.5), voucher
+    and cash parts together; 0 without such a refund. Refunds before settlement (a
+    cancellation, an expiry, a short delivery) are already outside the value counted."""
+    refunds = (
+        Refund.objects.filter(
+            hold__reservation=OuterRef("reservation"), kind__in=Refund.AFTER_SETTLEMENT
+        )
+        .order_by()
+        .values("hold__reservation")
+        .annotate(
+            fen=Sum(Cast(Round((F("voucher_amount") + F("cash_amount")) * 100), BigIntegerField()))
+        )
+        .values("fen")
+    )
+    return Coalesce(Subquery(refunds, output_field=BigIntegerField()), Value(0))
 
 
 def trade_matrix(
@@ -420,7 +444,8 @@ def trade_matrix(
       a reservation that delivered nothing counts as a trade of 0 GPU-hours and ¥0.00;
     * ``cancelled``, ``expired``, ``failed``: left out (the hold went back, PRODUCT.md §5.3).
 
-    Refunds decided in disputes are separate ledger corrections and are not subtracted.
+    Refunds operators decide after settlement (disputes, service-level credits) are subtracted
+    from the value (not from the GPU-hours, which were delivered).
     """
     hubs = list(Hub.objects.order_by("code"))
     trades = InterHubTrade.objects.all() if trades is None else trades

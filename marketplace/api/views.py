@@ -536,8 +536,9 @@ def inter_hub_trade_matrix(trades: QuerySet[InterHubTrade] | None = None) -> dic
 class InterHubTradeMatrixApi(generics.GenericAPIView):
     """What was traded between hubs (PRODUCT.md §4.3 hub docking, §6.4 operator admin), by
     exporting hub × importing hub: trades, GPU-hours, value CNY (booked for
-    held/confirmed/active reservations, delivered and billable for completed/settled ones;
-    cancelled, expired and failed ones left out; ``inter_hub_trade_matrix``).
+    held/confirmed/active reservations, delivered and billable for completed/settled ones,
+    less refunds decided after settlement; cancelled, expired and failed ones left out;
+    ``inter_hub_trade_matrix``).
     Filters (``InterHubTradeFilter``): ``exporting_hub``, ``importing_hub`` (hub codes),
     ``booked_after`` (inclusive), ``booked_before`` (exclusive), UTC. 400 ``invalid`` naming
     the parameter for a bad value, an unknown hub code, ``booked_before`` not after

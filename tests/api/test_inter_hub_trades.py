@@ -17,6 +17,7 @@ from marketplace.services import (
     reservation_cancel,
     reservation_create,
     reservation_fail,
+    reservation_refund,
     reservation_report_usage,
     reservation_settle,
     reservations_advance,
@@ -232,6 +233,25 @@ def test_a_short_delivery_counts_the_delivered_hours_and_billable_value(  # type
     assert billed == Decimal(value) == bill_amount(1, delivered, offer.price_per_gpu_hour)
     assert (body["trades"], body["gpu_hours"]) == (4, 19 + gpu_hours)
     assert body["value"] == str(Decimal("177.50") + Decimal(value))
+
+
+def test_refunds_after_settlement_are_taken_off_the_value(trades, buyer):  # type: ignore[no-untyped-def]
+    # given the 2 GPU × 3 h Gansu booking (¥60.00) delivered in full and settled
+    gansu, home = trades
+    r = _gansu_reservation(6)
+    assert reservations_advance(now=r.start)[0] == 4
+    reservations_advance(now=r.end)
+    settled = reservation_settle(reservation_id=r.pk)
+    assert _cells(_operator().get(URL).json())[(gansu.code, home.code)] == (2, 14, "140.00")
+    # when an operator refunds ¥12.34 of it on a dispute, then ¥5.00 as a service-level credit
+    reservation_refund(reservation_id=settled.pk, amount=Decimal("12.34"))
+    reservation_refund(reservation_id=settled.pk, amount=Decimal("5.00"), kind="sla_credit")
+    # then the trade's value is what the buyer kept paying; its GPU-hours were delivered
+    body = _operator().get(URL).json()
+    assert _cells(body)[(gansu.code, home.code)] == (2, 14, "122.66")
+    assert (body["trades"], body["gpu_hours"], body["value"]) == (3, 19, "160.16")
+    hold = Hold.objects.get(reservation=settled)
+    assert hold.refunded_voucher + hold.refunded_cash == Decimal("17.34")
 
 
 def test_filters_by_hub(trades):  # type: ignore[no-untyped-def]
