@@ -5,7 +5,6 @@ races on PostgreSQL between a batch and a person booking the last GPUs or spendi
 the same wallet."""
 
 import threading
-import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,6 +37,7 @@ from tests.factories import (
     SiteFactory,
     next_hour,
 )
+from tests.marketplace.races import wait_for_blocked
 from vouchers.models import Voucher
 from vouchers.services import programme_fund, voucher_issue
 
@@ -462,23 +462,6 @@ def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer
     assert ledger_audit() == []
 
 
-def _blocked_on_locks() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-        )
-        return int(cursor.fetchone()[0])
-
-
-def _wait_for_blocked(n: int) -> None:
-    for _ in range(600):  # a bounded poll, not a timed assertion
-        if _blocked_on_locks() >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{n} sessions never waited on a lock")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_two_batches_racing_for_a_programme_budget_never_pass_it(site, provider):
     # given a programme whose ¥500 budget for this year's redemptions two buyers' vouchers of
@@ -531,9 +514,9 @@ def test_two_batches_racing_for_a_programme_budget_never_pass_it(site, provider)
     threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
     try:
         threads[0].start()
-        _wait_for_blocked(1)
+        wait_for_blocked(1)
         threads[1].start()
-        _wait_for_blocked(2)
+        wait_for_blocked(2)
     finally:
         other.rollback()  # when the row is let go: the first batch commits its ¥400 hold
         other.close()

@@ -3,17 +3,12 @@ with real threads: every writer takes its row locks in the one order of the serv
 (demand → offers → sites → voucher → ledger accounts → programme → escrow), so none of them
 deadlocks with a cycle's batch, and the money and capacity come out exact."""
 
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
-import psycopg
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from ledger.audit import ledger_audit
@@ -34,48 +29,15 @@ from marketplace.services import (
 )
 from marketplace.timeutil import hour_index
 from tests.factories import DemandFactory, OfferFactory, OrganisationFactory
+from tests.marketplace.races import (
+    blocked_on_locks,
+    in_thread,
+    other_session,
+    race_behind,
+    wait_for_blocked,
+)
 from vouchers.models import ReimbursementClaim, Voucher
 from vouchers.services import voucher_issue, vouchers_lapse_expired
-
-
-def _blocked_on_locks() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-        )
-        return int(cursor.fetchone()[0])
-
-
-def _wait_for_blocked(n: int) -> None:
-    for _ in range(600):  # a bounded poll, not a timed assertion
-        if _blocked_on_locks() >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{n} sessions never waited on a lock")
-
-
-def _other_session() -> psycopg.Connection[Any]:
-    db = connection.settings_dict
-    return psycopg.connect(
-        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"] or 5432
-    )
-
-
-def _in_thread(
-    name: str, fn: Callable[[], object], outcomes: dict[str, object]
-) -> threading.Thread:
-    def run() -> None:
-        try:
-            outcomes[name] = fn()
-        except Exception as exc:  # the race's outcome, asserted below
-            outcomes[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
 
 
 def _demand(buyer, accelerator, **fields):  # type: ignore[no-untyped-def]
@@ -136,27 +98,13 @@ def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not
 
     # and another session holding the first part's payment hold, so that the cancellation
     # stops there, with everything it locks before the hold already locked
-    other = _other_session()
-    other.execute("SELECT 1 FROM ledger_hold WHERE reservation_id = %s FOR UPDATE", [parts[0].pk])
-    outcomes: dict[str, object] = {}
-    threads = []
-    try:
-        # when the buyer cancels a part, and the cycle writes the other demand meanwhile
-        threads.append(
-            _in_thread(
-                "cancel",
-                lambda: reservation_cancel(reservation_id=parts[0].pk, buyer=buyer).status,
-                outcomes,
-            )
-        )
-        _wait_for_blocked(1)
-        threads.append(_in_thread("write", write, outcomes))
-        _wait_for_blocked(2)
-    finally:
-        other.rollback()  # the hold is let go: both go on
-        other.close()
-    for t in threads:
-        t.join(60)
+    # when the buyer cancels a part, and the cycle writes the other demand meanwhile
+    outcomes = race_behind(
+        "SELECT 1 FROM ledger_hold WHERE reservation_id = %s FOR UPDATE",
+        [parts[0].pk],
+        ("cancel", lambda: reservation_cancel(reservation_id=parts[0].pk, buyer=buyer).status),
+        ("write", write),
+    )
     # then neither was chosen as a deadlock's victim: the cancellation returned everything
     # of both parts and the other demand was booked, with the voucher value given back
     assert outcomes == {"cancel": "cancelled", "write": 1 if writer == "batch" else 2}
@@ -234,31 +182,20 @@ def test_a_person_booking_with_a_voucher_another_writer_locks_meanwhile_does_not
     # with the wallet and the voucher's account locked, before its COMMIT checks its foreign
     # keys (the reservation's and the transaction's voucher among them)
     escrow = system_account(Account.Kind.ESCROW)
-    other = _other_session()
-    other.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [escrow.pk])
-    outcomes: dict[str, object] = {}
-    threads = []
-    try:
-        # when the buyer books, and the other writer locks the voucher meanwhile
-        threads.append(
-            _in_thread(
-                "person",
-                lambda: (
-                    reservation_create(
-                        demand_id=mine.pk, offer_id=offers[0].pk, start=start, now=booked_at
-                    ).status
-                ),
-                outcomes,
-            )
-        )
-        _wait_for_blocked(1)
-        threads.append(_in_thread("write", write, outcomes))
-        _wait_for_blocked(2)
-    finally:
-        other.rollback()  # escrow is let go: both go on
-        other.close()
-    for t in threads:
-        t.join(60)
+    # when the buyer books, and the other writer locks the voucher meanwhile
+    outcomes = race_behind(
+        "SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE",
+        [escrow.pk],
+        (
+            "person",
+            lambda: (
+                reservation_create(
+                    demand_id=mine.pk, offer_id=offers[0].pk, start=start, now=booked_at
+                ).status
+            ),
+        ),
+        ("write", write),
+    )
     # then neither was chosen as a deadlock's victim: every demand is booked, each paying part
     # with the voucher, and the voucher paid exactly what the holds say (a lapse returned the
     # rest to the programme after the person's hold)
@@ -302,31 +239,13 @@ def test_settling_a_voucher_reservation_while_a_batch_books_the_programme_does_n
     # and another session holding escrow, so that the settlement stops at it, then the batch
     # (which locks the programme row last but escrow) behind it
     escrow = system_account(Account.Kind.ESCROW)
-    other = _other_session()
-    other.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [escrow.pk])
-    outcomes: dict[str, object] = {}
-    threads = []
-    try:
-        # when the reservation is settled while the cycle writes the other demand
-        threads.append(
-            _in_thread(
-                "settle",
-                lambda: reservation_settle(reservation_id=completed.pk).status,
-                outcomes,
-            )
-        )
-        _wait_for_blocked(1)
-        threads.append(
-            _in_thread(
-                "write", lambda: len(matches_write([match], now=timezone.now()).made), outcomes
-            )
-        )
-        _wait_for_blocked(2)
-    finally:
-        other.rollback()  # escrow is let go: both go on
-        other.close()
-    for t in threads:
-        t.join(60)
+    # when the reservation is settled while the cycle writes the other demand
+    outcomes = race_behind(
+        "SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE",
+        [escrow.pk],
+        ("settle", lambda: reservation_settle(reservation_id=completed.pk).status),
+        ("write", lambda: len(matches_write([match], now=timezone.now()).made)),
+    )
     # then neither was chosen as a deadlock's victim: the settlement claimed the voucher part
     # and the other demand was booked with its voucher
     assert outcomes == {"settle": "settled", "write": 1}
@@ -374,38 +293,21 @@ def test_cancelling_a_split_demand_while_a_person_books_the_same_voucher_does_no
     )
     # and another session holding the first part's payment hold, so that the cancellation
     # stops there, with everything it locks before the hold already locked
-    other = _other_session()
-    other.execute("SELECT 1 FROM ledger_hold WHERE reservation_id = %s FOR UPDATE", [parts[0].pk])
-    outcomes: dict[str, object] = {}
-    threads = []
-    try:
-        # when the buyer cancels a part, and books the other demand (``reservation_create``,
-        # as the API and a batch's one-pair fallback do) meanwhile
-        threads.append(
-            _in_thread(
-                "cancel",
-                lambda: reservation_cancel(reservation_id=parts[0].pk, buyer=buyer).status,
-                outcomes,
-            )
-        )
-        _wait_for_blocked(1)
-        threads.append(
-            _in_thread(
-                "book",
-                lambda: (
-                    reservation_create(
-                        demand_id=wanted.pk, offer_id=offers[2].pk, start=booked.earliest_start
-                    ).status
-                ),
-                outcomes,
-            )
-        )
-        _wait_for_blocked(2)
-    finally:
-        other.rollback()  # the hold is let go: both go on
-        other.close()
-    for t in threads:
-        t.join(60)
+    # when the buyer cancels a part, and books the other demand (``reservation_create``, as
+    # the API and a batch's one-pair fallback do) meanwhile
+    outcomes = race_behind(
+        "SELECT 1 FROM ledger_hold WHERE reservation_id = %s FOR UPDATE",
+        [parts[0].pk],
+        ("cancel", lambda: reservation_cancel(reservation_id=parts[0].pk, buyer=buyer).status),
+        (
+            "book",
+            lambda: (
+                reservation_create(
+                    demand_id=wanted.pk, offer_id=offers[2].pk, start=booked.earliest_start
+                ).status
+            ),
+        ),
+    )
     # then neither was chosen as a deadlock's victim, and the money is exact
     assert outcomes == {"cancel": "cancelled", "book": "confirmed"}
     assert set(Reservation.objects.filter(demand=booked).values_list("status", flat=True)) == {
@@ -451,7 +353,7 @@ def test_a_voucher_lapse_does_not_deadlock_with_a_booking_and_a_voucher_issue(
     budget_before = budget.balance
     # and another session holding the buyer's wallet, so that the booking stops there with the
     # second voucher's account locked and the programme row not yet (its usage comes later)
-    other = _other_session()
+    other = other_session()
     other.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [wallet.pk])
     outcomes: dict[str, object] = {}
     threads = []
@@ -459,7 +361,7 @@ def test_a_voucher_lapse_does_not_deadlock_with_a_booking_and_a_voucher_issue(
     try:
         # when the buyer books with the second voucher (while it is still valid)
         threads.append(
-            _in_thread(
+            in_thread(
                 "book",
                 lambda: (
                     reservation_create(
@@ -472,13 +374,13 @@ def test_a_voucher_lapse_does_not_deadlock_with_a_booking_and_a_voucher_issue(
                 outcomes,
             )
         )
-        _wait_for_blocked(1)
+        wait_for_blocked(1)
         # and the lapse job runs, lapsing the first voucher (its balance goes to the budget
         # account) and then waiting for the second voucher's account, which the booking holds
-        threads.append(_in_thread("lapse", lambda: vouchers_lapse_expired(now=expiry), outcomes))
-        _wait_for_blocked(2)
+        threads.append(in_thread("lapse", lambda: vouchers_lapse_expired(now=expiry), outcomes))
+        wait_for_blocked(2)
         # and a voucher is issued meanwhile: it locks the programme row, then the budget account
-        issue = _in_thread(
+        issue = in_thread(
             "issue",
             lambda: (
                 voucher_issue(
@@ -489,7 +391,7 @@ def test_a_voucher_lapse_does_not_deadlock_with_a_booking_and_a_voucher_issue(
         )
         threads.append(issue)
         for _ in range(600):  # a bounded poll, not a timed assertion
-            if not issue.is_alive() or _blocked_on_locks() >= 3:
+            if not issue.is_alive() or blocked_on_locks() >= 3:
                 break
             time.sleep(0.05)
         else:

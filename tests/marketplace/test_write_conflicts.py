@@ -5,14 +5,9 @@ goes one pair at a time, the pair that still conflicts dropped with ``write_conf
 that is not transient still ends the write."""
 
 import logging
-import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
-import psycopg
 import pytest
 from django.db import OperationalError, connection
 from django.utils import timezone
@@ -30,46 +25,7 @@ from marketplace.money import ZERO
 from marketplace.services import offer_peak_reserved
 from marketplace.timeutil import hour_index
 from tests.factories import DemandFactory, OfferFactory, next_hour
-
-
-def _blocked_on_locks() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-        )
-        return int(cursor.fetchone()[0])
-
-
-def _wait_for_blocked(n: int) -> None:
-    for _ in range(600):  # a bounded poll, not a timed assertion
-        if _blocked_on_locks() >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{n} sessions never waited on a lock")
-
-
-def _other_session() -> psycopg.Connection[Any]:
-    db = connection.settings_dict
-    return psycopg.connect(
-        dbname=db["NAME"], user=db["USER"], host=db["HOST"], port=db["PORT"] or 5432
-    )
-
-
-def _in_thread(
-    name: str, fn: Callable[[], object], outcomes: dict[str, object]
-) -> threading.Thread:
-    def run() -> None:
-        try:
-            outcomes[name] = fn()
-        except Exception as exc:  # the race's outcome, asserted below
-            outcomes[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
+from tests.marketplace.races import in_thread, other_session, wait_for_blocked
 
 
 def _wallet(org: Organisation) -> Decimal:
@@ -109,7 +65,7 @@ def test_a_batch_chosen_as_a_deadlock_victim_is_written_again_and_so_are_the_lat
     # and a session (B) holding the other buyer's wallet, which the middle batch locks after
     # its demands; B never runs the deadlock check itself (only after 10 minutes), so the
     # batch, which does after the default second, is the victim whenever the timing
-    hold_wallet = _other_session()
+    hold_wallet = other_session()
     hold_wallet.execute("SET deadlock_timeout = '10min'")
     hold_wallet.execute(
         "SELECT 1 FROM ledger_account WHERE kind = 'wallet' AND organisation_id = %s FOR UPDATE",
@@ -117,7 +73,7 @@ def test_a_batch_chosen_as_a_deadlock_victim_is_written_again_and_so_are_the_lat
     )
     # and a session (C) holding the middle batch's offer, so that the batch stops there with
     # its demands locked and the wallet not yet asked for
-    hold_offer = _other_session()
+    hold_offer = other_session()
     hold_offer.execute("SELECT 1 FROM marketplace_offer WHERE id = %s FOR UPDATE", [second.pk])
     outcomes: dict[str, object] = {}
     threads = []
@@ -125,14 +81,14 @@ def test_a_batch_chosen_as_a_deadlock_victim_is_written_again_and_so_are_the_lat
         # when the cycle writes the six matches in batches of two: the first batch commits,
         # the middle one waits for the offer
         threads.append(
-            _in_thread(
+            in_thread(
                 "write", lambda: matches_write(matches, now=timezone.now(), batch=2), outcomes
             )
         )
-        _wait_for_blocked(1)
+        wait_for_blocked(1)
         # and B asks for one of the middle batch's demands (waiting on the batch)
         threads.append(
-            _in_thread(
+            in_thread(
                 "demand",
                 lambda: hold_wallet.execute(
                     "SELECT 1 FROM marketplace_demand WHERE id = %s FOR UPDATE", [demands[2].pk]
@@ -140,7 +96,7 @@ def test_a_batch_chosen_as_a_deadlock_victim_is_written_again_and_so_are_the_lat
                 outcomes,
             )
         )
-        _wait_for_blocked(2)
+        wait_for_blocked(2)
         # and C lets the offer go: the batch goes on to the wallet B holds, a cycle of waits
         hold_offer.rollback()
         # then PostgreSQL aborts the batch (40P01), so B gets the demand; B then lets
