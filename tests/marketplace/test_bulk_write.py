@@ -5,7 +5,7 @@ races on PostgreSQL between a batch and a person booking the last GPUs or spendi
 the same wallet."""
 
 import threading
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +38,7 @@ from tests.factories import (
     next_hour,
 )
 from tests.marketplace.races import wait_for_blocked
+from tests.marketplace.writes import one_gpu_hours, open_demands
 from vouchers.models import Voucher
 from vouchers.services import programme_fund, voucher_issue
 
@@ -163,35 +164,6 @@ def _state(world: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _open_demands(
-    buyer: Organisation, n: int, *, gpus: int, hours: int, start: datetime
-) -> list[Demand]:
-    """``n`` open demands of ``buyer`` for ``gpus`` GPUs for ``hours`` hours within the 12
-    hours from ``start``."""
-    return [
-        DemandFactory.create(
-            buyer=buyer,
-            gpu_count=gpus,
-            duration_hours=hours,
-            earliest_start=start,
-            latest_end=start + timedelta(hours=12),
-        )
-        for _ in range(n)
-    ]
-
-
-def _one_gpu_hours(buyer: Organisation, offer: Offer, n: int) -> tuple[list[Demand], list[Match]]:
-    """``n`` open demands of ``buyer`` for one GPU for one hour within the next 12 hours, and
-    the matches of the i-th on ``offer`` at the i-th hour from the next but one."""
-    start = next_hour(2)
-    demands = _open_demands(buyer, n, gpus=1, hours=1, start=start)
-    matches = [
-        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", Decimal(0), Decimal(0))
-        for i, d in enumerate(demands)
-    ]
-    return demands, matches
-
-
 @pytest.mark.django_db
 def test_batch_path_writes_exactly_what_the_one_by_one_path_writes(accelerator):
     # given two identical worlds and the same matches (with pairs that must be refused)
@@ -267,8 +239,8 @@ def test_batch_and_a_person_racing_for_the_last_gpus_book_nothing_twice(buyer, o
     # given an 8-GPU offer, a batch of 10 two-GPU demands (the batch alone would fill it) and
     # a person booking 6 GPUs for the same hours
     start = next_hour(2)
-    batch = _open_demands(buyer, 10, gpus=2, hours=3, start=start)
-    (person,) = _open_demands(other_buyer, 1, gpus=6, hours=3, start=start)
+    batch = open_demands(buyer, 10, gpus=2, hours=3, start=start)
+    (person,) = open_demands(other_buyer, 1, gpus=6, hours=3, start=start)
     matches = [
         Match(str(d.pk), str(offer.pk), hour_index(start), "", Decimal(0), Decimal(0))
         for d in batch
@@ -371,7 +343,7 @@ def test_the_batch_planner_setting_stays_inside_the_batch(buyer, offer):
 
     before = show()
     wallet_deposit(organisation=buyer, amount=Decimal("1000.00"))
-    _, matches = _one_gpu_hours(buyer, offer, 2)
+    _, matches = one_gpu_hours(buyer, offer, 2)
     # when the cycle writes them in batches of one on this connection
     with CaptureQueriesContext(connection) as queries:
         outcome = matches_write(matches, now=timezone.now(), batch=1)
@@ -438,7 +410,7 @@ def test_a_demand_whose_bill_the_ledger_cannot_hold_is_dropped_alone(buyer, prov
 def test_a_batch_the_database_refuses_is_written_one_pair_at_a_time(buyer, offer):
     # given three open demands, and a rule only the database holds (a trigger refusing any
     # reservation of the second), which the batch's checks cannot foresee
-    demands, matches = _one_gpu_hours(buyer, offer, 3)
+    demands, matches = one_gpu_hours(buyer, offer, 3)
     with connection.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION test_refuse_reservation() RETURNS trigger AS $$ BEGIN "

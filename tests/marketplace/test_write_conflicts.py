@@ -26,6 +26,7 @@ from marketplace.services import offer_peak_reserved
 from marketplace.timeutil import hour_index
 from tests.factories import DemandFactory, OfferFactory, next_hour
 from tests.marketplace.races import in_thread, other_session, wait_for_blocked
+from tests.marketplace.writes import one_gpu_hours, open_demands
 
 
 def _wallet(org: Organisation) -> Decimal:
@@ -153,25 +154,6 @@ def _refuse_reservations_of(demand_ids: list[object], errcode: str) -> None:
         )
 
 
-def _one_gpu_hours(buyer: Organisation, offer: Offer, n: int) -> tuple[list[Demand], list[Match]]:
-    start = next_hour(2)
-    demands = [
-        DemandFactory.create(
-            buyer=buyer,
-            gpu_count=1,
-            duration_hours=1,
-            earliest_start=start,
-            latest_end=start + timedelta(hours=12),
-        )
-        for _ in range(n)
-    ]
-    matches = [
-        Match(str(d.pk), str(offer.pk), hour_index(start) + i, "", ZERO, ZERO)
-        for i, d in enumerate(demands)
-    ]
-    return demands, matches
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("errcode", "sqlstate"),
@@ -187,7 +169,7 @@ def test_a_batch_the_database_keeps_refusing_transiently_goes_one_pair_at_a_time
     # given five open demands written in batches of three, and the database refusing any
     # reservation of the second with a transient error, every time
     caplog.set_level(logging.WARNING, logger="marketplace.matching")
-    demands, matches = _one_gpu_hours(buyer, offer, 5)
+    demands, matches = one_gpu_hours(buyer, offer, 5)
     _refuse_reservations_of([demands[1].pk], errcode)
     before = _wallet(buyer)
     # when the cycle writes them
@@ -214,7 +196,7 @@ def test_the_one_pair_fallback_stops_after_as_many_conflicts_as_attempts(buyer, 
     # first three with a deadlock error every time (a row every pair needs, held by a stuck
     # session: each refusal may have waited ``lock_timeout``)
     caplog.set_level(logging.WARNING, logger="marketplace.matching")
-    demands, matches = _one_gpu_hours(buyer, offer, 6)
+    demands, matches = one_gpu_hours(buyer, offer, 6)
     _refuse_reservations_of([d.pk for d in demands[:WRITE_ATTEMPTS]], "deadlock_detected")
     before = _wallet(buyer)
     # when the cycle writes them
@@ -237,7 +219,7 @@ def test_a_database_error_that_is_not_transient_still_ends_the_write(buyer, offe
     # given the database cancelling any reservation of the second demand (57014, what
     # ``statement_timeout`` raises: an OperationalError, but not a conflict to run again)
     caplog.set_level(logging.WARNING, logger="marketplace.matching")
-    demands, matches = _one_gpu_hours(buyer, offer, 3)
+    demands, matches = one_gpu_hours(buyer, offer, 3)
     _refuse_reservations_of([demands[1].pk], "query_canceled")
     # when the cycle writes them, then the error propagates at once, nothing written or retried
     with pytest.raises(OperationalError) as raised:
@@ -256,17 +238,7 @@ def test_a_split_demand_the_database_keeps_refusing_transiently_is_left_open(
     caplog.set_level(logging.WARNING, logger="marketplace.matching")
     offers = [OfferFactory.create(provider=provider, site=site) for _ in range(4)]
     start = next_hour(2)
-    demands = [
-        DemandFactory.create(
-            buyer=buyer,
-            gpu_count=16,
-            duration_hours=2,
-            split="site",
-            earliest_start=start,
-            latest_end=start + timedelta(hours=12),
-        )
-        for _ in range(2)
-    ]
+    demands = open_demands(buyer, 2, gpus=16, hours=2, start=start, split="site")
     matches = [
         Match(str(d.pk), str(o.pk), hour_index(start), "", ZERO, ZERO, gpus=8)
         for d, pair in zip(demands, (offers[:2], offers[2:]), strict=True)
@@ -293,7 +265,7 @@ def test_a_split_demand_the_database_keeps_refusing_transiently_is_left_open(
 def test_a_cycle_whose_write_keeps_conflicting_is_recorded_with_what_it_made(buyer, offer, site):
     # given two open demands of the hub the engine places, the database refusing any
     # reservation of the first with a lock timeout, every time
-    demands, _ = _one_gpu_hours(buyer, offer, 2)
+    demands, _ = one_gpu_hours(buyer, offer, 2)
     _refuse_reservations_of([demands[0].pk], "lock_not_available")
     # when the hub's cycle runs
     cycle = matching_cycle_run(site.hub_id)
