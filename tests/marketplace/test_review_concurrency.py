@@ -46,6 +46,30 @@ def _demand(buyer, accelerator, **fields):  # type: ignore[no-untyped-def]
     return demand
 
 
+def _split_written_meanwhile(buyer, accelerator, voucher, start, *offers):  # type: ignore[no-untyped-def]
+    """A split demand of ``buyer`` for 16 GPUs for 3 h paying with ``voucher``, and the
+    cycle's write of it in two 8-GPU parts on ``offers`` at ``start`` (returns the parts
+    made)."""
+    wanted = _demand(
+        buyer,
+        accelerator,
+        gpu_count=16,
+        duration_hours=3,
+        split="site",
+        voucher=voucher,
+        earliest_start=start,
+    )
+
+    def write() -> object:
+        return len(
+            reservation_parts_create(
+                demand_id=wanted.pk, parts=[(o.pk, 8) for o in offers], start=start
+            )
+        )
+
+    return wanted, write
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("writer", ["batch", "parts"])
 def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not_deadlock(
@@ -77,24 +101,9 @@ def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not
             return len(matches_write([match], now=timezone.now()).made)
 
     else:
-        wanted = _demand(
-            buyer,
-            accelerator,
-            gpu_count=16,
-            duration_hours=3,
-            split="site",
-            voucher=voucher,
-            earliest_start=start,
+        wanted, write = _split_written_meanwhile(
+            buyer, accelerator, voucher, start, offers[2], offers[3]
         )
-
-        def write() -> object:
-            return len(
-                reservation_parts_create(
-                    demand_id=wanted.pk,
-                    parts=[(offers[2].pk, 8), (offers[3].pk, 8)],
-                    start=start,
-                )
-            )
 
     # and another session holding the first part's payment hold, so that the cancellation
     # stops there, with everything it locks before the hold already locked
@@ -159,24 +168,9 @@ def test_a_person_booking_with_a_voucher_another_writer_locks_meanwhile_does_not
             return len(matches_write([match], now=timezone.now()).made)
 
     else:
-        wanted = _demand(
-            buyer,
-            accelerator,
-            gpu_count=16,
-            duration_hours=3,
-            split="site",
-            voucher=voucher,
-            earliest_start=start,
+        wanted, write = _split_written_meanwhile(
+            buyer, accelerator, voucher, start, offers[1], offers[2]
         )
-
-        def write() -> object:
-            return len(
-                reservation_parts_create(
-                    demand_id=wanted.pk,
-                    parts=[(offers[1].pk, 8), (offers[2].pk, 8)],
-                    start=start,
-                )
-            )
 
     # and another session holding escrow, so that the person's hold stops at its last write
     # with the wallet and the voucher's account locked, before its COMMIT checks its foreign
