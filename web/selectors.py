@@ -31,6 +31,7 @@ from django.db.models.functions import Cast, Coalesce, Round, TruncDate, TruncMo
 from django.utils import timezone
 
 from accounts.models import Organisation
+from ledger.holds import REIMBURSEMENT
 from ledger.models import Account, Entry, Refund
 from marketplace.locality import tier_between, tier_rank
 from marketplace.models import (
@@ -410,17 +411,22 @@ def _trade_value_fen() -> CombinedExpression:
 def _refunded_after_fen() -> Coalesce:
     """Per trade row, in fen: what operators refunded of its reservation after settlement
     (``Refund.AFTER_SETTLEMENT``: dispute decisions, service-level credits; §5.5), voucher
-    and cash parts together; 0 without such a refund. Refunds before settlement (a
-    cancellation, an expiry, a short delivery) are already outside the value counted."""
+    and cash parts together — under a ``reimbursement`` programme the cash part alone, which
+    is the whole refund there (the buyer paid the bill in cash; the voucher part only takes
+    back its claim, ``ledger.holds.hold_refund``); 0 without such a refund. Refunds before
+    settlement (a cancellation, an expiry, a short delivery) are already outside the value
+    counted."""
+    refunded = Case(
+        When(hold__mode=REIMBURSEMENT, then=F("cash_amount")),
+        default=F("voucher_amount") + F("cash_amount"),
+    )
     refunds = (
         Refund.objects.filter(
             hold__reservation=OuterRef("reservation"), kind__in=Refund.AFTER_SETTLEMENT
         )
         .order_by()
         .values("hold__reservation")
-        .annotate(
-            fen=Sum(Cast(Round((F("voucher_amount") + F("cash_amount")) * 100), BigIntegerField()))
-        )
+        .annotate(fen=Sum(Cast(Round(refunded * 100), BigIntegerField())))
         .values("fen")
     )
     return Coalesce(Subquery(refunds, output_field=BigIntegerField()), Value(0))

@@ -26,14 +26,17 @@ from marketplace.services import (
 )
 from tests.api.conftest import error_of
 from tests.factories import (
+    CatalogueEntryFactory,
     DemandFactory,
     HubFactory,
     OfferFactory,
     OrganisationFactory,
+    ProgrammeFactory,
     SiteFactory,
     UserFactory,
     next_hour,
 )
+from vouchers.services import programme_fund, voucher_issue
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/inter-hub-trades/matrix/"
@@ -252,6 +255,35 @@ def test_refunds_after_settlement_are_taken_off_the_value(trades, buyer):  # typ
     assert (body["trades"], body["gpu_hours"], body["value"]) == (3, 19, "160.16")
     hold = Hold.objects.get(reservation=settled)
     assert hold.refunded_voucher + hold.refunded_cash == Decimal("17.34")
+
+
+@pytest.mark.parametrize("mode", ["point_of_sale", "reimbursement"])
+def test_a_refund_of_a_voucher_paid_trade_takes_off_exactly_the_refund(  # type: ignore[no-untyped-def]
+    trades, buyer, provider, accelerator, mode
+):
+    # given a Gansu booking paid partly with a voucher of a programme in ``mode``, settled
+    gansu, home = trades
+    programme = ProgrammeFactory.create(redemption_mode=mode)
+    programme_fund(programme)
+    CatalogueEntryFactory.create(programme=programme, provider=provider)
+    voucher = voucher_issue(programme=programme, owner=buyer, face_value=Decimal("1000.00"))
+    offer = OfferFactory.create(
+        provider=provider, site=Site.objects.get(code="qingyang"), accelerator=accelerator
+    )
+    demand = DemandFactory.create(
+        buyer=buyer, gpu_count=2, duration_hours=3, locality_limit="national", voucher=voucher
+    )
+    r = reservation_create(demand_id=demand.pk, offer_id=offer.pk, start=next_hour(2))
+    assert r.voucher_part > 0
+    reservations_advance(now=r.start)
+    reservations_advance(now=r.end)
+    reservation_settle(reservation_id=r.pk)
+    before = Decimal(_cells(_operator().get(URL).json())[(gansu.code, home.code)][2])
+    # when an operator refunds ¥12.34 of it on a dispute
+    reservation_refund(reservation_id=r.pk, amount=Decimal("12.34"))
+    # then the trade's value drops by the refund, whichever way the voucher redeems
+    after = Decimal(_cells(_operator().get(URL).json())[(gansu.code, home.code)][2])
+    assert before - after == Decimal("12.34")
 
 
 def test_filters_by_hub(trades):  # type: ignore[no-untyped-def]
