@@ -277,11 +277,20 @@ class StatementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("programme", "provider")
     actions = ("issue_due", "mark_paid", "download_csv")
 
-    @admin.action(description="Issue every statement whose period is over")
+    def has_settle_permission(self, request: HttpRequest) -> bool:
+        """Issuing and marking paid change statements: the change permission on statements,
+        as the API's mark-paid asks (``operator_permissions("vouchers.change_statement")``);
+        the view permission only shows them (this admin is read-only otherwise)."""
+        return bool(request.user.has_perm("vouchers.change_statement"))
+
+    @admin.action(description="Issue every statement whose period is over", permissions=["settle"])
     def issue_due(self, request: HttpRequest, queryset: QuerySet[Statement]) -> None:
         self.message_user(request, f"{statements_issue_due()} statements issued")
 
-    @admin.action(description="Mark selected statements paid (posts the ledger transaction)")
+    @admin.action(
+        description="Mark selected statements paid (posts the ledger transaction)",
+        permissions=["settle"],
+    )
     def mark_paid(self, request: HttpRequest, queryset: QuerySet[Statement]) -> None:
         run_service_action(
             self,
