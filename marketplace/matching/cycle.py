@@ -33,6 +33,7 @@ from vouchers.models import CatalogueEntry, Voucher
 from vouchers.services import programme_year
 
 from .bulk import matches_write
+from .conflicts import reason_keep
 from .engine import DemandSnap, OfferSnap, Result, SiteRef, VoucherSnap, solve_greedy
 from .optimal import OptimalSettings
 from .partial import solve_optimal_split
@@ -358,9 +359,7 @@ def matching_cycle_run(hub_id: ObjectId, *, now: datetime | None = None) -> Matc
         for demand_id, reason in result.unserved.items():
             unserved[reason].append(demand_id)
         for reason, ids in sorted(unserved.items()):
-            Demand.objects.filter(pk__in=ids, status=Demand.Status.OPEN).update(
-                unmatched_reason=reason
-            )
+            reason_keep(ids, reason)  # the bookings stand: a lock timeout here only logs
         return MatchingCycle.objects.create(
             hub=hub,
             policy=hub.matching_policy,
