@@ -1240,7 +1240,7 @@ def reservation_cancel(
             # row) holding the lower of the two would otherwise wait for the wallet while the
             # first part's release waits for the voucher's account: a deadlock.
             list(
-                Account.objects.select_for_update()
+                Account.objects.select_for_update(no_key=True)  # as a balance change locks
                 .filter(
                     Q(
                         kind=Account.Kind.PAYABLE,
