@@ -33,6 +33,7 @@ from .models import (
     ReservationEvent,
     Site,
 )
+from .selectors import hub_list
 from .services import dispute_decide, offer_set_status
 
 
@@ -414,7 +415,7 @@ class InterHubTradeMatrixAdmin(InterHubTradeAdmin):
             "errors": errors,
         }
         if errors:
-            context["hubs"] = list(Hub.objects.order_by("code"))
+            context["hubs"] = list(hub_list())
             return TemplateResponse(
                 request, "admin/marketplace/interhubtrade/matrix.html", context, status=400
             )

@@ -43,7 +43,7 @@ from marketplace.models import (
     Reservation,
     ReservationEvent,
 )
-from marketplace.selectors import offer_search
+from marketplace.selectors import hub_list, offer_search
 from vouchers.models import Programme, ProgrammeUsage, ReimbursementClaim, Voucher
 from vouchers.services import programme_year
 
@@ -453,7 +453,7 @@ def trade_matrix(
     Refunds operators decide after settlement (disputes, service-level credits) are subtracted
     from the value (not from the GPU-hours, which were delivered).
     """
-    hubs = list(Hub.objects.order_by("code"))
+    hubs = list(hub_list())
     trades = InterHubTrade.objects.all() if trades is None else trades
     gpu_hours = Case(
         When(_SHORT_DELIVERY, then=F("reservation__delivered_gpu_hours")),
