@@ -477,6 +477,37 @@ def trade_matrix(
     return hubs, cells
 
 
+def inter_hub_trade_matrix(trades: QuerySet[InterHubTrade] | None = None) -> dict[str, Any]:
+    """The exporting × importing hub matrix of what was traded between hubs (PRODUCT.md §4 hub
+    docking) over ``trades`` (default all): ``{"hubs": [{id, code, name}], "cells":
+    [{exporting_hub, importing_hub (codes), trades, gpu_hours, value (CNY)}], "trades",
+    "gpu_hours", "value"}``, from ``trade_matrix`` (which reservations count and at what
+    GPU-hours and value), cells ordered by exporting then importing code. The API's answer
+    and the demo report's matrix."""
+    hubs, cells = trade_matrix(trades)
+    code = {h.pk: h.code for h in hubs}
+    rows = sorted(
+        (
+            {
+                "exporting_hub": code[exp],
+                "importing_hub": code[imp],
+                "trades": n,
+                "gpu_hours": gh,
+                "value": value,
+            }
+            for (exp, imp), (gh, value, n) in cells.items()
+        ),
+        key=lambda c: (c["exporting_hub"], c["importing_hub"]),
+    )
+    return {
+        "hubs": [{"id": h.pk, "code": h.code, "name": h.name} for h in hubs],
+        "cells": rows,
+        "trades": sum(n for _, _, n in cells.values()),
+        "gpu_hours": sum(gh for gh, _, _ in cells.values()),
+        "value": sum((v for _, v, _ in cells.values()), Decimal("0.00")),
+    }
+
+
 def unserved_by_reason() -> list[tuple[str, int]]:
     """Open or expired demands that carry an unmatched reason, counted by reason."""
     rows = (

@@ -7,7 +7,6 @@ the caller cannot see (including another organisation's), 409 an illegal transit
 the input breaks (funds, reused Idempotency-Key).
 """
 
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -26,6 +25,7 @@ from marketplace.matching.explain import demand_explain
 from marketplace.models import Demand, InterHubTrade, Offer, Reservation
 from vouchers.models import Voucher
 from vouchers.selectors import voucher_get
+from web.selectors import inter_hub_trade_matrix
 
 from .base import (
     ERRORS,
@@ -498,39 +498,6 @@ class DemandExplainApi(OrgMixin, APIView):
 
 
 # --- Inter-hub trade matrix (appended by issue 4) ------------------------------------------
-
-
-def inter_hub_trade_matrix(trades: QuerySet[InterHubTrade] | None = None) -> dict[str, Any]:
-    """The exporting × importing hub matrix of what was traded between hubs (PRODUCT.md §4 hub
-    docking) over ``trades`` (default all): ``{"hubs": [{id, code, name}], "cells":
-    [{exporting_hub, importing_hub (codes), trades, gpu_hours, value (CNY)}], "trades",
-    "gpu_hours", "value"}``; the operator dashboard's selector (``web.selectors.trade_matrix``:
-    which reservations count and at what GPU-hours and value), cells ordered by exporting then
-    importing code."""
-    from web.selectors import trade_matrix
-
-    hubs, cells = trade_matrix(trades)
-    code = {h.pk: h.code for h in hubs}
-    rows = sorted(
-        (
-            {
-                "exporting_hub": code[exp],
-                "importing_hub": code[imp],
-                "trades": n,
-                "gpu_hours": gh,
-                "value": value,
-            }
-            for (exp, imp), (gh, value, n) in cells.items()
-        ),
-        key=lambda c: (c["exporting_hub"], c["importing_hub"]),
-    )
-    return {
-        "hubs": [{"id": h.pk, "code": h.code, "name": h.name} for h in hubs],
-        "cells": rows,
-        "trades": sum(n for _, _, n in cells.values()),
-        "gpu_hours": sum(gh for gh, _, _ in cells.values()),
-        "value": sum((v for _, v, _ in cells.values()), Decimal("0.00")),
-    }
 
 
 class InterHubTradeMatrixApi(generics.GenericAPIView):

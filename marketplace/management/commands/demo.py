@@ -51,7 +51,7 @@ from vouchers.services import (
     voucher_application_approve,
     voucher_application_submit,
 )
-from web.selectors import trade_matrix
+from web.selectors import inter_hub_trade_matrix
 
 DEMO_PASSWORD = "suanli-demo-2026"  # noqa: S105 — printed for the local demo on purpose
 SLOT_HOURS = 4  # simulated hours between matching cycles
@@ -279,14 +279,10 @@ class Command(BaseCommand):
                 status__in=[Demand.Status.RESERVED, Demand.Status.MATCHED]
             ).values_list("unmatched_reason", flat=True)
         )
-        # What was traded, as the API, the admin and the dashboard count it (``trade_matrix``:
-        # cancelled, expired and failed reservations left out, the rest as delivered).
-        hubs, cells = trade_matrix()
-        code = {h.pk: h.code for h in hubs}
-        trades = sorted(
-            (code[exporting], code[importing], n, gpu_hours, value)
-            for (exporting, importing), (gpu_hours, value, n) in cells.items()
-        )
+        # What was traded, as the API, the admin and the dashboard count it
+        # (``inter_hub_trade_matrix``: cancelled, expired and failed reservations left out,
+        # the rest as delivered, less refunds after settlement).
+        matrix = inter_hub_trade_matrix()
         budget = []
         for p in Programme.objects.order_by("code"):
             issued = quantize_money(p.vouchers.aggregate(s=Sum("face_value"))["s"] or Decimal(0))
@@ -323,16 +319,16 @@ class Command(BaseCommand):
             "refunded_undelivered": str(refunds),
             "budget_by_programme": budget,
             "inter_hub_trades_booked": InterHubTrade.objects.count(),
-            "inter_hub_trades": sum(t[2] for t in trades),
+            "inter_hub_trades": matrix["trades"],
             "inter_hub_matrix": [
                 {
-                    "exporting": exporting,
-                    "importing": importing,
-                    "trades": n,
-                    "gpu_hours": gpu_hours,
-                    "value": str(value),
+                    "exporting": c["exporting_hub"],
+                    "importing": c["importing_hub"],
+                    "trades": c["trades"],
+                    "gpu_hours": c["gpu_hours"],
+                    "value": str(c["value"]),
                 }
-                for exporting, importing, n, gpu_hours, value in trades
+                for c in matrix["cells"]
             ],
             "matching_cycles": cycles["n"],
             "seconds_per_cycle": round(float(cycles["s"] or 0.0) / max(1, cycles["n"] or 1), 4),
