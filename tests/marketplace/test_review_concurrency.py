@@ -70,16 +70,12 @@ def _split_written_meanwhile(buyer, accelerator, voucher, start, *offers):  # ty
     return wanted, write
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("writer", ["batch", "parts"])
-def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not_deadlock(
-    writer, buyer, provider, site, accelerator, voucher
-):
-    # given a split demand booked in two parts, each paid partly by the buyer's voucher, and
-    # another open demand of the buyer paying with the same voucher, which the cycle writes
-    # (as a whole demand in a batch, or in parts) on two other offers
+def _split_booked(buyer, provider, site, accelerator, voucher, n):  # type: ignore[no-untyped-def]
+    """``n`` offers at ``site``, and a split demand of ``buyer`` for 16 GPUs for 3 h paying
+    with ``voucher``, booked in two 8-GPU parts on the first two (each part paying some of it
+    with the voucher): ``(offers, demand, parts)``."""
     offers = [
-        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(4)
+        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(n)
     ]
     booked = _demand(
         buyer, accelerator, gpu_count=16, duration_hours=3, split="site", voucher=voucher
@@ -90,6 +86,18 @@ def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not
         start=booked.earliest_start,
     )
     assert all(p.voucher_part > 0 for p in parts)
+    return offers, booked, parts
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writer", ["batch", "parts"])
+def test_cancelling_a_split_demand_while_a_cycle_books_the_same_voucher_does_not_deadlock(
+    writer, buyer, provider, site, accelerator, voucher
+):
+    # given a split demand booked in two parts, each paid partly by the buyer's voucher, and
+    # another open demand of the buyer paying with the same voucher, which the cycle writes
+    # (as a whole demand in a batch, or in parts) on two other offers
+    offers, booked, parts = _split_booked(buyer, provider, site, accelerator, voucher, 4)
     start = booked.earliest_start
     if writer == "batch":
         wanted = _demand(
@@ -265,18 +273,7 @@ def test_cancelling_a_split_demand_while_a_person_books_the_same_voucher_does_no
     )
     wallet_deposit(organisation=buyer, amount=Decimal("100000.00"))
     assert voucher_account(voucher.pk).pk < wallet.pk
-    offers = [
-        OfferFactory.create(provider=provider, site=site, accelerator=accelerator) for _ in range(3)
-    ]
-    booked = _demand(
-        buyer, accelerator, gpu_count=16, duration_hours=3, split="site", voucher=voucher
-    )
-    parts = reservation_parts_create(
-        demand_id=booked.pk,
-        parts=[(offers[0].pk, 8), (offers[1].pk, 8)],
-        start=booked.earliest_start,
-    )
-    assert all(p.voucher_part > 0 for p in parts)
+    offers, booked, parts = _split_booked(buyer, provider, site, accelerator, voucher, 3)
     wanted = _demand(
         buyer,
         accelerator,

@@ -15,16 +15,21 @@ from vouchers.services import statement_issue
 pytestmark = pytest.mark.django_db
 
 
-def test_operator_marks_a_statement_paid_once_and_downloads_it(
-    client, buyer, provider, offer, voucher, programme
-):
+def _issued(buyer, provider, offer, voucher, programme) -> Statement:  # type: ignore[no-untyped-def]
+    """The statement issued for ``provider`` over a settled reservation paid with ``voucher``."""
     settled_reservation(buyer, offer, voucher)
-    statement = statement_issue(
+    return statement_issue(
         programme_id=programme.pk,
         provider_id=provider.pk,
         period_start=timezone.now().date(),
         now=timezone.now() + timedelta(days=95),
     )
+
+
+def test_operator_marks_a_statement_paid_once_and_downloads_it(
+    client, buyer, provider, offer, voucher, programme
+):
+    statement = _issued(buyer, provider, offer, voucher, programme)
     operator = UserFactory.create(username="op", is_staff=True, is_superuser=True)
     client.force_login(operator)
     url = "/admin/vouchers/statement/"
@@ -43,13 +48,7 @@ def test_staff_who_may_only_view_statements_cannot_mark_them_paid(
     client, buyer, provider, offer, voucher, programme
 ):
     # given an issued statement and a staff user with the view permission on statements only
-    settled_reservation(buyer, offer, voucher)
-    statement = statement_issue(
-        programme_id=programme.pk,
-        provider_id=provider.pk,
-        period_start=timezone.now().date(),
-        now=timezone.now() + timedelta(days=95),
-    )
+    statement = _issued(buyer, provider, offer, voucher, programme)
     viewer = UserFactory.create(username="viewer", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_statement"))
     client.force_login(viewer)
